@@ -1,0 +1,98 @@
+"""Values that cross the boundary between the HTTP server and the handlers.
+
+A handler is ``async def handler(request: Request) -> Response``.  It never
+touches sockets; the server (``patio.http.server``) moves bytes.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from patio.errors import BadRequest, UnsupportedMediaType
+
+Header = Tuple[str, str]
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One complete HTTP request.  Header names are lower-cased."""
+
+    method: str
+    target: str
+    path: str
+    query: Mapping[str, Sequence[str]]
+    headers: Sequence[Header]
+    body: bytes = b""
+    request_id: str = ""
+    path_params: Mapping[str, str] = field(default_factory=dict)
+    client: str = ""
+
+    def header(self, name: str) -> Optional[str]:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def query_value(self, name: str) -> Optional[str]:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def json_object(self) -> Dict[str, Any]:
+        """The body as a JSON object; 415 without a JSON Content-Type, 400 if it is not an object."""
+        ctype = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != JSON_TYPE:
+            raise UnsupportedMediaType(
+                "Content-Type must be application/json", param="Content-Type"
+            )
+        try:
+            value = json.loads(self.body.decode("utf-8")) if self.body else None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}", param="body") from None
+        if not isinstance(value, dict):
+            raise BadRequest("body must be a JSON object", param="body")
+        return value
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: Optional[str] = "application/json"
+    headers: List[Header] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200, headers: Optional[List[Header]] = None) -> "Response":
+        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return cls(status=status, body=body, content_type=JSON_TYPE, headers=list(headers or []))
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> "Response":
+        return cls(status=status, body=text.encode("utf-8"), content_type=content_type)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the route table.
+
+    ``path`` may hold ``{name}`` segments, matched as one path segment each.
+    ``name`` is the bounded-cardinality label used in metrics (the template).
+    ``management`` routes change state and need the API key when one is set.
+    The schema fields feed the generated OpenAPI document.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str = ""
+    management: bool = False
+    tag: str = "core"
+    request_schema: Optional[Mapping[str, Any]] = None
+    response_schema: Optional[Mapping[str, Any]] = None
+    errors: Tuple[int, ...] = ()
+    response_type: str = JSON_TYPE

@@ -1,0 +1,81 @@
+"""Render metric families as Prometheus text format 0.0.4.
+
+Writes only the safe subset of ``shared/reference/text-format.md`` §8: LF line
+endings and a final LF, one HELP and TYPE per family before its samples,
+HELP escaping only ``\\`` and ``\n``, label values escaping ``\\`` ``\"`` ``\n``,
+Go float syntax (``NaN``, ``+Inf``, ``-Inf``).  Names that are not legacy-valid
+are written in the quoted UTF-8 form of text 1.0.0.  No I/O.
+"""
+
+import math
+import re
+from typing import Iterable, List, Optional
+
+from patio.metrics.model import Family, Labels
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LEGACY_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def escape_label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    """Go-compatible float text: shortest round-tripping form, ``NaN``/``+Inf``/``-Inf``."""
+    if value != value:
+        return "NaN"
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _quoted(name: str) -> str:
+    return '"' + escape_label_value(name) + '"'
+
+
+def metric_name_text(name: str) -> str:
+    """The name as it may stand in HELP/TYPE lines: bare if legacy-valid, else quoted."""
+    return name if _LEGACY_METRIC_NAME.match(name) else _quoted(name)
+
+
+def _label_text(labels: Labels) -> List[str]:
+    return [
+        (key if _LEGACY_LABEL_NAME.match(key) else _quoted(key)) + '="' + escape_label_value(value) + '"'
+        for key, value in labels
+    ]
+
+
+def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int] = None) -> str:
+    parts = _label_text(labels)
+    if _LEGACY_METRIC_NAME.match(name):
+        head = name + ("{" + ",".join(parts) + "}" if parts else "")
+    else:
+        head = "{" + ",".join([_quoted(name)] + parts) + "}"
+    line = head + " " + format_value(value)
+    if timestamp is not None:
+        line += " " + str(timestamp)
+    return line
+
+
+def render(families: Iterable[Family]) -> str:
+    """Families -> text.  Each family is written once, HELP and TYPE first."""
+    out: List[str] = []
+    for family in families:
+        name = metric_name_text(family.name)
+        if family.help is not None:
+            out.append(f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}")
+        out.append(f"# TYPE {name} {family.type}")
+        for sample in family.samples:
+            out.append(sample_line(sample.name, sample.labels, sample.value, sample.timestamp))
+    return "\n".join(out) + "\n" if out else ""
