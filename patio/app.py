@@ -32,9 +32,7 @@ T = TypeVar("T")
 BLOCKING_WORKERS = 32
 
 # (module, factory) rows, in start order.  Shutdown runs in reverse order.
-COMPONENT_FACTORIES: Sequence[str] = (
-    "patio.api.core:build",
-)
+COMPONENT_FACTORIES: Sequence[str] = ("patio.api.core:build",)
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class App:
 def _load_factory(spec: str) -> Callable[[AppContext], Optional[Component]]:
     module_name, _, attr = spec.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def build_app(settings: Settings, registry: Optional[Registry] = None) -> App:
@@ -133,7 +131,9 @@ def build_app(settings: Settings, registry: Optional[Registry] = None) -> App:
         component = _load_factory(spec)(context)
         if component is not None:
             components.append(component)
-    return App(context=context, components=components)
+    app = App(context=context, components=components)
+    context.services["app"] = app
+    return app
 
 
 async def gather_bounded(awaitables: Sequence[Awaitable[Any]], timeout: float) -> None:

@@ -95,7 +95,7 @@ def pick(
     raw = getattr(args, flag, None)
     if raw is not None:
         if not isinstance(raw, str):
-            return raw  # type: ignore[no-any-return]
+            return raw
         return convert("--" + flag.replace("_", "-"), raw)
     for name in env_names:
         value = env.get(name)
@@ -152,7 +152,10 @@ class CoreSettings:
     router_port: str = ""
 
     def __repr__(self) -> str:  # never print credentials
-        return f"CoreSettings(host={self.host!r}, port={self.port}, engine={self.engine!r}, endpoint={self.engine_endpoint!r})"
+        return (
+            f"CoreSettings(host={self.host!r}, port={self.port}, engine={self.engine!r}, "
+            f"endpoint={self.engine_endpoint!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         dest="engine_endpoint",
         help="engine base URL (env INFERENCE_ENGINE_ENDPOINT; default http://localhost:8000)",
     )
-    add("-M", "--engine-metrics-path", dest="metrics_path", help="engine metrics path (env METRIC_SCRAPE_PATH; default /metrics)")
+    add(
+        "-M",
+        "--engine-metrics-path",
+        dest="metrics_path",
+        help="engine metrics path (env METRIC_SCRAPE_PATH; default /metrics)",
+    )
     add("-I", "--pod", help="pod name, shown on patio_build_info")
     add("-N", "--model", help="model name, shown on patio_build_info")
     add("--api-key", help="require Authorization: Bearer KEY on management routes (env PATIO_API_KEY)")
@@ -286,7 +294,7 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
             raise ConfigError(setting, f"must be > 0, got {raw!r}")
         return value
 
-    api_key = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)  # type: ignore[arg-type]
+    api_key: Optional[str] = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)
     if api_key is None and env.get("PATIO_API_KEY_FILE"):
         api_key = _secret_from_file("PATIO_API_KEY_FILE", env["PATIO_API_KEY_FILE"])
     if api_key is not None and not api_key.strip():
@@ -295,23 +303,44 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
     engine_api_key = env.get("INFERENCE_ENGINE_API_KEY") or env.get("VLLM_API_KEY") or None
 
     limits = Limits(
-        max_header_bytes=pick(args, env, "max_header_bytes", ("PATIO_MAX_HEADER_BYTES",), Limits.max_header_bytes, positive_int),
-        max_body_bytes=pick(args, env, "max_body_bytes", ("PATIO_MAX_BODY_BYTES",), Limits.max_body_bytes, positive_int),
+        max_header_bytes=pick(
+            args, env, "max_header_bytes", ("PATIO_MAX_HEADER_BYTES",), Limits.max_header_bytes, positive_int
+        ),
+        max_body_bytes=pick(
+            args, env, "max_body_bytes", ("PATIO_MAX_BODY_BYTES",), Limits.max_body_bytes, positive_int
+        ),
         idle_timeout=pick(args, env, "idle_timeout", ("PATIO_IDLE_TIMEOUT",), Limits.idle_timeout, positive_seconds),
-        request_timeout=pick(args, env, "request_timeout", ("PATIO_REQUEST_TIMEOUT",), Limits.request_timeout, positive_seconds),
-        max_connections=pick(args, env, "max_connections", ("PATIO_MAX_CONNECTIONS",), Limits.max_connections, positive_int),
+        request_timeout=pick(
+            args, env, "request_timeout", ("PATIO_REQUEST_TIMEOUT",), Limits.request_timeout, positive_seconds
+        ),
+        max_connections=pick(
+            args, env, "max_connections", ("PATIO_MAX_CONNECTIONS",), Limits.max_connections, positive_int
+        ),
     )
     core = CoreSettings(
         host=pick(args, env, "host", ("PATIO_HOST",), "0.0.0.0", as_str),
         port=pick(args, env, "port", ("PATIO_PORT",), 9091, port),
-        log_level=pick(args, env, "log_level", ("PATIO_LOG_LEVEL", "LOG_LEVEL"), "INFO", lambda s, r: parse_choice(s, r, LOG_LEVELS, upper=True)),
-        log_format=pick(args, env, "log_format", ("PATIO_LOG_FORMAT",), "text", lambda s, r: parse_choice(s, r, LOG_FORMATS)),
-        scrape_engine_metrics=pick(args, env, "scrape_engine_metrics", ("PATIO_SCRAPE_ENGINE_METRICS",), True, parse_bool),
+        log_level=pick(
+            args,
+            env,
+            "log_level",
+            ("PATIO_LOG_LEVEL", "LOG_LEVEL"),
+            "INFO",
+            lambda s, r: parse_choice(s, r, LOG_LEVELS, upper=True),
+        ),
+        log_format=pick(
+            args, env, "log_format", ("PATIO_LOG_FORMAT",), "text", lambda s, r: parse_choice(s, r, LOG_FORMATS)
+        ),
+        scrape_engine_metrics=pick(
+            args, env, "scrape_engine_metrics", ("PATIO_SCRAPE_ENGINE_METRICS",), True, parse_bool
+        ),
         enable_docs=pick(args, env, "enable_docs", ("PATIO_ENABLE_DOCS",), False, parse_bool),
-        instance_info=pick(args, env, "instance_info", ("INSTANCE_INFO",), None, _instance_info),  # type: ignore[arg-type]
+        instance_info=pick(args, env, "instance_info", ("INSTANCE_INFO",), None, _instance_info),
         engine=pick(args, env, "engine", ("INFERENCE_ENGINE",), "sglang", lambda s, r: parse_choice(s, r, ENGINES)),
         engine_version=pick(args, env, "engine_version", ("INFERENCE_ENGINE_VERSION",), "", as_str),
-        engine_endpoint=pick(args, env, "engine_endpoint", ("INFERENCE_ENGINE_ENDPOINT",), "http://localhost:8000", _engine_endpoint),
+        engine_endpoint=pick(
+            args, env, "engine_endpoint", ("INFERENCE_ENGINE_ENDPOINT",), "http://localhost:8000", _engine_endpoint
+        ),
         engine_api_key=engine_api_key,
         metrics_path=pick(args, env, "metrics_path", ("METRIC_SCRAPE_PATH",), "/metrics", _path),
         pod=pick(args, env, "pod", ("POD_NAME",), "", as_str),

@@ -85,9 +85,7 @@ def http_request(
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise EngineTimeout(f"{peer} did not answer {method} {url} within {timeout:g}s") from None
-        raise PeerUnavailable(
-            f"{peer} unreachable at {url}: {reason}", sent=not _refused_before_send(reason)
-        ) from None
+        raise PeerUnavailable(f"{peer} unreachable at {url}: {reason}", sent=not _refused_before_send(reason)) from None
     except (socket.timeout, TimeoutError):
         raise EngineTimeout(f"{peer} did not answer {method} {url} within {timeout:g}s") from None
     except (ConnectionError, OSError) as exc:

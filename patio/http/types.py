@@ -44,9 +44,7 @@ class Request:
         """The body as a JSON object; 415 without a JSON Content-Type, 400 if it is not an object."""
         ctype = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype != JSON_TYPE:
-            raise UnsupportedMediaType(
-                "Content-Type must be application/json", param="Content-Type"
-            )
+            raise UnsupportedMediaType("Content-Type must be application/json", param="Content-Type")
         try:
             value = json.loads(self.body.decode("utf-8")) if self.body else None
         except (UnicodeDecodeError, ValueError) as exc:

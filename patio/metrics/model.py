@@ -19,9 +19,11 @@ class Sample(NamedTuple):
 class Family:
     """One metric family: the name as written in `# TYPE` and its samples, in order."""
 
-    __slots__ = ("name", "type", "help", "samples")
+    __slots__ = ("help", "name", "samples", "type")
 
-    def __init__(self, name: str, type: str = "untyped", help: Optional[str] = None, samples: Optional[List[Sample]] = None) -> None:
+    def __init__(
+        self, name: str, type: str = "untyped", help: Optional[str] = None, samples: Optional[List[Sample]] = None
+    ) -> None:
         self.name = name
         self.type = type
         self.help = help

@@ -78,7 +78,9 @@ class Counter(_Metric):
 class Gauge(_Metric):
     type = "gauge"
 
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), func: Optional[Callable[[], float]] = None) -> None:
+    def __init__(
+        self, name: str, help: str, labelnames: Sequence[str] = (), func: Optional[Callable[[], float]] = None
+    ) -> None:
         super().__init__(name, help, labelnames)
         self._values: Dict[LabelValues, float] = {}
         self._func = func
@@ -119,7 +121,9 @@ class Gauge(_Metric):
 class Histogram(_Metric):
     type = "histogram"
 
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS
+    ) -> None:
         super().__init__(name, help, labelnames)
         bounds = sorted(float(b) for b in buckets)
         if not bounds or bounds[-1] != math.inf:
@@ -181,12 +185,16 @@ class Registry:
         self._add(metric)
         return metric
 
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = (), func: Optional[Callable[[], float]] = None) -> Gauge:
+    def gauge(
+        self, name: str, help: str, labelnames: Sequence[str] = (), func: Optional[Callable[[], float]] = None
+    ) -> Gauge:
         metric = Gauge(name, help, labelnames, func)
         self._add(metric)
         return metric
 
-    def histogram(self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS) -> Histogram:
+    def histogram(
+        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = DEFAULT_BUCKETS
+    ) -> Histogram:
         metric = Histogram(name, help, labelnames, buckets)
         self._add(metric)
         return metric

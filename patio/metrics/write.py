@@ -61,7 +61,7 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
     if _LEGACY_METRIC_NAME.match(name):
         head = name + ("{" + ",".join(parts) + "}" if parts else "")
     else:
-        head = "{" + ",".join([_quoted(name)] + parts) + "}"
+        head = "{" + ",".join([_quoted(name), *parts]) + "}"
     line = head + " " + format_value(value)
     if timestamp is not None:
         line += " " + str(timestamp)

@@ -1,0 +1,173 @@
+"""Core routes: root, liveness, readiness, ``/metrics``, and the API docs.
+
+Liveness means "this process serves".  Readiness means "the engine answers its
+health endpoint and every enabled component is ready", with a 503 naming the
+failed checks otherwise.  ``/metrics`` renders Patio's own families and hands
+them to the engine-metrics source when one is configured.
+"""
+
+import gzip
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+from patio import __version__
+from patio.api.openapi import docs_html, openapi_document
+from patio.app import AppContext, Component, ReadyCheck
+from patio.engines.health import EngineHealth
+from patio.http.types import Request, Response, Route
+from patio.metrics.model import Family, Sample
+from patio.metrics.process import collect_process, uptime_since
+from patio.metrics.write import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from patio.metrics.write import render
+
+# Responses smaller than this are not worth compressing.
+GZIP_MIN_BYTES = 1024
+
+_STATUS_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """True when ``Accept-Encoding`` lists gzip (or ``*``) with a non-zero quality."""
+    for part in (request.header("accept-encoding") or "").split(","):
+        token, _, params = part.partition(";")
+        if token.strip().lower() not in ("gzip", "*"):
+            continue
+        quality = params.strip()
+        if quality.startswith("q="):
+            try:
+                return float(quality[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+class CoreComponent(Component):
+    name = "core"
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+        self.health = EngineHealth(context)
+        context.services["engine_health"] = self.health
+        core = context.settings.core
+        registry = context.registry
+        registry.add_collector(self._build_info)
+        registry.add_collector(collect_process)
+        self._engine_up = registry.gauge(
+            "patio_engine_healthy", "1 if the engine's /health answered 200 at the last probe."
+        )
+        self._docs = core.enable_docs
+
+    def _build_info(self) -> List[Family]:
+        core = self.context.settings.core
+        labels = (
+            ("version", __version__),
+            ("engine", core.engine),
+            ("engine_version", core.engine_version),
+            ("pod", core.pod),
+            ("model", core.model),
+        )
+        return [
+            Family(
+                "patio_build_info",
+                "gauge",
+                "Patio build and deployment information.",
+                [Sample("patio_build_info", labels, 1.0)],
+            )
+        ]
+
+    def routes(self) -> Sequence[Route]:
+        routes = [
+            Route("GET", "/", self.root, summary="Service banner: version, engine, uptime"),
+            Route(
+                "GET", "/health", self.live, summary="Liveness (alias)", tag="probes", response_schema=_STATUS_SCHEMA
+            ),
+            Route("GET", "/healthz", self.live, summary="Liveness", tag="probes", response_schema=_STATUS_SCHEMA),
+            Route("GET", "/livez", self.live, summary="Liveness (alias)", tag="probes", response_schema=_STATUS_SCHEMA),
+            Route(
+                "GET",
+                "/ready",
+                self.ready_route,
+                summary="Readiness: engine health and every component",
+                tag="probes",
+                errors=(503,),
+            ),
+            Route("GET", "/readyz", self.ready_route, summary="Readiness (alias)", tag="probes", errors=(503,)),
+            Route(
+                "GET",
+                "/metrics",
+                self.metrics,
+                summary="Prometheus text 0.0.4: Patio's own metrics plus the engine's",
+                tag="metrics",
+                response_type="text/plain",
+            ),
+        ]
+        if self._docs:
+            routes.append(Route("GET", "/openapi.json", self.openapi, summary="This OpenAPI 3 document", tag="docs"))
+            routes.append(
+                Route("GET", "/docs", self.docs, summary="HTML API reference", tag="docs", response_type="text/html")
+            )
+        return routes
+
+    async def ready(self) -> Optional[ReadyCheck]:
+        ok, detail = await self.health.check()
+        self._engine_up.set(1.0 if ok else 0.0)
+        return ReadyCheck("engine", ok, detail)
+
+    async def root(self, request: Request) -> Response:
+        core = self.context.settings.core
+        return Response.json(
+            {
+                "message": "Patio Server is running",
+                "version": __version__,
+                "engine": core.engine,
+                "engine_version": core.engine_version,
+                "uptime_seconds": round(uptime_since(self.context.started_at), 3),
+            }
+        )
+
+    async def live(self, request: Request) -> Response:
+        return Response.json({"status": "ok"})
+
+    async def ready_route(self, request: Request) -> Response:
+        app = self.context.services["app"]
+        checks = await app.ready_checks()
+        body: Dict[str, Any] = {"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
+        failed = [c for c in checks if not c.ok]
+        if not failed:
+            body["status"] = "ready"
+            return Response.json(body)
+        body.update(
+            {
+                "object": "error",
+                "type": "not_ready",
+                "message": "not ready: " + "; ".join(f"{c.name}: {c.detail}" for c in failed),
+                "param": failed[0].name,
+                "code": 503,
+            }
+        )
+        return Response.json(body, status=503)
+
+    async def metrics(self, request: Request) -> Response:
+        own = self.context.registry.collect()
+        source = self.context.engine_metrics
+        text = await source.exposition(own, request) if source is not None else render(own)
+        body = text.encode("utf-8")
+        headers = []
+        if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request):
+            body = await self.context.run_blocking(gzip.compress, body, 5)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Vary", "Accept-Encoding"))
+        return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE, headers=headers)
+
+    async def openapi(self, request: Request) -> Response:
+        document = openapi_document(self.context.services["route_table"].routes, self.context.settings)
+        return Response(body=json.dumps(document, indent=1).encode("utf-8"))
+
+    async def docs(self, request: Request) -> Response:
+        document = openapi_document(self.context.services["route_table"].routes, self.context.settings)
+        return Response.text(docs_html(document), content_type="text/html; charset=utf-8")
+
+
+def build(context: AppContext) -> Component:
+    return CoreComponent(context)
