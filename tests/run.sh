@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then
+# lint + types + Python 3.8 compatibility, the unit/integration suite (real peers:
+# promtool and Prometheus, the SGLang router, moto S3, huggingface_hub), and the
+# end-to-end tier against a real vLLM (tests/e2e/run.sh).
+#
+#   bash tests/run.sh            # everything (what .ci/run runs)
+#   PATIO_E2E=0 bash tests/run.sh   # skip the vLLM tier during local iteration only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+PY="${PYTHON:-python3}"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# 1. System tools: promtool and the Prometheus server (Debian package `prometheus`).
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian package prometheus (promtool + server)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "tests need promtool and prometheus: install the 'prometheus' package (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi
+
+# 2. The test virtualenv (dev tools and real peers; never imported by patio/).
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+log "installing requirements-dev.txt"
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# 3. Static checks.
+log "ruff check / ruff format --check / mypy / vermin"
+.venv/bin/ruff check patio tests bench patio.py
+.venv/bin/ruff format --check patio tests bench patio.py
+.venv/bin/mypy
+.venv/bin/vermin -q -t=3.8- --no-tips --violations --eval-annotations patio patio.py
+
+# 4. Unit + integration suite (builds dist/patio.pyz itself where needed).
+log "building dist/patio.pyz"
+bash build_pyz.sh
+log "pytest"
+.venv/bin/python -m pytest -q
+
+# 5. End-to-end tier with a real vLLM (CPU).
+if [ "${PATIO_E2E:-1}" != 0 ]; then
+  log "end-to-end tier (tests/e2e/run.sh)"
+  bash tests/e2e/run.sh
+else
+  log "PATIO_E2E=0: end-to-end tier skipped (CI never sets this)"
+fi
+log "all tests passed"
