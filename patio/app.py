@@ -23,7 +23,6 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Seq
 
 from patio.config import Settings
 from patio.http.types import Request, Route
-from patio.metrics.model import Family
 from patio.metrics.registry import Registry
 
 T = TypeVar("T")
@@ -47,7 +46,7 @@ class ReadyCheck:
 class EngineMetricsSource(Protocol):
     """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
 
-    async def exposition(self, own: List[Family], request: Request) -> str:
+    async def exposition(self, request: Request) -> str:
         """The whole ``/metrics`` text: Patio's own families plus whatever the engine adds."""
 
 

@@ -149,9 +149,8 @@ class CoreComponent(Component):
         return Response.json(body, status=503)
 
     async def metrics(self, request: Request) -> Response:
-        own = self.context.registry.collect()
         source = self.context.engine_metrics
-        text = await source.exposition(own, request) if source is not None else render(own)
+        text = await source.exposition(request) if source is not None else render(self.context.registry.collect())
         body = text.encode("utf-8")
         headers = []
         if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request):

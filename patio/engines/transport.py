@@ -8,6 +8,7 @@ safe), too slow -> ``EngineTimeout``, oversize -> ``EngineError``.
 Non-2xx answers are *returned*, not raised: callers map them.
 """
 
+import http.client
 import socket
 import time
 import urllib.error
@@ -88,8 +89,8 @@ def http_request(
         raise PeerUnavailable(f"{peer} unreachable at {url}: {reason}", sent=not _refused_before_send(reason)) from None
     except (socket.timeout, TimeoutError):
         raise EngineTimeout(f"{peer} did not answer {method} {url} within {timeout:g}s") from None
-    except (ConnectionError, OSError) as exc:
-        raise PeerUnavailable(f"{peer} connection failed for {url}: {exc}", sent=True) from None
+    except (ConnectionError, OSError, http.client.HTTPException) as exc:
+        raise PeerUnavailable(f"{peer} connection failed for {url}: {exc!r}", sent=True) from None
     try:
         chunks = []
         total = 0
@@ -105,8 +106,9 @@ def http_request(
             chunks.append(chunk)
     except (socket.timeout, TimeoutError):
         raise EngineTimeout(f"{peer} answer to {method} {url} stalled past {timeout:g}s") from None
-    except (ConnectionError, OSError) as exc:
-        raise PeerUnavailable(f"{peer} connection lost while reading {url}: {exc}", sent=True) from None
+    except (ConnectionError, OSError, http.client.HTTPException) as exc:
+        # IncompleteRead (a body shorter than its Content-Length) lands here too.
+        raise PeerUnavailable(f"{peer} connection lost while reading {url}: {exc!r}", sent=True) from None
     finally:
         response.close()
     status = response.status if hasattr(response, "status") else response.code

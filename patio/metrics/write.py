@@ -63,7 +63,9 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
     else:
         head = "{" + ",".join([_quoted(name), *parts]) + "}"
     line = head + " " + format_value(value)
-    if timestamp is not None:
+    # The scrape parser accepts only unsigned timestamps; a negative one (valid for
+    # expfmt) would fail the whole scrape, so it is left out.
+    if timestamp is not None and timestamp >= 0:
         line += " " + str(timestamp)
     return line
 

@@ -1,0 +1,53 @@
+"""Compose ``/metrics``: Patio's own families, renamed engine families, raw ones.
+
+Modes: ``standard`` = own + renamed; ``both`` = own + renamed + raw engine
+families (AIBrix/Kthena behaviour, the default); ``raw`` = own + engine families
+unrenamed.  Whatever the input, the output stays valid: one family per name
+(Patio's own win a clash, then renamed, then raw; the loser is counted), and
+no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
+"""
+
+from typing import Iterable, List, NamedTuple, Set, Tuple
+
+from patio.metrics.model import Family, Labels
+from patio.metrics.rules import RuleSet
+from patio.metrics.write import render
+
+MODES = ("standard", "both", "raw")
+
+
+class Assembled(NamedTuple):
+    text: str
+    clashes: int  # engine families dropped because a family of that name was already written
+    duplicate_series: int  # samples dropped because the same series was already written
+
+
+def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str) -> Assembled:
+    by_name = {family.name: family for family in engine}
+    groups: List[List[Family]] = [list(own)]
+    if mode in ("standard", "both"):
+        groups.append(rules.apply(by_name))
+    if mode in ("both", "raw"):
+        groups.append(engine)
+    names: Set[str] = set()
+    series: Set[Tuple[str, Labels]] = set()
+    out: List[Family] = []
+    clashes = duplicates = 0
+    for group_index, group in enumerate(groups):
+        for family in group:
+            if family.name in names:
+                clashes += 1
+                continue
+            names.add(family.name)
+            kept = []
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels)) if len(sample.labels) > 1 else sample.labels)
+                if key in series:
+                    duplicates += 1
+                    continue
+                series.add(key)
+                kept.append(sample)
+            if group_index > 0 and len(kept) != len(family.samples):
+                family = Family(family.name, family.type, family.help, kept)
+            out.append(family)
+    return Assembled(render(out), clashes, duplicates)

@@ -1,0 +1,315 @@
+"""Prometheus text format 0.0.4 parser, sans-IO: text in, families out.
+
+Strict per line, never fatal for the payload: a line that cannot be parsed
+(or that would make Patio's output invalid for promtool or a Prometheus scrape)
+is dropped and reported in ``ParseResult.dropped`` with its line number, the
+reason and a quoted excerpt; the rest survives.  Accepts what engines emit and
+what the reference parsers accept (``shared/reference/text-format.md``):
+HELP/TYPE in any order, CRLF, blank lines and foreign comments, label-value
+escapes, trailing commas, ``{}``, colons in names, quoted UTF-8 names,
+``NaN``/``±Inf``/exponents, optional integer timestamps.
+
+Sample names are assigned to families as expfmt does: exact name first, then
+the suffixes a declared type owns (``_bucket``/``_sum``/``_count`` for
+histograms, ``_sum``/``_count`` for summaries, ``_total`` for counters, and
+``_created`` for all three), else a new untyped family.  Duplicate or
+conflicting ``# TYPE`` lines: the first declaration wins (counted).  Repeated
+series (same name and label set): the first sample wins (counted), as in a
+Prometheus scrape.
+"""
+
+import math
+import re
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+
+from patio.metrics.model import FAMILY_TYPES, Family, Labels, Sample
+
+# Longest excerpt of a dropped line kept for the log.
+EXCERPT_CHARS = 80
+
+_LEGACY_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+# name [ws] [{ labels }] [ws] value [ws timestamp] [ws]
+_SAMPLE = re.compile(
+    r"(" + _LEGACY_NAME + r")[ \t]*(?:\{((?:[^\"}]|" + _QUOTED + r")*)\})?[ \t]*([^ \t]+)(?:[ \t]+([^ \t]+))?[ \t]*$"
+)
+# A sample whose metric name is quoted inside the braces (text 1.0.0).
+_QUOTED_SAMPLE = re.compile(r"\{((?:[^\"}]|" + _QUOTED + r")*)\}[ \t]*([^ \t]+)(?:[ \t]+([^ \t]+))?[ \t]*$")
+_LABEL = re.compile(
+    r"[ \t]*(?:([a-zA-Z_][a-zA-Z0-9_]*)|(" + _QUOTED + r"))[ \t]*=[ \t]*(" + _QUOTED + r")[ \t]*(?:,|$)"
+)
+_QUOTED_NAME_ITEM = re.compile(r"[ \t]*(" + _QUOTED + r")[ \t]*(?:,|$)")
+_BLANK = re.compile(r"[ \t]*$")
+_COMMA_ONLY = re.compile(r"[ \t]*,?[ \t]*$")
+_ESCAPE = re.compile(r"\\(.)")
+_TIMESTAMP = re.compile(r"[+-]?[0-9]{1,19}$")
+_FLOAT_CHARS = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+_INF_WORDS = frozenset(("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"))
+_INT64_MAX = 2**63 - 1
+
+# Suffixes each declared type owns, for assigning sample names to families.
+_OWNED_SUFFIXES: Dict[str, Tuple[str, ...]] = {
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+    "counter": ("_total", "_created"),
+}
+
+
+class DroppedLine(NamedTuple):
+    line_number: int
+    reason: str
+    excerpt: str
+
+
+class ParseResult(NamedTuple):
+    families: List[Family]
+    dropped: List[DroppedLine]
+    type_conflicts: int
+    duplicate_series: int
+
+
+class LineError(Exception):
+    """One line could not be parsed; carries the reason (internal to this module)."""
+
+
+def _unescape(text: str) -> str:
+    # Only \\ \" \n are escapes; any other backslash pair is kept as written
+    # (what the scrape parser and client_python do).
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(lambda m: {"\\": "\\", '"': '"', "n": "\n"}.get(m.group(1), m.group(0)), text)
+
+
+def _unescape_help(text: str) -> str:
+    if "\\" not in text:
+        return text
+    return _ESCAPE.sub(lambda m: {"\\": "\\", "n": "\n"}.get(m.group(1), m.group(0)), text)
+
+
+def parse_value(token: str) -> float:
+    """A sample value with Go ``strconv.ParseFloat`` semantics (as both Go parsers)."""
+    if _FLOAT_CHARS.match(token):
+        value = float(token)
+        if math.isinf(value):
+            raise LineError(f"value out of range {token!r}")
+        return value
+    lowered = token.lower()
+    if lowered == "nan":
+        return math.nan
+    if lowered in _INF_WORDS:
+        return -math.inf if lowered.startswith("-") else math.inf
+    raise LineError(f"invalid value {token!r}")
+
+
+def _parse_timestamp(token: str) -> int:
+    if not _TIMESTAMP.match(token):
+        raise LineError(f"invalid timestamp {token!r}")
+    value = int(token)
+    if abs(value) > _INT64_MAX:
+        raise LineError(f"timestamp out of range {token!r}")
+    return value
+
+
+def _parse_labels(text: str) -> Tuple[Optional[str], Labels]:
+    """``a="b",c="d"`` -> labels; a leading quoted item with no ``=`` is the metric name."""
+    if _COMMA_ONLY.match(text):
+        return None, ()
+    labels: List[Tuple[str, str]] = []
+    seen: Set[str] = set()
+    pos = 0
+    name: Optional[str] = None
+    first = _QUOTED_NAME_ITEM.match(text)
+    if first is not None:
+        name = _unescape(first.group(1)[1:-1])
+        pos = first.end()
+    end = len(text)
+    while pos < end:
+        if _BLANK.match(text, pos):
+            break
+        match = _LABEL.match(text, pos)
+        if match is None:
+            raise LineError(f"malformed label set near {text[pos : pos + 20]!r}")
+        key = match.group(1) if match.group(1) is not None else _unescape(match.group(2)[1:-1])
+        if key in seen:
+            raise LineError(f"duplicate label name {key!r}")
+        if key == "__name__" or not key:
+            raise LineError(f"reserved or empty label name {key!r}")
+        seen.add(key)
+        labels.append((key, _unescape(match.group(3)[1:-1])))
+        pos = match.end()
+    return name, tuple(labels)
+
+
+def parse_sample_line(line: str) -> Sample:
+    """One sample line -> ``Sample``; raises ``LineError``."""
+    match = _SAMPLE.match(line)
+    if match is not None:
+        name, label_text, value_text, ts_text = match.groups()
+        quoted_name, labels = _parse_labels(label_text) if label_text else (None, ())
+        if quoted_name is not None:
+            raise LineError("a quoted metric name after a bare one")
+    else:
+        quoted = _QUOTED_SAMPLE.match(line)
+        if quoted is None:
+            raise LineError("not a sample line")
+        label_text, value_text, ts_text = quoted.groups()
+        quoted_name, labels = _parse_labels(label_text)
+        if not quoted_name:
+            raise LineError("no metric name")
+        name = quoted_name
+    timestamp = _parse_timestamp(ts_text) if ts_text is not None else None
+    return Sample(name, labels, parse_value(value_text), timestamp)
+
+
+def _parse_meta_name(rest: str) -> Tuple[str, str]:
+    """``name text`` or ``"quoted name" text`` -> (name, remainder)."""
+    rest = rest.lstrip(" \t")
+    if rest.startswith('"'):
+        match = re.match(_QUOTED, rest)
+        if match is None:
+            raise LineError("unterminated quoted name")
+        name = _unescape(match.group(0)[1:-1])
+        remainder = rest[match.end() :]
+        if remainder and remainder[0] not in " \t":
+            raise LineError("junk after quoted name")
+        if not name:
+            raise LineError("empty metric name")
+        return name, remainder
+    match = re.match(_LEGACY_NAME, rest)
+    if match is None:
+        raise LineError("invalid metric name")
+    remainder = rest[match.end() :]
+    if remainder and remainder[0] not in " \t":
+        raise LineError("invalid metric name")
+    return match.group(0), remainder
+
+
+def _float_label_ok(value: str) -> bool:
+    try:
+        parse_value(value)
+    except LineError:
+        return False
+    return True
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.families: Dict[str, Family] = {}
+        self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
+        self.sampled: Set[str] = set()  # families that already have samples
+        self.series: Set[Tuple[str, Labels]] = set()
+        self.dropped: List[DroppedLine] = []
+        self.type_conflicts = 0
+        self.duplicates = 0
+
+    def family(self, name: str) -> Family:
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = Family(name)
+        return family
+
+    def owner(self, sample_name: str) -> Family:
+        family = self.families.get(sample_name)
+        if family is not None:
+            return family
+        for base_type, suffixes in _OWNED_SUFFIXES.items():
+            for suffix in suffixes:
+                if sample_name.endswith(suffix):
+                    base = sample_name[: -len(suffix)]
+                    if self.declared.get(base) == base_type:
+                        return self.families[base]
+        return self.family(sample_name)
+
+    def on_type(self, name: str, type_word: str) -> None:
+        kind = type_word.lower()
+        if kind not in FAMILY_TYPES:
+            raise LineError(f"unknown metric type {type_word!r}")
+        if name in self.declared or name in self.sampled:
+            # First declaration wins: a second TYPE, or a TYPE after the family's samples.
+            self.type_conflicts += 1
+            return
+        self.declared[name] = kind
+        self.family(name).type = kind
+
+    def on_help(self, name: str, text: str) -> None:
+        family = self.family(name)
+        if family.help is None:
+            family.help = _unescape_help(text)
+
+    def on_sample(self, sample: Sample) -> None:
+        family = self.owner(sample.name)
+        kind = family.type
+        if kind == "histogram" and (sample.name.endswith("_bucket") or sample.name == family.name):
+            le = dict(sample.labels).get("le")
+            if le is None and sample.name.endswith("_bucket"):
+                raise LineError("histogram bucket without an le label")
+            if le is not None and not _float_label_ok(le):
+                raise LineError(f"le label is not a number: {le!r}")
+        elif kind == "summary" and sample.name == family.name:
+            quantile = dict(sample.labels).get("quantile")
+            if quantile is not None and not _float_label_ok(quantile):
+                raise LineError(f"quantile label is not a number: {quantile!r}")
+        key = (sample.name, tuple(sorted(sample.labels)))
+        if key in self.series:
+            self.duplicates += 1
+            return
+        self.series.add(key)
+        family.samples.append(sample)
+        self.sampled.add(family.name)
+
+
+def _excerpt(line: str) -> str:
+    return repr(line[:EXCERPT_CHARS] + ("..." if len(line) > EXCERPT_CHARS else ""))
+
+
+def parse(text: str) -> ParseResult:
+    """Parse a whole exposition.  Never raises for bad content."""
+    builder = _Builder()
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        stripped = line.strip(" \t")
+        if not stripped:
+            continue
+        try:
+            if stripped[0] == "#":
+                _on_comment(builder, stripped)
+            else:
+                if _has_surrogate(stripped):
+                    raise LineError("invalid UTF-8")
+                builder.on_sample(parse_sample_line(stripped))
+        except LineError as exc:
+            builder.dropped.append(DroppedLine(number, str(exc), _excerpt(line)))
+    return ParseResult(list(builder.families.values()), builder.dropped, builder.type_conflicts, builder.duplicates)
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def _on_comment(builder: _Builder, line: str) -> None:
+    body = line[1:].lstrip(" \t")
+    if body.startswith("HELP") and body[4:5] in (" ", "\t"):
+        name, rest = _parse_meta_name(body[5:])
+        if _has_surrogate(name) or _has_surrogate(rest):
+            raise LineError("invalid UTF-8")
+        # The text starts after the blanks that follow the name; trailing blanks are part of it.
+        builder.on_help(name, rest.lstrip(" \t"))
+    elif body.startswith("TYPE") and body[4:5] in (" ", "\t"):
+        name, rest = _parse_meta_name(body[5:])
+        words = rest.split()
+        if len(words) != 1:
+            raise LineError("TYPE line without exactly one type")
+        builder.on_type(name, words[0])
+    # Any other comment (including OpenMetrics '# EOF'/'# UNIT') is ignored.
+
+
+def decode_payload(data: bytes) -> str:
+    """Bytes -> text; invalid UTF-8 survives as surrogates so only the affected lines are dropped."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="surrogateescape")

@@ -1,0 +1,74 @@
+"""Settings of the unified-metrics section (flags + environment, validated once)."""
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from patio.config import CoreSettings, parse_bool, parse_choice, parse_float, parse_int, pick
+from patio.metrics.assemble import MODES
+from patio.metrics.rules import SCHEMES
+
+# Largest engine /metrics body Patio reads (after decompression); larger -> engine_up 0.
+DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    scheme: str = "patio"
+    mode: str = "both"
+    scrape_timeout: float = 2.0
+    cache_ttl: float = 0.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+
+
+def add_flags(parser: Any) -> None:
+    parser.add_argument("--metrics-scheme", help="patio, aibrix or kthena (env METRICS_SCHEME; default patio)")
+    parser.add_argument("--metrics-mode", help="standard, both or raw (env METRICS_MODE; default both)")
+    parser.add_argument("--metrics-scrape-timeout", help="seconds for one engine scrape (default 2)")
+    parser.add_argument("--metrics-cache-ttl", help="seconds an engine scrape is reused (default 0: never)")
+    parser.add_argument("--metrics-max-bytes", help="largest engine payload read, bytes (default 33554432)")
+
+
+def _mode_from_aibrix(env: Mapping[str, str]) -> str:
+    # AIBrix's switches: METRICS_ENABLE_TRANSFORMATION=0 turns renaming off (raw);
+    # METRICS_RAW_PASSTHROUGH_MODE=1 keeps raw families beside the renamed ones (both).
+    if "METRICS_ENABLE_TRANSFORMATION" in env and not parse_bool(
+        "METRICS_ENABLE_TRANSFORMATION", env["METRICS_ENABLE_TRANSFORMATION"]
+    ):
+        return "raw"
+    if "METRICS_RAW_PASSTHROUGH_MODE" in env and parse_bool(
+        "METRICS_RAW_PASSTHROUGH_MODE", env["METRICS_RAW_PASSTHROUGH_MODE"]
+    ):
+        return "both"
+    return "both"
+
+
+def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:
+    def positive(setting: str, raw: str) -> float:
+        value = parse_float(setting, raw, minimum=0.0)
+        if value <= 0:
+            from patio.errors import ConfigError
+
+            raise ConfigError(setting, f"must be > 0, got {raw!r}")
+        return value
+
+    return MetricsSettings(
+        scheme=pick(
+            args, env, "metrics_scheme", ("METRICS_SCHEME",), "patio", lambda s, r: parse_choice(s, r, SCHEMES)
+        ),
+        mode=pick(
+            args, env, "metrics_mode", ("METRICS_MODE",), _mode_from_aibrix(env), lambda s, r: parse_choice(s, r, MODES)
+        ),
+        scrape_timeout=pick(args, env, "metrics_scrape_timeout", ("METRICS_SCRAPE_TIMEOUT",), 2.0, positive),
+        cache_ttl=pick(
+            args, env, "metrics_cache_ttl", ("METRICS_CACHE_TTL",), 0.0, lambda s, r: parse_float(s, r, minimum=0.0)
+        ),
+        max_payload_bytes=pick(
+            args,
+            env,
+            "metrics_max_bytes",
+            ("METRICS_MAX_BYTES",),
+            DEFAULT_MAX_PAYLOAD,
+            lambda s, r: parse_int(s, r, minimum=1024),
+        ),
+    )
