@@ -7,7 +7,7 @@ unrenamed.  Whatever the input, the output stays valid: one family per name
 no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 """
 
-from typing import Iterable, List, NamedTuple, Set, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from patio.metrics.model import Family, Labels
 from patio.metrics.rules import RuleSet
@@ -30,7 +30,7 @@ def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: 
     if mode in ("both", "raw"):
         groups.append(engine)
     names: Set[str] = set()
-    series: Set[Tuple[str, Labels]] = set()
+    series: Set[Tuple[str, Labels, Optional[int]]] = set()
     out: List[Family] = []
     clashes = duplicates = 0
     for group_index, group in enumerate(groups):
@@ -41,7 +41,8 @@ def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: 
             names.add(family.name)
             kept = []
             for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels)) if len(sample.labels) > 1 else sample.labels)
+                labels = tuple(sorted(sample.labels)) if len(sample.labels) > 1 else sample.labels
+                key = (sample.name, labels, sample.timestamp)
                 if key in series:
                     duplicates += 1
                     continue

@@ -50,9 +50,15 @@ _INT64_MAX = 2**63 - 1
 # Suffixes each declared type owns, for assigning sample names to families.
 _OWNED_SUFFIXES: Dict[str, Tuple[str, ...]] = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount", "_sum", "_count"),
     "summary": ("_sum", "_count", "_created"),
     "counter": ("_total", "_created"),
 }
+
+
+# Types newer parsers know beyond text 0.0.4 (expfmt >= v0.67); written out as `untyped`.
+_EXTRA_TYPES = ("gaugehistogram",)
+_TYPE_ALIASES = {"gauge_histogram": "gaugehistogram"}
 
 
 class DroppedLine(NamedTuple):
@@ -111,24 +117,25 @@ def _parse_timestamp(token: str) -> int:
 
 
 def _parse_labels(text: str) -> Tuple[Optional[str], Labels]:
-    """``a="b",c="d"`` -> labels; a leading quoted item with no ``=`` is the metric name."""
+    """``a="b",c="d"`` -> labels; one quoted item with no ``=`` is the metric name (text 1.0.0)."""
     if _COMMA_ONLY.match(text):
         return None, ()
     labels: List[Tuple[str, str]] = []
     seen: Set[str] = set()
     pos = 0
     name: Optional[str] = None
-    first = _QUOTED_NAME_ITEM.match(text)
-    if first is not None:
-        name = _unescape(first.group(1)[1:-1])
-        pos = first.end()
     end = len(text)
     while pos < end:
         if _BLANK.match(text, pos):
             break
         match = _LABEL.match(text, pos)
         if match is None:
-            raise LineError(f"malformed label set near {text[pos : pos + 20]!r}")
+            bare = _QUOTED_NAME_ITEM.match(text, pos)
+            if bare is None or name is not None:
+                raise LineError(f"malformed label set near {text[pos : pos + 20]!r}")
+            name = _unescape(bare.group(1)[1:-1])
+            pos = bare.end()
+            continue
         key = match.group(1) if match.group(1) is not None else _unescape(match.group(2)[1:-1])
         if key in seen:
             raise LineError(f"duplicate label name {key!r}")
@@ -197,7 +204,7 @@ class _Builder:
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
-        self.series: Set[Tuple[str, Labels]] = set()
+        self.series: Set[Tuple[str, Labels, Optional[int]]] = set()
         self.dropped: List[DroppedLine] = []
         self.type_conflicts = 0
         self.duplicates = 0
@@ -222,7 +229,8 @@ class _Builder:
 
     def on_type(self, name: str, type_word: str) -> None:
         kind = type_word.lower()
-        if kind not in FAMILY_TYPES:
+        kind = _TYPE_ALIASES.get(kind, kind)
+        if kind not in FAMILY_TYPES and kind not in _EXTRA_TYPES:
             raise LineError(f"unknown metric type {type_word!r}")
         if name in self.declared or name in self.sampled:
             # First declaration wins: a second TYPE, or a TYPE after the family's samples.
@@ -239,7 +247,7 @@ class _Builder:
     def on_sample(self, sample: Sample) -> None:
         family = self.owner(sample.name)
         kind = family.type
-        if kind == "histogram" and (sample.name.endswith("_bucket") or sample.name == family.name):
+        if kind in ("histogram", "gaugehistogram") and (sample.name.endswith("_bucket") or sample.name == family.name):
             le = dict(sample.labels).get("le")
             if le is None and sample.name.endswith("_bucket"):
                 raise LineError("histogram bucket without an le label")
@@ -249,7 +257,8 @@ class _Builder:
             quantile = dict(sample.labels).get("quantile")
             if quantile is not None and not _float_label_ok(quantile):
                 raise LineError(f"quantile label is not a number: {quantile!r}")
-        key = (sample.name, tuple(sorted(sample.labels)))
+        # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
+        key = (sample.name, tuple(sorted(sample.labels)), sample.timestamp)
         if key in self.series:
             self.duplicates += 1
             return

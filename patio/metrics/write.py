@@ -11,7 +11,7 @@ import math
 import re
 from typing import Iterable, List, Optional
 
-from patio.metrics.model import Family, Labels
+from patio.metrics.model import FAMILY_TYPES, Family, Labels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -77,7 +77,8 @@ def render(families: Iterable[Family]) -> str:
         name = metric_name_text(family.name)
         if family.help is not None:
             out.append(f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}")
-        out.append(f"# TYPE {name} {family.type}")
+        # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
+        out.append(f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}")
         for sample in family.samples:
             out.append(sample_line(sample.name, sample.labels, sample.value, sample.timestamp))
     return "\n".join(out) + "\n" if out else ""
