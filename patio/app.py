@@ -31,7 +31,10 @@ T = TypeVar("T")
 BLOCKING_WORKERS = 32
 
 # (module, factory) rows, in start order.  Shutdown runs in reverse order.
-COMPONENT_FACTORIES: Sequence[str] = ("patio.api.core:build",)
+COMPONENT_FACTORIES: Sequence[str] = (
+    "patio.api.core:build",
+    "patio.metrics.component:build",
+)
 
 
 @dataclass(frozen=True)

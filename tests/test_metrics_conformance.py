@@ -4,12 +4,14 @@ import json
 import math
 
 import pytest
+from support import shared_path
 
 from patio.metrics.parse import parse
 from patio.metrics.write import render
-from support import shared_path
 
-CLIENT_PYTHON = json.loads(shared_path("conformance", "client_python_classic.json").read_text(encoding="utf-8"))["cases"]
+CLIENT_PYTHON = json.loads(shared_path("conformance", "client_python_classic.json").read_text(encoding="utf-8"))[
+    "cases"
+]
 GO_VALID = json.loads(shared_path("conformance", "go_expfmt_valid.json").read_text(encoding="utf-8"))["cases"]
 
 
@@ -67,9 +69,7 @@ def test_go_expfmt_valid_inputs_accepted_without_loss(case):
     text = case["input"]
     result = parse(text)
     assert result.dropped == []
-    sample_lines = [
-        line for line in text.split("\n") if line.strip(" \t") and not line.strip(" \t").startswith("#")
-    ]
+    sample_lines = [line for line in text.split("\n") if line.strip(" \t") and not line.strip(" \t").startswith("#")]
     found = _found(result.families)
     assert len(found) + result.duplicate_series == len(sample_lines)
     again = parse(render(result.families))

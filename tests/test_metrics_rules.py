@@ -1,12 +1,12 @@
 """Every scheme x engine fixture, with the expected renamed families written out."""
 
 import pytest
+from support import shared_path
 
 from patio.metrics.assemble import assemble
 from patio.metrics.model import Family, Sample
 from patio.metrics.parse import parse
 from patio.metrics.rules import RuleSet
-from support import shared_path
 
 FIXTURES = {
     "vllm-single": ("vllm", "vllm-0.33-single.txt"),
@@ -142,11 +142,11 @@ def test_scheme_over_fixture(scheme, fixture):
 def test_renamed_histograms_carry_every_bucket_and_labels(fixture):
     engine, families = _families(fixture)
     source = families[f"{engine}:time_to_first_token_seconds"]
-    target = {f.name: f for f in RuleSet.for_scheme("patio", engine).apply(families)}["patio:time_to_first_token_seconds"]
-    assert [(s.labels, s.value) for s in target.samples] == [(s.labels, s.value) for s in source.samples]
-    assert [s.name for s in target.samples] == [
-        s.name.replace(f"{engine}:", "patio:", 1) for s in source.samples
+    target = {f.name: f for f in RuleSet.for_scheme("patio", engine).apply(families)}[
+        "patio:time_to_first_token_seconds"
     ]
+    assert [(s.labels, s.value) for s in target.samples] == [(s.labels, s.value) for s in source.samples]
+    assert [s.name for s in target.samples] == [s.name.replace(f"{engine}:", "patio:", 1) for s in source.samples]
 
 
 def test_first_present_source_wins_when_both_exported():
@@ -166,7 +166,9 @@ def test_first_present_source_wins_when_both_exported():
 def test_counter_declared_by_base_name_is_renamed():
     families = {f.name: f for f in parse("# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total 7\n").families}
     renamed = RuleSet.for_scheme("kthena", "vllm").apply(families) + RuleSet.for_scheme("patio", "vllm").apply(families)
-    assert [(f.name, [s.name for s in f.samples]) for f in renamed] == [("patio:input_tokens", ["patio:input_tokens_total"])]
+    assert [(f.name, [s.name for s in f.samples]) for f in renamed] == [
+        ("patio:input_tokens", ["patio:input_tokens_total"])
+    ]
 
 
 MODES = [

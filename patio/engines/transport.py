@@ -113,6 +113,10 @@ def http_request(
         response.close()
     status = response.status if hasattr(response, "status") else response.code
     header_map = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
+    declared = header_map.get("content-length", "")
+    if declared.isdigit() and int(declared) != total and method != "HEAD":
+        # A body cut short (peer died mid-answer) must not pass as a complete one.
+        raise PeerUnavailable(f"{peer} answer to {method} {url} truncated: {total} of {declared} bytes", sent=True)
     return HttpResult(status=int(status), headers=header_map, body=b"".join(chunks), elapsed=time.monotonic() - started)
 
 
