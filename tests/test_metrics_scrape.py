@@ -106,10 +106,10 @@ def test_output_modes(mode_args, env, renamed, raw):
 
 def test_gzip_when_asked():
     with engine_for("vllm-0.33-single.txt") as engine, patio_for(engine) as patio:
-        status, headers, body = http_call("GET", patio.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+        _, headers, body = http_call("GET", patio.url + "/metrics", headers={"Accept-Encoding": "gzip"})
         assert headers["content-encoding"] == "gzip"
         assert_valid(gzip.decompress(body).decode())
-        status, headers, body = http_call("GET", patio.url + "/metrics")
+        _, headers, body = http_call("GET", patio.url + "/metrics")
         assert "content-encoding" not in headers
 
 

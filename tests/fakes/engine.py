@@ -151,7 +151,10 @@ def _lora(engine: FakeEngine, path: str, payload: Any) -> Tuple[int, Dict[str, s
                 if name == BASE_MODEL:
                     return _vllm_error("The lora adapter name must not be the base model.", "InvalidUserInput", 400)
                 if name in engine.adapters and not payload.get("load_inplace"):
-                    msg = f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."
+                    msg = (
+                        f"The lora adapter '{name}' has already been loaded. "
+                        "If you want to load the adapter in place, set 'load_inplace' to True."
+                    )
                     return _vllm_error(msg, "InvalidUserInput", 400)
                 if lora_path in engine.internal_error_paths:
                     return _vllm_error("LoRA rank 64 is greater than max_lora_rank 8.", "InternalServerError", 500)
