@@ -1,0 +1,63 @@
+"""What differs between engines, as data: LoRA paths, accepted fields, and how an
+answer is read (success, duplicate, not found, validation, internal).
+
+``EngineSpec.classify(op, status, body)`` turns a raw engine answer into an
+``Outcome``; ``engines/vllm.py`` and ``engines/sglang.py`` fill the specs in.
+No I/O.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, FrozenSet, Mapping, NamedTuple, Optional
+
+# Outcome kinds of a LoRA call, engine-neutral.
+OK = "ok"
+DUPLICATE = "duplicate"
+NOT_FOUND = "not_found"
+INVALID = "invalid"
+UNAUTHORIZED = "unauthorized"
+UNAVAILABLE = "unavailable"  # 503: the engine refused before acting; safe to retry
+INTERNAL = "internal"
+NO_LORA_ROUTES = "no_lora_routes"  # LoRA runtime updating not enabled in the engine
+
+
+class Outcome(NamedTuple):
+    kind: str
+    message: str
+    status: int
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    load_path: str
+    unload_path: str
+    models_path: str
+    load_fields: FrozenSet[str]  # engine-specific optional fields Patio passes through on load
+    unload_fields: FrozenSet[str]
+    classify_body: Callable[[str, int, str], Outcome]
+    lora_hint: str  # how to enable runtime LoRA in this engine, for error messages
+
+    def classify(self, op: str, status: int, body: bytes) -> Outcome:
+        return self.classify_body(op, status, body.decode("utf-8", errors="replace"))
+
+
+def json_or_none(text: str) -> Optional[Any]:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def message_of(value: Any, text: str) -> str:
+    """The human message inside an engine's error body, whatever its shape."""
+    if isinstance(value, Mapping):
+        error = value.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        for key in ("error_message", "message", "detail"):
+            if isinstance(value.get(key), str) and value[key]:
+                return str(value[key])
+    return text.strip()[:500] or "(empty answer)"

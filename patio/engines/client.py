@@ -1,0 +1,114 @@
+"""Blocking engine client for LoRA calls and the model list, with bounded retries.
+
+Run in worker threads only.  A call is retried only when the engine cannot have
+acted on it: the connection was refused before the request was sent, or the
+engine answered 503.  Backoff starts at ``retry_base`` seconds and doubles,
+bounded by ``retry_attempts`` and a total ``retry_deadline``.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from patio.engines import sglang, vllm
+from patio.engines.base import UNAVAILABLE, EngineSpec, Outcome
+from patio.engines.transport import HttpResult, PeerUnavailable, bearer, http_request
+from patio.errors import EngineError
+
+log = logging.getLogger("patio.engine")
+
+SPECS: Mapping[str, EngineSpec] = {"vllm": vllm.SPEC, "sglang": sglang.SPEC}
+# A model list is small JSON; refuse more than this.
+MAX_MODELS_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base: float = 0.5
+    deadline: float = 30.0
+
+
+class EngineClient:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        base_url: str,
+        api_key: Optional[str],
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.spec = spec
+        self.base_url = base_url
+        self.api_key = api_key
+        self.retry = retry
+        self._sleep = sleep
+
+    def _headers(self) -> Dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        headers.update(bearer(self.api_key))
+        return headers
+
+    def _with_retry(self, what: str, call: Callable[[], HttpResult], classify: Callable[[HttpResult], Any]) -> Any:
+        started = time.monotonic()
+        delay = self.retry.base
+        attempt = 0
+        while True:
+            attempt += 1
+            retryable = False
+            try:
+                result = call()
+                value = classify(result)
+                retryable = isinstance(value, Outcome) and value.kind == UNAVAILABLE
+                if not retryable:
+                    return value
+                reason = f"engine answered {result.status}"
+            except PeerUnavailable as exc:
+                if exc.sent:
+                    raise  # the engine may have acted: never repeat a possibly applied change
+                reason = exc.message
+                value = exc
+            out_of_budget = attempt >= self.retry.attempts or time.monotonic() + delay - started > self.retry.deadline
+            if out_of_budget:
+                if isinstance(value, PeerUnavailable):
+                    raise value
+                return value
+            log.info("%s: %s; retry %d/%d in %.1fs", what, reason, attempt, self.retry.attempts - 1, delay)
+            self._sleep(delay)
+            delay *= 2
+
+    def lora(self, op: str, payload: Mapping[str, Any], timeout: float) -> Outcome:
+        """``op`` is ``load`` or ``unload``; the classified answer (retries included)."""
+        path = self.spec.load_path if op == "load" else self.spec.unload_path
+        url = self.base_url + path
+        body = json.dumps(dict(payload)).encode("utf-8")
+        result: Outcome = self._with_retry(
+            f"{op} {payload.get('lora_name')}",
+            lambda: http_request("POST", url, body=body, headers=self._headers(), timeout=timeout),
+            lambda r: self.spec.classify(op, r.status, r.body),
+        )
+        return result
+
+    def models_raw(self, timeout: float) -> HttpResult:
+        headers = bearer(self.api_key)
+        return http_request(
+            "GET", self.base_url + self.spec.models_path, headers=headers, timeout=timeout, max_bytes=MAX_MODELS_BYTES
+        )
+
+    def adapters(self, timeout: float) -> Dict[str, str]:
+        """Adapters the engine serves now: name -> root (its path).  Raises on failure."""
+        result = self.models_raw(timeout)
+        if result.status != 200:
+            raise EngineError(f"engine {self.spec.models_path} answered {result.status}", engine_status=result.status)
+        try:
+            data = json.loads(result.body)
+            cards: List[Any] = data["data"]
+        except (ValueError, KeyError, TypeError):
+            raise EngineError(f"engine {self.spec.models_path} answer is not a model list") from None
+        adapters: Dict[str, str] = {}
+        for card in cards:
+            if isinstance(card, dict) and card.get("parent") and isinstance(card.get("id"), str):
+                adapters[card["id"]] = str(card.get("root") or "")
+        return adapters

@@ -1,0 +1,53 @@
+"""SGLang's LoRA contract (engines.md): routes without ``/v1``; JSON answers with a
+``success`` flag, 400 on failure with ``error_message`` saying why."""
+
+from patio.engines.base import (
+    DUPLICATE,
+    INTERNAL,
+    INVALID,
+    NOT_FOUND,
+    OK,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    EngineSpec,
+    Outcome,
+    json_or_none,
+    message_of,
+)
+
+# Phrases in SGLang's error_message that mean "no such adapter or path".
+_NOT_FOUND_PHRASES = ("does not exist", "not found", "no such file", "can't find", "cannot find", "doesn't exist")
+
+
+def classify(op: str, status: int, text: str) -> Outcome:
+    body = json_or_none(text)
+    message = message_of(body, text)
+    if status == 200 and isinstance(body, dict) and body.get("success") is True:
+        return Outcome(OK, "success", status)
+    if status == 200:
+        # A 200 without success=true is still a refusal; never report it as done.
+        return Outcome(INVALID, message or "engine did not confirm success", status)
+    if status in (401, 403):
+        return Outcome(UNAUTHORIZED, message, status)
+    if status == 503:
+        return Outcome(UNAVAILABLE, message, status)
+    lowered = message.lower()
+    if status == 400 and "already loaded" in lowered:
+        return Outcome(DUPLICATE, message, status)
+    if status in (400, 404) and any(p in lowered for p in _NOT_FOUND_PHRASES):
+        return Outcome(NOT_FOUND, message, status)
+    if 400 <= status < 500:
+        return Outcome(INVALID, message, status)
+    return Outcome(INTERNAL, message, status)
+
+
+SPEC = EngineSpec(
+    name="sglang",
+    load_path="/load_lora_adapter",
+    unload_path="/unload_lora_adapter",
+    models_path="/v1/models",
+    load_fields=frozenset({"pinned"}),
+    unload_fields=frozenset(),
+    classify_body=classify,
+    lora_hint="start SGLang with --enable-lora",
+)

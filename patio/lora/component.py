@@ -1,0 +1,36 @@
+"""The LoRA component: routes, the manager, and its reconcile loop."""
+
+from typing import Optional, Sequence
+
+from patio.app import AppContext, Component
+from patio.engines.client import SPECS, EngineClient, RetryPolicy
+from patio.http.types import Route
+from patio.lora.api import LoraApi
+from patio.lora.manager import LoraManager
+
+
+class LoraComponent(Component):
+    name = "lora"
+
+    def __init__(self, context: AppContext) -> None:
+        core, settings = context.settings.core, context.settings.lora
+        spec = SPECS[core.engine]
+        retry = RetryPolicy(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
+        client = EngineClient(spec, core.engine_endpoint, core.engine_api_key, retry)
+        self.manager = LoraManager(context, settings, client)
+        self.api = LoraApi(self.manager, spec)
+        context.services["lora"] = self.manager
+        context.engine_health_listeners.append(self.manager.on_engine_health)
+
+    def routes(self) -> Sequence[Route]:
+        return self.api.routes()
+
+    async def start(self) -> None:
+        self.manager.start()
+
+    async def stop(self) -> None:
+        await self.manager.stop()
+
+
+def build(context: AppContext) -> Optional[Component]:
+    return LoraComponent(context)

@@ -1,0 +1,163 @@
+"""Self-healing: the engine restarts and forgets adapters; Patio restarts and remembers."""
+
+import json
+import os
+import tempfile
+import time
+
+import pytest
+from fakes.engine import FakeEngine
+from support import RunningPatio, http_call, http_json, make_settings
+
+from patio.lora.state import STATE_FILE, read_desired, write_desired
+
+
+def patio_for(engine, state_dir, interval="0.2", *args):
+    env = {"INFERENCE_ENGINE": engine.kind, "INFERENCE_ENGINE_ENDPOINT": engine.url, "PATIO_STATE_DIR": str(state_dir)}
+    return RunningPatio(make_settings(["--lora-reconcile-interval", interval, *args], env))
+
+
+def load(patio, name, path):
+    status, body = http_json("POST", patio.url + "/load_lora_adapter", {"lora_name": name, "lora_path": path})
+    assert status == 200, body
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def metric(patio, name):
+    _, _, body = http_call("GET", patio.url + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_engine_restart_that_forgets_adapters_is_healed(kind, tmp_path):
+    with FakeEngine(kind) as engine, patio_for(engine, tmp_path) as patio:
+        load(patio, "a", "/models/a")
+        load(patio, "b", "/models/b")
+        engine.restart(forget=True)
+        assert engine.adapters == {}
+        assert wait_for(lambda: engine.adapters == {"a": "/models/a", "b": "/models/b"})
+        assert metric(patio, "patio_lora_reconcile_reloads_total") == 2
+        view = {a["name"]: a for a in http_json("GET", patio.url + "/v1/lora_adapters")[1]["data"]}
+        assert wait_for(
+            lambda: all(a["engine_confirmed"] for a in http_json("GET", patio.url + "/v1/lora_adapters")[1]["data"])
+        )
+        assert {v["state"] for v in view.values()} == {"loaded"}
+
+
+def test_engine_down_then_up_reloads_once_it_answers(tmp_path):
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
+        load(patio, "a", "/models/a")
+        engine.stop()
+        time.sleep(0.5)  # a few failed rounds while it is down
+        engine.adapters.clear()
+        engine.start()
+        assert wait_for(lambda: engine.adapters == {"a": "/models/a"})
+        assert len(engine.calls_to(engine.load_path())) == 2
+
+
+def test_reconcile_disabled_still_reconciles_when_health_flips(tmp_path):
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0") as patio:
+        load(patio, "a", "/models/a")
+        engine.health_status = 503
+        assert http_call("GET", patio.url + "/ready")[0] == 503
+        engine.adapters.clear()  # the engine restarted meanwhile
+        engine.health_status = 200
+        time.sleep(2.1)  # past the readiness cache
+        assert http_call("GET", patio.url + "/ready")[0] == 200
+        assert wait_for(lambda: engine.adapters == {"a": "/models/a"})
+
+
+def test_patio_restart_rebuilds_view_without_loading_twice(tmp_path):
+    with FakeEngine("sglang") as engine:
+        with patio_for(engine, tmp_path) as patio:
+            load(patio, "a", "/models/a")
+            load(patio, "b", "/models/b")
+        saved = json.loads((tmp_path / STATE_FILE).read_text())
+        assert [a["name"] for a in saved["adapters"]] == ["a", "b"]
+        calls_before = len(engine.calls_to(engine.load_path()))
+        with patio_for(engine, tmp_path) as patio:
+            assert wait_for(
+                lambda: all(a["engine_confirmed"] for a in http_json("GET", patio.url + "/v1/lora_adapters")[1]["data"])
+            )
+            names = [a["name"] for a in http_json("GET", patio.url + "/v1/lora_adapters")[1]["data"]]
+            assert names == ["a", "b"]
+            # Loading again through the new Patio is a no-op, not a second engine load.
+            load(patio, "a", "/models/a")
+        assert len(engine.calls_to(engine.load_path())) == calls_before
+
+
+def test_patio_restart_reapplies_what_the_engine_lost(tmp_path):
+    with FakeEngine("vllm") as engine:
+        with patio_for(engine, tmp_path) as patio:
+            load(patio, "a", "/models/a")
+        engine.restart(forget=True)
+        with patio_for(engine, tmp_path):
+            assert wait_for(lambda: engine.adapters == {"a": "/models/a"})
+
+
+def test_unloaded_adapters_leave_the_desired_set(tmp_path):
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
+        load(patio, "a", "/models/a")
+        assert http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": "a"})[0] == 200
+        assert read_desired(str(tmp_path)) == []
+        engine.restart(forget=True)
+        time.sleep(0.5)
+        assert engine.adapters == {}
+
+
+def test_state_file_is_replaced_atomically(tmp_path):
+    write_desired(str(tmp_path), [{"name": "a", "path": "/p"}])
+    write_desired(str(tmp_path), [{"name": "b", "path": "/q"}])
+    assert [a["name"] for a in read_desired(str(tmp_path))] == ["b"]
+    assert sorted(os.listdir(tmp_path)) == [STATE_FILE]  # no temporary files left behind
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b'{"version": 99, "adapters": []}', b"[]"],
+    ids=["corrupt", "wrong_version", "wrong_shape"],
+)
+def test_unreadable_state_is_reported_not_fatal(tmp_path, content, caplog):
+    (tmp_path / STATE_FILE).write_bytes(content)
+    with pytest.raises(ValueError):
+        read_desired(str(tmp_path))
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
+        load(patio, "a", "/models/a")
+    assert [a["name"] for a in read_desired(str(tmp_path))] == ["a"]
+
+
+def test_unwritable_state_dir_fails_the_load_clearly():
+    state = tempfile.mkdtemp()
+    blocker = os.path.join(state, "file")
+    open(blocker, "w").close()
+    with FakeEngine("vllm") as engine, patio_for(engine, blocker) as patio:
+        status, body = http_json("POST", patio.url + "/load_lora_adapter", {"lora_name": "a", "lora_path": "/p"})
+        assert (status, body["type"]) == (500, "state_not_saved")
+        assert blocker in body["message"] and "engine applied the change" in body["message"]
+
+
+def test_full_disk_is_507(tmp_path, monkeypatch):
+    import errno
+
+    import patio.lora.manager as manager
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager, "write_desired", full)
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
+        status, body = http_json("POST", patio.url + "/load_lora_adapter", {"lora_name": "a", "lora_path": "/p"})
+        assert (status, body["type"]) == (507, "state_not_saved")
+        assert "No space left on device" in body["message"]
+        assert http_call("GET", patio.url + "/health")[0] == 200
