@@ -138,7 +138,7 @@ class CoreSettings:
     api_key: Optional[str] = None
     limits: Limits = Limits()
     shutdown_timeout: float = 10.0  # whole shutdown budget, well inside k8s' 30 s grace period
-    drain_timeout: float = 5.0  # of that, how long in-flight requests may run after the listener closes
+    drain_timeout: float = 3.0  # of that, how long in-flight requests may run after the listener closes
     ready_cache_ttl: float = 2.0  # engine health answer reused this long (SGLang /health generates a token)
     engine_health_timeout: float = 2.0
     # Raw topology environment (names from the incumbents); the topology section interprets them.
@@ -219,7 +219,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--request-timeout", help="seconds a client has to send a whole request (default 30)")
     add("--max-connections", help="concurrent client connections (default 1024)")
     add("--shutdown-timeout", help="whole shutdown budget in seconds (default 10)")
-    add("--drain-timeout", help="seconds in-flight requests may finish after the listener closes (default 5)")
+    add("--drain-timeout", help="seconds in-flight requests may finish after the listener closes (default 3)")
     add("--ready-cache-ttl", help="seconds an engine health answer is reused by /ready (default 2)")
     for section in SECTIONS:
         module = _section_module(section)
@@ -348,7 +348,7 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
         api_key=api_key,
         limits=limits,
         shutdown_timeout=pick(args, env, "shutdown_timeout", ("PATIO_SHUTDOWN_TIMEOUT",), 10.0, positive_seconds),
-        drain_timeout=pick(args, env, "drain_timeout", ("PATIO_DRAIN_TIMEOUT",), 5.0, seconds),
+        drain_timeout=pick(args, env, "drain_timeout", ("PATIO_DRAIN_TIMEOUT",), 3.0, seconds),
         ready_cache_ttl=pick(args, env, "ready_cache_ttl", ("PATIO_READY_CACHE_TTL",), 2.0, seconds),
         topo_type=env.get("TOPO_TYPE", ""),
         heartbeat_interval=pick(args, env, "heartbeat_interval", ("HEARTBEAT_INTERVAL",), 30.0, positive_seconds),

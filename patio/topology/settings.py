@@ -1,0 +1,145 @@
+"""Topology settings: is registration on, where is the router, what is this worker.
+
+Derived once from the core's raw environment and ``--instance-info``; anything
+missing or invalid is a ``ConfigError`` naming what to set (exit 2).
+"""
+
+import argparse
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional
+from urllib.parse import urlsplit
+
+from patio.config import CoreSettings, parse_float, pick
+from patio.errors import ConfigError
+
+TOPO_TYPES = ("sglang",)
+WORKER_TYPES = ("regular", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class TopologySettings:
+    enabled: bool = False
+    router_url: str = ""
+    worker_url: str = ""
+    worker_type: str = "regular"
+    bootstrap_port: Optional[int] = None
+    api_key: Optional[str] = None
+    heartbeat_interval: float = 30.0
+    request_timeout: float = 5.0  # connect/read timeout of one router call
+    engine_probe_interval: float = 2.0  # how often to ask the engine's /health before registering
+
+    def __repr__(self) -> str:  # never print the router key
+        return f"TopologySettings(enabled={self.enabled}, router={self.router_url!r}, worker={self.worker_url!r})"
+
+
+def add_flags(parser: Any) -> None:
+    parser.add_argument("--router-timeout", help="seconds for one SGLang router call (default 5)")
+
+
+def _port(setting: str, value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(setting, f"expected a port number, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(setting, f"port out of range: {port}")
+    return port
+
+
+def _host_port(setting: str, raw: str) -> str:
+    """``host:port`` or ``http://host:port`` -> canonical ``http://host:port``."""
+    value = raw.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(setting, f"expected host:port or http://host:port, got {raw!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(setting, f"invalid port in {raw!r}") from None
+    if port is None:
+        raise ConfigError(setting, f"no port in {raw!r}")
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def derive(
+    core: CoreSettings,
+    env: Mapping[str, str],
+    request_timeout: float = 5.0,
+    hostname: Callable[[], str] = socket.gethostname,
+) -> TopologySettings:
+    info: Dict[str, Any] = dict(core.instance_info or {})
+    nested = info.get("data")
+    data: Dict[str, Any] = dict(nested) if isinstance(nested, dict) else info
+    topo = core.topo_type or str(info.get("topo_type") or data.get("topo_type") or "")
+    if topo.strip().lower() in ("", "none"):
+        return TopologySettings(enabled=False, heartbeat_interval=core.heartbeat_interval)
+    if topo.strip().lower() not in TOPO_TYPES:
+        raise ConfigError("TOPO_TYPE", f"unknown topology type {topo!r}; supported: SGLang (or empty to disable)")
+
+    worker_type = str(data.get("worker_type") or env.get("WORKER_TYPE") or "regular").lower()
+    if worker_type not in WORKER_TYPES:
+        raise ConfigError("worker_type", f"must be one of {', '.join(WORKER_TYPES)}, got {worker_type!r}")
+    raw_port = data.get("port") or env.get("WORKER_PORT")
+    if raw_port is None:
+        engine_port = urlsplit(core.engine_endpoint).port
+        if engine_port is None:
+            raise ConfigError("WORKER_PORT", "the worker port is missing: set --instance-info data.port or WORKER_PORT")
+        raw_port = engine_port
+    port = _port("worker port (--instance-info data.port / WORKER_PORT)", raw_port)
+    raw_bootstrap = data.get("bootstrap_port") or env.get("BOOTSTRAP_PORT")
+    bootstrap = _port("bootstrap_port", raw_bootstrap) if raw_bootstrap not in (None, "") else None
+
+    group, role, index = core.group_name, core.role_name, core.role_index
+    if core.pod_ip:
+        host = core.pod_ip
+    elif group and role and index != "":
+        host = f"{group}-{role}-{index}.s-{group}-{role}"
+    else:
+        host = hostname()
+        if not host:
+            raise ConfigError(
+                "POD_IP", "cannot name this worker: set POD_IP, or RBG_GROUP_NAME/RBG_ROLE_NAME/RBG_ROLE_INDEX"
+            )
+    worker_url = f"http://{host}:{port}"
+
+    endpoint = env.get("SGL_ROUTER_ENDPOINT", "").strip()
+    if endpoint:
+        router_url = _host_port("SGL_ROUTER_ENDPOINT", endpoint)
+    else:
+        missing = [
+            name
+            for name, value in (
+                ("RBG_GROUP_NAME (or GROUP_NAME)", group),
+                ("SGL_ROUTER_ROLE_NAME", core.router_role_name),
+                ("SGL_ROUTER_PORT", core.router_port),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                "SGL_ROUTER_ENDPOINT", "the router address is unknown: set SGL_ROUTER_ENDPOINT or " + ", ".join(missing)
+            )
+        router_role = core.router_role_name
+        router_port = _port("SGL_ROUTER_PORT", core.router_port)
+        router_url = f"http://{group}-{router_role}-0.s-{group}-{router_role}:{router_port}"
+
+    return TopologySettings(
+        enabled=True,
+        router_url=router_url,
+        worker_url=worker_url,
+        worker_type=worker_type,
+        bootstrap_port=bootstrap,
+        api_key=env.get("SGL_ROUTER_API_KEY") or None,
+        heartbeat_interval=core.heartbeat_interval,
+        request_timeout=request_timeout,
+    )
+
+
+def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> TopologySettings:
+    timeout = pick(
+        args, env, "router_timeout", ("SGL_ROUTER_TIMEOUT",), 5.0, lambda s, r: parse_float(s, r, minimum=0.1)
+    )
+    return derive(core, env, timeout)
