@@ -1,0 +1,349 @@
+"""Blocking HTTP for downloads: pooled keep-alive connections, streamed bodies, timeouts, retries.
+
+Run only in worker threads.  ``patio.engines.transport`` reads whole answers
+into memory, which suits JSON from a local engine; downloads need streaming,
+connection reuse across thousands of ranged GETs, proxies and TLS to the
+internet, so they get this small client on ``http.client``.
+
+Every socket operation has a timeout; a stalled body is a ``Transient`` error
+and the caller's bounded retry resumes it.  URLs in messages lose their query
+string (presigned URLs carry signatures there).
+"""
+
+import email.utils
+import http.client
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+from patio.artifacts.errors import (
+    ArtifactAccessDenied,
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactUnavailable,
+    DownloadCancelled,
+    ObjectChanged,
+    Transient,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("patio.artifacts")
+
+# Error answers are read this far for their message; the rest is discarded.
+MAX_ERROR_BODY = 64 * 1024
+# A listing page (1000 S3 keys, 1000 HF tree entries) is a few hundred KB; this bounds a hostile one.
+MAX_METADATA_BODY = 32 * 1024 * 1024
+# Idle keep-alive connections kept per host; more threads than this just reconnect.
+MAX_IDLE_PER_HOST = 64
+# Statuses that mean "try again later" (throttling, overload, gateway trouble).
+TRANSIENT_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+USER_AGENT = "patio-downloader"
+
+
+def redact(url: str) -> str:
+    """scheme://host/path without userinfo or query: safe to log."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + ("?…" if parts.query else "")
+
+
+def origin(url: str) -> Tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    timeout: float = 60.0  # per socket operation (connect, each read)
+    proxies: Mapping[str, str] = field(default_factory=dict)  # scheme -> proxy URL (from HTTP(S)_PROXY)
+    no_proxy: str = ""
+    ca_file: Optional[str] = None  # extra CA bundle (REQUESTS_CA_BUNDLE / SSL_CERT_FILE)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 60.0  # a server asking for longer than this is not worth waiting for
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return min(self.max_delay, self.base_delay * (2 ** (attempt - 1))) * rng.uniform(0.5, 1.0)
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Response:
+    """A streamed answer.  ``close()`` returns the connection to the pool when the body was read whole."""
+
+    def __init__(
+        self,
+        client: "HttpClient",
+        key: Tuple[str, str, int],
+        conn: http.client.HTTPConnection,
+        raw: http.client.HTTPResponse,
+        url: str,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._conn: Optional[http.client.HTTPConnection] = conn
+        self._raw = raw
+        self.url = url
+        self.status = raw.status
+        self.headers: Dict[str, str] = {}
+        for name, value in raw.getheaders():
+            lower = name.lower()
+            self.headers[lower] = value if lower not in self.headers else self.headers[lower] + ", " + value
+
+    def header(self, name: str) -> Optional[str]:
+        return self.headers.get(name.lower())
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._raw.read(size)
+        except (socket.timeout, TimeoutError):
+            self._discard()
+            raise Transient(f"read from {redact(self.url)} stalled") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self._discard()
+            raise Transient(f"connection lost while reading {redact(self.url)}: {exc!r}") from None
+
+    def read_all(self, limit: int = MAX_METADATA_BODY) -> bytes:
+        chunks: List[bytes] = []
+        total = 0
+        while True:
+            chunk = self.read(min(256 * 1024, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                self._discard()
+                raise ArtifactError(f"answer from {redact(self.url)} is larger than {limit} bytes")
+        self.close()
+        return b"".join(chunks)
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._raw.isclosed() and not self._raw.will_close:
+            self._client._release(self._key, conn)
+        else:
+            # Unread body or Connection: close: the connection cannot carry another request.
+            conn.close()
+
+    def __enter__(self) -> "Response":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HttpClient:
+    """Keep-alive connections shared by the download threads of one job."""
+
+    def __init__(self, config: NetConfig) -> None:
+        self.config = config
+        self._idle: Dict[Tuple[str, str, int], List[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._ssl: Optional[ssl.SSLContext] = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._ssl is None:
+                context = ssl.create_default_context()
+                if self.config.ca_file:
+                    context.load_verify_locations(self.config.ca_file)
+                self._ssl = context
+            return self._ssl
+
+    def _proxy_for(self, scheme: str, host: str) -> Optional[str]:
+        proxy = self.config.proxies.get(scheme)
+        if not proxy:
+            return None
+        bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - missing from typeshed
+        if self.config.no_proxy and bypass(host, {"no": self.config.no_proxy}):
+            return None
+        return proxy
+
+    def _connect(self, key: Tuple[str, str, int]) -> http.client.HTTPConnection:
+        scheme, host, port = key
+        proxy = self._proxy_for(scheme, host)
+        timeout = self.config.timeout
+        if proxy is None:
+            if scheme == "https":
+                return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl_context())
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        pparts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        pport = pparts.port or (443 if pparts.scheme == "https" else 80)
+        tunnel_headers: Dict[str, str] = {}
+        if pparts.username:
+            import base64
+
+            userpass = f"{urllib.parse.unquote(pparts.username)}:{urllib.parse.unquote(pparts.password or '')}"
+            tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(userpass.encode()).decode()
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(
+                pparts.hostname or "", pport, timeout=timeout, context=self._ssl_context()
+            )
+            conn.set_tunnel(host, port, headers=tunnel_headers)
+        else:
+            conn = http.client.HTTPConnection(pparts.hostname or "", pport, timeout=timeout)
+            conn._patio_proxy_headers = tunnel_headers  # type: ignore[attr-defined]
+        conn._patio_via_proxy = scheme == "http"  # type: ignore[attr-defined]
+        return conn
+
+    def _acquire(self, key: Tuple[str, str, int]) -> Tuple[http.client.HTTPConnection, bool]:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+        return self._connect(key), False
+
+    def _release(self, key: Tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < MAX_IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            conn.close()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Optional[Sequence[Tuple[str, str]]] = None,
+        body: Optional[bytes] = None,
+    ) -> Response:
+        """Send one request; the answer whatever its status.  Network failures raise ``Transient``."""
+        key = origin(url)
+        parts = urllib.parse.urlsplit(url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        for _ in range(2):
+            conn, reused = self._acquire(key)
+            if getattr(conn, "_patio_via_proxy", False):
+                send_target = url
+                extra = list(getattr(conn, "_patio_proxy_headers", {}).items())
+            else:
+                send_target = target
+                extra = []
+            all_headers = list(headers or ()) + extra
+            has_host = any(name.lower() == "host" for name, _ in all_headers)
+            try:
+                # A signed request carries its own Host (the one it signed): send exactly one.
+                conn.putrequest(method, send_target, skip_host=has_host, skip_accept_encoding=True)
+                names = set()
+                for name, value in all_headers:
+                    conn.putheader(name, value)
+                    names.add(name.lower())
+                if "user-agent" not in names:
+                    conn.putheader("User-Agent", USER_AGENT)
+                if "accept-encoding" not in names:
+                    # Sizes and hashes are of the stored bytes: never let a server compress them.
+                    conn.putheader("Accept-Encoding", "identity")
+                if body is not None:
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body)
+                raw = conn.getresponse()
+            except ssl.SSLCertVerificationError as exc:
+                conn.close()
+                raise ArtifactError(f"TLS verification failed for {redact(url)}: {exc.verify_message}") from None
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused:
+                    continue  # the server closed an idle keep-alive connection: one fresh try
+                raise Transient(f"{method} {redact(url)}: connection dropped ({exc!r})") from None
+            except (socket.timeout, TimeoutError):
+                conn.close()
+                raise Transient(f"{method} {redact(url)}: timed out after {self.config.timeout:g}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise Transient(f"{method} {redact(url)}: {exc!r}") from None
+            return Response(self, key, conn, raw, url)
+        raise Transient(f"{method} {redact(url)}: connection dropped twice")
+
+
+def error_for_status(response: Response, what: str, detail: str = "") -> Exception:
+    """The exception for a non-success answer: retryable, changed, or a precise fatal error."""
+    status = response.status
+    suffix = f": {detail}" if detail else ""
+    if status in TRANSIENT_STATUSES:
+        return Transient(f"{what}: HTTP {status}{suffix}", parse_retry_after(response.header("retry-after")))
+    if status in (401, 403):
+        return ArtifactAccessDenied(f"access denied to {what} (HTTP {status}){suffix}")
+    if status == 404:
+        return ArtifactNotFound(f"{what} not found (HTTP 404){suffix}")
+    if status in (412, 416):
+        return ObjectChanged(f"{what} changed during the download (HTTP {status})")
+    return ArtifactError(f"{what}: unexpected HTTP {status}{suffix}")
+
+
+def call_with_retries(
+    func: Callable[[], T],
+    what: str,
+    policy: RetryPolicy,
+    cancel: Optional[threading.Event] = None,
+    rng: Optional[random.Random] = None,
+) -> T:
+    """``func()`` with bounded exponential backoff on ``Transient``; honours Retry-After."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        attempt += 1
+        if cancel is not None and cancel.is_set():
+            raise DownloadCancelled(f"{what}: cancelled")
+        try:
+            return func()
+        except Transient as exc:
+            if attempt >= policy.attempts:
+                raise ArtifactUnavailable(f"{exc.message} (gave up after {attempt} attempts)") from None
+            delay = exc.retry_after if exc.retry_after is not None else policy.delay(attempt, rng)
+            if delay > policy.max_retry_after:
+                raise ArtifactUnavailable(
+                    f"{exc.message}; the server asks to retry after {delay:.0f}s, longer than "
+                    f"{policy.max_retry_after:.0f}s"
+                ) from None
+            log.warning("%s (attempt %d/%d); retrying in %.1fs", exc.message, attempt, policy.attempts, delay)
+            if cancel is not None:
+                if cancel.wait(delay):
+                    raise DownloadCancelled(f"{what}: cancelled") from None
+            else:
+                time.sleep(delay)

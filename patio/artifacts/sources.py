@@ -1,0 +1,140 @@
+"""A parsed URI + settings + request credentials -> the ``Source`` that lists and reads it.
+
+Dispatch is a table by kind.  One rule for every store: credentials from the
+environment (or the configured HF token) go only to the configured endpoint.
+A request that names its own endpoint gets anonymous access there unless it
+also brings its own credentials.
+"""
+
+import re
+import threading
+from typing import Callable, Dict, Optional
+
+from patio.artifacts.awsauth import CredentialsProvider, StaticProvider, resolve_provider
+from patio.artifacts.credentials import RequestCredentials
+from patio.artifacts.fetch import Source
+from patio.artifacts.gcs import GcsSource, gcs_endpoint, resolve_token
+from patio.artifacts.hf import HfSource
+from patio.artifacts.http import HttpSource
+from patio.artifacts.local import LocalSource, resolve_local
+from patio.artifacts.net import HttpClient
+from patio.artifacts.s3 import S3Client, S3Endpoint, S3Source
+from patio.artifacts.settings import ArtifactSettings
+from patio.artifacts.uri import SourceSpec
+from patio.errors import BadRequest
+
+_TOS_NATIVE = re.compile(r"^(https?://)?tos-(?!s3-)([a-z0-9-]+)\.(i?volces\.com|i?bytepluses\.com)(.*)$")
+_OBS_REGION = re.compile(r"obs\.([a-z0-9-]+)\.myhuaweicloud\.com")
+
+Builder = Callable[[SourceSpec, ArtifactSettings, RequestCredentials, Optional[threading.Event]], Source]
+
+
+def tos_s3_endpoint(endpoint: str) -> str:
+    """TOS publishes a native and an S3 endpoint per region; only ``tos-s3-*`` speaks S3."""
+    match = _TOS_NATIVE.match(endpoint.strip())
+    if match is None:
+        return endpoint
+    return f"{match.group(1) or 'https://'}tos-s3-{match.group(2)}.{match.group(3)}{match.group(4)}"
+
+
+def _s3_like(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    env = settings.env
+    kind = spec.kind
+    style_env = env.get("PATIO_S3_ADDRESSING_STYLE")
+    aws = False
+    if kind == "s3":
+        region = creds.region or env.get("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1"
+        configured = env.get("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "ENDPOINT")
+        aws = not (creds.endpoint or configured)
+        endpoint = creds.endpoint or configured or f"https://s3.{region}.amazonaws.com"
+        style = creds.addressing_style or style_env or "auto"
+    elif kind == "tos":
+        region = creds.region or env.get("TOS_REGION") or "cn-beijing"
+        configured = env.get("TOS_S3_ENDPOINT", "TOS_ENDPOINT")
+        endpoint = tos_s3_endpoint(creds.endpoint or configured or f"https://tos-s3-{region}.volces.com")
+        style = creds.addressing_style or "virtual"  # TOS's S3 endpoint has no path-style
+    elif kind == "obs":
+        configured = env.get("OBS_ENDPOINT", "ENDPOINT")
+        named = creds.endpoint or configured or ""
+        found = _OBS_REGION.search(named)
+        region = creds.region or env.get("OBS_REGION") or (found.group(1) if found else "cn-north-4")
+        endpoint = named or f"https://obs.{region}.myhuaweicloud.com"
+        style = creds.addressing_style or style_env or "virtual"
+    else:  # gs:// with HMAC keys: the XML API speaks SigV4 with region "auto"
+        configured = None
+        region = creds.region or "auto"
+        endpoint = creds.endpoint or "https://storage.googleapis.com"
+        style = creds.addressing_style or "path"
+    http = HttpClient(settings.net_config())
+    retry = settings.retry_policy()
+    provider: CredentialsProvider
+    if creds.endpoint and not creds.has_keys and creds.endpoint != configured:
+        provider = StaticProvider(None, "anonymous (endpoint named by the request)")
+    else:
+        provider = resolve_provider(kind, creds, env, http, region, retry)
+    client = S3Client(http, S3Endpoint.parse(endpoint, style, aws=aws), region, provider, retry, label=kind)
+    return S3Source(client, spec.bucket, spec.prefix, cancel)
+
+
+def _gs(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    if creds.has_keys:
+        return _s3_like(spec, settings, creds, cancel)
+    http = HttpClient(settings.net_config())
+    retry = settings.retry_policy()
+    tokens = resolve_token(creds, settings.env, http, settings.net_config(), retry)
+    return GcsSource(http, gcs_endpoint(settings.env), spec.bucket, spec.prefix, tokens, retry, cancel)
+
+
+def _hf(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    endpoint = (creds.endpoint or settings.hf_endpoint).rstrip("/")
+    if not (endpoint.startswith("http://") or endpoint.startswith("https://")):
+        raise BadRequest("credentials.endpoint must be an http:// or https:// URL", param="credentials")
+    if creds.token:
+        token: Optional[str] = creds.token
+    elif endpoint == settings.hf_endpoint.rstrip("/"):
+        token = settings.hf_token
+    else:
+        token = None  # never hand the configured token to an endpoint a request chose
+    revision = spec.revision or settings.hf_revision
+    http = HttpClient(settings.net_config())
+    return HfSource(
+        http, endpoint, spec.repo_id, spec.repo_type, revision, spec.subpath, token, settings.retry_policy(), cancel
+    )
+
+
+def _http(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    return HttpSource(HttpClient(settings.net_config()), spec.url, creds.headers, settings.retry_policy(), cancel)
+
+
+def _local(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    return LocalSource(resolve_local(spec, settings.pvc_root), spec.display)
+
+
+BUILDERS: Dict[str, Builder] = {
+    "s3": _s3_like,
+    "tos": _s3_like,
+    "obs": _s3_like,
+    "gs": _gs,
+    "hf": _hf,
+    "http": _http,
+    "local": _local,
+}
+
+
+def open_source(
+    spec: SourceSpec,
+    settings: ArtifactSettings,
+    creds: Optional[RequestCredentials] = None,
+    cancel: Optional[threading.Event] = None,
+) -> Source:
+    return BUILDERS[spec.kind](spec, settings, creds or RequestCredentials(), cancel)
