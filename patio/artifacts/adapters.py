@@ -1,0 +1,226 @@
+"""The LoRA delegation seam: remote adapter URI -> a local directory the engine can load.
+
+Published as ``ctx.services["adapter_artifacts"]``; the LoRA component calls
+
+    is_remote(source) -> bool                         needs materialize()? (remote stores and pvc://)
+    await materialize(lora_name, source, credentials) -> local path
+    await cleanup(lora_name)                          delete what materialize downloaded
+    status(lora_name) -> Optional[dict]               download state for GET /v1/lora_adapters
+
+Downloads land in ``adapter_dir/NAME``.  The name must be a plain directory name,
+the resolved path must stay inside the adapter dir, and an existing symlink there
+is refused rather than written (or deleted) through.  Concurrent materialize calls
+for one name share one download.  ``pvc://`` resolves in place (no copy) and is
+never deleted.  All disk work runs in worker threads.
+"""
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from patio.app import AppContext
+from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.errors import DownloadCancelled
+from patio.artifacts.jobs import Downloads
+from patio.artifacts.local import resolve_local, within
+from patio.artifacts.manifest import Layout, atomic_write, write_error
+from patio.artifacts.settings import ArtifactSettings
+from patio.artifacts.uri import MAX_URI_LENGTH, SourceSpec, parse_uri
+from patio.errors import BadRequest, Conflict, PatioError
+
+# AIBrix's adapter name rule: a plain name, so it is always one directory below adapter_dir.
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Name of the file in DIR/.patio/ that records which URI the directory holds.
+SOURCE_MARKER = "source"
+# Seconds cleanup waits for a cancelled download to stop before deleting.
+CANCEL_WAIT = 30.0
+
+
+def check_name(lora_name: Any) -> str:
+    if not isinstance(lora_name, str) or not ADAPTER_NAME.match(lora_name) or lora_name in (".", ".."):
+        raise BadRequest(
+            f"lora_name {lora_name!r} must match {ADAPTER_NAME.pattern} (it becomes a directory name)",
+            param="lora_name",
+        )
+    return lora_name
+
+
+def contained_target(adapter_dir: str, lora_name: str) -> str:
+    """``adapter_dir/NAME``, refusing anything that would leave the adapter dir."""
+    root = os.path.realpath(adapter_dir)
+    target = os.path.join(root, lora_name)
+    if os.path.islink(target):
+        raise Conflict(f"{target} is a symlink; refusing to download or delete through it", param="lora_name")
+    if not within(root, os.path.realpath(target)) or os.path.dirname(target) != root:
+        raise BadRequest(f"lora_name {lora_name!r} resolves outside {adapter_dir}", param="lora_name")
+    return target
+
+
+class AdapterArtifacts:
+    def __init__(self, context: AppContext, settings: ArtifactSettings, downloads: Downloads) -> None:
+        self.context = context
+        self.settings = settings
+        self.downloads = downloads
+        self._inflight: Dict[str, Tuple[str, asyncio.Future[str], Any]] = {}
+        self._state: Dict[str, Dict[str, Any]] = {}
+
+    # --- the seam ---
+
+    def is_remote(self, source: str) -> bool:
+        try:
+            spec = parse_uri(source, param="lora_path")
+        except PatioError:
+            return False
+        return spec.remote or spec.pvc
+
+    async def materialize(self, lora_name: str, source: str, credentials: Optional[Dict[str, Any]] = None) -> str:
+        name = check_name(lora_name)
+        spec = parse_uri(source, param="lora_path")
+        creds = parse_credentials(credentials)
+        if spec.kind == "local":
+            # pvc:// and absolute paths are read in place by the engine: resolve, never copy.
+            return await self.context.run_blocking(resolve_local, spec, self.settings.pvc_root, "lora_path")
+        current = self._inflight.get(name)
+        if current is not None:
+            shown, shared, _job = current
+            if shown != spec.display:
+                raise Conflict(f"adapter {name} is being downloaded from {shown}; unload it or wait", param="lora_name")
+            return await asyncio.shield(shared)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._inflight[name] = (spec.display, future, None)
+        try:
+            path = await self._download(name, spec, creds)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # joined callers re-raise it; asyncio must not report it as lost
+            raise
+        else:
+            future.set_result(path)
+            return path
+        finally:
+            self._inflight.pop(name, None)
+
+    async def _download(self, name: str, spec: SourceSpec, creds: Any) -> str:
+        target, complete = await self.context.run_blocking(self._prepare, name, spec)
+        if complete:
+            self._state[name] = {"state": "ready", "source": spec.display, "local_path": target, "reused": True}
+            return target
+        self._state[name] = {
+            "state": "downloading",
+            "source": spec.display,
+            "local_path": target,
+            "started_at": time.time(),
+        }
+        options = self.settings.fetch_options(allow_suffixes=(), force=False)
+        job, _created = self.downloads.submit(spec, target, creds, options)
+        entry = self._inflight.get(name)
+        if entry is not None:
+            self._inflight[name] = (entry[0], entry[1], job)
+        self._state[name]["job"] = job
+        try:
+            assert job.future is not None
+            await asyncio.shield(job.future)
+        except BaseException as exc:
+            self._state[name].update(state="failed", error=job.error or {"message": repr(exc)})
+            raise
+        self._state[name].update(state="ready", finished_at=time.time())
+        return target
+
+    def _prepare(self, name: str, spec: SourceSpec) -> Tuple[str, bool]:
+        """Blocking: create adapter_dir, check containment, start clean if the name held another source.
+
+        Returns (target, complete): a complete copy of the same URI is reused as it is (a reload
+        after an engine restart must not depend on the store, or on credentials it no longer has).
+        """
+        try:
+            os.makedirs(self.settings.adapter_dir, exist_ok=True)
+        except OSError as exc:
+            raise write_error(self.settings.adapter_dir, exc) from None
+        target = contained_target(self.settings.adapter_dir, name)
+        layout = Layout(target)
+        marker = os.path.join(layout.meta, SOURCE_MARKER)
+        same_source = _read_marker(marker) == spec.display
+        if same_source and _complete(layout):
+            return target, True
+        if os.path.isdir(target) and not same_source:
+            # Another adapter (or another version's URI) used this name: its files must not mix in.
+            shutil.rmtree(target)
+        layout.ensure()
+        # Which source this directory belongs to, so a retry resumes only the same one.
+        atomic_write(marker, spec.display.encode("utf-8"))
+        return target, False
+
+    async def cleanup(self, lora_name: str) -> None:
+        name = check_name(lora_name)
+        entry = self._inflight.get(name)
+        if entry is not None:
+            job = entry[2]
+            if job is not None:
+                job.cancel.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(entry[1]), CANCEL_WAIT)
+            except (PatioError, DownloadCancelled, asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        await self.context.run_blocking(self._delete, name)
+        self._state.pop(name, None)
+
+    def _delete(self, name: str) -> None:
+        root = os.path.realpath(self.settings.adapter_dir)
+        target = os.path.join(root, name)
+        if os.path.islink(target):
+            os.unlink(target)  # remove the link itself; never what it points to
+            return
+        if not os.path.lexists(target):
+            return
+        if not within(root, os.path.realpath(target)) or os.path.dirname(target) != root:
+            raise BadRequest(f"refusing to delete {target}: outside {root}", param="lora_name")
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        else:
+            os.unlink(target)
+
+    def status(self, lora_name: str) -> Optional[Dict[str, Any]]:
+        state = self._state.get(lora_name)
+        if state is None:
+            return None
+        result = {k: v for k, v in state.items() if k != "job"}
+        job = state.get("job")
+        if job is not None:
+            result["progress"] = job.progress.to_json()
+            if job.error:
+                result["error"] = job.error
+        for key in ("started_at", "finished_at"):
+            if isinstance(result.get(key), float):
+                result[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result[key]))
+        return result
+
+    async def stop(self) -> None:
+        for _shown, _future, job in list(self._inflight.values()):
+            if job is not None:
+                job.cancel.set()
+
+
+def _read_marker(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read(MAX_URI_LENGTH * 2)
+    except OSError:
+        return None
+
+
+def _complete(layout: Layout) -> bool:
+    """A manifest is present and every file it lists is on disk with its size."""
+    manifest = layout.read_manifest()
+    if manifest is None:
+        return False
+    for entry in layout.manifest_entries().values():
+        path = layout.target(entry.path)
+        if not os.path.isfile(path) or os.path.getsize(path) != entry.size:
+            return False
+    return True

@@ -1,0 +1,270 @@
+"""HTTP API for model downloads (AIBrix's routes):
+
+    POST /v1/model/download        {"model_uri", "local_dir"?, "model_name"?, "allow_file_suffix"?,
+                                    "num_threads"?, "force"?, "credentials"?}  -> 202 + job
+    GET  /v1/model/download/{id}   the job: status, progress, error
+    GET  /v1/model/list            complete models under the models root, plus running jobs
+
+Targets are confined to the models root: ``local_dir`` is relative to it (or an
+absolute path inside it), ``..`` and symlinks out are refused.  Local sources
+must be ``pvc://`` (a copy out of the mounted volume), never arbitrary paths.
+"""
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from patio.app import AppContext
+from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.jobs import ACTIVE, Downloads
+from patio.artifacts.local import within
+from patio.artifacts.manifest import META_DIR, Layout, write_error
+from patio.artifacts.settings import MAX_THREADS, ArtifactSettings, parse_suffixes
+from patio.artifacts.uri import SourceSpec, parse_uri
+from patio.errors import BadRequest, ConfigError, NotFound
+from patio.http.types import Request, Response, Route
+
+FIELDS = frozenset(
+    (
+        "model_uri",
+        "local_dir",
+        "model_name",
+        "allow_file_suffix",
+        "num_threads",
+        "force",
+        "force_download",
+        "credentials",
+        "download_extra_config",
+    )
+)
+# How deep /v1/model/list looks for manifests below the models root (org/name/revision).
+LIST_DEPTH = 4
+# Models listed at most; a models root is a handful of directories.
+MAX_LISTED = 1000
+
+_JOB_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+        "model_uri": {"type": "string"},
+        "local_dir": {"type": "string"},
+        "progress": {"type": "object"},
+        "error": {"type": ["object", "null"]},
+    },
+}
+_LIST_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": {"type": "object"}}},
+}
+_REQUEST_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "required": ["model_uri"],
+    "properties": {
+        "model_uri": {
+            "type": "string",
+            "description": "s3://, tos://, obs://, gs://, hf://, org/name, https://, pvc://",
+        },
+        "local_dir": {"type": "string", "description": "below the models root (relative, or absolute inside it)"},
+        "model_name": {"type": "string", "description": "sub-directory name; default: the URI's last component"},
+        "allow_file_suffix": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "num_threads": {"type": "integer", "minimum": 1},
+        "force": {"type": "boolean"},
+        "credentials": {"type": "object", "description": "never logged or echoed"},
+    },
+}
+
+
+def resolve_target(models_root: str, local_dir: Optional[str], model_name: Optional[str], spec: SourceSpec) -> str:
+    """Blocking: the absolute download directory, inside the models root, or ``BadRequest``."""
+    try:
+        os.makedirs(models_root, exist_ok=True)
+    except OSError as exc:
+        raise write_error(models_root, exc) from None
+    root = os.path.realpath(models_root)
+    if local_dir is not None:
+        if not isinstance(local_dir, str) or not local_dir.strip():
+            raise BadRequest("local_dir must be a non-empty string", param="local_dir")
+        if ".." in local_dir.replace("\\", "/").split("/"):
+            raise BadRequest("local_dir must not contain '..'", param="local_dir")
+        if os.path.isabs(local_dir):
+            norm = os.path.normpath(local_dir)
+            given_root = os.path.normpath(models_root)
+            if within(given_root, norm):
+                norm = os.path.join(root, os.path.relpath(norm, given_root))
+            elif not within(root, norm):
+                raise BadRequest(f"local_dir must be inside the models root {models_root}", param="local_dir")
+            target = norm
+        else:
+            target = os.path.join(root, os.path.normpath(local_dir))
+    else:
+        target = os.path.join(root, _segment(spec.default_name, "model_uri"))
+    if model_name is not None:
+        target = os.path.join(target, _segment(model_name, "model_name"))
+    target = os.path.normpath(target)
+    if target == root:
+        raise BadRequest("the download directory must be below the models root, not the root itself", param="local_dir")
+    if META_DIR in target[len(root) :].split(os.sep):
+        raise BadRequest(f"local_dir must not use the name {META_DIR}", param="local_dir")
+    # Resolve what exists: a symlink on the way must not lead out of the root.
+    probe = target
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not within(root, os.path.realpath(probe)):
+        raise BadRequest(f"local_dir resolves outside the models root {models_root}", param="local_dir")
+    if os.path.islink(target):
+        raise BadRequest("local_dir is a symlink; refusing to write through it", param="local_dir")
+    return target
+
+
+def _segment(value: Any, param: str) -> str:
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\x00" in value:
+        raise BadRequest(f"{param} must be a single directory name, got {value!r}", param=param)
+    return value
+
+
+def list_models(models_root: str) -> List[Dict[str, Any]]:
+    """Blocking: every directory below the root holding a complete manifest."""
+    root = os.path.realpath(models_root)
+    found: List[Dict[str, Any]] = []
+    if not os.path.isdir(root):
+        return found
+    for folder, dirs, _files in os.walk(root):
+        depth = folder[len(root) :].count(os.sep)
+        if META_DIR in dirs:
+            manifest = Layout(folder).read_manifest()
+            if manifest is not None:
+                found.append(
+                    {
+                        "name": os.path.relpath(folder, root),
+                        "local_dir": folder,
+                        "status": "completed",
+                        "model_uri": manifest.get("source"),
+                        "files": manifest.get("file_count"),
+                        "bytes": manifest.get("bytes"),
+                        "completed_at": manifest.get("completed_at"),
+                    }
+                )
+                if len(found) >= MAX_LISTED:
+                    break
+        dirs[:] = sorted(d for d in dirs if d != META_DIR and not os.path.islink(os.path.join(folder, d)))
+        if depth >= LIST_DEPTH:
+            dirs[:] = []
+    return found
+
+
+class DownloadApi:
+    def __init__(self, context: AppContext, settings: ArtifactSettings, downloads: Downloads) -> None:
+        self.context = context
+        self.settings = settings
+        self.downloads = downloads
+
+    def routes(self) -> Sequence[Route]:
+        return (
+            Route(
+                "POST",
+                "/v1/model/download",
+                self.start_download,
+                summary="Download a model into the models root (202 + job id)",
+                management=True,
+                tag="downloads",
+                request_schema=_REQUEST_SCHEMA,
+                response_schema=_JOB_SCHEMA,
+                errors=(400, 401, 409, 415),
+            ),
+            Route(
+                "GET",
+                "/v1/model/download/{id}",
+                self.get_download,
+                summary="Status and progress of a download job",
+                management=True,
+                tag="downloads",
+                response_schema=_JOB_SCHEMA,
+                errors=(401, 404),
+            ),
+            Route(
+                "GET",
+                "/v1/model/list",
+                self.list_models,
+                summary="Models complete under the models root, and downloads in progress",
+                management=True,
+                tag="downloads",
+                response_schema={
+                    "type": "object",
+                    "properties": {"object": {"type": "string"}, "data": {"type": "array"}},
+                },
+                errors=(401,),
+            ),
+        )
+
+    def _options(self, body: Dict[str, Any]) -> Tuple[Optional[int], Optional[Tuple[str, ...]], Optional[bool]]:
+        threads = body.get("num_threads")
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS
+        ):
+            raise BadRequest(f"num_threads must be an integer from 1 to {MAX_THREADS}", param="num_threads")
+        suffixes = body.get("allow_file_suffix")
+        parsed: Optional[Tuple[str, ...]] = None
+        if suffixes is not None:
+            if isinstance(suffixes, list) and all(isinstance(s, str) for s in suffixes):
+                suffixes = ",".join(suffixes)
+            if not isinstance(suffixes, str):
+                raise BadRequest("allow_file_suffix must be a string or a list of strings", param="allow_file_suffix")
+            try:
+                parsed = parse_suffixes("allow_file_suffix", suffixes)
+            except ConfigError as exc:
+                raise BadRequest(str(exc), param="allow_file_suffix") from None
+        force = body.get("force", body.get("force_download"))
+        if force is not None and not isinstance(force, bool):
+            raise BadRequest("force must be true or false", param="force")
+        return threads, parsed, force
+
+    async def start_download(self, request: Request) -> Response:
+        body = request.json_object()
+        unknown = sorted(set(body) - FIELDS)
+        if unknown:
+            raise BadRequest(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(FIELDS))}")
+        spec = parse_uri(body.get("model_uri", ""), param="model_uri")
+        if spec.kind == "local" and not spec.pvc:
+            raise BadRequest("model_uri: local sources must be pvc:// paths", param="model_uri")
+        creds = parse_credentials(
+            body.get("credentials", body.get("download_extra_config")),
+            param="credentials" if "credentials" in body else "download_extra_config",
+        )
+        threads, suffixes, force = self._options(body)
+        target = await self.context.run_blocking(
+            resolve_target, self.settings.models_root, body.get("local_dir"), body.get("model_name"), spec
+        )
+        options = self.settings.fetch_options(num_threads=threads, allow_suffixes=suffixes, force=force)
+        job, created = self.downloads.submit(spec, target, creds, options)
+        location = f"/v1/model/download/{job.id}"
+        data = job.to_json()
+        data["status_url"] = location
+        if not created:
+            data["joined"] = True
+        return Response.json(data, status=202, headers=[("Location", location)])
+
+    async def get_download(self, request: Request) -> Response:
+        job = self.downloads.get(request.path_params.get("id", ""))
+        if job is None:
+            raise NotFound(f"no download job {request.path_params.get('id')!r}", param="id")
+        return Response.json(job.to_json())
+
+    async def list_models(self, request: Request) -> Response:
+        models = await self.context.run_blocking(list_models, self.settings.models_root)
+        by_dir = {m["local_dir"]: m for m in models}
+        root = os.path.realpath(self.settings.models_root)
+        for job in self.downloads.jobs.values():  # oldest first: a newer job's state wins
+            shown = by_dir.get(job.local_dir)
+            if job.status in ACTIVE or (job.status != "completed" and (shown or {}).get("status") != "completed"):
+                by_dir[job.local_dir] = {
+                    "name": os.path.relpath(job.local_dir, root),
+                    "local_dir": job.local_dir,
+                    "status": job.status,
+                    "model_uri": job.source,
+                    "job_id": job.id,
+                    "progress": job.progress.to_json(),
+                    "error": job.error,
+                }
+        data = sorted(by_dir.values(), key=lambda m: str(m["name"]))
+        return Response.json({"object": "list", "data": data})

@@ -1,0 +1,42 @@
+"""The downloads component: the model-download API and the LoRA adapter seam.
+
+Publishes ``ctx.services["adapter_artifacts"]`` (``AdapterArtifacts``) for the
+LoRA component and ``ctx.services["downloads"]`` (``Downloads``).  On shutdown,
+running downloads are cancelled; what they wrote stays resumable.
+"""
+
+from typing import Optional, Sequence
+
+from patio.app import AppContext, Component
+from patio.artifacts.adapters import AdapterArtifacts
+from patio.artifacts.api import DownloadApi
+from patio.artifacts.jobs import Downloads
+from patio.artifacts.settings import ArtifactSettings
+from patio.http.types import Route
+
+
+class ArtifactsComponent(Component):
+    name = "artifacts"
+
+    def __init__(self, context: AppContext, settings: ArtifactSettings) -> None:
+        self.context = context
+        self.settings = settings
+        self.downloads = Downloads(context, settings)
+        self.adapters = AdapterArtifacts(context, settings, self.downloads)
+        self.api = DownloadApi(context, settings, self.downloads)
+        context.services["adapter_artifacts"] = self.adapters
+        context.services["downloads"] = self.downloads
+
+    def routes(self) -> Sequence[Route]:
+        return self.api.routes()
+
+    async def stop(self) -> None:
+        await self.adapters.stop()
+        await self.downloads.stop()
+
+
+def build(context: AppContext) -> Optional[Component]:
+    settings = context.settings.artifacts
+    if settings is None:  # the section failed to load: settings carry no artifacts part
+        settings = ArtifactSettings()
+    return ArtifactsComponent(context, settings)

@@ -1,0 +1,213 @@
+"""Download jobs run by the server: one asyncio task each, the blocking fetch in a worker thread.
+
+A job's state is written by its worker thread (progress) and read by handlers
+on the event loop; each field is replaced whole, so readers see a consistent
+snapshot without locks.  Jobs for one target directory never overlap: a second
+request for the same source joins the running job, one for another source gets 409.
+"""
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from patio.app import AppContext
+from patio.artifacts.credentials import RequestCredentials
+from patio.artifacts.errors import DownloadCancelled
+from patio.artifacts.fetch import FetchOptions, FetchResult, Progress, fetch
+from patio.artifacts.settings import ArtifactSettings
+from patio.artifacts.sources import open_source
+from patio.artifacts.uri import SourceSpec
+from patio.errors import Conflict, InternalError, PatioError
+
+log = logging.getLogger("patio.artifacts")
+
+# Finished jobs remembered for GET /v1/model/download/{id}; older ones are forgotten first.
+MAX_FINISHED_JOBS = 256
+# Jobs running or queued at once; more is almost certainly a client retrying in a loop.
+MAX_ACTIVE_JOBS = 32
+# Seconds shutdown waits for cancelled downloads to notice (they stop within one network read).
+STOP_WAIT = 5.0
+ACTIVE = ("queued", "running")
+OUTCOMES = ("completed", "failed", "cancelled")
+KINDS = ("s3", "tos", "obs", "gs", "hf", "http", "local")
+
+
+@dataclass
+class DownloadJob:
+    id: str
+    kind: str
+    source: str  # display form: no credentials, no query
+    local_dir: str
+    status: str = "queued"
+    created_at: float = field(default_factory=time.time)
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    progress: Progress = field(default_factory=lambda: Progress(phase="queued"))
+    error: Optional[Dict[str, Any]] = None
+    result: Optional[FetchResult] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Optional["asyncio.Future[FetchResult]"] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {
+            "id": self.id,
+            "object": "model.download",
+            "status": self.status,
+            "model_uri": self.source,
+            "local_dir": self.local_dir,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "progress": self.progress.to_json(),
+            "error": self.error,
+        }
+        if self.result is not None:
+            data["files"] = len(self.result.files)
+            data["bytes"] = self.result.bytes_total
+            data["downloaded_files"] = self.result.downloaded
+            data["skipped_files"] = self.result.skipped
+        return data
+
+
+def _iso(value: Optional[float]) -> Optional[str]:
+    if value is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+class Downloads:
+    """Runs fetches for the HTTP API and the LoRA seam; owns their metrics."""
+
+    def __init__(self, context: AppContext, settings: ArtifactSettings) -> None:
+        self.context = context
+        self.settings = settings
+        self.jobs: OrderedDict[str, DownloadJob] = OrderedDict()
+        self._counter = itertools.count(1)
+        registry = context.registry
+        self._outcomes = registry.counter(
+            "patio_downloads_total", "Finished artifact downloads, by store and outcome.", ("kind", "outcome")
+        )
+        self._bytes = registry.counter(
+            "patio_download_bytes_total", "Bytes written by artifact downloads, by store.", ("kind",)
+        )
+        registry.gauge(
+            "patio_downloads_in_progress",
+            "Artifact downloads running now.",
+            func=lambda: float(sum(1 for j in self.jobs.values() if j.status in ACTIVE)),
+        )
+        for kind in KINDS:
+            self._bytes.inc(kind, amount=0.0)
+            for outcome in OUTCOMES:
+                self._outcomes.inc(kind, outcome, amount=0.0)
+
+    def active_for(self, local_dir: str) -> Optional[DownloadJob]:
+        for job in self.jobs.values():
+            if job.local_dir == local_dir and job.status in ACTIVE:
+                return job
+        return None
+
+    def get(self, job_id: str) -> Optional[DownloadJob]:
+        return self.jobs.get(job_id)
+
+    def submit(
+        self,
+        spec: SourceSpec,
+        local_dir: str,
+        creds: RequestCredentials,
+        options: FetchOptions,
+        on_done: Optional[Callable[[DownloadJob], None]] = None,
+    ) -> Tuple[DownloadJob, bool]:
+        """Start (or join) the download of ``spec`` into ``local_dir``.  (job, created)."""
+        running = self.active_for(local_dir)
+        if running is not None:
+            if running.source == spec.display:
+                return running, False
+            raise Conflict(
+                f"{local_dir} is being downloaded from {running.source} (job {running.id}); wait for it to finish",
+                param="local_dir",
+            )
+        if sum(1 for j in self.jobs.values() if j.status in ACTIVE) >= MAX_ACTIVE_JOBS:
+            raise Conflict(f"{MAX_ACTIVE_JOBS} downloads are already running; try again later")
+        job = DownloadJob(
+            id=f"dl-{next(self._counter)}-{uuid.uuid4().hex[:12]}",
+            kind=spec.kind,
+            source=spec.display,
+            local_dir=local_dir,
+        )
+        self.jobs[job.id] = job
+        self._forget_old()
+        job.future = asyncio.ensure_future(self._run(job, spec, creds, options, on_done))
+        return job, True
+
+    def _forget_old(self) -> None:
+        finished = [j.id for j in self.jobs.values() if j.status not in ACTIVE]
+        for job_id in finished[: max(0, len(finished) - MAX_FINISHED_JOBS)]:
+            del self.jobs[job_id]
+
+    async def _run(
+        self,
+        job: DownloadJob,
+        spec: SourceSpec,
+        creds: RequestCredentials,
+        options: FetchOptions,
+        on_done: Optional[Callable[[DownloadJob], None]],
+    ) -> FetchResult:
+        job.status = "running"
+        job.started_at = time.time()
+        try:
+            result = await self.context.run_blocking(self._blocking, job, spec, creds, options)
+        except BaseException as exc:
+            job.finished_at = time.time()
+            error = exc if isinstance(exc, PatioError) else InternalError(f"download failed: {exc!r}")
+            if isinstance(exc, asyncio.CancelledError):
+                job.cancel.set()
+                error = DownloadCancelled(f"download of {job.source} cancelled")
+            job.status = "cancelled" if isinstance(error, DownloadCancelled) else "failed"
+            job.error = {"type": error.error_type, "message": error.message, "code": error.status}
+            self._outcomes.inc(job.kind, job.status)
+            self._bytes.inc(job.kind, amount=float(max(0, job.progress.bytes_this_run)))
+            log.warning("download %s -> %s %s: %s", job.source, job.local_dir, job.status, error.message)
+            if on_done:
+                on_done(job)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from None
+        job.result = result
+        job.finished_at = time.time()
+        job.status = "completed"
+        self._outcomes.inc(job.kind, "completed")
+        self._bytes.inc(job.kind, amount=float(result.bytes_downloaded))
+        if on_done:
+            on_done(job)
+        return result
+
+    def _blocking(
+        self, job: DownloadJob, spec: SourceSpec, creds: RequestCredentials, options: FetchOptions
+    ) -> FetchResult:
+        def on_progress(progress: Progress) -> None:
+            job.progress = progress
+
+        source = open_source(spec, self.settings, creds, job.cancel)
+        try:
+            return fetch(source, job.local_dir, options, cancel=job.cancel, on_progress=on_progress)
+        finally:
+            source.close()
+
+    async def stop(self) -> None:
+        futures = []
+        for job in self.jobs.values():
+            if job.status in ACTIVE:
+                job.cancel.set()
+                if job.future is not None:
+                    futures.append(job.future)
+        if futures:
+            await asyncio.wait(futures, timeout=STOP_WAIT)
+            for future in futures:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the job already recorded it
