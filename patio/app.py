@@ -37,6 +37,7 @@ BLOCKING_WORKERS = 32
 COMPONENT_FACTORIES: Sequence[str] = (
     "patio.api.core:build",
     "patio.metrics.component:build",
+    "patio.artifacts.component:build",
     "patio.lora.component:build",
     "patio.topology.component:build",
 )
