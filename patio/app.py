@@ -55,8 +55,8 @@ class ReadyCheck:
 class EngineMetricsSource(Protocol):
     """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
 
-    async def exposition(self, request: Request) -> str:
-        """The whole ``/metrics`` text: Patio's own families plus whatever the engine adds."""
+    async def exposition(self, request: Request) -> bytes:
+        """The whole ``/metrics`` body (UTF-8): Patio's own families plus whatever the engine adds."""
 
 
 class Component:

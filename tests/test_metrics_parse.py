@@ -240,3 +240,35 @@ def test_round_trip_identity(fixture, feed):
 
 def _samples(families):
     return sorted((s.name, s.labels, repr(s.value)) for f in families for s in f.samples)
+
+
+@pytest.mark.parametrize("fixture", ["vllm-0.33-single.txt", "vllm-0.33-multiproc.txt", "sglang-0.5.23.txt"])
+def test_canonical_fast_path_agrees_with_general_path(fixture):
+    from support import shared_path
+
+    from patio.metrics.parse import _general_sample
+
+    lines = [
+        line
+        for line in shared_path("fixtures", "metrics", fixture).read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    fast = 0
+    for line in lines:
+        quick, slow = parse_sample_line(line), _general_sample(line)
+        fast += quick.text is not None
+        assert tuple(quick) == tuple(slow) or math.isnan(quick.value)
+        assert (quick.label_key, quick.le, quick.bad_bound) == (slow.label_key, slow.le, slow.bad_bound)
+    assert fast == len(lines)  # engines write canonical lines: all take the fast path
+
+
+def test_line_cache_gives_same_result_and_remembers_refusals():
+    from patio.metrics.parse import LineCache
+
+    cache = LineCache(entries=4)
+    text = 'a{x="1"} 1\nbad{ 2\nb 3\n'
+    first, second = parse(text, cache), parse(text, cache)
+    assert first.families == second.families == parse(text).families
+    assert [d.line_number for d in second.dropped] == [2]
+    parse("".join(f"m{i} 1\n" for i in range(10)), cache)
+    assert len(cache.lines) <= 4

@@ -150,8 +150,10 @@ class CoreComponent(Component):
 
     async def metrics(self, request: Request) -> Response:
         source = self.context.engine_metrics
-        text = await source.exposition(request) if source is not None else render(self.context.registry.collect())
-        body = text.encode("utf-8")
+        if source is not None:
+            body = await source.exposition(request)
+        else:
+            body = render(self.context.registry.collect()).encode("utf-8")
         headers = []
         if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request):
             body = await self.context.run_blocking(gzip.compress, body, 5)

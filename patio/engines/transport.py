@@ -12,6 +12,7 @@ import http.client
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -122,3 +123,89 @@ def http_request(
 
 def bearer(api_key: Optional[str]) -> Mapping[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class KeepAliveClient:
+    """One persistent connection to one peer, for a hot path called again and again (the
+    metrics scrape).  Not thread-safe: callers serialise (the scrape is single-flight).
+
+    A request that fails on a reused connection before any answer arrived is retried once
+    on a fresh one (the peer may have closed an idle keep-alive connection).
+    """
+
+    def __init__(self, base_url: str, peer: str = "engine") -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path.rstrip("/")
+        self._peer = peer
+        self._conn: Optional[http.client.HTTPConnection] = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def get(self, path: str, headers: Mapping[str, str], *, timeout: float, max_bytes: int) -> HttpResult:
+        url = f"{'https' if self._https else 'http'}://{self._host}:{self._port}{self._prefix}{path}"
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connect(timeout)
+            conn = self._conn
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            started = time.monotonic()
+            try:
+                conn.request("GET", self._prefix + path, headers=dict(headers))
+                response = conn.getresponse()
+            except (socket.timeout, TimeoutError):
+                self.close()
+                raise EngineTimeout(f"{self._peer} did not answer GET {url} within {timeout:g}s") from None
+            except (ConnectionError, OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # a stale keep-alive connection: try once more on a fresh one
+                raise PeerUnavailable(f"{self._peer} unreachable at {url}: {exc}", sent=False) from None
+            try:
+                body = self._read(response, url, started + timeout, max_bytes)
+            except BaseException:
+                self.close()
+                raise
+            if response.will_close:
+                self.close()
+            headers_out = {k.lower(): v for k, v in response.getheaders()}
+            return HttpResult(response.status, headers_out, body, time.monotonic() - started)
+        raise PeerUnavailable(f"{self._peer} unreachable at {url}", sent=False)  # pragma: no cover
+
+    def _read(self, response: http.client.HTTPResponse, url: str, deadline: float, max_bytes: int) -> bytes:
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
+        chunks = []
+        total = 0
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise EngineTimeout(f"{self._peer} answer to GET {url} took too long")
+                chunk = response.read1(_READ_CHUNK) if hasattr(response, "read1") else response.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > max_bytes:
+                    raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+        except (socket.timeout, TimeoutError):
+            raise EngineTimeout(f"{self._peer} answer to GET {url} stalled") from None
+        except (ConnectionError, OSError, http.client.HTTPException) as exc:
+            raise PeerUnavailable(f"{self._peer} connection lost while reading {url}: {exc!r}", sent=True) from None
+        if declared is not None and declared.isdigit() and int(declared) != total:
+            raise PeerUnavailable(f"{self._peer} answer to GET {url} truncated: {total} of {declared} bytes", sent=True)
+        return b"".join(chunks)

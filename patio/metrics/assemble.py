@@ -7,9 +7,9 @@ unrenamed.  Whatever the input, the output stays valid: one family per name
 no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 """
 
-from typing import Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from patio.metrics.model import Family, Labels
+from patio.metrics.model import Family
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render
 
@@ -22,7 +22,11 @@ class Assembled(NamedTuple):
     duplicate_series: int  # samples dropped because the same series was already written
 
 
-def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str) -> Assembled:
+def assemble(
+    own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str, render_own: bool = True
+) -> Assembled:
+    """The composed text; with ``render_own=False`` only the engine's share (Patio's own
+    families still reserve their names and series)."""
     by_name = {family.name: family for family in engine}
     groups: List[List[Family]] = [list(own)]
     if mode in ("standard", "both"):
@@ -30,7 +34,7 @@ def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: 
     if mode in ("both", "raw"):
         groups.append(engine)
     names: Set[str] = set()
-    series: Set[Tuple[str, Labels, Optional[int]]] = set()
+    series: Set[Tuple[str, Any, Optional[int]]] = set()
     out: List[Family] = []
     clashes = duplicates = 0
     for group_index, group in enumerate(groups):
@@ -41,13 +45,14 @@ def assemble(own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: 
             names.add(family.name)
             kept = []
             for sample in family.samples:
-                labels = tuple(sorted(sample.labels)) if len(sample.labels) > 1 else sample.labels
-                key = (sample.name, labels, sample.timestamp)
+                key = (sample.name, sample.label_key, sample.timestamp)
                 if key in series:
                     duplicates += 1
                     continue
                 series.add(key)
                 kept.append(sample)
+            if group_index == 0 and not render_own:
+                continue
             if group_index > 0 and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)

@@ -4,14 +4,16 @@ Plugs into the core's ``/metrics`` route through ``AppContext.engine_metrics``.
 """
 
 import logging
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from patio.app import AppContext, Component
 from patio.http.types import Request
 from patio.metrics.assemble import assemble
+from patio.metrics.model import Family
 from patio.metrics.rules import RuleSet
 from patio.metrics.scrape import REASONS, EngineScraper, ScrapeOutcome
 from patio.metrics.settings import MetricsSettings
+from patio.metrics.write import render
 
 log = logging.getLogger("patio.metrics")
 
@@ -47,6 +49,7 @@ class EngineMetrics(Component):
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
+        self._rendered: Optional[Tuple[ScrapeOutcome, bytes]] = None
         context.engine_metrics = self
 
     def _account(self, outcome: ScrapeOutcome) -> None:
@@ -71,17 +74,31 @@ class EngineMetrics(Component):
         if outcome.duplicate_series:
             self._duplicates.inc(amount=float(outcome.duplicate_series))
 
-    async def exposition(self, request: Request) -> str:
+    async def exposition(self, request: Request) -> bytes:
         outcome, fresh = await self.scraper.scrape()
         if fresh:
             self._account(outcome)
         own = self.context.registry.collect()
-        result = await self.context.run_blocking(assemble, own, outcome.families, self.rules, self.settings.mode)
-        if fresh and result.clashes:
+        engine_part = await self._engine_part(outcome, own)
+        return render(own).encode("utf-8") + engine_part
+
+    async def _engine_part(self, outcome: ScrapeOutcome, own: List[Family]) -> bytes:
+        """The engine's share of /metrics, rendered once per scrape outcome and reused.
+
+        Patio's own family names are fixed at start, so the clash resolution done here
+        holds for every request served from the same outcome.
+        """
+        cached = self._rendered
+        if cached is not None and cached[0] is outcome:
+            return cached[1]
+        result = await self.context.run_blocking(assemble, own, outcome.families, self.rules, self.settings.mode, False)
+        text = await self.context.run_blocking(result.text.encode, "utf-8")
+        self._rendered = (outcome, text)
+        if result.clashes:
             self._clashes.inc(amount=float(result.clashes))
-        if fresh and result.duplicate_series:
+        if result.duplicate_series:
             self._duplicates.inc(amount=float(result.duplicate_series))
-        return result.text
+        return text
 
 
 def build(context: AppContext) -> Optional[Component]:

@@ -1,19 +1,117 @@
 """The in-memory shape of Prometheus metrics, shared by the parser, the rename
-rules, Patio's own registry and the writer.  Plain values, no I/O."""
+rules, Patio's own registry and the writer.  Plain values, no I/O.
 
-from typing import List, NamedTuple, Optional, Tuple
+A ``Sample`` parsed from a canonical engine line keeps that line's text after
+the name (``text``): it is already in the writer's safe subset, so it is passed
+through verbatim and a rename only swaps the name.  Its labels are decoded only
+if someone asks for them.
+"""
+
+import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 Labels = Tuple[Tuple[str, str], ...]
 
 # The family types of text format 0.0.4, as written in `# TYPE` (lower case).
 FAMILY_TYPES = ("counter", "gauge", "histogram", "summary", "untyped")
 
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+_ESCAPE = re.compile(r"\\.")
 
-class Sample(NamedTuple):
-    name: str
-    labels: Labels
-    value: float
-    timestamp: Optional[int] = None  # milliseconds since the epoch, as in the text format
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def decode_label_text(label_text: str) -> Labels:
+    """``a="b",c="d\\n"`` (canonical: legacy names, only \\\\ \\" \\n escapes) -> labels."""
+    pairs = _PAIR.findall(label_text)
+    if "\\" not in label_text:
+        return tuple(pairs)
+    return tuple((k, _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(0), m.group(0)), v)) for k, v in pairs)
+
+
+class Sample:
+    """One sample.  Equality and iteration behave like the tuple (name, labels, value, timestamp)."""
+
+    __slots__ = ("_key", "_labels", "bad_bound", "label_text", "le", "name", "text", "timestamp", "value")
+
+    def __init__(
+        self,
+        name: str,
+        labels: Optional[Labels] = (),
+        value: float = 0.0,
+        timestamp: Optional[int] = None,
+        text: Optional[str] = None,
+        label_text: Optional[str] = None,
+        label_key: Optional[str] = None,
+    ) -> None:
+        self.name = name
+        self._labels = labels
+        self.value = value
+        self.timestamp = timestamp
+        # Verbatim suffix after the name (`{...} value [ts]`), when the source line was canonical.
+        self.text = text
+        self.label_text = label_text  # the canonical `a="b",...` inside the braces, if known
+        # Parser annotations: the `le` label, and which of le/quantile is not a number (if any).
+        self.le: Optional[str] = None
+        self.bad_bound: Optional[str] = None
+        self._key = label_key if label_key is not None else label_text
+
+    @property
+    def label_key(self) -> str:
+        """What makes two samples of one name the same series: the label pairs, sorted, as text."""
+        if self._key is None:
+            self._key = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.labels))
+        return self._key
+
+    @property
+    def labels(self) -> Labels:
+        if self._labels is None:
+            self._labels = decode_label_text(self.label_text or "")
+        return self._labels
+
+    def renamed(self, name: str) -> "Sample":
+        clone = Sample.__new__(Sample)
+        clone.name = name
+        clone._labels = self._labels
+        clone.value = self.value
+        clone.timestamp = self.timestamp
+        clone.text = self.text
+        clone.label_text = self.label_text
+        clone._key = self._key
+        clone.le = self.le
+        clone.bad_bound = self.bad_bound
+        return clone
+
+    def _replace(self, **changes: Any) -> "Sample":
+        if set(changes) == {"name"}:
+            return self.renamed(changes["name"])
+        fields: Dict[str, Any] = {
+            "name": self.name,
+            "labels": self.labels,
+            "value": self.value,
+            "timestamp": self.timestamp,
+        }
+        fields.update(changes)
+        return Sample(**fields)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.name, self.labels, self.value, self.timestamp))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sample):
+            return tuple(self) == tuple(other)
+        if isinstance(other, tuple):
+            return tuple(self) == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.label_key, self.timestamp))
+
+    def __repr__(self) -> str:
+        return f"Sample({self.name!r}, {self.labels!r}, {self.value!r}, {self.timestamp!r})"
 
 
 class Family:

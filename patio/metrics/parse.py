@@ -20,9 +20,9 @@ Prometheus scrape.
 
 import math
 import re
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
-from patio.metrics.model import FAMILY_TYPES, Family, Labels, Sample
+from patio.metrics.model import FAMILY_TYPES, Family, Labels, Sample, decode_label_text
 
 # Longest excerpt of a dropped line kept for the log.
 EXCERPT_CHARS = 80
@@ -46,6 +46,23 @@ _TIMESTAMP = re.compile(r"[+-]?[0-9]{1,19}$")
 _FLOAT_CHARS = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
 _INF_WORDS = frozenset(("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"))
 _INT64_MAX = 2**63 - 1
+
+# A canonical line: exactly what Patio's writer would write (and what prometheus_client and Go
+# writers emit): legacy names, single spaces, only \\ \" \n escapes, a plain float, an unsigned
+# timestamp.  Such a line is kept verbatim; anything else takes the general path and is re-rendered.
+_CANON_VALUE = r"(?:" + r'[^"\\\n]|\\[\\"n]' + r")*"
+_CANON_PAIR = r"[a-zA-Z_][a-zA-Z0-9_]*=\"" + _CANON_VALUE + r"\""
+_CANONICAL = re.compile(
+    r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(" + _CANON_PAIR + r"(?:," + _CANON_PAIR + r")*)\})? "
+    r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|NaN|\+Inf|-Inf)(?: ([0-9]{1,18}))?$"
+)
+_PAIR_NAMES = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"')
+_QUICK_NAMES = re.compile(r'(?:^|",)([a-zA-Z_][a-zA-Z0-9_]*)="')
+_QUICK_BOUNDS = re.compile(r'(?:^|",)(le|quantile)="([^"\\]*)"')
+_PAIR_TEXT = re.compile(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"')
+
+# Lines remembered across scrapes (most lines repeat unchanged); the cache is cleared when full.
+LINE_CACHE_ENTRIES = 32768
 
 # Suffixes each declared type owns, for assigning sample names to families.
 _OWNED_SUFFIXES: Dict[str, Tuple[str, ...]] = {
@@ -149,6 +166,49 @@ def _parse_labels(text: str) -> Tuple[Optional[str], Labels]:
 
 def parse_sample_line(line: str) -> Sample:
     """One sample line -> ``Sample``; raises ``LineError``."""
+    canonical = _CANONICAL.match(line)
+    if canonical is not None:
+        sample = _canonical_sample(line, canonical)
+        if sample is not None:
+            return sample
+    return _general_sample(line)
+
+
+def _canonical_sample(line: str, match: "re.Match[str]") -> Optional[Sample]:
+    name, label_text, value_text, ts_text = match.groups()
+    value = float(value_text)
+    if value in (math.inf, -math.inf) and value_text not in ("+Inf", "-Inf"):
+        raise LineError(f"value out of range {value_text!r}")
+    timestamp = int(ts_text) if ts_text else None
+    if not label_text:
+        return Sample(name, (), value, timestamp, line[len(name) :], "")
+    # Label names sit at the start or after `",`; a value can only add false positives here,
+    # never hide a name, so a clean answer is exact and a suspicious one is checked precisely.
+    names = _QUICK_NAMES.findall(label_text)
+    if len(set(names)) != len(names) or "__name__" in names:
+        names = _PAIR_NAMES.findall(label_text)
+        if len(set(names)) != len(names) or "__name__" in names:
+            return None  # the general path reports the exact problem
+    key = label_text
+    if names != sorted(names):
+        key = ",".join(sorted(_PAIR_TEXT.findall(label_text)))
+    sample = Sample(name, None, value, timestamp, line[len(name) :], label_text, key)
+    if 'le="' in label_text or 'quantile="' in label_text:
+        bounds = {k: v for k, v in _QUICK_BOUNDS.findall(label_text)}
+        if len(bounds) != label_text.count('le="') + label_text.count('quantile="'):
+            bounds = {k: v for k, v in decode_label_text(label_text) if k in ("le", "quantile")}
+        _check_bounds(sample, bounds)
+    return sample
+
+
+def _check_bounds(sample: Sample, labels: Dict[str, str]) -> None:
+    sample.le = labels.get("le")
+    for key in ("le", "quantile"):
+        if key in labels and not _float_label_ok(labels[key]):
+            sample.bad_bound = key
+
+
+def _general_sample(line: str) -> Sample:
     match = _SAMPLE.match(line)
     if match is not None:
         name, label_text, value_text, ts_text = match.groups()
@@ -165,7 +225,11 @@ def parse_sample_line(line: str) -> Sample:
             raise LineError("no metric name")
         name = quoted_name
     timestamp = _parse_timestamp(ts_text) if ts_text is not None else None
-    return Sample(name, labels, parse_value(value_text), timestamp)
+    sample = Sample(name, labels, parse_value(value_text), timestamp)
+    bounds = {k: v for k, v in labels if k in ("le", "quantile")}
+    if bounds:
+        _check_bounds(sample, bounds)
+    return sample
 
 
 def _parse_meta_name(rest: str) -> Tuple[str, str]:
@@ -204,7 +268,7 @@ class _Builder:
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
-        self.series: Set[Tuple[str, Labels, Optional[int]]] = set()
+        self.series: Set[Tuple[str, Any, Optional[int]]] = set()
         self.dropped: List[DroppedLine] = []
         self.type_conflicts = 0
         self.duplicates = 0
@@ -248,17 +312,14 @@ class _Builder:
         family = self.owner(sample.name)
         kind = family.type
         if kind in ("histogram", "gaugehistogram") and (sample.name.endswith("_bucket") or sample.name == family.name):
-            le = dict(sample.labels).get("le")
-            if le is None and sample.name.endswith("_bucket"):
+            if sample.le is None and sample.name.endswith("_bucket"):
                 raise LineError("histogram bucket without an le label")
-            if le is not None and not _float_label_ok(le):
-                raise LineError(f"le label is not a number: {le!r}")
-        elif kind == "summary" and sample.name == family.name:
-            quantile = dict(sample.labels).get("quantile")
-            if quantile is not None and not _float_label_ok(quantile):
-                raise LineError(f"quantile label is not a number: {quantile!r}")
+            if sample.bad_bound == "le":
+                raise LineError("le label is not a number")
+        elif kind == "summary" and sample.name == family.name and sample.bad_bound == "quantile":
+            raise LineError("quantile label is not a number")
         # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
-        key = (sample.name, tuple(sorted(sample.labels)), sample.timestamp)
+        key = (sample.name, sample.label_key, sample.timestamp)
         if key in self.series:
             self.duplicates += 1
             return
@@ -271,22 +332,52 @@ def _excerpt(line: str) -> str:
     return repr(line[:EXCERPT_CHARS] + ("..." if len(line) > EXCERPT_CHARS else ""))
 
 
-def parse(text: str) -> ParseResult:
+class LineCache:
+    """Sample lines already parsed (or refused), reused by the next scrape.  Bounded."""
+
+    def __init__(self, entries: int = LINE_CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self.lines: Dict[str, Union[Sample, str]] = {}
+
+    def parse(self, line: str) -> Sample:
+        hit = self.lines.get(line)
+        if hit is None:
+            try:
+                hit = parse_sample_line(line)
+            except LineError as exc:
+                hit = str(exc)
+            if len(self.lines) >= self.entries:
+                self.lines.clear()
+            self.lines[line] = hit
+        if isinstance(hit, str):
+            raise LineError(hit)
+        return hit
+
+
+def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
     """Parse a whole exposition.  Never raises for bad content."""
     builder = _Builder()
+    check_utf8 = _SURROGATE.search(text) is not None
+    parse_line = cache.parse if cache is not None else parse_sample_line
     for number, line in enumerate(text.split("\n"), 1):
         if line.endswith("\r"):
             line = line[:-1]
-        stripped = line.strip(" \t")
-        if not stripped:
-            continue
         try:
+            first = line[:1]
+            if first and first not in "# \t":
+                if check_utf8 and _has_surrogate(line):
+                    raise LineError("invalid UTF-8")
+                builder.on_sample(parse_line(line))
+                continue
+            stripped = line.strip(" \t")
+            if not stripped:
+                continue
             if stripped[0] == "#":
                 _on_comment(builder, stripped)
             else:
-                if _has_surrogate(stripped):
+                if check_utf8 and _has_surrogate(stripped):
                     raise LineError("invalid UTF-8")
-                builder.on_sample(parse_sample_line(stripped))
+                builder.on_sample(parse_line(stripped))
         except LineError as exc:
             builder.dropped.append(DroppedLine(number, str(exc), _excerpt(line)))
     return ParseResult(list(builder.families.values()), builder.dropped, builder.type_conflicts, builder.duplicates)

@@ -13,10 +13,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
-from patio.engines.transport import HttpResult, http_request
+from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
 from patio.metrics.model import Family
-from patio.metrics.parse import DroppedLine, decode_payload, parse
+from patio.metrics.parse import DroppedLine, LineCache, decode_payload, parse
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.app import AppContext
@@ -60,9 +60,13 @@ class EngineScraper:
         self._context = context
         self._settings = settings
         self._url = core.engine_endpoint + core.metrics_path
+        self._path = core.metrics_path
+        self._client = KeepAliveClient(core.engine_endpoint)
         self._api_key = core.engine_api_key
-        self._inflight: Optional[asyncio.Future[ScrapeOutcome]] = None
+        self._inflight: "Optional[asyncio.Future[ScrapeOutcome]]" = None
         self._last: Optional[ScrapeOutcome] = None
+        # Only one fetch runs at a time (single flight), so one cache serves every scrape.
+        self._lines = LineCache()
 
     def fetch_blocking(self) -> ScrapeOutcome:
         started = time.monotonic()
@@ -77,8 +81,8 @@ class EngineScraper:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         try:
-            result: HttpResult = http_request(
-                "GET", self._url, headers=headers, timeout=self._settings.scrape_timeout, max_bytes=limit, peer="engine"
+            result: HttpResult = self._client.get(
+                self._path, headers, timeout=self._settings.scrape_timeout, max_bytes=limit
             )
         except EngineTimeout as exc:
             return ScrapeOutcome(error_reason="timeout", error_message=exc.message)
@@ -97,7 +101,7 @@ class EngineScraper:
                 return ScrapeOutcome(error_reason=reason, error_message=str(exc))
             except zlib.error as exc:
                 return ScrapeOutcome(error_reason="bad_encoding", error_message=f"bad gzip body: {exc}")
-        parsed = parse(decode_payload(body))
+        parsed = parse(decode_payload(body), self._lines)
         return ScrapeOutcome(
             families=parsed.families,
             dropped=parsed.dropped,

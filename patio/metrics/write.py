@@ -80,5 +80,8 @@ def render(families: Iterable[Family]) -> str:
         # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
         out.append(f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}")
         for sample in family.samples:
-            out.append(sample_line(sample.name, sample.labels, sample.value, sample.timestamp))
+            if sample.text is not None:
+                out.append(sample.name + sample.text)  # canonical already: verbatim
+            else:
+                out.append(sample_line(sample.name, sample.labels, sample.value, sample.timestamp))
     return "\n".join(out) + "\n" if out else ""
