@@ -28,11 +28,12 @@ from patio.artifacts.jobs import Downloads
 from patio.artifacts.local import resolve_local, within
 from patio.artifacts.manifest import Layout, atomic_write, write_error
 from patio.artifacts.settings import ArtifactSettings
-from patio.artifacts.uri import MAX_URI_LENGTH, SourceSpec, parse_uri
+from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, SourceSpec, parse_uri
 from patio.errors import BadRequest, Conflict, PatioError
 
 # AIBrix's adapter name rule: a plain name, so it is always one directory below adapter_dir.
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, "http", "https", "pvc"))
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
 # Seconds cleanup waits for a cancelled download to stop before deleting.
@@ -73,7 +74,9 @@ class AdapterArtifacts:
         try:
             spec = parse_uri(source, param="lora_path")
         except PatioError:
-            return False
+            # A malformed s3:// (or other remote) URI still belongs here: materialize() explains what is wrong.
+            scheme = source.split("://", 1)[0].lower() if isinstance(source, str) and "://" in source else ""
+            return scheme in REMOTE_SCHEMES
         return spec.remote or spec.pvc
 
     async def materialize(self, lora_name: str, source: str, credentials: Optional[Dict[str, Any]] = None) -> str:

@@ -192,7 +192,8 @@ def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None) -> i
         bar.finish()
     print(
         f"patio download: complete: {len(result.files)} files, {human_bytes(result.bytes_total)} in {result.local_dir} "
-        f"({result.downloaded} downloaded, {result.skipped} already complete, {result.seconds:.1f}s)",
+        f"({result.downloaded} downloaded, {result.skipped} already complete, "
+        f"{result.bytes_downloaded} bytes fetched in {result.seconds:.1f}s)",
         file=err,
     )
     return EXIT_OK

@@ -313,7 +313,7 @@ class _Job:
         self.abort.set()
         for stream in streams:  # unblock workers stuck in a read
             try:
-                stream.close()
+                getattr(stream, "abort", stream.close)()
             except Exception:
                 pass
 

@@ -28,6 +28,7 @@ from patio.artifacts.errors import (
 from patio.artifacts.fetch import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
+    BodyStream,
     HttpClient,
     NetConfig,
     Response,
@@ -284,18 +285,6 @@ def _gcs_error(response: Response) -> str:
         return ""
 
 
-class _Stream:
-    def __init__(self, response: Response, offset: int) -> None:
-        self._response = response
-        self.offset = offset
-
-    def read(self, size: int) -> bytes:
-        return self._response.read(size)
-
-    def close(self) -> None:
-        self._response.close()
-
-
 class GcsSource:
     def __init__(
         self,
@@ -387,7 +376,7 @@ class GcsSource:
             return []
         return [self._file(item, self.prefix.rsplit("/", 1)[-1])]
 
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> _Stream:
+    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
         name, generation = file.ref
         what = f"gs://{self.bucket}/{name}"
         query = {"alt": "media"}
@@ -403,7 +392,7 @@ class GcsSource:
             raise ObjectChanged(f"{what}: generation {generation} is gone")
         if response.status not in (200, 206):
             raise error_for_status(response, what, _gcs_error(response))
-        return _Stream(response, check_range_answer(response, file, start, what))
+        return BodyStream(response, check_range_answer(response, file, start, what))
 
     def close(self) -> None:
         self.http.close()

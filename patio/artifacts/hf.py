@@ -22,6 +22,7 @@ from patio.artifacts.errors import ArtifactError, ArtifactNotFound, Transient
 from patio.artifacts.fetch import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
+    BodyStream,
     HttpClient,
     Response,
     RetryPolicy,
@@ -41,18 +42,6 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _TYPE_PATHS = {"model": "models", "dataset": "datasets", "space": "spaces"}
 _RESOLVE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
-
-
-class _Stream:
-    def __init__(self, response: Response, offset: int) -> None:
-        self._response = response
-        self.offset = offset
-
-    def read(self, size: int) -> bytes:
-        return self._response.read(size)
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class HfSource:
@@ -186,7 +175,7 @@ class HfSource:
         quoted = urllib.parse.quote(repo_path, safe="/")
         return f"{self.endpoint}/{_RESOLVE_PREFIX[self.repo_type]}{self.repo_id}/resolve/{self.commit}/{quoted}"
 
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> _Stream:
+    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
         url = self.resolve_url(file.ref)
         what = f"{self.display} {file.ref}"
         range_header: List[Tuple[str, str]] = []
@@ -203,7 +192,7 @@ class HfSource:
                 continue
             if response.status not in (200, 206):
                 raise self._fail(response, what)
-            return _Stream(response, check_range_answer(response, file, start, what))
+            return BodyStream(response, check_range_answer(response, file, start, what))
         raise Transient(f"{what}: more than {MAX_REDIRECTS} redirects (last {redact(url)})")
 
     def close(self) -> None:

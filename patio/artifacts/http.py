@@ -15,6 +15,7 @@ from patio.artifacts.errors import ArtifactError, ObjectChanged, Transient
 from patio.artifacts.fetch import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
+    BodyStream,
     HttpClient,
     Response,
     RetryPolicy,
@@ -27,18 +28,6 @@ from patio.artifacts.s3 import check_range_answer
 
 MAX_REDIRECTS = 10
 _TOTAL = re.compile(r"/(\d+)\s*$")
-
-
-class _Stream:
-    def __init__(self, response: Response, offset: int) -> None:
-        self._response = response
-        self.offset = offset
-
-    def read(self, size: int) -> bytes:
-        return self._response.read(size)
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class HttpSource:
@@ -107,7 +96,7 @@ class HttpSource:
     def list_files(self) -> List[RemoteFile]:
         return [call_with_retries(self._probe, f"HEAD {self.display}", self.retry, self.cancel)]
 
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> _Stream:
+    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
         extra: List[Tuple[str, str]] = []
         if start or (end is not None and file.ranged):
             extra.append(("Range", f"bytes={start}-" + ("" if end is None else str(end))))
@@ -118,7 +107,7 @@ class HttpSource:
         if file.etag and not file.etag.startswith("lm:") and etag and etag != file.etag:
             response.close()
             raise ObjectChanged(f"{self.display}: ETag is now {etag}, was {file.etag}")
-        return _Stream(response, check_range_answer(response, file, start, self.display))
+        return BodyStream(response, check_range_answer(response, file, start, self.display))
 
     def close(self) -> None:
         self.http.close()

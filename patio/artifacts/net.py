@@ -126,7 +126,8 @@ class Response:
         except (socket.timeout, TimeoutError):
             self._discard()
             raise Transient(f"read from {redact(self.url)} stalled") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, AttributeError, ValueError) as exc:
+            # AttributeError/ValueError: http.client after the socket was shut down by abort().
             self._discard()
             raise Transient(f"connection lost while reading {redact(self.url)}: {exc!r}") from None
 
@@ -144,6 +145,16 @@ class Response:
                 raise ArtifactError(f"answer from {redact(self.url)} is larger than {limit} bytes")
         self.close()
         return b"".join(chunks)
+
+    def abort(self) -> None:
+        """From another thread: make a blocked ``read`` return now (shutdown, not close, so the
+        reading thread never finds its objects freed under it)."""
+        sock = getattr(self._conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -299,6 +310,23 @@ class HttpClient:
                 raise Transient(f"{method} {redact(url)}: {exc!r}") from None
             return Response(self, key, conn, raw, url)
         raise Transient(f"{method} {redact(url)}: connection dropped twice")
+
+
+class BodyStream:
+    """A response body as the fetch engine reads it: ``offset`` says where its bytes start."""
+
+    def __init__(self, response: Response, offset: int) -> None:
+        self._response = response
+        self.offset = offset
+
+    def read(self, size: int) -> bytes:
+        return self._response.read(size)
+
+    def close(self) -> None:
+        self._response.close()
+
+    def abort(self) -> None:
+        self._response.abort()
 
 
 def error_for_status(response: Response, what: str, detail: str = "") -> Exception:

@@ -22,6 +22,7 @@ from patio.artifacts.errors import ArtifactError, ArtifactNotFound, ObjectChange
 from patio.artifacts.fetch import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
+    BodyStream,
     HttpClient,
     Response,
     RetryPolicy,
@@ -250,18 +251,6 @@ def parse_list_page(body: bytes, what: str) -> Tuple[List[Dict[str, str]], Optio
     return items, token or None
 
 
-class _RangeStream:
-    def __init__(self, response: Response, offset: int) -> None:
-        self._response = response
-        self.offset = offset
-
-    def read(self, size: int) -> bytes:
-        return self._response.read(size)
-
-    def close(self) -> None:
-        self._response.close()
-
-
 def check_range_answer(response: Response, file: RemoteFile, start: int, what: str) -> int:
     """The offset the body starts at; raises ``ObjectChanged`` when the total size moved."""
     if response.status == 200:
@@ -311,7 +300,7 @@ class S3Source:
         name = self.prefix.rsplit("/", 1)[-1]
         return [RemoteFile(path=name, size=int(head["size"]), etag=head["etag"], ranged=True, ref=self.prefix)]
 
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> _RangeStream:
+    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
         what = self.client.uri(self.bucket, file.ref)
         response = self.client.get_range(self.bucket, file.ref, start, end, file.etag)
         offset = check_range_answer(response, file, start, what)
@@ -319,7 +308,7 @@ class S3Source:
         if file.etag and etag and etag != file.etag:
             response.close()
             raise ObjectChanged(f"{what}: ETag is now {etag}, listed {file.etag}")
-        return _RangeStream(response, offset)
+        return BodyStream(response, offset)
 
     def close(self) -> None:
         self.client.http.close()

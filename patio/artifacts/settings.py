@@ -70,6 +70,7 @@ class ArtifactSettings:
     allow_suffixes: Tuple[str, ...] = ()
     force_download: bool = False
     max_attempts: int = 5
+    backoff_base: float = 0.5  # first retry delay in seconds; doubles per attempt (capped, jittered)
     timeout: float = 60.0
     progress_interval: float = 10.0
     hf_endpoint: str = "https://huggingface.co"
@@ -84,7 +85,7 @@ class ArtifactSettings:
         return NetConfig(timeout=self.timeout, proxies=self.proxies, no_proxy=self.no_proxy, ca_file=self.ca_file)
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.max_attempts)
+        return RetryPolicy(attempts=self.max_attempts, base_delay=self.backoff_base)
 
     def fetch_options(
         self,
@@ -204,6 +205,14 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optiona
         ),
         force_download=pick(args, env, "download_force", ("DOWNLOADER_FORCE_DOWNLOAD",), False, parse_bool),
         max_attempts=pick(args, env, "download_retries", ("DOWNLOADER_MAX_RETRIES",), 5, attempts),
+        backoff_base=pick(
+            args,
+            env,
+            "download_backoff",
+            ("DOWNLOADER_BACKOFF_BASE",),
+            0.5,
+            lambda s, r: parse_float(s, r, minimum=0.0),
+        ),
         timeout=pick(args, env, "download_timeout", ("DOWNLOADER_TIMEOUT",), 60.0, positive),
         progress_interval=pick(
             args, env, "download_progress_interval", ("DOWNLOADER_PROGRESS_INTERVAL",), 10.0, positive
