@@ -14,7 +14,6 @@ Blocking; call it from a worker thread.  For every source (S3, GCS, HF, HTTP):
   complete unless every file is on disk and verified.
 """
 
-import hashlib
 import logging
 import os
 import queue
@@ -22,7 +21,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from patio.artifacts.errors import (
     ArtifactCorrupt,
@@ -33,8 +32,11 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
-from patio.artifacts.manifest import META_DIR, Entry, Layout, fsync_dir, write_error
+from patio.artifacts.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
+from patio.artifacts.manifest import Entry, Layout, fsync_dir, write_error
 from patio.artifacts.net import RetryPolicy, call_with_retries
+from patio.artifacts.progress import Progress, Tracker, human_bytes, progress_line
+from patio.artifacts.verify import hash_file, hashers, verify
 from patio.errors import PatioError
 
 log = logging.getLogger("patio.artifacts")
@@ -45,43 +47,6 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 DEFAULT_THREADS = 16
 # Parts never get smaller than this: below it, request overhead dominates.
 MIN_PART_SIZE = 1024 * 1024
-# A listing with more files than this is refused (a model is thousands of files at most).
-MAX_FILES = 200_000
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a listing.  ``path`` is relative, '/'-separated, already validated."""
-
-    path: str
-    size: Optional[int]  # None: unknown until the body ends (HTTP without Content-Length)
-    etag: str = ""  # version marker: a new value means the remote changed
-    sha256: Optional[str] = None  # hex; verified when set (HF LFS)
-    md5: Optional[str] = None  # hex; verified when set (GCS)
-    git_sha1: Optional[str] = None  # hex git blob id; verified when set (HF regular files)
-    ranged: bool = True  # the server honours Range, so parts and resume work
-    ref: Any = field(default=None, compare=False)  # the source's own handle (key, URL)
-
-
-class Stream(Protocol):
-    offset: int  # the byte position the body starts at (0 when the server ignored Range)
-
-    def read(self, size: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-class Source(Protocol):
-    display: str  # for logs and errors: no credentials
-
-    def list_files(self) -> List[RemoteFile]: ...
-
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> Stream:
-        """GET bytes ``start..end`` (inclusive; ``end`` None = to the end).  Raises the error family,
-        ``Transient`` for retryable failures, ``ObjectChanged`` when the object is not the listed one."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -96,31 +61,6 @@ class FetchOptions:
 
 
 @dataclass(frozen=True)
-class Progress:
-    phase: str  # listing, downloading, finalizing, complete
-    files_total: int = 0
-    files_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    bytes_this_run: int = 0
-    elapsed: float = 0.0
-    rate: float = 0.0  # bytes/s over this run
-    eta: Optional[float] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "files_total": self.files_total,
-            "files_done": self.files_done,
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "rate_bytes_per_second": round(self.rate, 1),
-            "eta_seconds": None if self.eta is None else round(self.eta, 1),
-            "elapsed_seconds": round(self.elapsed, 3),
-        }
-
-
-@dataclass(frozen=True)
 class FetchResult:
     local_dir: str
     files: Tuple[Entry, ...]
@@ -129,81 +69,6 @@ class FetchResult:
     bytes_downloaded: int
     bytes_total: int
     seconds: float
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def progress_line(display: str, p: Progress) -> str:
-    eta = "?" if p.eta is None else f"{p.eta:.0f}s"
-    return (
-        f"download {display}: {p.files_done}/{p.files_total} files, "
-        f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}, {human_bytes(p.rate)}/s, ETA {eta}"
-    )
-
-
-def validate_relpath(path: str, display: str) -> str:
-    """A remote name as a safe relative path, or an error: no '..', no absolute, no empty segments."""
-    if not path or "\x00" in path or path.startswith("/"):
-        raise ArtifactError(f"{display}: refusing unsafe file name {path!r}")
-    segments = path.split("/")
-    if any(s in ("", ".", "..") for s in segments):
-        raise ArtifactError(f"{display}: refusing unsafe file name {path!r}")
-    if segments[0] == META_DIR:
-        raise ArtifactError(f"{display}: file name {path!r} collides with Patio's bookkeeping directory {META_DIR}/")
-    return path
-
-
-def suffix_allowed(path: str, suffixes: Sequence[str]) -> bool:
-    if not suffixes:
-        return True
-    name = path.rsplit("/", 1)[-1]
-    return any(name.endswith("." + s.lstrip(".")) or name == s for s in suffixes)
-
-
-class _Tracker:
-    def __init__(self, files_total: int, bytes_total: int, files_done: int, bytes_done: int) -> None:
-        self.lock = threading.Lock()
-        self.started = time.monotonic()
-        self.phase = "downloading"
-        self.files_total = files_total
-        self.bytes_total = bytes_total
-        self.files_done = files_done
-        self.bytes_done = bytes_done
-        self.bytes_this_run = 0
-
-    def add(self, count: int) -> None:
-        with self.lock:
-            self.bytes_done += count
-            self.bytes_this_run += count
-
-    def file_done(self, size_delta: int = 0) -> None:
-        with self.lock:
-            self.files_done += 1
-            self.bytes_total += size_delta
-
-    def snapshot(self) -> Progress:
-        with self.lock:
-            elapsed = time.monotonic() - self.started
-            rate = self.bytes_this_run / elapsed if elapsed > 0 else 0.0
-            remaining = max(0, self.bytes_total - self.bytes_done)
-            eta = remaining / rate if rate > 0 else None
-            return Progress(
-                phase=self.phase,
-                files_total=self.files_total,
-                files_done=self.files_done,
-                bytes_total=self.bytes_total,
-                bytes_done=self.bytes_done,
-                bytes_this_run=self.bytes_this_run,
-                elapsed=elapsed,
-                rate=rate,
-                eta=eta,
-            )
 
 
 class _FileJob:
@@ -302,7 +167,7 @@ class _Job:
         self.lock = threading.Lock()
         self.streams: Set[Any] = set()
         self.entries: Dict[str, Entry] = {}
-        self.tracker: Optional[_Tracker] = None
+        self.tracker: Optional[Tracker] = None
 
     # --- failure handling ---
 
@@ -342,7 +207,7 @@ class _Job:
         fd = fjob.open_fd()
         position = [start]
         if not fjob.multipart and (file.sha256 or file.md5 or file.git_sha1):
-            fjob.streamed_hash = _hashers(file)
+            fjob.streamed_hash = hashers(file)
         what = f"{self.source.display} {file.path}"
 
         def attempt() -> None:
@@ -357,7 +222,7 @@ class _Job:
                         assert self.tracker is not None
                         self.tracker.add(-(position[0] - start))
                         position[0] = 0
-                        fjob.streamed_hash = _hashers(file) if fjob.streamed_hash is not None else None
+                        fjob.streamed_hash = hashers(file) if fjob.streamed_hash is not None else None
                         os.ftruncate(fd, 0)
                     else:
                         raise ArtifactError(f"{what}: server answered bytes from {stream.offset}, not {position[0]}")
@@ -426,8 +291,8 @@ class _Job:
             _unlink(part_path)
             raise ArtifactCorrupt(f"{self.source.display} {file.path}: {size} bytes on disk, expected {expected}")
         if file.sha256 or file.md5 or file.git_sha1:
-            digests = fjob.streamed_hash if fjob.streamed_hash is not None else _hash_file(part_path, file)
-            _verify(self.source.display, file, {k: h.hexdigest() for k, h in digests.items()}, part_path)
+            digests = fjob.streamed_hash if fjob.streamed_hash is not None else hash_file(part_path, file)
+            verify(self.source.display, file, {k: h.hexdigest() for k, h in digests.items()}, part_path)
         if os.path.isdir(target) and not os.path.islink(target):
             raise LocalWriteError(f"cannot write {target}: a directory is in the way")
         try:
@@ -444,41 +309,6 @@ class _Job:
         assert self.tracker is not None
         self.tracker.file_done(size_delta=size if file.size is None else 0)
         log.debug("downloaded %s (%d bytes)", file.path, size)
-
-
-def _hashers(file: RemoteFile) -> Dict[str, Any]:
-    hashers: Dict[str, Any] = {}
-    if file.sha256:
-        hashers["sha256"] = hashlib.sha256()
-    if file.md5:
-        hashers["md5"] = hashlib.md5()
-    if file.git_sha1:
-        blob = hashlib.sha1()
-        blob.update(b"blob %d\x00" % (file.size or 0))
-        hashers["git_sha1"] = blob
-    return hashers
-
-
-def _hash_file(path: str, file: RemoteFile) -> Dict[str, Any]:
-    hashers = _hashers(file)
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(CHUNK_SIZE)
-            if not chunk:
-                break
-            for hasher in hashers.values():
-                hasher.update(chunk)
-    return hashers
-
-
-def _verify(display: str, file: RemoteFile, digests: Dict[str, str], part_path: str) -> None:
-    for name, want in (("sha256", file.sha256), ("md5", file.md5), ("git_sha1", file.git_sha1)):
-        if want and digests.get(name) != want.lower():
-            _unlink(part_path)
-            raise ArtifactCorrupt(
-                f"{display} {file.path}: {name} is {digests.get(name)}, the store declares {want.lower()}; "
-                "the corrupt copy was removed"
-            )
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int, path: str) -> None:
@@ -506,18 +336,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _check_layout(files: Sequence[RemoteFile], display: str) -> None:
-    """Refuse listings that cannot be laid out as files: 'a' and 'a/b', or 'a' and 'a.part'."""
-    names = {f.path for f in files}
-    for f in files:
-        parts = f.path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in names:
-                raise ArtifactError(f"{display}: {'/'.join(parts[:i])!r} is both a file and a directory")
-        if f.path + ".part" in names:
-            raise ArtifactError(f"{display}: {f.path!r} and {f.path + '.part'!r} cannot both be downloaded")
 
 
 def _local_matches(layout: Layout, entry: Optional[Entry], file: RemoteFile) -> bool:
@@ -570,7 +388,7 @@ def fetch(
         raise ArtifactError(f"{display}: {len(listed)} files is more than the limit of {MAX_FILES}")
     for f in listed:
         validate_relpath(f.path, display)
-    _check_layout(listed, display)
+    check_layout(listed, display)
     files = [f for f in listed if suffix_allowed(f.path, options.allow_suffixes)]
     if not listed:
         raise ArtifactNotFound(f"{display}: no files found (an empty listing is not a download)")
@@ -602,7 +420,7 @@ def fetch(
         fjob.load_resume_state()
     bytes_total = sum(f.size or 0 for f in files)
     bytes_kept = sum(e.size for e in keep) + sum(fj.resumed_bytes for fj in fjobs)
-    tracker = _Tracker(len(files), bytes_total, len(keep), bytes_kept)
+    tracker = Tracker(len(files), bytes_total, len(keep), bytes_kept)
     job.tracker = tracker
 
     if todo or manifest_present is False or stale:

@@ -25,7 +25,7 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
-from patio.artifacts.fetch import RemoteFile
+from patio.artifacts.listing import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
     BodyStream,

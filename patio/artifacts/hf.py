@@ -19,7 +19,7 @@ import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound, Transient
-from patio.artifacts.fetch import RemoteFile
+from patio.artifacts.listing import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
     BodyStream,

@@ -12,7 +12,7 @@ import urllib.parse
 from typing import List, Optional, Sequence, Tuple
 
 from patio.artifacts.errors import ArtifactError, ObjectChanged, Transient
-from patio.artifacts.fetch import RemoteFile
+from patio.artifacts.listing import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
     BodyStream,

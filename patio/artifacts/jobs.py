@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from patio.app import AppContext
 from patio.artifacts.credentials import RequestCredentials
 from patio.artifacts.errors import DownloadCancelled
-from patio.artifacts.fetch import FetchOptions, FetchResult, Progress, fetch
+from patio.artifacts.fetch import FetchOptions, FetchResult, fetch
+from patio.artifacts.progress import Progress
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import SourceSpec

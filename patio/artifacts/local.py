@@ -11,7 +11,7 @@ import os
 from typing import List, Optional
 
 from patio.artifacts.errors import ArtifactNotFound
-from patio.artifacts.fetch import RemoteFile
+from patio.artifacts.listing import RemoteFile
 from patio.artifacts.manifest import META_DIR
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from patio.artifacts import sigv4
 from patio.artifacts.awsauth import CredentialsProvider
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound, ObjectChanged, Transient
-from patio.artifacts.fetch import RemoteFile
+from patio.artifacts.listing import RemoteFile
 from patio.artifacts.net import (
     MAX_ERROR_BODY,
     BodyStream,

@@ -12,10 +12,10 @@ from typing import Callable, Dict, Optional
 
 from patio.artifacts.awsauth import CredentialsProvider, StaticProvider, resolve_provider
 from patio.artifacts.credentials import RequestCredentials
-from patio.artifacts.fetch import Source
 from patio.artifacts.gcs import GcsSource, gcs_endpoint, resolve_token
 from patio.artifacts.hf import HfSource
 from patio.artifacts.http import HttpSource
+from patio.artifacts.listing import Source
 from patio.artifacts.local import LocalSource, resolve_local
 from patio.artifacts.net import HttpClient
 from patio.artifacts.s3 import S3Client, S3Endpoint, S3Source
