@@ -155,6 +155,29 @@ def test_other_errors(env: Dict[str, Any]) -> None:
     assert status == 404 and error["type"] == "not_found"
 
 
+def test_shutdown_cancels_running_downloads(tmp_path: Path) -> None:
+    cdn = FakeCdn()
+    hub = FakeHub(cdn)
+    hub.add(HubRepo("acme/adapter", FILES, ("adapter_model.safetensors",)))
+    cdn.delay = 0.2  # ~320 KB/s: the download is still running when Patio stops
+    settings = make_settings([], {"PATIO_MODELS_ROOT": str(tmp_path), "HF_ENDPOINT": hub.url})
+    try:
+        patio = RunningPatio(settings).__enter__()
+        _status, job = http_json("POST", patio.url + "/v1/model/download", {"model_uri": "hf://acme/adapter"})
+        downloads = patio.context.services["downloads"]
+        while downloads.get(job["id"]).progress.bytes_done == 0:
+            time.sleep(0.01)
+        started = time.monotonic()
+        patio.stop()
+        assert time.monotonic() - started < 5
+        stopped = downloads.get(job["id"])
+        assert stopped.status == "cancelled" and stopped.error["type"] == "download_cancelled"
+        assert not (tmp_path / "adapter/.patio/manifest.json").exists()
+    finally:
+        hub.stop()
+        cdn.stop()
+
+
 def test_management_key_is_required(tmp_path: Path) -> None:
     settings = make_settings(["--api-key", "k"], {"PATIO_MODELS_ROOT": str(tmp_path)})
     with RunningPatio(settings) as patio:

@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -191,6 +192,20 @@ def test_file_size_limit_in_a_subprocess(files: FileServer, tmp_path: Path) -> N
     assert run.returncode == 1
     assert "file size limit exceeded" in run.stderr and "big.bin.part" in run.stderr
     assert not (tmp_path / ".patio/manifest.json").exists() and not (tmp_path / "big.bin").exists()
+
+
+def test_cli_progress_bar_and_summary(files: FileServer, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "patio.py"), "download", "--model-uri", files.url + "/m/big.bin"]
+    run = subprocess.run(
+        [*cmd, "--local-dir", str(tmp_path), "--part-size", "1MiB", "--enable-progress-bar"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"\[#+\] 100\.0% 1/1 files 3\.0 MiB/3\.0 MiB", run.stderr), run.stderr
+    assert f"{len(BIG)} bytes fetched" in run.stderr
+    assert (tmp_path / "big.bin").read_bytes() == BIG
 
 
 def test_not_enough_free_space_fails_before_downloading(files: FileServer, tmp_path: Path, monkeypatch: Any) -> None:

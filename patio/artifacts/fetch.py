@@ -14,14 +14,14 @@ Blocking; call it from a worker thread.  For every source (S3, GCS, HF, HTTP):
   complete unless every file is on disk and verified.
 """
 
+import collections
 import logging
 import os
-import queue
 import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from patio.artifacts.errors import (
     ArtifactCorrupt,
@@ -486,17 +486,18 @@ def _run_workers(
     on_progress: Optional[Callable[[Progress], None]],
     progress_every: float,
 ) -> None:
-    tasks: queue.Queue[Tuple[_FileJob, int]] = queue.Queue()
+    # Every task is known up front: a deque's popleft() is atomic, so no queue machinery is needed.
+    tasks: Deque[Tuple[_FileJob, int]] = collections.deque()
     # Biggest files first: their parts spread over all workers while small files fill the gaps.
     for fjob in sorted(fjobs, key=lambda fj: -(fj.file.size or 0)):
         for index in fjob.pending():
-            tasks.put((fjob, index))
+            tasks.append((fjob, index))
 
     def worker() -> None:
         while not job.abort.is_set() and not job.cancel.is_set():
             try:
-                fjob, index = tasks.get_nowait()
-            except queue.Empty:
+                fjob, index = tasks.popleft()
+            except IndexError:
                 return
             try:
                 job.run_part(fjob, index)
@@ -504,7 +505,7 @@ def _run_workers(
                 job.fail(exc)
                 return
 
-    count = max(1, min(options.num_threads, tasks.qsize()))
+    count = max(1, min(options.num_threads, len(tasks)))
     threads = [threading.Thread(target=worker, name=f"patio-fetch-{i}", daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()

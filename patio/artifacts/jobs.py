@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -88,7 +87,7 @@ class Downloads:
     def __init__(self, context: AppContext, settings: ArtifactSettings) -> None:
         self.context = context
         self.settings = settings
-        self.jobs: OrderedDict[str, DownloadJob] = OrderedDict()
+        self.jobs: Dict[str, DownloadJob] = {}  # insertion-ordered: oldest first
         self._counter = itertools.count(1)
         registry = context.registry
         self._outcomes = registry.counter(

@@ -10,6 +10,7 @@ and the caller's bounded retry resumes it.  URLs in messages lose their query
 string (presigned URLs carry signatures there).
 """
 
+import base64
 import email.utils
 import http.client
 import logging
@@ -217,8 +218,6 @@ class HttpClient:
         pport = pparts.port or (443 if pparts.scheme == "https" else 80)
         tunnel_headers: Dict[str, str] = {}
         if pparts.username:
-            import base64
-
             userpass = f"{urllib.parse.unquote(pparts.username)}:{urllib.parse.unquote(pparts.password or '')}"
             tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(userpass.encode()).decode()
         conn: http.client.HTTPConnection
