@@ -81,6 +81,18 @@ def test_http_headers_stay_on_their_origin(files: FileServer, tmp_path: Path) ->
         assert other.seen and all("authorization" not in s.headers for s in other.seen)
 
 
+def test_headers_and_signed_queries_never_reach_the_logs(files: FileServer, tmp_path: Path, caplog: Any) -> None:
+    files.faults["/m/small.json"] = [(503, {}), (503, {}), (503, {})]
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ArtifactUnavailable) as caught:
+            _http(
+                files.url + "/m/small.json?X-Amz-Signature=sig-secret", tmp_path, {"headers": {"X-Key": "hdr-secret"}}
+            )
+    text = caught.value.message + "\n".join(r.getMessage() for r in caplog.records)
+    assert "/m/small.json?…" in text
+    assert "sig-secret" not in text and "hdr-secret" not in text
+
+
 def test_server_refusing_head_is_probed_with_a_range(files: FileServer, tmp_path: Path) -> None:
     files.no_head.add("/m/big.bin")
     _http(files.url + "/m/big.bin", tmp_path)

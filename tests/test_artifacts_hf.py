@@ -9,13 +9,14 @@ is caught (the official client accepts it; the test shows that too).
 import argparse
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
@@ -105,6 +106,16 @@ def test_token_goes_to_the_configured_endpoint_only(hub: Tuple[FakeHub, FakeCdn]
     _download("hf://acme/tiny-model", tmp_path / "t", _env(server))
     assert server.seen and all(a == f"Bearer {TOKEN}" for a in server.auth_seen())
     assert cdn.seen and all("authorization" not in s.headers for s in cdn.seen)  # cross-origin redirect: dropped
+
+
+def test_token_never_reaches_the_logs(hub: Tuple[FakeHub, FakeCdn], tmp_path: Path, caplog: Any) -> None:
+    server, _cdn = hub
+    server.corrupt.add("big.bin")
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ArtifactCorrupt) as caught:
+            _download("hf://acme/tiny-model", tmp_path / "t", _env(server))
+    assert TOKEN not in caught.value.message
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
 
 
 def test_request_named_endpoint_never_gets_the_configured_token(tmp_path: Path) -> None:

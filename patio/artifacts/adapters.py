@@ -126,12 +126,11 @@ class AdapterArtifacts:
         if entry is not None:
             self._inflight[name] = (entry[0], entry[1], job)
         self._state[name]["job"] = job
-        try:
-            assert job.future is not None
-            await asyncio.shield(job.future)
-        except BaseException as exc:
-            self._state[name].update(state="failed", error=job.error or {"message": repr(exc)})
-            raise
+        assert job.future is not None
+        await asyncio.shield(job.future)
+        if job.exception is not None:
+            self._state[name].update(state="failed", error=job.error)
+            raise job.exception
         self._state[name].update(state="ready", finished_at=time.time())
         return target
 

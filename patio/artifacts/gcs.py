@@ -35,9 +35,9 @@ from patio.artifacts.net import (
     RetryPolicy,
     call_with_retries,
     error_for_status,
+    range_start,
 )
 from patio.artifacts.rs256 import InvalidKey, encode_jwt, parse_pem_private_key
-from patio.artifacts.s3 import check_range_answer
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -392,7 +392,7 @@ class GcsSource:
             raise ObjectChanged(f"{what}: generation {generation} is gone")
         if response.status not in (200, 206):
             raise error_for_status(response, what, _gcs_error(response))
-        return BodyStream(response, check_range_answer(response, file, start, what))
+        return BodyStream(response, range_start(response, file.size, what))
 
     def close(self) -> None:
         self.http.close()

@@ -29,9 +29,9 @@ from patio.artifacts.net import (
     call_with_retries,
     error_for_status,
     origin,
+    range_start,
     redact,
 )
-from patio.artifacts.s3 import check_range_answer
 
 HF_ENDPOINT = "https://huggingface.co"
 # Redirects followed for one download (the Hub uses one or two: resolve -> CDN).
@@ -192,7 +192,7 @@ class HfSource:
                 continue
             if response.status not in (200, 206):
                 raise self._fail(response, what)
-            return BodyStream(response, check_range_answer(response, file, start, what))
+            return BodyStream(response, range_start(response, file.size, what))
         raise Transient(f"{what}: more than {MAX_REDIRECTS} redirects (last {redact(url)})")
 
     def close(self) -> None:

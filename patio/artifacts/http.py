@@ -22,9 +22,9 @@ from patio.artifacts.net import (
     call_with_retries,
     error_for_status,
     origin,
+    range_start,
     redact,
 )
-from patio.artifacts.s3 import check_range_answer
 
 MAX_REDIRECTS = 10
 _TOTAL = re.compile(r"/(\d+)\s*$")
@@ -107,7 +107,7 @@ class HttpSource:
         if file.etag and not file.etag.startswith("lm:") and etag and etag != file.etag:
             response.close()
             raise ObjectChanged(f"{self.display}: ETag is now {etag}, was {file.etag}")
-        return BodyStream(response, check_range_answer(response, file, start, self.display))
+        return BodyStream(response, range_start(response, file.size, self.display))
 
     def close(self) -> None:
         self.http.close()

@@ -51,8 +51,9 @@ class DownloadJob:
     progress: Progress = field(default_factory=lambda: Progress(phase="queued"))
     error: Optional[Dict[str, Any]] = None
     result: Optional[FetchResult] = None
+    exception: Optional[PatioError] = None  # what a waiting caller re-raises
     cancel: threading.Event = field(default_factory=threading.Event)
-    future: Optional["asyncio.Future[FetchResult]"] = None
+    future: Optional["asyncio.Future[None]"] = None
 
     def to_json(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {
@@ -157,35 +158,42 @@ class Downloads:
         creds: RequestCredentials,
         options: FetchOptions,
         on_done: Optional[Callable[[DownloadJob], None]],
-    ) -> FetchResult:
+    ) -> None:
+        """Never raises (nobody has to await an API job): the outcome lands on ``job``."""
         job.status = "running"
         job.started_at = time.time()
         try:
             result = await self.context.run_blocking(self._blocking, job, spec, creds, options)
-        except BaseException as exc:
-            job.finished_at = time.time()
-            error = exc if isinstance(exc, PatioError) else InternalError(f"download failed: {exc!r}")
-            if isinstance(exc, asyncio.CancelledError):
-                job.cancel.set()
-                error = DownloadCancelled(f"download of {job.source} cancelled")
+        except asyncio.CancelledError:
+            job.cancel.set()  # the worker thread stops at its next read
+            self._finish(job, DownloadCancelled(f"download of {job.source} cancelled"), on_done)
+            raise
+        except PatioError as exc:
+            self._finish(job, exc, on_done)
+        except Exception as exc:  # a bug, not a download failure: keep its text for the status answer
+            log.exception("download %s -> %s crashed", job.source, job.local_dir)
+            self._finish(job, InternalError(f"download failed: {exc!r}"), on_done)
+        else:
+            job.result = result
+            self._finish(job, None, on_done)
+
+    def _finish(
+        self, job: DownloadJob, error: Optional[PatioError], on_done: Optional[Callable[[DownloadJob], None]]
+    ) -> None:
+        job.finished_at = time.time()
+        job.exception = error
+        if error is None:
+            assert job.result is not None
+            job.status = "completed"
+            self._bytes.inc(job.kind, amount=float(job.result.bytes_downloaded))
+        else:
             job.status = "cancelled" if isinstance(error, DownloadCancelled) else "failed"
             job.error = {"type": error.error_type, "message": error.message, "code": error.status}
-            self._outcomes.inc(job.kind, job.status)
             self._bytes.inc(job.kind, amount=float(max(0, job.progress.bytes_this_run)))
             log.warning("download %s -> %s %s: %s", job.source, job.local_dir, job.status, error.message)
-            if on_done:
-                on_done(job)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise error from None
-        job.result = result
-        job.finished_at = time.time()
-        job.status = "completed"
-        self._outcomes.inc(job.kind, "completed")
-        self._bytes.inc(job.kind, amount=float(result.bytes_downloaded))
+        self._outcomes.inc(job.kind, job.status)
         if on_done:
             on_done(job)
-        return result
 
     def _blocking(
         self, job: DownloadJob, spec: SourceSpec, creds: RequestCredentials, options: FetchOptions

@@ -15,6 +15,7 @@ import email.utils
 import http.client
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -45,6 +46,7 @@ MAX_METADATA_BODY = 32 * 1024 * 1024
 MAX_IDLE_PER_HOST = 64
 # Statuses that mean "try again later" (throttling, overload, gateway trouble).
 TRANSIENT_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 USER_AGENT = "patio-downloader"
 
 
@@ -326,6 +328,25 @@ class BodyStream:
 
     def abort(self) -> None:
         self._response.abort()
+
+
+def range_start(response: Response, size: Optional[int], what: str) -> int:
+    """Where a 200/206 body starts; ``ObjectChanged`` when the object's total size is not ``size``."""
+    if response.status == 200:
+        length = response.header("content-length")
+        if size is not None and length is not None and length.isdigit() and int(length) != size:
+            response.close()
+            raise ObjectChanged(f"{what}: size is now {length}, listed {size}")
+        return 0
+    match = _CONTENT_RANGE.match((response.header("content-range") or "").strip())
+    if match is None:
+        response.close()
+        raise ArtifactError(f"{what}: 206 answer without a usable Content-Range")
+    total = match.group(3)
+    if size is not None and total.isdigit() and int(total) != size:
+        response.close()
+        raise ObjectChanged(f"{what}: size is now {total}, listed {size}")
+    return int(match.group(1))
 
 
 def error_for_status(response: Response, what: str, detail: str = "") -> Exception:

@@ -28,6 +28,7 @@ from patio.artifacts.net import (
     RetryPolicy,
     call_with_retries,
     error_for_status,
+    range_start,
 )
 
 # Keys per ListObjectsV2 page: S3's own maximum.
@@ -35,7 +36,6 @@ LIST_PAGE_SIZE = 1000
 # Pages followed before giving up (200 000 keys: far beyond any model).
 MAX_LIST_PAGES = 200
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _REGION_HINTS = (301, 400, 403)
 
 
@@ -251,25 +251,6 @@ def parse_list_page(body: bytes, what: str) -> Tuple[List[Dict[str, str]], Optio
     return items, token or None
 
 
-def check_range_answer(response: Response, file: RemoteFile, start: int, what: str) -> int:
-    """The offset the body starts at; raises ``ObjectChanged`` when the total size moved."""
-    if response.status == 200:
-        length = response.header("content-length")
-        if file.size is not None and length is not None and length.isdigit() and int(length) != file.size:
-            response.close()
-            raise ObjectChanged(f"{what}: size is now {length}, listed {file.size}")
-        return 0
-    match = _CONTENT_RANGE.match((response.header("content-range") or "").strip())
-    if match is None:
-        response.close()
-        raise ArtifactError(f"{what}: 206 answer without a usable Content-Range")
-    total = match.group(3)
-    if file.size is not None and total.isdigit() and int(total) != file.size:
-        response.close()
-        raise ObjectChanged(f"{what}: size is now {total}, listed {file.size}")
-    return int(match.group(1))
-
-
 class S3Source:
     """``s3://bucket/prefix`` (or tos/obs/gs via HMAC): every object under the prefix, or one object."""
 
@@ -303,7 +284,7 @@ class S3Source:
     def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
         what = self.client.uri(self.bucket, file.ref)
         response = self.client.get_range(self.bucket, file.ref, start, end, file.etag)
-        offset = check_range_answer(response, file, start, what)
+        offset = range_start(response, file.size, what)
         etag = response.header("etag")
         if file.etag and etag and etag != file.etag:
             response.close()
