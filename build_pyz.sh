@@ -18,9 +18,19 @@ mkdir -p dist "$stage/app"
 done
 printf 'from patio.cli import run\n\nrun()\n' > "$stage/app/__main__.py"
 "$PYTHON" - "$stage/app" "$out.tmp" <<'PY'
-import os, sys, zipfile
+import os, py_compile, sys, zipfile
 src, dest = sys.argv[1], sys.argv[2]
 stamp = (1980, 1, 1, 0, 0, 0)
+# Bytecode for the building interpreter (3.11, as in the distroless image) sits next to each
+# source in the legacy `x.pyc` layout zipimport reads, so that interpreter starts without
+# compiling; hash-based and unchecked (PEP 552) so the bytes do not depend on mtimes.  Other
+# Python versions see a foreign magic number and compile the .py beside it.
+for root, dirs, names in os.walk(src):
+    for name in names:
+        if name.endswith(".py") and name != "__main__.py":
+            path = os.path.join(root, name)
+            py_compile.compile(path, cfile=path + "c", dfile=os.path.relpath(path, src), doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 with open(dest, "wb") as raw:
     raw.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -39,6 +39,9 @@ _FALSE = frozenset(("0", "false", "no", "off", "n", "f", ""))
 
 T = TypeVar("T")
 
+# Flags whose argparse destination differs from their name (error messages name the flag).
+_FLAG_NAMES = {"metrics_path": "--engine-metrics-path", "engine_endpoint": "--engine-base-url"}
+
 
 def parse_bool(setting: str, raw: str) -> bool:
     value = raw.strip().lower()
@@ -96,7 +99,7 @@ def pick(
     if raw is not None:
         if not isinstance(raw, str):
             return raw
-        return convert("--" + flag.replace("_", "-"), raw)
+        return convert(_FLAG_NAMES.get(flag, "--" + flag.replace("_", "-")), raw)
     for name in env_names:
         value = env.get(name)
         if value is not None and value != "":

@@ -167,8 +167,7 @@ class HttpServer:
             continued = False
             conn.busy = True
             try:
-                keep_alive = parsed.keep_alive and not self._closing
-                payload = await self._respond(parsed, client, keep_alive)
+                payload, keep_alive = await self._respond(parsed, client)
                 writer.write(payload)
                 await writer.drain()
             finally:
@@ -184,7 +183,7 @@ class HttpServer:
         except (asyncio.TimeoutError, OSError):
             pass
 
-    async def _respond(self, parsed: ParsedRequest, client: str, keep_alive: bool) -> bytes:
+    async def _respond(self, parsed: ParsedRequest, client: str) -> Tuple[bytes, bool]:
         started = time.perf_counter()
         request_id = os.urandom(8).hex()
         method = parsed.method
@@ -203,9 +202,12 @@ class HttpServer:
         self._duration.observe(time.perf_counter() - started, method_label, route_label)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s -> %d (%s)", client, method, parsed.target, response.status, request_id)
-        return serialize(
+        # Decided after the handler ran: a shutdown that began meanwhile closes the connection.
+        keep_alive = parsed.keep_alive and not self._closing
+        payload = serialize(
             response, keep_alive=keep_alive, head_only=method == "HEAD", date=self._dates.get(), request_id=request_id
         )
+        return payload, keep_alive
 
     async def _dispatch(self, parsed: ParsedRequest, client: str, request_id: str) -> Tuple[Response, str]:
         target = parsed.target
