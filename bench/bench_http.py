@@ -29,9 +29,8 @@ def measure(label, argv, port, env, duration):
         rss = rss_mb(proc.pid)
     finally:
         stop(proc)
-    print(
-        f"  {label:8s} {result.summary()}  RSS after load {rss:5.1f} MB  start to first 200 {min(starts) * 1000:5.0f} ms"
-    )
+    first = min(starts) * 1000
+    print(f"  {label:8s} {result.summary()}  RSS after load {rss:5.1f} MB  start to first 200 {first:5.0f} ms")
     return result, rss, min(starts)
 
 
@@ -84,8 +83,9 @@ def main() -> None:
         env,
         duration,
     )
+    p99_ratio = fastapi[0].pct(0.99) / patio[0].pct(0.99)
     print(
-        f"  ratios: throughput {patio[0].rps / fastapi[0].rps:4.1f}x, p99 {fastapi[0].pct(0.99) / patio[0].pct(0.99):4.1f}x"
+        f"  ratios: throughput {patio[0].rps / fastapi[0].rps:4.1f}x, p99 {p99_ratio:4.1f}x"
         f" lower, RSS {fastapi[1] / patio[1]:4.1f}x smaller, start {fastapi[2] / patio[2]:4.1f}x faster"
     )
 
