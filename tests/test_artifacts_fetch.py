@@ -164,6 +164,16 @@ def test_connection_cut_mid_body_resumes_from_the_offset(files: FileServer, tmp_
     assert resumed_at >= 256 * 1024 - 64 * 1024 and resumed_at > 0
 
 
+def test_cut_on_a_server_without_ranges_starts_the_file_over(files: FileServer, tmp_path: Path) -> None:
+    files.no_ranges.add("/m/big.bin")
+    files.cut["/m/big.bin"] = 512 * 1024
+    result = _http(files.url + "/m/big.bin", tmp_path)
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    gets = _gets(files, "/m/big.bin")
+    assert len(gets) == 2 and gets[1]["range"].startswith("bytes=") and gets[1]["range"] != "bytes=0-"
+    assert result.bytes_downloaded == len(BIG)  # the restart's bytes replaced the first attempt's
+
+
 def test_disk_full_is_a_clear_error_and_resumable(files: FileServer, tmp_path: Path, monkeypatch: Any) -> None:
     real_pwrite = os.pwrite
     written = [0]
@@ -207,9 +217,20 @@ def test_file_size_limit_in_a_subprocess(files: FileServer, tmp_path: Path) -> N
 
 
 def test_cli_progress_bar_and_summary(files: FileServer, tmp_path: Path) -> None:
+    files.files["/m/a.json"] = b"{}"
     cmd = [sys.executable, str(ROOT / "patio.py"), "download", "--model-uri", files.url + "/m/big.bin"]
     run = subprocess.run(
-        [*cmd, "--local-dir", str(tmp_path), "--part-size", "1MiB", "--enable-progress-bar"],
+        [
+            *cmd,
+            "--local-dir",
+            str(tmp_path),
+            "--part-size",
+            "1MiB",
+            "--enable-progress-bar",
+            "--allow-file-suffix",
+            "json",
+            "bin",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-name", help="sub-directory of --local-dir to download into (AIBrix)")
     add(
         "--allow-file-suffix",
-        action="append",
-        help="only files ending with these suffixes, comma-separated or repeated (env DOWNLOADER_ALLOW_FILE_SUFFIX)",
+        action="extend",
+        nargs="+",
+        help="only files with these suffixes: json safetensors, or json,safetensors (env DOWNLOADER_ALLOW_FILE_SUFFIX)",
     )
     add("--num-threads", help="parallel transfers (env DOWNLOADER_NUM_THREADS; default 16)")
     add("--part-size", help="ranged part size for big files, e.g. 16MiB (env DOWNLOADER_PART_SIZE)")
