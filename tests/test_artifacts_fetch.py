@@ -318,6 +318,19 @@ def test_unsafe_listings_are_refused(tmp_path: Path, names: List[str], message: 
     assert not (tmp_path / "escape").exists()
 
 
+@pytest.mark.parametrize("link", ["sub", "sub/w.bin.part"], ids=["dir-link", "part-link"])
+def test_symlinks_inside_the_target_never_lead_out(tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "w.bin.part").write_text("precious")
+    target = tmp_path / "t"
+    (target / "sub").mkdir(parents=True) if link != "sub" else target.mkdir()
+    os.symlink(str(outside if link == "sub" else outside / "w.bin.part"), str(target / link))
+    with pytest.raises(LocalWriteError, match="symlink leads outside"):
+        fetch(MemorySource({"sub/w.bin": b"data"}), str(target), FetchOptions(retry=FAST))
+    assert (outside / "w.bin.part").read_text() == "precious" and sorted(os.listdir(outside)) == ["w.bin.part"]
+
+
 def test_empty_listing_and_filtered_out_listing(tmp_path: Path) -> None:
     with pytest.raises(ArtifactNotFound, match="no files found"):
         fetch(MemorySource({}), str(tmp_path / "e"), FetchOptions(retry=FAST))

@@ -130,6 +130,10 @@ class _FileJob:
             path = self.layout.part(self.file.path)
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as exc:
+                raise write_error(path, exc) from None
+            self.layout.check_inside(path)
+            try:
                 if self.multipart and self.done:
                     fd = os.open(path, os.O_RDWR)
                 else:
@@ -288,7 +292,7 @@ class _Job:
         size = os.path.getsize(part_path)
         expected = file.size if file.size is not None else fjob.size_seen
         if size != expected:
-            _unlink(part_path)
+            self.layout.remove(part_path)
             raise ArtifactCorrupt(f"{self.source.display} {file.path}: {size} bytes on disk, expected {expected}")
         if file.sha256 or file.md5 or file.git_sha1:
             digests = fjob.streamed_hash if fjob.streamed_hash is not None else hash_file(part_path, file)
@@ -329,13 +333,6 @@ def _fsync(fd: int, path: str) -> None:
         os.fsync(fd)
     except OSError as exc:
         raise write_error(path, exc) from None
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _local_matches(layout: Layout, entry: Optional[Entry], file: RemoteFile) -> bool:
@@ -444,7 +441,7 @@ def fetch(
     for entry in stale:
         target = layout.target(entry.path)
         if os.path.isfile(target) and not os.path.islink(target):
-            _unlink(target)
+            layout.remove(target)
     final = [job.entries[f.path] for f in files]
     for entry in final:  # belt and braces: never call complete what is not on disk
         target = layout.target(entry.path)
@@ -535,7 +532,7 @@ def _run_workers(
                 pass
             if not fjob.multipart and len(fjob.done) < len(fjob.parts):
                 # A small file cut short is cheaper to fetch again than to track.
-                _unlink(job.layout.part(fjob.file.path))
+                job.layout.remove(job.layout.part(fjob.file.path))
     if job.errors:
         exc = job.first_error()
         if isinstance(exc, PatioError):

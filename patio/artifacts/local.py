@@ -12,15 +12,9 @@ from typing import List, Optional
 
 from patio.artifacts.errors import ArtifactNotFound
 from patio.artifacts.listing import RemoteFile
-from patio.artifacts.manifest import META_DIR
+from patio.artifacts.manifest import META_DIR, within
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest
-
-
-def within(root: str, path: str) -> bool:
-    """True when ``path`` is ``root`` or below it (both already real paths)."""
-    root = root.rstrip(os.sep) or os.sep
-    return path == root or path.startswith(root + os.sep) or root == os.sep
 
 
 def resolve_local(spec: SourceSpec, pvc_root: str, param: str = "model_uri") -> str:

@@ -72,6 +72,12 @@ def write_error(path: str, exc: OSError) -> LocalWriteError:
     return LocalWriteError(f"cannot write {path}: {why} (errno {exc.errno})")
 
 
+def within(root: str, path: str) -> bool:
+    """True when ``path`` is ``root`` or below it (both already real paths)."""
+    root = root.rstrip(os.sep) or os.sep
+    return path == root or path.startswith(root + os.sep) or root == os.sep
+
+
 def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -123,6 +129,24 @@ class Layout:
 
     def part(self, relpath: str) -> str:
         return self.target(relpath) + ".part"
+
+    def inside(self, path: str) -> bool:
+        """False when a symlink inside the directory leads ``path`` out of it."""
+        return within(os.path.realpath(self.root), os.path.realpath(path))
+
+    def check_inside(self, path: str) -> None:
+        """Refuse to write where a symlink inside the directory leads out of it."""
+        if not self.inside(path):
+            raise LocalWriteError(f"cannot write {path}: a symlink leads outside {self.root}")
+
+    def remove(self, path: str) -> None:
+        """Delete a file of ours; never through a symlink that leads outside."""
+        if os.path.islink(path) or not self.inside(path):
+            return
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
     def part_state(self, relpath: str) -> str:
         return os.path.join(self.partial, hashlib.sha1(relpath.encode("utf-8")).hexdigest() + ".json")
