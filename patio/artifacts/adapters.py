@@ -152,7 +152,10 @@ class AdapterArtifacts:
             return target, True
         if os.path.isdir(target) and not same_source:
             # Another adapter (or another version's URI) used this name: its files must not mix in.
-            shutil.rmtree(target)
+            try:
+                shutil.rmtree(target)
+            except OSError as exc:
+                raise write_error(target, exc) from None
         layout.ensure()
         # Which source this directory belongs to, so a retry resumes only the same one.
         atomic_write(marker, spec.display.encode("utf-8"))
@@ -182,10 +185,13 @@ class AdapterArtifacts:
             return
         if not within(root, os.path.realpath(target)) or os.path.dirname(target) != root:
             raise BadRequest(f"refusing to delete {target}: outside {root}", param="lora_name")
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        else:
-            os.unlink(target)
+        try:
+            if os.path.isdir(target):
+                shutil.rmtree(target)  # does not follow symlinks inside the tree
+            else:
+                os.unlink(target)
+        except OSError as exc:
+            raise write_error(target, exc) from None
 
     def status(self, lora_name: str) -> Optional[Dict[str, Any]]:
         state = self._state.get(lora_name)
