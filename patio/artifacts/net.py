@@ -34,6 +34,7 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
+from patio.artifacts.uri import display_uri as redact  # scheme://host/path, no userinfo or query
 
 T = TypeVar("T")
 log = logging.getLogger("patio.artifacts")
@@ -48,13 +49,6 @@ MAX_IDLE_PER_HOST = 64
 TRANSIENT_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 USER_AGENT = "patio-downloader"
-
-
-def redact(url: str) -> str:
-    """scheme://host/path without userinfo or query: safe to log."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + ("?…" if parts.query else "")
 
 
 def origin(url: str) -> Tuple[str, str, int]:
