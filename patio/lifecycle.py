@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Callable, Optional
 
@@ -22,6 +23,8 @@ from patio.http.server import HttpServer
 
 log = logging.getLogger("patio")
 
+# Seconds a thread may hold the GIL before another gets it (Python's default is 0.005).
+GIL_SWITCH_INTERVAL = 0.001
 # Exit status when a second signal cuts the graceful shutdown short.
 FORCED_EXIT_STATUS = 1
 
@@ -43,6 +46,9 @@ async def serve(
     stop: Optional[asyncio.Event] = None,
 ) -> int:
     core = settings.core
+    # CPU work in worker threads (parsing a large engine payload) holds the GIL; a shorter
+    # switch interval than the default 5 ms keeps probes on the event loop answering promptly.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     stop = stop or asyncio.Event()
     app = build_app(settings)
     server = HttpServer(app)
