@@ -11,10 +11,10 @@
     .venv/bin/python bench/bench_metrics.py [--quick]
 """
 
+import multiprocessing
 import os
 import re
 import sys
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
