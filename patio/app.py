@@ -30,9 +30,6 @@ T = TypeVar("T")
 # Threads for blocking calls (engine, router, disk).  Long LoRA loads hold one each.
 BLOCKING_WORKERS = 32
 
-# NOTE TO ENGINEERS (temporary, lead): metrics, LoRA and topology components below are already
-# implemented and committed (patio/metrics, patio/lora, patio/topology, patio/engines); do not rewrite
-# them. Artifacts engineer: add only your own row. Read /tmp/prompts/common.md's update.
 # (module, factory) rows, in start order.  Shutdown runs in reverse order.
 COMPONENT_FACTORIES: Sequence[str] = (
     "patio.api.core:build",
