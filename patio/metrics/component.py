@@ -4,12 +4,11 @@ Plugs into the core's ``/metrics`` route through ``AppContext.engine_metrics``.
 """
 
 import logging
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from patio.app import AppContext, Component
 from patio.http.types import Request
 from patio.metrics.assemble import assemble
-from patio.metrics.model import Family
 from patio.metrics.rules import RuleSet
 from patio.metrics.scrape import REASONS, EngineScraper, ScrapeOutcome
 from patio.metrics.settings import MetricsSettings
@@ -25,7 +24,7 @@ class EngineMetrics(Component):
         self.context = context
         self.settings = settings
         self.rules = RuleSet.for_scheme(settings.scheme, context.settings.core.engine)
-        self.scraper = EngineScraper(context, settings)
+        self.scraper = EngineScraper(context, settings, finish=self._prerender)
         registry = context.registry
         self._up = registry.gauge("patio_engine_up", "1 if the last scrape of the engine's metrics succeeded.")
         self._errors = registry.counter(
@@ -49,7 +48,6 @@ class EngineMetrics(Component):
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
-        self._rendered: Optional[Tuple[ScrapeOutcome, bytes]] = None
         context.engine_metrics = self
 
     def _account(self, outcome: ScrapeOutcome) -> None:
@@ -74,31 +72,28 @@ class EngineMetrics(Component):
         if outcome.duplicate_series:
             self._duplicates.inc(amount=float(outcome.duplicate_series))
 
+    def _prerender(self, outcome: ScrapeOutcome) -> None:
+        """The engine's share of /metrics, rendered once per scrape in the fetch's worker thread.
+
+        Patio's own families reserve their names and series (they win a clash); their
+        values are rendered fresh for every request.
+        """
+        if not outcome.families:
+            return
+        own = self.context.registry.collect()
+        result = assemble(own, outcome.families, self.rules, self.settings.mode, render_own=False)
+        outcome.rendered = result.text.encode("utf-8")
+        outcome.clashes, outcome.assembly_duplicates = result.clashes, result.duplicate_series
+
     async def exposition(self, request: Request) -> bytes:
         outcome, fresh = await self.scraper.scrape()
         if fresh:
             self._account(outcome)
-        own = self.context.registry.collect()
-        engine_part = await self._engine_part(outcome, own)
-        return render(own).encode("utf-8") + engine_part
-
-    async def _engine_part(self, outcome: ScrapeOutcome, own: List[Family]) -> bytes:
-        """The engine's share of /metrics, rendered once per scrape outcome and reused.
-
-        Patio's own family names are fixed at start, so the clash resolution done here
-        holds for every request served from the same outcome.
-        """
-        cached = self._rendered
-        if cached is not None and cached[0] is outcome:
-            return cached[1]
-        result = await self.context.run_blocking(assemble, own, outcome.families, self.rules, self.settings.mode, False)
-        text = await self.context.run_blocking(result.text.encode, "utf-8")
-        self._rendered = (outcome, text)
-        if result.clashes:
-            self._clashes.inc(amount=float(result.clashes))
-        if result.duplicate_series:
-            self._duplicates.inc(amount=float(result.duplicate_series))
-        return text
+            if outcome.clashes:
+                self._clashes.inc(amount=float(outcome.clashes))
+            if outcome.assembly_duplicates:
+                self._duplicates.inc(amount=float(outcome.assembly_duplicates))
+        return render(self.context.registry.collect()).encode("utf-8") + outcome.rendered
 
 
 def build(context: AppContext) -> Optional[Component]:

@@ -11,7 +11,7 @@ import asyncio
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
@@ -40,6 +40,10 @@ class ScrapeOutcome:
     error_message: str = ""
     duration: float = 0.0
     finished_at: float = 0.0
+    # Set by the scraper's ``finish`` step in the same worker thread (the engine's share of /metrics).
+    rendered: bytes = b""
+    clashes: int = 0
+    assembly_duplicates: int = 0
 
     @property
     def up(self) -> bool:
@@ -55,7 +59,12 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 class EngineScraper:
-    def __init__(self, context: "AppContext", settings: "MetricsSettings") -> None:
+    def __init__(
+        self,
+        context: "AppContext",
+        settings: "MetricsSettings",
+        finish: Optional[Callable[[ScrapeOutcome], None]] = None,
+    ) -> None:
         core = context.settings.core
         self._context = context
         self._settings = settings
@@ -67,11 +76,15 @@ class EngineScraper:
         self._last: Optional[ScrapeOutcome] = None
         # Only one fetch runs at a time (single flight), so one cache serves every scrape.
         self._lines = LineCache()
+        # Post-processing run in the fetch's own worker thread (one hop off the loop per scrape).
+        self._finish = finish
 
     def fetch_blocking(self) -> ScrapeOutcome:
         started = time.monotonic()
         outcome = self._fetch_and_parse()
         outcome.duration = time.monotonic() - started
+        if self._finish is not None:
+            self._finish(outcome)
         outcome.finished_at = time.monotonic()
         return outcome
 
