@@ -42,6 +42,17 @@ class EngineSpec:
         return self.classify_body(op, status, body.decode("utf-8", errors="replace"))
 
 
+def by_status(status: int, message: str) -> Outcome:
+    """What the status alone says, once an engine's specific answers are ruled out."""
+    if status in (401, 403):
+        return Outcome(UNAUTHORIZED, message, status)
+    if status == 503:
+        return Outcome(UNAVAILABLE, message, status)
+    if 400 <= status < 500:
+        return Outcome(INVALID, message, status)
+    return Outcome(INTERNAL, message, status)
+
+
 def json_or_none(text: str) -> Optional[Any]:
     try:
         return json.loads(text)

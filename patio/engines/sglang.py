@@ -3,14 +3,12 @@
 
 from patio.engines.base import (
     DUPLICATE,
-    INTERNAL,
     INVALID,
     NOT_FOUND,
     OK,
-    UNAUTHORIZED,
-    UNAVAILABLE,
     EngineSpec,
     Outcome,
+    by_status,
     json_or_none,
     message_of,
 )
@@ -27,18 +25,12 @@ def classify(op: str, status: int, text: str) -> Outcome:
     if status == 200:
         # A 200 without success=true is still a refusal; never report it as done.
         return Outcome(INVALID, message or "engine did not confirm success", status)
-    if status in (401, 403):
-        return Outcome(UNAUTHORIZED, message, status)
-    if status == 503:
-        return Outcome(UNAVAILABLE, message, status)
     lowered = message.lower()
     if status == 400 and "already loaded" in lowered:
         return Outcome(DUPLICATE, message, status)
     if status in (400, 404) and any(p in lowered for p in _NOT_FOUND_PHRASES):
         return Outcome(NOT_FOUND, message, status)
-    if 400 <= status < 500:
-        return Outcome(INVALID, message, status)
-    return Outcome(INTERNAL, message, status)
+    return by_status(status, message)
 
 
 SPEC = EngineSpec(

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from patio.errors import EngineError, EngineTimeout, EngineUnavailable
 
@@ -93,32 +93,39 @@ def http_request(
     except (ConnectionError, OSError, http.client.HTTPException) as exc:
         raise PeerUnavailable(f"{peer} connection failed for {url}: {exc!r}", sent=True) from None
     try:
-        chunks = []
-        total = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise EngineTimeout(f"{peer} answer to {method} {url} took longer than {timeout:g}s")
-            chunk = response.read(_READ_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise EngineError(f"{peer} answer to {method} {url} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-    except (socket.timeout, TimeoutError):
-        raise EngineTimeout(f"{peer} answer to {method} {url} stalled past {timeout:g}s") from None
-    except (ConnectionError, OSError, http.client.HTTPException) as exc:
-        # IncompleteRead (a body shorter than its Content-Length) lands here too.
-        raise PeerUnavailable(f"{peer} connection lost while reading {url}: {exc!r}", sent=True) from None
+        data = read_body(response, peer, f"{method} {url}", deadline, max_bytes, check_length=method != "HEAD")
     finally:
         response.close()
     status = response.status if hasattr(response, "status") else response.code
     header_map = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
-    declared = header_map.get("content-length", "")
-    if declared.isdigit() and int(declared) != total and method != "HEAD":
+    return HttpResult(status=int(status), headers=header_map, body=data, elapsed=time.monotonic() - started)
+
+
+def read_body(response: Any, peer: str, what: str, deadline: float, max_bytes: int, check_length: bool = True) -> bytes:
+    """A response body, bounded in size and time; a body shorter than its Content-Length is an error."""
+    declared = response.getheader("Content-Length") if hasattr(response, "getheader") else None
+    chunks = []
+    total = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise EngineTimeout(f"{peer} answer to {what} took too long")
+            chunk = response.read1(_READ_CHUNK) if hasattr(response, "read1") else response.read(_READ_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise EngineError(f"{peer} answer to {what} is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except (socket.timeout, TimeoutError):
+        raise EngineTimeout(f"{peer} answer to {what} stalled") from None
+    except (ConnectionError, OSError, http.client.HTTPException) as exc:
+        # IncompleteRead (a body shorter than its Content-Length) can land here too.
+        raise PeerUnavailable(f"{peer} connection lost while reading {what}: {exc!r}", sent=True) from None
+    if check_length and declared is not None and declared.isdigit() and int(declared) != total:
         # A body cut short (peer died mid-answer) must not pass as a complete one.
-        raise PeerUnavailable(f"{peer} answer to {method} {url} truncated: {total} of {declared} bytes", sent=True)
-    return HttpResult(status=int(status), headers=header_map, body=b"".join(chunks), elapsed=time.monotonic() - started)
+        raise PeerUnavailable(f"{peer} answer to {what} truncated: {total} of {declared} bytes", sent=True)
+    return b"".join(chunks)
 
 
 def bearer(api_key: Optional[str]) -> Mapping[str, str]:
@@ -174,8 +181,11 @@ class KeepAliveClient:
                 if reused and attempt == 1:
                     continue  # a stale keep-alive connection: try once more on a fresh one
                 raise PeerUnavailable(f"{self._peer} unreachable at {url}: {exc}", sent=False) from None
+            declared = response.getheader("Content-Length")
             try:
-                body = self._read(response, url, started + timeout, max_bytes)
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
+                body = read_body(response, self._peer, f"GET {url}", started + timeout, max_bytes)
             except BaseException:
                 self.close()
                 raise
@@ -184,28 +194,3 @@ class KeepAliveClient:
             headers_out = {k.lower(): v for k, v in response.getheaders()}
             return HttpResult(response.status, headers_out, body, time.monotonic() - started)
         raise PeerUnavailable(f"{self._peer} unreachable at {url}", sent=False)  # pragma: no cover
-
-    def _read(self, response: http.client.HTTPResponse, url: str, deadline: float, max_bytes: int) -> bytes:
-        declared = response.getheader("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
-        chunks = []
-        total = 0
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise EngineTimeout(f"{self._peer} answer to GET {url} took too long")
-                chunk = response.read1(_READ_CHUNK) if hasattr(response, "read1") else response.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_bytes:
-                    raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-        except (socket.timeout, TimeoutError):
-            raise EngineTimeout(f"{self._peer} answer to GET {url} stalled") from None
-        except (ConnectionError, OSError, http.client.HTTPException) as exc:
-            raise PeerUnavailable(f"{self._peer} connection lost while reading {url}: {exc!r}", sent=True) from None
-        if declared is not None and declared.isdigit() and int(declared) != total:
-            raise PeerUnavailable(f"{self._peer} answer to GET {url} truncated: {total} of {declared} bytes", sent=True)
-        return b"".join(chunks)

@@ -5,15 +5,12 @@ when runtime LoRA updating is off."""
 
 from patio.engines.base import (
     DUPLICATE,
-    INTERNAL,
-    INVALID,
     NO_LORA_ROUTES,
     NOT_FOUND,
     OK,
-    UNAUTHORIZED,
-    UNAVAILABLE,
     EngineSpec,
     Outcome,
+    by_status,
     json_or_none,
     message_of,
 )
@@ -24,19 +21,13 @@ def classify(op: str, status: int, text: str) -> Outcome:
     message = message_of(body, text)
     if 200 <= status < 300:
         return Outcome(OK, text.strip() or "success", status)
-    if status in (401, 403):
-        return Outcome(UNAUTHORIZED, message, status)
     if status == 404:
         if isinstance(body, dict) and body.get("detail") == "Not Found":
             return Outcome(NO_LORA_ROUTES, message, status)
         return Outcome(NOT_FOUND, message, status)
     if status == 400 and "already been loaded" in message:
         return Outcome(DUPLICATE, message, status)
-    if status == 503:
-        return Outcome(UNAVAILABLE, message, status)
-    if 400 <= status < 500:
-        return Outcome(INVALID, message, status)
-    return Outcome(INTERNAL, message, status)
+    return by_status(status, message)
 
 
 SPEC = EngineSpec(
