@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Build dist/patio.pyz: the patio package as one compressed, reproducible zipapp.
-# Same sources -> same bytes.  `python3 -m zipapp` adds files in directory order
-# with their checkout mtimes, so its output differs between two clones of the same
-# commit; this writes the same zipapp layout (shebang, __main__.py, the package)
-# with files in sorted order and a fixed timestamp, deflated.
+# Build dist/patio.pyz: the patio package as one compressed zipapp, reproducibly.
+#
+# 1. stage the runtime package (no tests, no caches) with bytecode for the building
+#    interpreter (3.11, as in the distroless image) next to each source, in the `x.pyc`
+#    layout zipimport reads: that interpreter starts without compiling; the .pyc are
+#    hash-based and unchecked (PEP 552) so they do not depend on mtimes; other Python
+#    versions see a foreign magic number and compile the .py beside them;
+# 2. `python3 -m zipapp` (compressed, shebang /usr/bin/env python3, entry patio.cli:run);
+# 3. normalise: zipapp adds files in directory order with their checkout mtimes, so its
+#    bytes differ between two clones of one commit; entries are rewritten in sorted order
+#    with a fixed timestamp.  Same sources -> same bytes.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -11,40 +17,35 @@ out="dist/patio.pyz"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p dist "$stage/app"
-# Only the runtime package: no tests, no caches.
-(cd . && find patio -name '*.py' -print) | LC_ALL=C sort | while read -r f; do
+find patio -name '*.py' -print | LC_ALL=C sort | while read -r f; do
   mkdir -p "$stage/app/$(dirname "$f")"
   cp "$f" "$stage/app/$f"
 done
-printf 'from patio.cli import run\n\nrun()\n' > "$stage/app/__main__.py"
-"$PYTHON" - "$stage/app" "$out.tmp" <<'PY'
-import os, py_compile, sys, zipfile
-src, dest = sys.argv[1], sys.argv[2]
-stamp = (1980, 1, 1, 0, 0, 0)
-# Bytecode for the building interpreter (3.11, as in the distroless image) sits next to each
-# source in the legacy `x.pyc` layout zipimport reads, so that interpreter starts without
-# compiling; hash-based and unchecked (PEP 552) so the bytes do not depend on mtimes.  Other
-# Python versions see a foreign magic number and compile the .py beside it.
-for root, dirs, names in os.walk(src):
+"$PYTHON" - "$stage/app" <<'PY'
+import os, py_compile, sys
+src = sys.argv[1]
+for root, _dirs, names in os.walk(src):
     for name in names:
-        if name.endswith(".py") and name != "__main__.py":
+        if name.endswith(".py"):
             path = os.path.join(root, name)
             py_compile.compile(path, cfile=path + "c", dfile=os.path.relpath(path, src), doraise=True,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-with open(dest, "wb") as raw:
-    raw.write(b"#!/usr/bin/env python3\n")
-    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        files = []
-        for root, dirs, names in os.walk(src):
-            dirs.sort()
-            for name in names:
-                files.append(os.path.relpath(os.path.join(root, name), src))
-        for rel in sorted(files):
-            info = zipfile.ZipInfo(rel.replace(os.sep, "/"), date_time=stamp)
+PY
+"$PYTHON" -m zipapp "$stage/app" --compress --python "/usr/bin/env python3" --main "patio.cli:run" --output "$stage/raw.pyz"
+"$PYTHON" - "$stage/raw.pyz" "$out.tmp" <<'PY'
+import sys, zipfile
+raw, dest = sys.argv[1], sys.argv[2]
+with open(raw, "rb") as handle:
+    data = handle.read()
+shebang = data[: data.index(b"\n") + 1]
+with zipfile.ZipFile(raw) as source, open(dest, "wb") as out:
+    out.write(shebang)
+    with zipfile.ZipFile(out, "w") as target:
+        for name in sorted(source.namelist()):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            with open(os.path.join(src, rel), "rb") as fh:
-                zf.writestr(info, fh.read(), compresslevel=9)
+            target.writestr(info, source.read(name), compresslevel=9)
 PY
 chmod 0755 "$out.tmp"
 mv "$out.tmp" "$out"

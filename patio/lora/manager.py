@@ -346,7 +346,15 @@ class LoraManager:
                 locked = self.adapters.get(name)
                 if locked is None or locked.state != LOADED:
                     continue
-                if await self._reload(locked, engine.get(name)):
+                # The snapshot above may predate a load that finished meanwhile: look again.
+                try:
+                    root = (await self.engine_adapters()).get(name)
+                except PatioError:
+                    continue
+                if root == locked.path:
+                    locked.engine_confirmed = True
+                    continue
+                if await self._reload(locked, root):
                     reloads += 1
         return reloads
 
