@@ -117,6 +117,7 @@ BAD = [
     ("api_key_file_missing", [], {"PATIO_API_KEY_FILE": "/nonexistent/key"}, "PATIO_API_KEY_FILE"),
     ("metrics_scheme", ["--metrics-scheme", "datadog"], {}, "--metrics-scheme"),
     ("metrics_mode", [], {"METRICS_MODE": "half"}, "METRICS_MODE"),
+    ("aibrix_passthrough", [], {"METRICS_RAW_PASSTHROUGH_MODE": "perhaps"}, "METRICS_RAW_PASSTHROUGH_MODE"),
     ("reconcile_interval", ["--lora-reconcile-interval", "soon"], {}, "--lora-reconcile-interval"),
 ]
 

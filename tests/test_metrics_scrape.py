@@ -92,9 +92,19 @@ def test_counters_equal_raw_counters_in_same_scrape():
         (["--metrics-mode", "raw"], {}, False, True),
         ([], {}, True, True),
         ([], {"METRICS_ENABLE_TRANSFORMATION": "0"}, False, True),
+        ([], {"METRICS_RAW_PASSTHROUGH_MODE": "1"}, False, True),
+        ([], {"METRICS_RAW_PASSTHROUGH_MODE": "0", "METRICS_ENABLE_TRANSFORMATION": "1"}, True, True),
         ([], {"METRICS_MODE": "standard", "METRICS_RAW_PASSTHROUGH_MODE": "1"}, True, False),
     ],
-    ids=["standard", "raw", "default_both", "aibrix_transformation_off", "explicit_mode_wins"],
+    ids=[
+        "standard",
+        "raw",
+        "default_both",
+        "aibrix_transformation_off",
+        "aibrix_raw_passthrough",
+        "aibrix_defaults",
+        "explicit_mode_wins",
+    ],
 )
 def test_output_modes(mode_args, env, renamed, raw):
     with engine_for("vllm-0.33-single.txt") as engine, patio_for(engine, *mode_args, env=env) as patio:

@@ -30,17 +30,11 @@ def add_flags(parser: Any) -> None:
 
 
 def _mode_from_aibrix(env: Mapping[str, str]) -> str:
-    # AIBrix's switches: METRICS_ENABLE_TRANSFORMATION=0 turns renaming off (raw);
-    # METRICS_RAW_PASSTHROUGH_MODE=1 keeps raw families beside the renamed ones (both).
-    if "METRICS_ENABLE_TRANSFORMATION" in env and not parse_bool(
-        "METRICS_ENABLE_TRANSFORMATION", env["METRICS_ENABLE_TRANSFORMATION"]
-    ):
-        return "raw"
-    if "METRICS_RAW_PASSTHROUGH_MODE" in env and parse_bool(
-        "METRICS_RAW_PASSTHROUGH_MODE", env["METRICS_RAW_PASSTHROUGH_MODE"]
-    ):
-        return "both"
-    return "both"
+    # AIBrix's switches (aibrix/envs.py): METRICS_ENABLE_TRANSFORMATION=0 or
+    # METRICS_RAW_PASSTHROUGH_MODE=1 serve the engine's families unrenamed (raw).
+    transform = parse_bool("METRICS_ENABLE_TRANSFORMATION", env.get("METRICS_ENABLE_TRANSFORMATION", "1"))
+    passthrough = parse_bool("METRICS_RAW_PASSTHROUGH_MODE", env.get("METRICS_RAW_PASSTHROUGH_MODE", "0"))
+    return "raw" if passthrough or not transform else "both"
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:
