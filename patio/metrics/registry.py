@@ -212,7 +212,3 @@ class Registry:
         for collector in collectors:
             families.extend(collector())
         return families
-
-    def names(self) -> List[str]:
-        """Every family name this registry can emit (used to resolve clashes with engine families)."""
-        return [family.name for family in self.collect()]

@@ -11,7 +11,7 @@ name that starts with it, so counters' ``_total``, histograms'
 No I/O.
 """
 
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from patio.metrics.model import Family, Sample
 
@@ -165,8 +165,3 @@ def _created_companion(family: Family, source: str, target: str, families: Mappi
     if created is None or created is family or not created.samples:
         return None
     return _renamed(created, source_base + "_created", target_base + "_created")
-
-
-def describe(scheme: str) -> Dict[str, List[Tuple[str, List[str]]]]:
-    """The scheme's table as plain data (docs and tests)."""
-    return {engine: [(t, list(s)) for t, s in rows] for engine, rows in TABLES[scheme].items()}
