@@ -33,7 +33,7 @@ def test_counter_gauge_histogram_semantics():
     family = {f.name: f for f in registry.collect()}["patio_h_seconds"]
     buckets = [(dict(s.labels)["le"], s.value) for s in family.samples if s.name.endswith("_bucket")]
     assert buckets == [("0.1", 2.0), ("1", 4.0), ("+Inf", 5.0)]  # le is inclusive, counts cumulative
-    assert math.isclose([s.value for s in family.samples if s.name.endswith("_sum")][0], 6.65)
+    assert math.isclose(next(s.value for s in family.samples if s.name.endswith("_sum")), 6.65)
 
 
 def test_names_are_unique():
