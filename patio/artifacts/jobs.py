@@ -21,7 +21,6 @@ from patio.artifacts.errors import DownloadCancelled
 from patio.artifacts.fetch import FetchOptions, FetchResult, fetch
 from patio.artifacts.progress import Progress
 from patio.artifacts.settings import ArtifactSettings
-from patio.artifacts.sources import open_source
 from patio.artifacts.uri import SourceSpec
 from patio.errors import Conflict, InternalError, PatioError
 
@@ -200,6 +199,10 @@ class Downloads:
     ) -> FetchResult:
         def on_progress(progress: Progress) -> None:
             job.progress = progress
+
+        # Imported on first use, in this worker thread: the store clients (S3 signer, GCS RS256,
+        # HF, XML parsing) are not needed to start serving, and keep start-up short.
+        from patio.artifacts.sources import open_source
 
         source = open_source(spec, self.settings, creds, job.cancel)
         try:
