@@ -161,3 +161,16 @@ def test_full_disk_is_507(tmp_path, monkeypatch):
         assert (status, body["type"]) == (507, "state_not_saved")
         assert "No space left on device" in body["message"]
         assert http_call("GET", patio.url + "/health")[0] == 200
+
+
+def test_adapter_sources_are_shown_without_credentials(tmp_path):
+    from patio.lora.manager import LOADED, Adapter
+
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0") as patio:
+        manager = patio.context.services["lora"]
+        manager.adapters["x"] = Adapter(
+            "x", "https://user:pw@host/a.bin?X-Amz-Signature=sekrit", "/p", remote=True, state=LOADED
+        )
+        status, _, raw = http_call("GET", patio.url + "/v1/lora_adapters")
+    assert status == 200 and b"sekrit" not in raw and b"user:pw" not in raw
+    assert json.loads(raw)["data"][0]["source"] == "https://host/a.bin?…"

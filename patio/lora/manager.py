@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
+from patio.artifacts.uri import display_uri
 from patio.engines.base import (
     DUPLICATE,
     INTERNAL,
@@ -193,10 +194,10 @@ class LoraManager:
             if existing is not None and existing.state == LOADED and not load_inplace:
                 if existing.source == source:
                     self._record("load", "noop", started)
-                    return f"LoRA adapter '{name}' is already loaded from {source}", existing
+                    return f"LoRA adapter '{name}' is already loaded from {display_uri(source)}", existing
                 self._record("load", "conflict", started)
                 raise Conflict(
-                    f"LoRA adapter '{name}' is already loaded from {existing.source}; unload it first"
+                    f"LoRA adapter '{name}' is already loaded from {display_uri(existing.source)}; unload it first"
                     + (" or set load_inplace" if "load_inplace" in self.client.spec.load_fields else ""),
                     param="lora_path",
                 )
@@ -241,7 +242,7 @@ class LoraManager:
             adapter.engine_confirmed = await self._confirmed(name, path)
             await self._persist()
             self._record("load", "success", started)
-            log.info("loaded LoRA adapter %s from %s", name, source)
+            log.info("loaded LoRA adapter %s from %s", name, display_uri(source))
             return f"LoRA adapter '{name}' loaded", adapter
 
     async def engine_adapters_or_empty(self) -> Dict[str, str]:
@@ -421,7 +422,7 @@ class LoraManager:
         for adapter in sorted(self.adapters.values(), key=lambda a: a.name):
             view: Dict[str, Any] = {
                 "name": adapter.name,
-                "source": adapter.source,
+                "source": display_uri(adapter.source),  # no userinfo or signed query in answers
                 "path": adapter.path,
                 "state": adapter.state,
                 "last_error": adapter.last_error,
