@@ -38,6 +38,19 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+def pytest_sessionstart(session):
+    # Each run starts a fresh timings file, so a failed run never reports numbers of an older one.
+    if VENV and TIMINGS.exists():
+        TIMINGS.unlink()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS.exists() and VENV:
+        terminalreporter.write_sep("-", f"timings ({TIMINGS.relative_to(ROOT)})")
+        for key, value in sorted(json.loads(TIMINGS.read_text()).items()):
+            terminalreporter.write_line(f"{key}: {value}")
+
+
 def record_timing(key, value):
     WORK.mkdir(parents=True, exist_ok=True)
     data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
@@ -184,7 +197,12 @@ class Patio:
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_http(self.url + "/health", 20, self.proc, self.log)
+        try:
+            wait_http(self.url + "/health", 20, self.proc, self.log)
+        except BaseException:
+            # The factory never saw this instance, so its finalizer cannot stop it.
+            stop_group(self.proc)
+            raise
 
     @property
     def url(self):

@@ -30,20 +30,31 @@ else
   log "reusing $VENV"
 fi
 
-# 2. The tiny model and two adapters (seconds); stamp written last.
-if [ ! -f "$ASSETS/.patio-ready" ]; then
+# 2. The tiny model and two adapters (seconds); the stamp, written last, names the generator's
+#    hash so a changed make_model.py regenerates them.
+MODEL_STAMP="$(sha256sum tests/e2e/make_model.py | cut -d' ' -f1)"
+if [ ! -f "$ASSETS/.patio-ready" ] || [ "$(cat "$ASSETS/.patio-ready")" != "$MODEL_STAMP" ]; then
   log "generating the tiny model and adapters in $ASSETS"
   rm -rf "$ASSETS"
-  "$VENV/bin/python" tests/e2e/make_model.py "$ASSETS" >/dev/null 2>&1
-  touch "$ASSETS/.patio-ready"
+  # transformers and peft are chatty; their output is shown only if the generation fails.
+  if ! "$VENV/bin/python" tests/e2e/make_model.py "$ASSETS" >"$HOME_DIR/make_model.log" 2>&1; then
+    tail -n 40 "$HOME_DIR/make_model.log" >&2
+    log "generating the model failed (full log: $HOME_DIR/make_model.log)"
+    exit 1
+  fi
+  echo "$MODEL_STAMP" > "$ASSETS/.patio-ready"
 else
   log "reusing $ASSETS"
 fi
 
-# 3. Patio as shipped.
+# 3. Patio as shipped, rebuilt every time (about a second) so a stale pyz is never what gets tested.
+log "building dist/patio.pyz"
 bash build_pyz.sh >/dev/null
 
 # 4. The scenarios (test venv; vLLM and Patio run as processes, always stopped by PID).
-log "running tests/e2e"
+log "running tests/e2e (vLLM starts 3 times; about 2 minutes)"
+rc=0
 PATIO_E2E_VLLM_VENV="$VENV" PATIO_E2E_ASSETS="$ASSETS" \
-  "$ROOT/.venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"
+  "$ROOT/.venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@" || rc=$?
+log "tests/e2e finished with exit code $rc"
+exit "$rc"

@@ -190,22 +190,42 @@ def test_6_s3_delegation(vllm, assets, patio_factory, moto_s3, tmp_path):
     assert patio.post("/unload_lora_adapter", {"lora_name": "b"})[0] == 200
 
 
+def _ms(seconds):
+    return round(seconds * 1000, 1)
+
+
 def test_timings_patio_vs_direct(vllm, assets, patio_factory):
+    """Wall time of each LoRA call through Patio vs the same call straight to vLLM.
+
+    Patio's load also reads the engine's /v1/models (to confirm the adapter) and both calls
+    fsync its state file; the direct /v1/models time is recorded so the difference can be
+    attributed.  The two cores are shared, so the minimum is recorded beside the median: it
+    is the cost without interference from other processes."""
     patio = patio_factory(vllm.url)
     path = str(assets / "adapters" / "a")
-    direct, through = [], []
-    for _ in range(5):
+    times = {key: [] for key in ("load_direct", "load_patio", "unload_direct", "unload_patio", "models_direct")}
+
+    def timed(key, call):
         started = time.perf_counter()
-        assert post_json(vllm.url + "/v1/load_lora_adapter", {"lora_name": "direct", "lora_path": path})[0] == 200
-        direct.append(time.perf_counter() - started)
-        assert post_json(vllm.url + "/v1/unload_lora_adapter", {"lora_name": "direct"})[0] == 200
-        started = time.perf_counter()
-        assert patio.post("/load_lora_adapter", {"lora_name": "a", "lora_path": path})[0] == 200
-        through.append(time.perf_counter() - started)
-        assert patio.post("/unload_lora_adapter", {"lora_name": "a"})[0] == 200
-    record_timing("load_direct_ms_median", round(statistics.median(direct) * 1000, 1))
-    record_timing("load_through_patio_ms_median", round(statistics.median(through) * 1000, 1))
-    record_timing("patio_added_ms_median", round((statistics.median(through) - statistics.median(direct)) * 1000, 1))
+        status = call()[0]
+        times[key].append(time.perf_counter() - started)
+        assert status == 200, key
+
+    for _ in range(20):
+        timed(
+            "load_direct", lambda: post_json(vllm.url + "/v1/load_lora_adapter", {"lora_name": "d", "lora_path": path})
+        )
+        timed("models_direct", lambda: get(vllm.url + "/v1/models"))
+        timed("unload_direct", lambda: post_json(vllm.url + "/v1/unload_lora_adapter", {"lora_name": "d"}))
+        timed("load_patio", lambda: patio.post("/load_lora_adapter", {"lora_name": "a", "lora_path": path}))
+        timed("unload_patio", lambda: patio.post("/unload_lora_adapter", {"lora_name": "a"}))
+    for key, samples in times.items():
+        record_timing(f"{key}_ms_median", _ms(statistics.median(samples)))
+        record_timing(f"{key}_ms_min", _ms(min(samples)))
+    for op in ("load", "unload"):
+        added = statistics.median(times[f"{op}_patio"]) - statistics.median(times[f"{op}_direct"])
+        record_timing(f"{op}_patio_added_ms_median", _ms(added))
+        record_timing(f"{op}_patio_added_ms_min", _ms(min(times[f"{op}_patio"]) - min(times[f"{op}_direct"])))
 
 
 def test_4_self_healing_after_engine_restart(vllm, assets, patio_factory):
