@@ -1,28 +1,34 @@
-"""Blocking HTTP calls to local peers (engine, router) with urllib.
+"""Blocking HTTP/1.1 calls to local peers (engine, router) over plain sockets.
 
 Run these only in worker threads (``AppContext.run_blocking``), never on the
-event loop.  Every call has a timeout and a response size limit.  Failures
-become the error family: unreachable -> ``EngineUnavailable`` (with
-``sent=False`` when the request surely never reached the peer, so a retry is
-safe), too slow -> ``EngineTimeout``, oversize -> ``EngineError``.
-Non-2xx answers are *returned*, not raised: callers map them.
+event loop.  Every call has one deadline for the whole exchange and a response
+size limit.  Failures become the error family: unreachable -> ``EngineUnavailable``
+(with ``sent=False`` when the request surely never reached the peer, so a retry
+is safe), too slow -> ``EngineTimeout``, oversize -> ``EngineError``.
+Non-2xx answers are *returned*, not raised: callers map them; redirects are not
+followed (a local peer that redirects is answering wrongly).
+
+Why not urllib: ``http.client`` imports ``ssl`` and ``email`` (about 6 MB of
+resident memory in a sidecar whose peers are plain http on localhost).  The
+answer framing lives in the sans-IO ``patio.http.response_parser``; ``ssl`` is
+imported only when an https peer is configured.  No proxies: the engine is on
+localhost and ``HTTP(S)_PROXY`` must not capture it.
 """
 
-import http.client
 import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple, Union
 
+from patio import __version__
 from patio.errors import EngineError, EngineTimeout, EngineUnavailable
+from patio.http.response_parser import MalformedResponse, ResponseParser, ResponseTooLarge, TruncatedResponse
 
 # An engine or router answer larger than this is refused (JSON answers are small;
 # /metrics has its own, larger limit passed by the scraper).
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
+USER_AGENT = f"patio/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,133 @@ class PeerUnavailable(EngineUnavailable):
         self.sent = sent
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return None  # a local peer that redirects is answering wrongly; surface its 3xx
+@dataclass(frozen=True)
+class Origin:
+    """Where a peer listens: scheme, host, port, and the path prefix of its base URL."""
+
+    https: bool
+    host: str
+    port: int
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> "Origin":
+        scheme, sep, rest = url.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in ("http", "https"):
+            raise EngineError(f"not an http:// or https:// URL: {url!r}")
+        authority, slash, path = rest.partition("/")
+        authority = authority.rpartition("@")[2]  # userinfo is never sent
+        host, port_text = authority, ""
+        if authority.startswith("["):
+            close = authority.find("]")
+            host, port_text = authority[1:close], authority[close + 1 :].lstrip(":")
+        elif authority.count(":") == 1:
+            host, port_text = authority.split(":")
+        if not host:
+            raise EngineError(f"URL has no host: {url!r}")
+        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise EngineError(f"URL has a bad port: {url!r}")
+        port = int(port_text) if port_text else (443 if scheme == "https" else 80)
+        return cls(scheme == "https", host, port, (slash + path).split("#", 1)[0].rstrip("/"))
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.https else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def url(self, target: str) -> str:
+        return f"{'https' if self.https else 'http'}://{self.authority}{target}"
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    # No proxies: the engine is on localhost and HTTP(S)_PROXY must not capture it.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+def request_bytes(
+    method: str, origin: Origin, target: str, headers: Mapping[str, str], body: Optional[bytes], keep_alive: bool
+) -> bytes:
+    """The request on the wire.  Header names or values with line breaks are refused (no injection)."""
+    if not target.startswith("/") or any(c <= " " or c > "~" for c in target):
+        raise EngineError(f"refusing to send request target {target[:80]!r}")
+    fields: Dict[str, str] = {"Host": origin.authority, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    for name, value in headers.items():
+        for existing in [k for k in fields if k.lower() == name.lower()]:
+            del fields[existing]
+        fields[name] = value
+    if body is not None:
+        fields["Content-Length"] = str(len(body))
+    fields["Connection"] = "keep-alive" if keep_alive else "close"
+    lines = [f"{method} {target} HTTP/1.1"]
+    for name, value in fields.items():
+        if any(c in name or c in value for c in "\r\n\0") or ":" in name:
+            raise EngineError(f"refusing to send header {name!r}: it contains a line break")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-def _refused_before_send(reason: object) -> bool:
-    return isinstance(reason, (ConnectionRefusedError, socket.gaierror, FileNotFoundError))
+def resolver_host(host: str) -> Union[str, bytes]:
+    """The host as ``getaddrinfo`` should get it.  Given a ``str``, CPython encodes it with the
+    ``idna`` codec, which imports ``stringprep`` and ``unicodedata`` on the first call; an ASCII
+    name (every IP literal, ``localhost``, any Kubernetes service name) is passed as bytes instead."""
+    return host.encode("ascii") if host.isascii() else host
+
+
+def _connect(origin: Origin, timeout: float) -> socket.socket:
+    address = (resolver_host(origin.host), origin.port)
+    sock = socket.create_connection(address, timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # bytes hosts work
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if origin.https:
+            import ssl  # only for an https peer: loading TLS costs megabytes of resident memory
+
+            context = ssl.create_default_context()
+            return context.wrap_socket(sock, server_hostname=origin.host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _exchange(sock: socket.socket, request: bytes, parser: ResponseParser, deadline: float) -> None:
+    """Send the request and read until the parser has the whole answer (or raise)."""
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    sock.sendall(request)
+    while not parser.complete:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        sock.settimeout(remaining)
+        data = sock.recv(_READ_CHUNK)
+        if not data:
+            parser.feed_eof()
+            return
+        parser.feed(data)
+
+
+def _result(parser: ResponseParser, started: float) -> HttpResult:
+    head = parser.head
+    assert head is not None
+    headers: Dict[str, str] = {}
+    for name, value in head.headers:
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return HttpResult(head.status, headers, parser.body(), time.monotonic() - started)
+
+
+def _exchange_errors(exc: BaseException, parser: ResponseParser, peer: str, what: str, timeout: float) -> Exception:
+    """The Patio error for a failure once connected (the request may have arrived)."""
+    if isinstance(exc, ResponseTooLarge):
+        return EngineError(f"{peer} answer to {what} is larger than {parser.max_body_bytes} bytes")
+    if isinstance(exc, TruncatedResponse):
+        if parser.head is not None and parser.declared_length is not None:
+            detail = f"truncated: {parser.body_size} of {parser.declared_length} bytes"
+        else:
+            detail = str(exc)
+        return PeerUnavailable(f"{peer} answer to {what} {detail}", sent=True)
+    if isinstance(exc, MalformedResponse):
+        return PeerUnavailable(f"{peer} sent a malformed answer to {what}: {exc}", sent=True)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        if parser.received:
+            return EngineTimeout(f"{peer} answer to {what} stalled past {timeout:g}s")
+        return EngineTimeout(f"{peer} did not answer {what} within {timeout:g}s")
+    return PeerUnavailable(f"{peer} connection failed during {what}: {exc!r}", sent=True)
 
 
 def http_request(
@@ -71,61 +192,33 @@ def http_request(
     max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     peer: str = "engine",
 ) -> HttpResult:
-    """One request; the answer whatever its status.  ``timeout`` bounds the whole call."""
+    """One request on its own connection; the answer whatever its status.  ``timeout`` bounds the whole call."""
     started = time.monotonic()
     deadline = started + timeout
-    request = urllib.request.Request(url, data=body, method=method)
-    for key, value in (headers or {}).items():
-        request.add_header(key, value)
-    if body is not None and "Content-Type" not in (headers or {}):
-        request.add_header("Content-Type", "application/json")
+    origin = Origin.parse(url)
+    target = url.partition("://")[2]
+    target = "/" + target.partition("/")[2] if "/" in target else "/"
+    target = target.split("#", 1)[0]
+    fields = dict(headers or {})
+    if body is not None and not any(k.lower() == "content-type" for k in fields):
+        fields["Content-Type"] = "application/json"
+    request = request_bytes(method, origin, target, fields, body, keep_alive=False)
+    what = f"{method} {origin.url(target)}"
     try:
-        response = _opener().open(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        response = exc  # non-2xx: still an answer
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            raise EngineTimeout(f"{peer} did not answer {method} {url} within {timeout:g}s") from None
-        raise PeerUnavailable(f"{peer} unreachable at {url}: {reason}", sent=not _refused_before_send(reason)) from None
+        sock = _connect(origin, timeout)
     except (socket.timeout, TimeoutError):
-        raise EngineTimeout(f"{peer} did not answer {method} {url} within {timeout:g}s") from None
-    except (ConnectionError, OSError, http.client.HTTPException) as exc:
-        raise PeerUnavailable(f"{peer} connection failed for {url}: {exc!r}", sent=True) from None
+        raise EngineTimeout(f"{peer} did not accept a connection for {what} within {timeout:g}s") from None
+    except OSError as exc:
+        # No connection (refused, DNS, TLS handshake), so nothing was sent: a retry is safe.
+        raise PeerUnavailable(f"{peer} unreachable at {origin.url(target)}: {exc}", sent=False) from None
+    parser = ResponseParser(method, max_bytes)
     try:
-        data = read_body(response, peer, f"{method} {url}", deadline, max_bytes, check_length=method != "HEAD")
+        _exchange(sock, request, parser, deadline)
+    except (OSError, MalformedResponse) as exc:
+        raise _exchange_errors(exc, parser, peer, what, timeout) from None
     finally:
-        response.close()
-    status = response.status if hasattr(response, "status") else response.code
-    header_map = {k.lower(): v for k, v in response.headers.items()} if response.headers else {}
-    return HttpResult(status=int(status), headers=header_map, body=data, elapsed=time.monotonic() - started)
-
-
-def read_body(response: Any, peer: str, what: str, deadline: float, max_bytes: int, check_length: bool = True) -> bytes:
-    """A response body, bounded in size and time; a body shorter than its Content-Length is an error."""
-    declared = response.getheader("Content-Length") if hasattr(response, "getheader") else None
-    chunks = []
-    total = 0
-    try:
-        while True:
-            if time.monotonic() > deadline:
-                raise EngineTimeout(f"{peer} answer to {what} took too long")
-            chunk = response.read1(_READ_CHUNK) if hasattr(response, "read1") else response.read(_READ_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise EngineError(f"{peer} answer to {what} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-    except (socket.timeout, TimeoutError):
-        raise EngineTimeout(f"{peer} answer to {what} stalled") from None
-    except (ConnectionError, OSError, http.client.HTTPException) as exc:
-        # IncompleteRead (a body shorter than its Content-Length) can land here too.
-        raise PeerUnavailable(f"{peer} connection lost while reading {what}: {exc!r}", sent=True) from None
-    if check_length and declared is not None and declared.isdigit() and int(declared) != total:
-        # A body cut short (peer died mid-answer) must not pass as a complete one.
-        raise PeerUnavailable(f"{peer} answer to {what} truncated: {total} of {declared} bytes", sent=True)
-    return b"".join(chunks)
+        sock.close()
+    return _result(parser, started)
 
 
 def bearer(api_key: Optional[str]) -> Mapping[str, str]:
@@ -136,61 +229,49 @@ class KeepAliveClient:
     """One persistent connection to one peer, for a hot path called again and again (the
     metrics scrape).  Not thread-safe: callers serialise (the scrape is single-flight).
 
-    A request that fails on a reused connection before any answer arrived is retried once
-    on a fresh one (the peer may have closed an idle keep-alive connection).
+    A request that fails on a reused connection before any byte of an answer arrived is
+    retried once on a fresh one (the peer may have closed an idle keep-alive connection).
     """
 
     def __init__(self, base_url: str, peer: str = "engine") -> None:
-        parts = urllib.parse.urlsplit(base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path.rstrip("/")
+        self._origin = Origin.parse(base_url)
         self._peer = peer
-        self._conn: Optional[http.client.HTTPConnection] = None
+        self._sock: Optional[socket.socket] = None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def get(self, path: str, headers: Mapping[str, str], *, timeout: float, max_bytes: int) -> HttpResult:
-        url = f"{'https' if self._https else 'http'}://{self._host}:{self._port}{self._prefix}{path}"
+        target = self._origin.prefix + path
+        what = f"GET {self._origin.url(target)}"
+        request = request_bytes("GET", self._origin, target, headers, None, keep_alive=True)
+        started = time.monotonic()
+        deadline = started + timeout
         for attempt in (1, 2):
-            reused = self._conn is not None
-            if self._conn is None:
-                self._conn = self._connect(timeout)
-            conn = self._conn
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            started = time.monotonic()
+            sock, reused = self._socket(what, timeout)
+            parser = ResponseParser("GET", max_bytes)
             try:
-                conn.request("GET", self._prefix + path, headers=dict(headers))
-                response = conn.getresponse()
-            except (socket.timeout, TimeoutError):
+                _exchange(sock, request, parser, deadline)
+            except (OSError, MalformedResponse) as exc:
                 self.close()
-                raise EngineTimeout(f"{self._peer} did not answer GET {url} within {timeout:g}s") from None
-            except (ConnectionError, OSError, http.client.HTTPException) as exc:
+                stale = reused and parser.received == 0 and not isinstance(exc, (socket.timeout, TimeoutError))
+                if stale and attempt == 1:
+                    continue  # a keep-alive connection the peer had closed: once more on a fresh one
+                raise _exchange_errors(exc, parser, self._peer, what, timeout) from None
+            if not parser.keep_alive:
                 self.close()
-                if reused and attempt == 1:
-                    continue  # a stale keep-alive connection: try once more on a fresh one
-                raise PeerUnavailable(f"{self._peer} unreachable at {url}: {exc}", sent=False) from None
-            declared = response.getheader("Content-Length")
-            try:
-                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                    raise EngineError(f"{self._peer} answer to GET {url} is larger than {max_bytes} bytes")
-                body = read_body(response, self._peer, f"GET {url}", started + timeout, max_bytes)
-            except BaseException:
-                self.close()
-                raise
-            if response.will_close:
-                self.close()
-            headers_out = {k.lower(): v for k, v in response.getheaders()}
-            return HttpResult(response.status, headers_out, body, time.monotonic() - started)
-        raise PeerUnavailable(f"{self._peer} unreachable at {url}", sent=False)  # pragma: no cover
+            return _result(parser, started)
+        raise PeerUnavailable(f"{self._peer} unreachable for {what}", sent=False)  # pragma: no cover
+
+    def _socket(self, what: str, timeout: float) -> Tuple[socket.socket, bool]:
+        if self._sock is not None:
+            return self._sock, True
+        try:
+            self._sock = _connect(self._origin, timeout)
+        except (socket.timeout, TimeoutError):
+            raise EngineTimeout(f"{self._peer} did not accept a connection for {what} within {timeout:g}s") from None
+        except OSError as exc:
+            raise PeerUnavailable(f"{self._peer} unreachable for {what}: {exc}", sent=False) from None
+        return self._sock, False

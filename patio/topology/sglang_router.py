@@ -7,6 +7,7 @@ a new one after a router restart); ``GET /workers``; ``DELETE /workers/{id}``
 
 import json
 from typing import Any, Dict, List, Optional
+from urllib.parse import quote
 
 from patio.engines.transport import HttpResult, bearer, http_request
 from patio.errors import PatioError
@@ -85,7 +86,8 @@ class RouterClient:
         return None
 
     def delete(self, worker_id: str, timeout: Optional[float] = None) -> None:
-        result = self._call("DELETE", f"/workers/{worker_id}", timeout=timeout)
+        # The id comes from the router: quoted so it can only ever name one path segment.
+        result = self._call("DELETE", f"/workers/{quote(worker_id, safe='')}", timeout=timeout)
         if result.status in (200, 202, 204, 404):  # 404: already gone, which is what we want
             return
         raise RouterError(f"router answered {result.status} to DELETE /workers/{worker_id}")
