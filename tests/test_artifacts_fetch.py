@@ -30,7 +30,7 @@ from patio.artifacts.errors import (
     LocalWriteError,
 )
 from patio.artifacts.fetch import FetchOptions, FetchResult, RemoteFile, fetch
-from patio.artifacts.net import RetryPolicy
+from patio.artifacts.retry import RetryPolicy
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

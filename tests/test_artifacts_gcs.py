@@ -20,7 +20,8 @@ from patio.artifacts.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
 from patio.artifacts.fetch import FetchResult, fetch
 from patio.artifacts.gcs import ServiceAccountToken
-from patio.artifacts.net import HttpClient, NetConfig, RetryPolicy
+from patio.artifacts.net import HttpClient
+from patio.artifacts.retry import NetConfig, RetryPolicy
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

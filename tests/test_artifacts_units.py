@@ -11,7 +11,8 @@ from patio.artifacts import cli
 from patio.artifacts.awsauth import parse_assume_role_response
 from patio.artifacts.credentials import parse_credentials
 from patio.artifacts.fetch import suffix_allowed
-from patio.artifacts.net import parse_retry_after, redact
+from patio.artifacts.net import redact
+from patio.artifacts.retry import parse_retry_after
 from patio.artifacts.s3 import S3Client, S3Endpoint, parse_list_page
 from patio.artifacts.settings import from_sources, parse_size
 from patio.artifacts.sources import tos_s3_endpoint

@@ -17,7 +17,6 @@ never deleted.  All disk work runs in worker threads.
 import asyncio
 import os
 import re
-import shutil
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -153,6 +152,8 @@ class AdapterArtifacts:
         if os.path.isdir(target) and not same_source:
             # Another adapter (or another version's URI) used this name: its files must not mix in.
             try:
+                import shutil  # worker thread; shutil pulls in bz2 and lzma
+
                 shutil.rmtree(target)
             except OSError as exc:
                 raise write_error(target, exc) from None
@@ -187,6 +188,8 @@ class AdapterArtifacts:
             raise BadRequest(f"refusing to delete {target}: outside {root}", param="lora_name")
         try:
             if os.path.isdir(target):
+                import shutil
+
                 shutil.rmtree(target)  # does not follow symlinks inside the tree
             else:
                 os.unlink(target)

@@ -18,7 +18,8 @@ from typing import Callable, Optional, Protocol, Tuple
 
 from patio.artifacts.credentials import RequestCredentials, SourceEnv
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactError
-from patio.artifacts.net import HttpClient, RetryPolicy, call_with_retries, error_for_status
+from patio.artifacts.net import HttpClient, error_for_status
+from patio.artifacts.retry import RetryPolicy, call_with_retries
 from patio.artifacts.sigv4 import Credentials
 
 # Refresh temporary credentials this long before they expire (STS tokens last >= 15 min).

@@ -34,8 +34,8 @@ from patio.artifacts.errors import (
 )
 from patio.artifacts.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
 from patio.artifacts.manifest import Entry, Layout, fsync_dir, write_error
-from patio.artifacts.net import RetryPolicy, call_with_retries
 from patio.artifacts.progress import Progress, Tracker, human_bytes, progress_line
+from patio.artifacts.retry import RetryPolicy, call_with_retries
 from patio.artifacts.verify import hash_file, hashers, verify
 from patio.errors import PatioError
 

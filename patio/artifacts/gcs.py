@@ -30,13 +30,11 @@ from patio.artifacts.net import (
     MAX_ERROR_BODY,
     BodyStream,
     HttpClient,
-    NetConfig,
     Response,
-    RetryPolicy,
-    call_with_retries,
     error_for_status,
     range_start,
 )
+from patio.artifacts.retry import NetConfig, RetryPolicy, call_with_retries
 from patio.artifacts.rs256 import InvalidKey, encode_jwt, parse_pem_private_key
 
 GCS_ENDPOINT = "https://storage.googleapis.com"

@@ -25,13 +25,12 @@ from patio.artifacts.net import (
     BodyStream,
     HttpClient,
     Response,
-    RetryPolicy,
-    call_with_retries,
     error_for_status,
     origin,
     range_start,
     redact,
 )
+from patio.artifacts.retry import RetryPolicy, call_with_retries
 
 HF_ENDPOINT = "https://huggingface.co"
 # Redirects followed for one download (the Hub uses one or two: resolve -> CDN).

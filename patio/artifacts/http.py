@@ -18,13 +18,12 @@ from patio.artifacts.net import (
     BodyStream,
     HttpClient,
     Response,
-    RetryPolicy,
-    call_with_retries,
     error_for_status,
     origin,
     range_start,
     redact,
 )
+from patio.artifacts.retry import RetryPolicy, call_with_retries
 
 MAX_REDIRECTS = 10
 _TOTAL = re.compile(r"/(\d+)\s*$")

@@ -9,9 +9,9 @@ request for the same source joins the running job, one for another source gets 4
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -135,7 +135,7 @@ class Downloads:
         if sum(1 for j in self.jobs.values() if j.status in ACTIVE) >= MAX_ACTIVE_JOBS:
             raise Conflict(f"{MAX_ACTIVE_JOBS} downloads are already running; try again later")
         job = DownloadJob(
-            id=f"dl-{next(self._counter)}-{uuid.uuid4().hex[:12]}",
+            id=f"dl-{next(self._counter)}-{os.urandom(6).hex()}",
             kind=spec.kind,
             source=spec.display,
             local_dir=local_dir,

@@ -10,7 +10,6 @@ Nothing here talks to the network.
 """
 
 import errno
-import hashlib
 import json
 import os
 import time
@@ -149,6 +148,8 @@ class Layout:
             pass
 
     def part_state(self, relpath: str) -> str:
+        import hashlib  # first download only: hashlib loads OpenSSL (3+ MB resident)
+
         return os.path.join(self.partial, hashlib.sha1(relpath.encode("utf-8")).hexdigest() + ".json")
 
     def ensure(self) -> None:

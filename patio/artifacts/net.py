@@ -11,32 +11,26 @@ string (presigned URLs carry signatures there).
 """
 
 import base64
-import email.utils
 import http.client
 import logging
-import random
 import re
 import socket
 import ssl
 import threading
-import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from patio.artifacts.errors import (
     ArtifactAccessDenied,
     ArtifactError,
     ArtifactNotFound,
-    ArtifactUnavailable,
-    DownloadCancelled,
     ObjectChanged,
     Transient,
 )
+from patio.artifacts.retry import TRANSIENT_STATUSES, NetConfig, parse_retry_after
 from patio.artifacts.uri import display_uri as redact  # scheme://host/path, no userinfo or query
 
-T = TypeVar("T")
 log = logging.getLogger("patio.artifacts")
 
 # Error answers are read this far for their message; the rest is discarded.
@@ -45,8 +39,6 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_METADATA_BODY = 32 * 1024 * 1024
 # Idle keep-alive connections kept per host; more threads than this just reconnect.
 MAX_IDLE_PER_HOST = 64
-# Statuses that mean "try again later" (throttling, overload, gateway trouble).
-TRANSIENT_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 USER_AGENT = "patio-downloader"
 
@@ -56,40 +48,6 @@ def origin(url: str) -> Tuple[str, str, int]:
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return scheme, (parts.hostname or "").lower(), port
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    timeout: float = 60.0  # per socket operation (connect, each read)
-    proxies: Mapping[str, str] = field(default_factory=dict)  # scheme -> proxy URL (from HTTP(S)_PROXY)
-    no_proxy: str = ""
-    ca_file: Optional[str] = None  # extra CA bundle (REQUESTS_CA_BUNDLE / SSL_CERT_FILE)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-    max_retry_after: float = 60.0  # a server asking for longer than this is not worth waiting for
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return min(self.max_delay, self.base_delay * (2 ** (attempt - 1))) * rng.uniform(0.5, 1.0)
-
-
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class Response:
@@ -356,36 +314,3 @@ def error_for_status(response: Response, what: str, detail: str = "") -> Excepti
     if status in (412, 416):
         return ObjectChanged(f"{what} changed during the download (HTTP {status})")
     return ArtifactError(f"{what}: unexpected HTTP {status}{suffix}")
-
-
-def call_with_retries(
-    func: Callable[[], T],
-    what: str,
-    policy: RetryPolicy,
-    cancel: Optional[threading.Event] = None,
-    rng: Optional[random.Random] = None,
-) -> T:
-    """``func()`` with bounded exponential backoff on ``Transient``; honours Retry-After."""
-    rng = rng or random.Random()
-    attempt = 0
-    while True:
-        attempt += 1
-        if cancel is not None and cancel.is_set():
-            raise DownloadCancelled(f"{what}: cancelled")
-        try:
-            return func()
-        except Transient as exc:
-            if attempt >= policy.attempts:
-                raise ArtifactUnavailable(f"{exc.message} (gave up after {attempt} attempts)") from None
-            delay = exc.retry_after if exc.retry_after is not None else policy.delay(attempt, rng)
-            if delay > policy.max_retry_after:
-                raise ArtifactUnavailable(
-                    f"{exc.message}; the server asks to retry after {delay:.0f}s, longer than "
-                    f"{policy.max_retry_after:.0f}s"
-                ) from None
-            log.warning("%s (attempt %d/%d); retrying in %.1fs", exc.message, attempt, policy.attempts, delay)
-            if cancel is not None:
-                if cancel.wait(delay):
-                    raise DownloadCancelled(f"{what}: cancelled") from None
-            else:
-                time.sleep(delay)

@@ -25,11 +25,10 @@ from patio.artifacts.net import (
     BodyStream,
     HttpClient,
     Response,
-    RetryPolicy,
-    call_with_retries,
     error_for_status,
     range_start,
 )
+from patio.artifacts.retry import RetryPolicy, call_with_retries
 
 # Keys per ListObjectsV2 page: S3's own maximum.
 LIST_PAGE_SIZE = 1000

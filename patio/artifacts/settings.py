@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from patio.artifacts.credentials import SourceEnv
 from patio.artifacts.fetch import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
-from patio.artifacts.net import NetConfig, RetryPolicy
+from patio.artifacts.retry import NetConfig, RetryPolicy
 from patio.config import CoreSettings, parse_bool, parse_float, parse_int, pick
 from patio.errors import ConfigError
 

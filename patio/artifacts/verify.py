@@ -1,6 +1,5 @@
 """Integrity checks of a downloaded file against what the store declared (sha256, md5, git blob sha1)."""
 
-import hashlib
 import os
 from typing import Any, Dict
 
@@ -13,6 +12,8 @@ HASH_CHUNK = 1024 * 1024
 
 def hashers(file: RemoteFile) -> Dict[str, Any]:
     """Fresh hash objects for every digest the store declared for ``file``."""
+    import hashlib  # with the first download, in its worker thread: hashlib loads OpenSSL (3+ MB resident)
+
     found: Dict[str, Any] = {}
     if file.sha256:
         found["sha256"] = hashlib.sha256()
