@@ -170,9 +170,29 @@ class Settings:
     artifacts: "ArtifactSettings"
 
 
+def terminal_columns(environ: Mapping[str, str]) -> int:
+    """The width for ``--help``: ``COLUMNS``, else the terminal's, else 80."""
+    value = environ.get("COLUMNS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return os.get_terminal_size(2).columns
+    except OSError:  # not a terminal
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, told the width: left to itself it imports ``shutil`` to ask the
+    terminal, which loads bz2 and lzma into every start (argparse builds a formatter per flag)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=max(terminal_columns(os.environ) - 2, 40))
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patio",
+        formatter_class=HelpFormatter,
         description="Patio: a sidecar for LLM inference engines (LoRA, metrics, topology, probes, downloads).",
         allow_abbrev=False,
     )

@@ -7,11 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from support import PYZ, ROOT, PatioProcess, build_pyz, free_port, http_call, wait_http_ok
+from support import PYZ, ROOT, PatioProcess, build_pyz, free_port, http_call, shared_path, wait_http_ok
 
 PYENV_ROOT = (
     Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or Path.home() / ".pyenv")
@@ -70,6 +71,53 @@ def test_pyz_runs_on_every_python(version):
         assert patio.stop(signal.SIGTERM) == 0
     finally:
         patio.kill()
+
+
+# Native modules a serving Patio must not load: OpenSSL (ssl, hashlib), the compressors
+# shutil drags in, and the idna codec's Unicode tables.  Together about 6 MB resident; the
+# footprint target is 20 MB.  They load on first use where a feature needs them (an https
+# engine, a download), never for probes, metrics or LoRA calls to a plain-http engine.
+HEAVY_NATIVE = ("_ssl.", "libssl", "_hashlib.", "libcrypto", "_lzma.", "_bz2.", "unicodedata.")
+
+
+def _mapped_files(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_serving_patio_loads_no_tls_hashing_or_compression_libraries():
+    from fakes.engine import FakeEngine
+
+    fixture = shared_path("fixtures", "metrics")
+    payload = sorted(fixture.glob("vllm*"))[0].read_bytes()
+    with FakeEngine("vllm", api_key="engine-key") as engine:
+        engine.metrics_body = payload
+        patio = PatioProcess(
+            ["--api-key", "patio-key"],
+            env={
+                "INFERENCE_ENGINE": "vllm",
+                "INFERENCE_ENGINE_ENDPOINT": engine.url,
+                "INFERENCE_ENGINE_API_KEY": "engine-key",
+                "PATIO_ADAPTER_DIR": tempfile.mkdtemp(prefix="patio-adapters-"),
+            },
+        )
+        try:
+            assert http_call("GET", patio.url + "/ready")[0] == 200
+            status, headers, _ = http_call("GET", patio.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+            assert status == 200 and headers.get("content-encoding") == "gzip"
+            status, _, body = http_call(
+                "POST",
+                patio.url + "/v1/load_lora_adapter",
+                b'{"lora_name": "a", "lora_path": "/models/a"}',
+                {"Content-Type": "application/json", "Authorization": "Bearer patio-key"},
+            )
+            assert status == 200, body
+            maps = _mapped_files(patio.proc.pid)
+            assert "_socket." in maps, "native modules are not visible in /proc/PID/maps: the check would be blind"
+            loaded = [name for name in HEAVY_NATIVE if name in maps]
+            assert loaded == [], f"loaded {loaded}; see {patio.output()}"
+            assert patio.stop() == 0
+        finally:
+            patio.kill()
 
 
 def test_start_to_first_200_and_sigint():

@@ -9,11 +9,15 @@ turns every failure into the JSON error shape (unexpected exceptions become a
 """
 
 import asyncio
-import hmac
 import logging
 import os
 import time
 from typing import Optional, Set, Tuple
+
+try:  # hmac.compare_digest's own C core; importing hmac would load OpenSSL (3+ MB resident) for one function
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover - an interpreter without _operator
+    from hmac import compare_digest  # type: ignore[no-redef]
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from patio.app import App
@@ -238,6 +242,6 @@ class HttpServer:
                 if scheme.lower() == "bearer":
                     given = token.strip()
                 break
-        # Compare in constant time whatever the input (hmac.compare_digest).
-        if not hmac.compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
+        # Compare in constant time whatever the input.
+        if not compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
             raise Unauthorized("missing or invalid API key (send Authorization: Bearer KEY)", param="Authorization")

@@ -7,7 +7,6 @@ or the new one.  Blocking: call from worker threads.
 
 import json
 import os
-import tempfile
 from typing import Any, Dict, List
 
 STATE_FILE = "lora-adapters.json"
@@ -19,7 +18,10 @@ MAX_STATE_BYTES = 4 * 1024 * 1024
 def write_desired(state_dir: str, adapters: List[Dict[str, Any]]) -> None:
     os.makedirs(state_dir, exist_ok=True)
     data = json.dumps({"version": STATE_VERSION, "adapters": adapters}, indent=1, sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".lora-adapters.", dir=state_dir)
+    # What tempfile.mkstemp does (a fresh name, O_EXCL, mode 0600), without importing
+    # tempfile, which pulls shutil, bz2, lzma and random into a sidecar that needs none.
+    tmp = os.path.join(state_dir, f".lora-adapters.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
