@@ -12,6 +12,7 @@ listed in ``SECTIONS``.  Nothing here runs at import time.
 """
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -181,18 +182,13 @@ def terminal_columns(environ: Mapping[str, str]) -> int:
         return 80
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's formatter, told the width: left to itself it imports ``shutil`` to ask the
-    terminal, which loads bz2 and lzma into every start (argparse builds a formatter per flag)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=max(terminal_columns(os.environ) - 2, 40))
-
-
 def build_arg_parser() -> argparse.ArgumentParser:
+    # argparse builds a formatter per flag; left without a width, each one imports shutil to
+    # ask the terminal, which loads bz2 and lzma into every start.  Asked once, here.
+    width = max(terminal_columns(os.environ) - 2, 40)
     parser = argparse.ArgumentParser(
         prog="patio",
-        formatter_class=HelpFormatter,
+        formatter_class=functools.partial(argparse.HelpFormatter, width=width),
         description="Patio: a sidecar for LLM inference engines (LoRA, metrics, topology, probes, downloads).",
         allow_abbrev=False,
     )

@@ -249,7 +249,7 @@ def test_bad_targets_are_refused(target: str) -> None:
         ("https://engine.ns.svc/prefix/", Origin(True, "engine.ns.svc", 443, "/prefix")),
         ("http://user:pw@host:81/x", Origin(False, "host", 81, "/x")),
         ("http://[::1]:9000/v1", Origin(False, "::1", 9000, "/v1")),
-        ("HTTP://Host", Origin(False, "Host", 80, "")),
+        ("HTTP://host", Origin(False, "host", 80, "")),
     ],
     ids=["plain", "trailing_slash", "https_prefix", "userinfo_dropped", "ipv6", "upper_scheme"],
 )

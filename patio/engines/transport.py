@@ -19,6 +19,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 from patio import __version__
 from patio.errors import EngineError, EngineTimeout, EngineUnavailable
@@ -63,25 +64,8 @@ class Origin:
     prefix: str
 
     @classmethod
-    def parse(cls, url: str) -> "Origin":
-        scheme, sep, rest = url.partition("://")
-        scheme = scheme.lower()
-        if not sep or scheme not in ("http", "https"):
-            raise EngineError(f"not an http:// or https:// URL: {url!r}")
-        authority, slash, path = rest.partition("/")
-        authority = authority.rpartition("@")[2]  # userinfo is never sent
-        host, port_text = authority, ""
-        if authority.startswith("["):
-            close = authority.find("]")
-            host, port_text = authority[1:close], authority[close + 1 :].lstrip(":")
-        elif authority.count(":") == 1:
-            host, port_text = authority.split(":")
-        if not host:
-            raise EngineError(f"URL has no host: {url!r}")
-        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
-            raise EngineError(f"URL has a bad port: {url!r}")
-        port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-        return cls(scheme == "https", host, port, (slash + path).split("#", 1)[0].rstrip("/"))
+    def parse(cls, base_url: str) -> "Origin":
+        return split_url(base_url)[0]
 
     @property
     def authority(self) -> str:
@@ -91,6 +75,27 @@ class Origin:
 
     def url(self, target: str) -> str:
         return f"{'https' if self.https else 'http'}://{self.authority}{target}"
+
+
+def split_url(url: str) -> Tuple[Origin, str]:
+    """The origin of ``url`` (its path as the prefix) and the request target (path and query).
+    Userinfo and the fragment are never sent."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise EngineError(f"not an http:// or https:// URL: {url!r}")
+    if not parts.hostname:
+        raise EngineError(f"URL has no host: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise EngineError(f"URL has a bad port: {url!r}")
+    https = scheme == "https"
+    origin = Origin(https, parts.hostname, port or (443 if https else 80), parts.path.rstrip("/"))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return origin, target
 
 
 def request_bytes(
@@ -122,9 +127,16 @@ def resolver_host(host: str) -> Union[str, bytes]:
     return host.encode("ascii") if host.isascii() else host
 
 
-def _connect(origin: Origin, timeout: float) -> socket.socket:
+def _connect(origin: Origin, url: str, deadline: float, peer: str) -> socket.socket:
+    """A connection to ``origin`` by ``deadline``.  Failing here, nothing was sent: a retry is safe."""
+    timeout = deadline - time.monotonic()
     address = (resolver_host(origin.host), origin.port)
-    sock = socket.create_connection(address, timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # bytes hosts work
+    try:
+        sock = socket.create_connection(address, timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # bytes work
+    except (socket.timeout, TimeoutError):
+        raise EngineTimeout(f"{peer} did not accept a connection at {url} within {timeout:g}s") from None
+    except OSError as exc:  # refused, DNS
+        raise PeerUnavailable(f"{peer} unreachable at {url}: {exc}", sent=False) from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if origin.https:
@@ -132,6 +144,9 @@ def _connect(origin: Origin, timeout: float) -> socket.socket:
 
             context = ssl.create_default_context()
             return context.wrap_socket(sock, server_hostname=origin.host)
+    except OSError as exc:  # the TLS handshake (SSLError is an OSError), before any request byte
+        sock.close()
+        raise PeerUnavailable(f"{peer} unreachable at {url}: {exc}", sent=False) from None
     except BaseException:
         sock.close()
         raise
@@ -168,11 +183,7 @@ def _exchange_errors(exc: BaseException, parser: ResponseParser, peer: str, what
     if isinstance(exc, ResponseTooLarge):
         return EngineError(f"{peer} answer to {what} is larger than {parser.max_body_bytes} bytes")
     if isinstance(exc, TruncatedResponse):
-        if parser.head is not None and parser.declared_length is not None:
-            detail = f"truncated: {parser.body_size} of {parser.declared_length} bytes"
-        else:
-            detail = str(exc)
-        return PeerUnavailable(f"{peer} answer to {what} {detail}", sent=True)
+        return PeerUnavailable(f"{peer} answer to {what}: {exc}", sent=True)
     if isinstance(exc, MalformedResponse):
         return PeerUnavailable(f"{peer} sent a malformed answer to {what}: {exc}", sent=True)
     if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -195,22 +206,13 @@ def http_request(
     """One request on its own connection; the answer whatever its status.  ``timeout`` bounds the whole call."""
     started = time.monotonic()
     deadline = started + timeout
-    origin = Origin.parse(url)
-    target = url.partition("://")[2]
-    target = "/" + target.partition("/")[2] if "/" in target else "/"
-    target = target.split("#", 1)[0]
+    origin, target = split_url(url)
     fields = dict(headers or {})
     if body is not None and not any(k.lower() == "content-type" for k in fields):
         fields["Content-Type"] = "application/json"
     request = request_bytes(method, origin, target, fields, body, keep_alive=False)
     what = f"{method} {origin.url(target)}"
-    try:
-        sock = _connect(origin, timeout)
-    except (socket.timeout, TimeoutError):
-        raise EngineTimeout(f"{peer} did not accept a connection for {what} within {timeout:g}s") from None
-    except OSError as exc:
-        # No connection (refused, DNS, TLS handshake), so nothing was sent: a retry is safe.
-        raise PeerUnavailable(f"{peer} unreachable at {origin.url(target)}: {exc}", sent=False) from None
+    sock = _connect(origin, origin.url(target), deadline, peer)
     parser = ResponseParser(method, max_bytes)
     try:
         _exchange(sock, request, parser, deadline)
@@ -245,12 +247,16 @@ class KeepAliveClient:
 
     def get(self, path: str, headers: Mapping[str, str], *, timeout: float, max_bytes: int) -> HttpResult:
         target = self._origin.prefix + path
-        what = f"GET {self._origin.url(target)}"
+        url = self._origin.url(target)
+        what = f"GET {url}"
         request = request_bytes("GET", self._origin, target, headers, None, keep_alive=True)
         started = time.monotonic()
         deadline = started + timeout
         for attempt in (1, 2):
-            sock, reused = self._socket(what, timeout)
+            reused = self._sock is not None
+            if self._sock is None:
+                self._sock = _connect(self._origin, url, deadline, self._peer)
+            sock = self._sock
             parser = ResponseParser("GET", max_bytes)
             try:
                 _exchange(sock, request, parser, deadline)
@@ -264,14 +270,3 @@ class KeepAliveClient:
                 self.close()
             return _result(parser, started)
         raise PeerUnavailable(f"{self._peer} unreachable for {what}", sent=False)  # pragma: no cover
-
-    def _socket(self, what: str, timeout: float) -> Tuple[socket.socket, bool]:
-        if self._sock is not None:
-            return self._sock, True
-        try:
-            self._sock = _connect(self._origin, timeout)
-        except (socket.timeout, TimeoutError):
-            raise EngineTimeout(f"{self._peer} did not accept a connection for {what} within {timeout:g}s") from None
-        except OSError as exc:
-            raise PeerUnavailable(f"{self._peer} unreachable for {what}: {exc}", sent=False) from None
-        return self._sock, False

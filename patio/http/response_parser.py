@@ -74,23 +74,18 @@ class ResponseParser:
         self.max_head_bytes = max_head_bytes
         self.head: Optional[ResponseHead] = None
         self.received = 0  # bytes fed so far, interim answers included
-        self.declared_length: Optional[int] = None
         self._state = _HEAD
         self._buffer = bytearray()
         self._body: List[bytes] = []
         self._body_size = 0
         self._remaining = 0  # of a Content-Length body or of the current chunk
+        self._declared_length = 0
         self._interim = 0
-        self._close_delimited = False
         self._keep_alive = False
 
     @property
     def complete(self) -> bool:
         return self._state == _DONE
-
-    @property
-    def body_size(self) -> int:
-        return self._body_size
 
     @property
     def keep_alive(self) -> bool:
@@ -124,7 +119,7 @@ class ResponseParser:
                 raise TruncatedResponse("the connection closed without an answer")
             raise TruncatedResponse("the connection closed inside the answer's head")
         if self._state == _LENGTH:
-            raise TruncatedResponse(f"body truncated: {self._body_size} of {self.declared_length} bytes")
+            raise TruncatedResponse(f"body truncated: {self._body_size} of {self._declared_length} bytes")
         raise TruncatedResponse(f"chunked body truncated after {self._body_size} bytes")
 
     # -- states ---------------------------------------------------------------
@@ -181,14 +176,18 @@ class ResponseParser:
         if self._buffer:
             self._keep_alive = False  # unexpected extra bytes
 
+    def _find(self, terminator: bytes, limit: int, what: str) -> int:
+        """Where ``terminator`` starts in the buffer, or -1 while it has not arrived; ``what``
+        (terminator included) running past ``limit`` bytes is an error either way."""
+        end = self._buffer.find(terminator)
+        if (end < 0 and len(self._buffer) > limit) or end + len(terminator) > limit:
+            raise MalformedResponse(f"{what} is larger than {limit} bytes")
+        return end
+
     def _parse_head(self) -> bool:
-        end = self._buffer.find(b"\r\n\r\n")
+        end = self._find(b"\r\n\r\n", self.max_head_bytes, "answer head")
         if end < 0:
-            if len(self._buffer) > self.max_head_bytes:
-                raise MalformedResponse(f"answer head is larger than {self.max_head_bytes} bytes")
             return False
-        if end + 4 > self.max_head_bytes:
-            raise MalformedResponse(f"answer head is larger than {self.max_head_bytes} bytes")
         raw = bytes(self._buffer[:end])
         del self._buffer[: end + 4]
         lines = raw.split(b"\r\n")
@@ -240,7 +239,7 @@ class ResponseParser:
             return
         if length > self.max_body_bytes:
             raise ResponseTooLarge(f"declared body of {length} bytes is larger than {self.max_body_bytes} bytes")
-        self.declared_length = length
+        self._declared_length = length
         self._remaining = length
         self._state = _LENGTH
 
@@ -258,13 +257,9 @@ class ResponseParser:
         return int(value)
 
     def _parse_chunk_size(self) -> bool:
-        end = self._buffer.find(b"\r\n")
+        end = self._find(b"\r\n", MAX_CHUNK_LINE_BYTES, "chunk size line")
         if end < 0:
-            if len(self._buffer) > MAX_CHUNK_LINE_BYTES:
-                raise MalformedResponse(f"chunk size line is longer than {MAX_CHUNK_LINE_BYTES} bytes")
             return False
-        if end > MAX_CHUNK_LINE_BYTES:
-            raise MalformedResponse(f"chunk size line is longer than {MAX_CHUNK_LINE_BYTES} bytes")
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 2]
         size_text = line.split(b";", 1)[0].strip()
@@ -285,13 +280,9 @@ class ResponseParser:
             del self._buffer[:2]
             self._finish()
             return True
-        end = self._buffer.find(b"\r\n\r\n")
+        end = self._find(b"\r\n\r\n", MAX_TRAILER_BYTES, "trailer section")
         if end < 0:
-            if len(self._buffer) > MAX_TRAILER_BYTES:
-                raise MalformedResponse(f"trailer section is larger than {MAX_TRAILER_BYTES} bytes")
             return False
-        if end + 4 > MAX_TRAILER_BYTES:
-            raise MalformedResponse(f"trailer section is larger than {MAX_TRAILER_BYTES} bytes")
         _parse_fields(bytes(self._buffer[:end]).split(b"\r\n"), MAX_RESPONSE_HEADERS)  # validated, then dropped
         del self._buffer[: end + 4]
         self._finish()
