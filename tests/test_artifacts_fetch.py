@@ -19,8 +19,7 @@ import pytest
 from artifacts_fakes import FileServer
 from support import ROOT
 
-from patio.artifacts import fetch as fetch_module
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import (
     ArtifactAccessDenied,
     ArtifactError,
@@ -29,8 +28,9 @@ from patio.artifacts.errors import (
     DownloadCancelled,
     LocalWriteError,
 )
-from patio.artifacts.fetch import FetchOptions, FetchResult, RemoteFile, fetch
-from patio.artifacts.retry import RetryPolicy
+from patio.artifacts.fetch import engine as fetch_module
+from patio.artifacts.fetch.engine import FetchOptions, FetchResult, RemoteFile, fetch
+from patio.artifacts.fetch.retry import RetryPolicy
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

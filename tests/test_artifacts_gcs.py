@@ -15,15 +15,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from patio.artifacts import rs256
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth import rs256
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
-from patio.artifacts.fetch import FetchResult, fetch
-from patio.artifacts.gcs import ServiceAccountToken
-from patio.artifacts.net import HttpClient
-from patio.artifacts.retry import NetConfig, RetryPolicy
+from patio.artifacts.fetch.engine import FetchResult, fetch
+from patio.artifacts.fetch.net import HttpClient
+from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
+from patio.artifacts.stores.gcs import ServiceAccountToken
 from patio.artifacts.uri import parse_uri
 
 MiB = 1024 * 1024

@@ -22,9 +22,9 @@ import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
 from support import build_pyz
 
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactCorrupt, ArtifactNotFound
-from patio.artifacts.fetch import FetchResult, fetch
+from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

@@ -24,12 +24,12 @@ import pytest
 from artifacts_fakes import FileServer, MotoServer, ThrottleProxy
 from support import ROOT
 
-from patio.artifacts.awsauth import WebIdentityProvider
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.aws import WebIdentityProvider
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactNotFound
-from patio.artifacts.fetch import FetchResult, fetch
-from patio.artifacts.net import HttpClient
-from patio.artifacts.retry import NetConfig, RetryPolicy
+from patio.artifacts.fetch.engine import FetchResult, fetch
+from patio.artifacts.fetch.net import HttpClient
+from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

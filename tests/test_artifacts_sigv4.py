@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from patio.artifacts import sigv4
+from patio.artifacts.auth import sigv4
 
 SUITE = Path(__file__).resolve().parent / "artifacts_data" / "aws4_testsuite"
 AK = "AKIDEXAMPLE"

@@ -8,14 +8,14 @@ from typing import Any, Dict, Optional
 import pytest
 
 from patio.artifacts import cli
-from patio.artifacts.awsauth import parse_assume_role_response
-from patio.artifacts.credentials import parse_credentials
-from patio.artifacts.fetch import suffix_allowed
-from patio.artifacts.net import redact
-from patio.artifacts.retry import parse_retry_after
-from patio.artifacts.s3 import S3Client, S3Endpoint, parse_list_page
+from patio.artifacts.auth.aws import parse_assume_role_response
+from patio.artifacts.auth.credentials import parse_credentials
+from patio.artifacts.fetch.engine import suffix_allowed
+from patio.artifacts.fetch.net import redact
+from patio.artifacts.fetch.retry import parse_retry_after
 from patio.artifacts.settings import from_sources, parse_size
 from patio.artifacts.sources import tos_s3_endpoint
+from patio.artifacts.stores.s3 import S3Client, S3Endpoint, parse_list_page
 from patio.artifacts.uri import display_uri, parse_uri
 from patio.errors import BadRequest, ConfigError
 

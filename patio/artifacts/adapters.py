@@ -21,12 +21,12 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 from patio.app import AppContext
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import DownloadCancelled
+from patio.artifacts.fetch.manifest import Layout, atomic_write, within, write_error
 from patio.artifacts.jobs import Downloads
-from patio.artifacts.local import resolve_local
-from patio.artifacts.manifest import Layout, atomic_write, within, write_error
 from patio.artifacts.settings import ArtifactSettings
+from patio.artifacts.stores.local import resolve_local
 from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, SourceSpec, parse_uri
 from patio.errors import BadRequest, Conflict, PatioError
 

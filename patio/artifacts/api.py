@@ -14,9 +14,9 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from patio.app import AppContext
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_credentials
+from patio.artifacts.fetch.manifest import META_DIR, Layout, within, write_error
 from patio.artifacts.jobs import ACTIVE, Downloads
-from patio.artifacts.manifest import META_DIR, Layout, within, write_error
 from patio.artifacts.settings import MAX_THREADS, ArtifactSettings, parse_suffixes
 from patio.artifacts.uri import SourceSpec, parse_uri
 from patio.errors import BadRequest, ConfigError, NotFound

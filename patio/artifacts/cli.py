@@ -21,10 +21,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, TextIO
 
-from patio.artifacts.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import DownloadCancelled
-from patio.artifacts.fetch import fetch
-from patio.artifacts.progress import Progress, human_bytes
+from patio.artifacts.fetch.engine import fetch
+from patio.artifacts.fetch.progress import Progress, human_bytes
 from patio.artifacts.settings import from_sources, parse_size, parse_suffixes
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

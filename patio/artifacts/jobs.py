@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from patio.app import AppContext
-from patio.artifacts.credentials import RequestCredentials
+from patio.artifacts.auth.credentials import RequestCredentials
 from patio.artifacts.errors import DownloadCancelled
-from patio.artifacts.fetch import FetchOptions, FetchResult, fetch
-from patio.artifacts.progress import Progress
+from patio.artifacts.fetch.engine import FetchOptions, FetchResult, fetch
+from patio.artifacts.fetch.progress import Progress
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.uri import SourceSpec
 from patio.errors import Conflict, InternalError, PatioError

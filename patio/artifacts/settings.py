@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from patio.artifacts.credentials import SourceEnv
-from patio.artifacts.fetch import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
-from patio.artifacts.retry import NetConfig, RetryPolicy
+from patio.artifacts.auth.credentials import SourceEnv
+from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
+from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
 from patio.config import CoreSettings, parse_bool, parse_float, parse_int, pick
 from patio.errors import ConfigError
 

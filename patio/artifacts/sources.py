@@ -10,16 +10,16 @@ import re
 import threading
 from typing import Callable, Dict, Optional
 
-from patio.artifacts.awsauth import CredentialsProvider, StaticProvider, resolve_provider
-from patio.artifacts.credentials import RequestCredentials
-from patio.artifacts.gcs import GcsSource, gcs_endpoint, resolve_token
-from patio.artifacts.hf import HfSource
-from patio.artifacts.http import HttpSource
-from patio.artifacts.listing import Source
-from patio.artifacts.local import LocalSource, resolve_local
-from patio.artifacts.net import HttpClient
-from patio.artifacts.s3 import S3Client, S3Endpoint, S3Source
+from patio.artifacts.auth.aws import CredentialsProvider, StaticProvider, resolve_provider
+from patio.artifacts.auth.credentials import RequestCredentials
+from patio.artifacts.fetch.listing import Source
+from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.settings import ArtifactSettings
+from patio.artifacts.stores.gcs import GcsSource, gcs_endpoint, resolve_token
+from patio.artifacts.stores.hf import HfSource
+from patio.artifacts.stores.http import HttpSource
+from patio.artifacts.stores.local import LocalSource, resolve_local
+from patio.artifacts.stores.s3 import S3Client, S3Endpoint, S3Source
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest
 

@@ -17,7 +17,8 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
-from patio.artifacts.credentials import RequestCredentials, SourceEnv
+from patio.artifacts.auth.credentials import RequestCredentials, SourceEnv
+from patio.artifacts.auth.rs256 import InvalidKey, encode_jwt, parse_pem_private_key
 from patio.artifacts.errors import (
     ArtifactAccessDenied,
     ArtifactError,
@@ -25,8 +26,8 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
-from patio.artifacts.listing import RemoteFile
-from patio.artifacts.net import (
+from patio.artifacts.fetch.listing import RemoteFile
+from patio.artifacts.fetch.net import (
     MAX_ERROR_BODY,
     BodyStream,
     HttpClient,
@@ -34,8 +35,7 @@ from patio.artifacts.net import (
     error_for_status,
     range_start,
 )
-from patio.artifacts.retry import NetConfig, RetryPolicy, call_with_retries
-from patio.artifacts.rs256 import InvalidKey, encode_jwt, parse_pem_private_key
+from patio.artifacts.fetch.retry import NetConfig, RetryPolicy, call_with_retries
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"

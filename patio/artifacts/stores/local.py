@@ -11,8 +11,8 @@ import os
 from typing import List, Optional
 
 from patio.artifacts.errors import ArtifactNotFound
-from patio.artifacts.listing import RemoteFile
-from patio.artifacts.manifest import META_DIR, within
+from patio.artifacts.fetch.listing import RemoteFile
+from patio.artifacts.fetch.manifest import META_DIR, within
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest
 

@@ -4,7 +4,7 @@ import os
 from typing import Any, Dict
 
 from patio.artifacts.errors import ArtifactCorrupt
-from patio.artifacts.listing import RemoteFile
+from patio.artifacts.fetch.listing import RemoteFile
 
 # Bytes read per call when hashing a finished file.
 HASH_CHUNK = 1024 * 1024

@@ -16,11 +16,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from patio.artifacts import sigv4
-from patio.artifacts.awsauth import CredentialsProvider
+from patio.artifacts.auth import sigv4
+from patio.artifacts.auth.aws import CredentialsProvider
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound, ObjectChanged, Transient
-from patio.artifacts.listing import RemoteFile
-from patio.artifacts.net import (
+from patio.artifacts.fetch.listing import RemoteFile
+from patio.artifacts.fetch.net import (
     MAX_ERROR_BODY,
     BodyStream,
     HttpClient,
@@ -28,7 +28,7 @@ from patio.artifacts.net import (
     error_for_status,
     range_start,
 )
-from patio.artifacts.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
 # Keys per ListObjectsV2 page: S3's own maximum.
 LIST_PAGE_SIZE = 1000

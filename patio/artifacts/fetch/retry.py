@@ -1,6 +1,6 @@
 """Download settings for the network and the bounded retry loop every store call goes through.
 
-Kept apart from ``patio.artifacts.net`` (the HTTP client) so that settings and
+Kept apart from ``patio.artifacts.fetch.net`` (the HTTP client) so that settings and
 the fetch planner can be imported at start without loading ``http.client`` and
 ``ssl``; those load with the first download, in its worker thread.
 """

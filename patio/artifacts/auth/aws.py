@@ -16,11 +16,11 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Callable, Optional, Protocol, Tuple
 
-from patio.artifacts.credentials import RequestCredentials, SourceEnv
+from patio.artifacts.auth.credentials import RequestCredentials, SourceEnv
+from patio.artifacts.auth.sigv4 import Credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactError
-from patio.artifacts.net import HttpClient, error_for_status
-from patio.artifacts.retry import RetryPolicy, call_with_retries
-from patio.artifacts.sigv4 import Credentials
+from patio.artifacts.fetch.net import HttpClient, error_for_status
+from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
 # Refresh temporary credentials this long before they expire (STS tokens last >= 15 min).
 REFRESH_MARGIN = 300.0

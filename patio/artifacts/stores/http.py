@@ -12,8 +12,8 @@ import urllib.parse
 from typing import List, Optional, Sequence, Tuple
 
 from patio.artifacts.errors import ArtifactError, ObjectChanged, Transient
-from patio.artifacts.listing import RemoteFile
-from patio.artifacts.net import (
+from patio.artifacts.fetch.listing import RemoteFile
+from patio.artifacts.fetch.net import (
     MAX_ERROR_BODY,
     BodyStream,
     HttpClient,
@@ -23,7 +23,7 @@ from patio.artifacts.net import (
     range_start,
     redact,
 )
-from patio.artifacts.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
 MAX_REDIRECTS = 10
 _TOTAL = re.compile(r"/(\d+)\s*$")

@@ -28,7 +28,7 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
-from patio.artifacts.retry import TRANSIENT_STATUSES, NetConfig, parse_retry_after
+from patio.artifacts.fetch.retry import TRANSIENT_STATUSES, NetConfig, parse_retry_after
 from patio.artifacts.uri import display_uri as redact  # scheme://host/path, no userinfo or query
 
 log = logging.getLogger("patio.artifacts")

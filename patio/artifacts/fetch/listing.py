@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Protocol, Sequence
 
 from patio.artifacts.errors import ArtifactError
-from patio.artifacts.manifest import META_DIR
+from patio.artifacts.fetch.manifest import META_DIR
 
 # A listing with more files than this is refused (a model is thousands of files at most).
 MAX_FILES = 200_000

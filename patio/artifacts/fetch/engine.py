@@ -32,11 +32,11 @@ from patio.artifacts.errors import (
     ObjectChanged,
     Transient,
 )
-from patio.artifacts.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
-from patio.artifacts.manifest import Entry, Layout, fsync_dir, write_error
-from patio.artifacts.progress import Progress, Tracker, human_bytes, progress_line
-from patio.artifacts.retry import RetryPolicy, call_with_retries
-from patio.artifacts.verify import hash_file, hashers, verify
+from patio.artifacts.fetch.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
+from patio.artifacts.fetch.manifest import Entry, Layout, fsync_dir, write_error
+from patio.artifacts.fetch.progress import Progress, Tracker, human_bytes, progress_line
+from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.verify import hash_file, hashers, verify
 from patio.errors import PatioError
 
 log = logging.getLogger("patio.artifacts")

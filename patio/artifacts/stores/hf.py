@@ -19,8 +19,8 @@ import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound, Transient
-from patio.artifacts.listing import RemoteFile
-from patio.artifacts.net import (
+from patio.artifacts.fetch.listing import RemoteFile
+from patio.artifacts.fetch.net import (
     MAX_ERROR_BODY,
     BodyStream,
     HttpClient,
@@ -30,7 +30,7 @@ from patio.artifacts.net import (
     range_start,
     redact,
 )
-from patio.artifacts.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
 HF_ENDPOINT = "https://huggingface.co"
 # Redirects followed for one download (the Hub uses one or two: resolve -> CDN).
