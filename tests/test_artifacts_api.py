@@ -306,7 +306,8 @@ def test_pvc_is_resolved_in_place_and_contained(env: Dict[str, Any]) -> None:
         ("obs://b/p", True),
         ("gs://b/p", True),
         ("hf://org/name", True),
-        ("org/name", True),
+        ("hf://org/name@main", True),
+        ("org/name", False),  # not a Hub id in LoRA sources (issue 13 row 22): the LoRA API refuses it
         ("https://host/x.safetensors", True),
         ("pvc://loras/a", True),
         ("/data/loras/a", False),

@@ -3,20 +3,26 @@
 Published as ``ctx.services["adapter_artifacts"]``; the LoRA component calls
 
     is_remote(source) -> bool                         needs materialize()? (remote stores and pvc://)
-    await materialize(lora_name, source, credentials) -> local path
-    await cleanup(lora_name)                          delete what materialize downloaded
+    await materialize(lora_name, source, credentials, current=, in_use=, reuse_only=) -> local path
+    await discard(lora_name, path)                    delete one directory materialize made
+    await cleanup(lora_name, path=None)               delete what materialize downloaded for the name
+    forget(lora_name)                                 drop the download status of a name
     status(lora_name) -> Optional[dict]               download state for GET /v1/lora_adapters
 
-Downloads land in ``adapter_dir/NAME``.  The name must be a plain directory name,
-the resolved path must stay inside the adapter dir, and an existing symlink there
-is refused rather than written (or deleted) through.  Concurrent materialize calls
-for one name share one download.  ``pvc://`` resolves in place (no copy) and is
-never deleted.  All disk work runs in worker threads.
+Downloads land in ``adapter_dir/NAME``, or, when the engine serves the name from
+that directory now (``in_use``: an in-place reload), in a fresh sibling
+``adapter_dir/NAME~TOKEN`` (``~`` is not allowed in names, so no adapter owns
+it), which the LoRA manager makes the adapter's directory once the engine has
+confirmed it; the directory in use is never written or deleted here (issue 13
+row 7).  The name must be a plain directory name, the resolved path must stay
+inside the adapter dir, and an existing symlink there is refused rather than
+written (or deleted) through.  Concurrent materialize calls for one name share
+one download.  ``pvc://`` resolves in place (no copy) and is never deleted.
+All disk work runs in worker threads.
 """
 
 import asyncio
 import os
-import re
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,24 +34,29 @@ from patio.artifacts.jobs import Downloads
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.stores.local import resolve_local
 from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, SourceSpec, parse_uri
-from patio.errors import BadRequest, Conflict, PatioError
+from patio.errors import BadRequest, Conflict, NotFound, PatioError
+from patio.validate import check_name as _check_name
 
-# AIBrix's adapter name rule: a plain name, so it is always one directory below adapter_dir.
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, "http", "https", "pvc"))
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
 # Seconds cleanup waits for a cancelled download to stop before deleting.
 CANCEL_WAIT = 30.0
+# Separates a name from the token of a replacement download's directory; never in a name.
+VERSION_MARK = "~"
 
 
 def check_name(lora_name: Any) -> str:
-    if not isinstance(lora_name, str) or not ADAPTER_NAME.match(lora_name) or lora_name in (".", ".."):
-        raise BadRequest(
-            f"lora_name {lora_name!r} must match {ADAPTER_NAME.pattern} (it becomes a directory name)",
-            param="lora_name",
-        )
-    return lora_name
+    """AIBrix's adapter name rule (``patio.validate``): one plain directory below adapter_dir."""
+    return _check_name(lora_name, "lora_name")
+
+
+def owned_by(adapter_dir: str, lora_name: str, path: str) -> bool:
+    """True when ``path`` is a directory materialize made for ``lora_name`` (NAME or NAME~TOKEN)."""
+    root = os.path.realpath(adapter_dir)
+    candidate = os.path.abspath(path)
+    base = os.path.basename(candidate)
+    return os.path.dirname(candidate) == root and (base == lora_name or base.startswith(lora_name + VERSION_MARK))
 
 
 def contained_target(adapter_dir: str, lora_name: str) -> str:
@@ -71,30 +82,47 @@ class AdapterArtifacts:
 
     def is_remote(self, source: str) -> bool:
         try:
-            spec = parse_uri(source, param="lora_path")
+            spec = parse_uri(source, param="lora_path", bare_hub=False)
         except PatioError:
             # A malformed s3:// (or other remote) URI still belongs here: materialize() explains what is wrong.
             scheme = source.split("://", 1)[0].lower() if isinstance(source, str) and "://" in source else ""
             return scheme in REMOTE_SCHEMES
         return spec.remote or spec.pvc
 
-    async def materialize(self, lora_name: str, source: str, credentials: Optional[Dict[str, Any]] = None) -> str:
+    async def materialize(
+        self,
+        lora_name: str,
+        source: str,
+        credentials: Optional[Dict[str, Any]] = None,
+        *,
+        current: Optional[str] = None,
+        in_use: bool = False,
+        reuse_only: bool = False,
+    ) -> str:
+        """A local directory holding ``source`` for ``lora_name``.
+
+        ``current``: the adapter's directory now; reused when it holds a complete copy of the
+        same source.  ``in_use``: the engine serves from ``current``, so it is never written:
+        a download goes to a fresh sibling.  ``reuse_only``: no download at all (the source
+        was read back without its secrets); 404 when no complete copy is on disk.
+        """
         name = check_name(lora_name)
-        spec = parse_uri(source, param="lora_path")
+        spec = parse_uri(source, param="lora_path", bare_hub=False)
         creds = parse_credentials(credentials)
         if spec.kind == "local":
             # pvc:// and absolute paths are read in place by the engine: resolve, never copy.
             return await self.context.run_blocking(resolve_local, spec, self.settings.pvc_root, "lora_path")
-        current = self._inflight.get(name)
-        if current is not None:
-            shown, shared, _job = current
+        plan = (current, in_use, reuse_only)
+        running = self._inflight.get(name)
+        if running is not None:
+            shown, shared, _job = running
             if shown != spec.display:
                 raise Conflict(f"adapter {name} is being downloaded from {shown}; unload it or wait", param="lora_name")
             return await asyncio.shield(shared)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[name] = (spec.display, future, None)
         try:
-            path = await self._download(name, spec, creds)
+            path = await self._download(name, spec, creds, plan)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -108,8 +136,8 @@ class AdapterArtifacts:
         finally:
             self._inflight.pop(name, None)
 
-    async def _download(self, name: str, spec: SourceSpec, creds: Any) -> str:
-        target, complete = await self.context.run_blocking(self._prepare, name, spec)
+    async def _download(self, name: str, spec: SourceSpec, creds: Any, plan: Tuple[Optional[str], bool, bool]) -> str:
+        target, complete = await self.context.run_blocking(self._prepare, name, spec, *plan)
         if complete:
             self._state[name] = {"state": "ready", "source": spec.display, "local_path": target, "reused": True}
             return target
@@ -129,11 +157,17 @@ class AdapterArtifacts:
         await asyncio.shield(job.future)
         if job.exception is not None:
             self._state[name].update(state="failed", error=job.error)
+            current, in_use, _reuse_only = plan
+            if in_use and target != current:
+                # A replacement that failed: its directory is nobody's (the one in use is untouched).
+                await self.context.run_blocking(self._delete_path, name, target)
             raise job.exception
         self._state[name].update(state="ready", finished_at=time.time())
         return target
 
-    def _prepare(self, name: str, spec: SourceSpec) -> Tuple[str, bool]:
+    def _prepare(
+        self, name: str, spec: SourceSpec, current: Optional[str], in_use: bool, reuse_only: bool
+    ) -> Tuple[str, bool]:
         """Blocking: create adapter_dir, check containment, start clean if the name held another source.
 
         Returns (target, complete): a complete copy of the same URI is reused as it is (a reload
@@ -143,12 +177,27 @@ class AdapterArtifacts:
             os.makedirs(self.settings.adapter_dir, exist_ok=True)
         except OSError as exc:
             raise write_error(self.settings.adapter_dir, exc) from None
-        target = contained_target(self.settings.adapter_dir, name)
+        primary = contained_target(self.settings.adapter_dir, name)
+        mine = current if current and owned_by(self.settings.adapter_dir, name, current) else None
+        for candidate in (mine, primary):
+            if candidate and not os.path.islink(candidate) and _holds(candidate, spec):
+                return candidate, True
+        if reuse_only:
+            raise NotFound(
+                f"no complete local copy of {spec.display} for adapter {name}, and its source was stored "
+                "without its credentials or signature; load it again",
+                param="lora_path",
+            )
+        target = primary
+        if in_use and mine is not None and mine == primary:
+            target = f"{primary}{VERSION_MARK}{os.urandom(4).hex()}"
+        elif not in_use and mine is not None:
+            target = mine  # the adapter's own directory, free while the engine does not serve it
+        if os.path.islink(target):
+            raise Conflict(f"{target} is a symlink; refusing to download or delete through it", param="lora_name")
         layout = Layout(target)
         marker = os.path.join(layout.meta, SOURCE_MARKER)
         same_source = _read_marker(marker) == spec.display
-        if same_source and _complete(layout):
-            return target, True
         if os.path.isdir(target) and not same_source:
             # Another adapter (or another version's URI) used this name: its files must not mix in.
             try:
@@ -162,7 +211,16 @@ class AdapterArtifacts:
         atomic_write(marker, spec.display.encode("utf-8"))
         return target, False
 
-    async def cleanup(self, lora_name: str) -> None:
+    async def discard(self, lora_name: str, path: str) -> None:
+        """Delete ``path`` if it is a directory materialize made for this name; anything else stays."""
+        name = check_name(lora_name)
+        await self.context.run_blocking(self._delete_path, name, path)
+
+    def forget(self, lora_name: str) -> None:
+        self._state.pop(lora_name, None)
+
+    async def cleanup(self, lora_name: str, path: Optional[str] = None) -> None:
+        """Delete everything downloaded for the name: ``adapter_dir/NAME`` and ``path`` if it is ours."""
         name = check_name(lora_name)
         entry = self._inflight.get(name)
         if entry is not None:
@@ -174,7 +232,13 @@ class AdapterArtifacts:
             except (PatioError, DownloadCancelled, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
         await self.context.run_blocking(self._delete, name)
+        if path:
+            await self.context.run_blocking(self._delete_path, name, path)
         self._state.pop(name, None)
+
+    def _delete_path(self, name: str, path: str) -> None:
+        if owned_by(self.settings.adapter_dir, name, path):
+            self._delete(os.path.basename(os.path.abspath(path)))
 
     def _delete(self, name: str) -> None:
         root = os.path.realpath(self.settings.adapter_dir)
@@ -223,6 +287,12 @@ def _read_marker(path: str) -> Optional[str]:
             return handle.read(MAX_URI_LENGTH * 2)
     except OSError:
         return None
+
+
+def _holds(path: str, spec: SourceSpec) -> bool:
+    """``path`` holds a complete copy of ``spec``'s source."""
+    layout = Layout(path)
+    return _read_marker(os.path.join(layout.meta, SOURCE_MARKER)) == spec.display and _complete(layout)
 
 
 def _complete(layout: Layout) -> bool:

@@ -9,6 +9,14 @@ Accepted forms (the incumbents' spellings):
 
 Nothing here touches the network or the disk; ``display`` forms never carry
 userinfo or query strings (presigned URLs put their signature there).
+
+Credentials in a URI (``s3://KEY:SECRET@bucket``, ``https://user:pw@host``) are
+refused, never silently dropped, and no message quotes them (issue 13 rows 14,
+15): they go in the request's ``credentials`` or the environment.  A bare
+``org/name`` is a HuggingFace repo id only where the field cannot be a local
+path (``bare_hub=True``: the download API's ``model_uri`` and the CLI, as in
+AIBrix's downloader); LoRA sources name the Hub explicitly (``hf://``) and a
+relative path there is refused (row 22).
 """
 
 import re
@@ -17,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from patio.errors import BadRequest
+from patio.validate import check_source
 
 BUCKET_SCHEMES = {"s3": "s3", "tos": "tos", "obs": "obs", "gs": "gs", "gcs": "gs"}
 HF_SCHEMES = ("hf", "huggingface")
@@ -80,17 +89,21 @@ def display_uri(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + suffix
 
 
-def parse_uri(raw: str, *, param: str = "model_uri") -> SourceSpec:
+def _quoted(text: str) -> str:
+    """``text`` quoted for a message, unless it could hold a secret (userinfo, a query, a token)."""
+    return "(not shown)" if any(ch in text for ch in "?#@:=") or len(text) > 256 else repr(text)
+
+
+def parse_uri(raw: str, *, param: str = "model_uri", bare_hub: bool = True) -> SourceSpec:
     if not isinstance(raw, str) or not raw.strip():
         raise BadRequest(f"{param} must be a non-empty string", param=param)
     uri = raw.strip()
     if len(uri) > MAX_URI_LENGTH:
         raise BadRequest(f"{param} is longer than {MAX_URI_LENGTH} characters", param=param)
-    if any(ch in uri for ch in "\x00\r\n"):
-        raise BadRequest(f"{param} contains control characters", param=param)
+    check_source(uri, param)  # no control characters, lone surrogates or userinfo
     match = _SCHEME_RE.match(uri)
     if match is None:
-        return _parse_schemeless(uri, param)
+        return _parse_schemeless(uri, param, bare_hub)
     scheme = match.group(1).lower()
     rest = uri[match.end() :]
     if scheme in BUCKET_SCHEMES:
@@ -120,21 +133,28 @@ def parse_uri(raw: str, *, param: str = "model_uri") -> SourceSpec:
     )
 
 
-def _parse_schemeless(uri: str, param: str) -> SourceSpec:
+def _parse_schemeless(uri: str, param: str, bare_hub: bool) -> SourceSpec:
     if uri.startswith("/"):
         return SourceSpec(kind="local", uri=uri, path=uri)
-    bare = _HF_BARE.match(uri)
+    bare = _HF_BARE.match(uri) if bare_hub else None
     if bare is not None:
         return SourceSpec(kind="hf", uri=uri, repo_id=bare.group("repo"), revision=bare.group("rev"))
+    # The value is not quoted: a mistyped URI may hold a secret.
+    if bare_hub:
+        raise BadRequest(
+            f"{param} is neither a URI, an absolute path, nor a HuggingFace repo id (org/name)", param=param
+        )
     raise BadRequest(
-        f"{param} {uri!r} is neither a URI, an absolute path, nor a HuggingFace repo id (org/name)", param=param
+        f"{param} must be an absolute path or a URI; relative paths are refused "
+        "(name a HuggingFace repo as hf://org/name)",
+        param=param,
     )
 
 
 def _parse_bucket(kind: str, uri: str, rest: str, param: str) -> SourceSpec:
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.match(bucket):
-        raise BadRequest(f"{param} has an invalid bucket name {bucket!r}", param=param)
+        raise BadRequest(f"{param} has an invalid bucket name {_quoted(bucket)}", param=param)
     if "?" in prefix or "#" in prefix:
         # Keys may hold '?', but a URI with one is far more often a pasted presigned URL.
         raise BadRequest(f"{param} must not carry a query or fragment", param=param)
@@ -162,7 +182,7 @@ def _parse_hf(uri: str, rest: str, param: str) -> SourceSpec:
         segments = segments[len(repo_parts) :]
     for part in repo_parts:
         if not _HF_SEGMENT_RE.match(part):
-            raise BadRequest(f"{param} has an invalid HuggingFace repo id segment {part!r}", param=param)
+            raise BadRequest(f"{param} has an invalid HuggingFace repo id segment {_quoted(part)}", param=param)
     if revision is not None and not revision:
         raise BadRequest(f"{param} has an empty revision after '@'", param=param)
     subpath = "/".join(segments)

@@ -7,15 +7,15 @@ Kthena/vLLM: ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``.
 """
 
 import json
-import re
 from typing import Any, Dict, List, Mapping, Sequence
 
 from patio.engines.base import EngineSpec
 from patio.errors import BadRequest, EngineError
 from patio.http.types import Request, Response, Route
 from patio.lora.manager import LoraManager
+from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_PATTERN = ADAPTER_NAME  # matched whole (fullmatch): see patio.validate
 # Fields every load path accepts (AIBrix's delegation fields included), and their types.
 COMMON_LOAD_FIELDS: Mapping[str, type] = {
     "lora_name": str,
@@ -32,7 +32,7 @@ ENGINE_FIELDS: Mapping[str, type] = {"pinned": bool, "load_inplace": bool, "lora
 LOAD_PATHS = ("/load_lora_adapter", "/v1/lora_adapter/load", "/v1/load_lora_adapter")
 UNLOAD_PATHS = ("/unload_lora_adapter", "/v1/lora_adapter/unload", "/v1/unload_lora_adapter")
 
-_NAME_SCHEMA = {"type": "string", "pattern": NAME_PATTERN.pattern}
+_NAME_SCHEMA = {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}
 LOAD_SCHEMA: Dict[str, Any] = {
     "type": "object",
     "required": ["lora_name"],
@@ -84,8 +84,10 @@ def validate(body: Mapping[str, Any], common: Mapping[str, type], engine_fields:
     name = body.get("lora_name")
     if name is None:
         raise BadRequest("lora_name is required", param="lora_name")
-    if not NAME_PATTERN.match(name):
-        raise BadRequest(f"lora_name must match {NAME_PATTERN.pattern}", param="lora_name")
+    check_name(name, "lora_name")
+    for field in ("lora_path", "artifact_url"):
+        if field in body:
+            check_source(body[field], field)
 
 
 class LoraApi:
@@ -102,8 +104,10 @@ class LoraApi:
         source = path if path is not None else url
         if source is None:
             raise BadRequest("lora_path is required", param="lora_path")
+        field = "lora_path" if path is not None else "artifact_url"
         if not source.strip():
-            raise BadRequest("lora_path must not be empty", param="lora_path" if path is not None else "artifact_url")
+            raise BadRequest(f"{field} must not be empty", param=field)
+        check_local_or_uri(source, field)
         extra = {k: body[k] for k in ("pinned",) if k in body and k in self.spec.load_fields}
         message, adapter = await self.manager.load(
             body["lora_name"],

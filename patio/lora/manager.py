@@ -10,14 +10,27 @@ The desired set (adapters Patio holds as loaded) is persisted under the state
 directory.  Reconciliation (at start, every interval, and when the engine comes
 back) reads the engine's ``/v1/models`` and loads again what the engine lost:
 an engine restart drops runtime-loaded adapters.
+
+Changes are all or nothing (issue 13 rows 6, 7): an in-place reload that fails
+anywhere (download, engine refusal, timeout, engine down) leaves the adapter that
+was loaded listed, persisted and its files intact; a new download goes to a
+directory of its own and the old one is deleted only after the engine has taken
+the new one and the state file says so.
+
+Memory is bounded whatever callers send (row 8): records of failed loads are
+kept for ``FAILED_RECORD_TTL`` seconds, at most ``MAX_FAILED_RECORDS`` of them
+(oldest evicted first); per-name locks exist only while held or awaited.
+Loaded adapters are never evicted: the engine and the state file need them.
 """
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
 
 from patio.artifacts.uri import display_uri
 from patio.engines.base import (
@@ -35,6 +48,7 @@ from patio.engines.client import EngineClient
 from patio.errors import BadRequest, Conflict, EngineError, EngineUnavailable, NotFound, PatioError
 from patio.lora.settings import LoraSettings
 from patio.lora.state import read_desired, write_desired
+from patio.validate import ADAPTER_NAME, is_clean
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.app import AppContext
@@ -44,6 +58,44 @@ log = logging.getLogger("patio.lora")
 LOADING, LOADED, UNLOADING, FAILED = "loading", "loaded", "unloading", "failed"
 # URI schemes that name a remote artifact Patio must download first.
 REMOTE_SCHEMES = ("s3://", "gs://", "tos://", "obs://", "hf://", "huggingface://", "http://", "https://", "pvc://")
+# Failed-load records kept for the listing; a client looping over fresh names must not grow memory.
+MAX_FAILED_RECORDS = 256
+# Seconds a failed-load record stays listed: long enough for an operator to read last_error.
+FAILED_RECORD_TTL = 3600.0
+# last_error is cut to this many characters (an engine can answer with a long body).
+MAX_ERROR_CHARS = 1000
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class NamedLocks:
+    """One ``asyncio.Lock`` per adapter name, alive only while it is held or awaited.
+
+    A dict of locks that never shrinks grew by one lock per distinct name ever used
+    (issue 13 row 8); here the last user out removes the entry.
+    """
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, List[Any]] = {}  # name -> [lock, users]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._entries.get(name) is entry:
+                del self._entries[name]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -58,11 +110,17 @@ class Adapter:
     last_error: Optional[str] = None
     loaded_at: Optional[float] = None
     engine_confirmed: bool = False
+    # True when ``source`` came from the state file, which keeps no userinfo or query string:
+    # such an adapter is reloaded from its local copy only (it cannot be downloaded again).
+    source_redacted: bool = False
 
     def persisted(self) -> Dict[str, Any]:
+        """What a reload needs and no more: the source without secrets (issue 13 row 15)."""
+        shown = display_uri(self.source)
         return {
             "name": self.name,
-            "source": self.source,
+            "source": shown,
+            "source_redacted": self.source_redacted or shown != self.source,
             "path": self.path,
             "remote": self.remote,
             "extra": self.extra,
@@ -105,7 +163,10 @@ class LoraManager:
         self.settings = settings
         self.client = client
         self.adapters: Dict[str, Adapter] = {}
-        self._locks: Dict[str, asyncio.Lock] = {}
+        self._locks = NamedLocks()
+        # name -> (when it failed, the record): the eviction order of failed-load records.
+        self._failed: "OrderedDict[str, Tuple[float, Adapter]]" = OrderedDict()
+        self._chores: Set["asyncio.Task[None]"] = set()
         self._persist_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
@@ -130,11 +191,9 @@ class LoraManager:
         )
 
     # -- helpers ----------------------------------------------------------------------
-    def lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
+    def lock(self, name: str) -> "contextlib.AbstractAsyncContextManager[None]":
+        """``async with manager.lock(name):`` serialises every change to one adapter."""
+        return self._locks.hold(name)
 
     def _artifacts(self) -> Any:
         return self.context.services.get("adapter_artifacts")
@@ -176,6 +235,49 @@ class LoraManager:
         self._ops.inc(op, result)
         self._durations.observe(time.monotonic() - started, op)
 
+    # -- failed records ---------------------------------------------------------------
+    def _failed_record(self, adapter: Adapter, message: str) -> None:
+        """Mark ``adapter`` failed and listed, within the bounds on failed records."""
+        adapter.state, adapter.last_error = FAILED, _short(message)
+        self.adapters[adapter.name] = adapter
+        self._failed[adapter.name] = (time.monotonic(), adapter)
+        self._failed.move_to_end(adapter.name)
+        self._prune_failed()
+
+    def _prune_failed(self) -> None:
+        horizon = time.monotonic() - FAILED_RECORD_TTL
+        evicted: List[Adapter] = []
+        while self._failed:
+            name, (when, record) = next(iter(self._failed.items()))
+            if len(self._failed) <= MAX_FAILED_RECORDS and when >= horizon:
+                break
+            del self._failed[name]
+            if self.adapters.get(name) is record and record.state == FAILED:
+                del self.adapters[name]
+                evicted.append(record)
+        service = self._artifacts()
+        if service is None:
+            return
+        for record in evicted:
+            service.forget(record.name)
+        remote = [r for r in evicted if r.remote and r.path]
+        if remote:
+            # What a failed download left on disk goes too, under each name's lock.
+            task = asyncio.ensure_future(self._drop_files(remote))
+            self._chores.add(task)
+            task.add_done_callback(self._chores.discard)
+
+    async def _drop_files(self, records: List[Adapter]) -> None:
+        service = self._artifacts()
+        for record in records:
+            async with self.lock(record.name):
+                if record.name in self.adapters:
+                    continue  # loaded again meanwhile: its directory may be in use
+                try:
+                    await service.cleanup(record.name, record.path)
+                except PatioError as exc:
+                    log.warning("could not delete the files of failed adapter %s: %s", record.name, exc.message)
+
     # -- operations ---------------------------------------------------------------------
     async def load(
         self,
@@ -187,63 +289,97 @@ class LoraManager:
         credentials: Optional[Mapping[str, Any]] = None,
         cleanup_local: bool = True,
     ) -> Tuple[str, Adapter]:
-        """Load (or confirm) an adapter; returns a message and the record.  Raises PatioError."""
+        """Load (or confirm) an adapter; returns a message and the record.  Raises PatioError.
+
+        All or nothing: when an adapter of this name is loaded, it stays loaded, listed and
+        persisted, with its files, until the engine has confirmed the new one.
+        """
         started = time.monotonic()
         async with self.lock(name):
             existing = self.adapters.get(name)
-            if existing is not None and existing.state == LOADED and not load_inplace:
-                if existing.source == source:
+            previous = existing if existing is not None and existing.state == LOADED else None
+            if previous is not None and not load_inplace:
+                if display_uri(previous.source) == display_uri(source):
                     self._record("load", "noop", started)
-                    return f"LoRA adapter '{name}' is already loaded from {display_uri(source)}", existing
+                    return f"LoRA adapter '{name}' is already loaded from {display_uri(source)}", previous
                 self._record("load", "conflict", started)
                 raise Conflict(
-                    f"LoRA adapter '{name}' is already loaded from {display_uri(existing.source)}; unload it first"
+                    f"LoRA adapter '{name}' is already loaded from {display_uri(previous.source)}; unload it first"
                     + (" or set load_inplace" if "load_inplace" in self.client.spec.load_fields else ""),
                     param="lora_path",
                 )
             remote = self.is_remote(source)
-            path = source
-            if remote:
-                service = self._artifacts()
-                if service is None:
-                    raise BadRequest("remote adapter sources are not enabled in this Patio", param="lora_path")
-                adapter = Adapter(name, source, "", remote=True, extra=dict(extra), cleanup_local=cleanup_local)
-                self.adapters[name] = adapter
-                try:
-                    path = await service.materialize(name, source, credentials)
-                except PatioError as exc:
-                    adapter.state, adapter.last_error = FAILED, exc.message
-                    self._record("load", "failed", started)
-                    raise
-            adapter = Adapter(name, source, path, remote=remote, extra=dict(extra), cleanup_local=cleanup_local)
-            previous = existing if existing is not None and existing.state == LOADED else None
-            self.adapters[name] = adapter
-            payload: Dict[str, Any] = {"lora_name": name, "lora_path": path, **extra}
-            if load_inplace:
-                payload["load_inplace"] = True
+            adapter = Adapter(name, source, "", remote=remote, extra=dict(extra), cleanup_local=cleanup_local)
+            if previous is None:
+                self.adapters[name] = adapter  # listed as "loading" while it downloads and loads
             try:
-                outcome = await self._engine_call("load", payload)
-            except PatioError as exc:
-                adapter.state, adapter.last_error = FAILED, exc.message
+                path = await self._load_into_engine(adapter, previous, load_inplace, credentials)
+            except BaseException as exc:  # cancellation included: the old adapter must survive it
+                message = exc.message if isinstance(exc, PatioError) else f"interrupted ({type(exc).__name__})"
+                if previous is not None:
+                    self.adapters[name] = previous
+                    previous.last_error = _short(f"in-place reload from {display_uri(source)} failed: {message}")
+                    await self._discard(adapter, keep=previous)
+                else:
+                    self._failed_record(adapter, message)
                 self._record("load", "failed", started)
                 raise
-            if outcome.kind == DUPLICATE and (await self.engine_adapters_or_empty()).get(name) == path:
-                # The engine already serves this very adapter (a retried load, or Patio restarted).
-                outcome = Outcome(OK, "already loaded in the engine", outcome.status)
-            if outcome.kind != OK:
-                error = outcome_error(outcome, "load", name, self.client.spec.lora_hint)
-                if previous is not None:
-                    self.adapters[name] = previous  # a refused in-place reload leaves the old one loaded
-                else:
-                    adapter.state, adapter.last_error = FAILED, error.message
-                self._record("load", "failed", started)
-                raise error
             adapter.state, adapter.loaded_at, adapter.last_error = LOADED, time.time(), None
+            self.adapters[name] = adapter
+            self._failed.pop(name, None)
             adapter.engine_confirmed = await self._confirmed(name, path)
             await self._persist()
+            if previous is not None:
+                # Only now, with the engine on the new directory and the state file saying so.
+                await self._discard(previous, keep=adapter)
             self._record("load", "success", started)
             log.info("loaded LoRA adapter %s from %s", name, display_uri(source))
             return f"LoRA adapter '{name}' loaded", adapter
+
+    async def _load_into_engine(
+        self,
+        adapter: Adapter,
+        previous: Optional[Adapter],
+        load_inplace: bool,
+        credentials: Optional[Mapping[str, Any]],
+    ) -> str:
+        """Download (if remote) and ask the engine to load; sets ``adapter.path``.  Raises PatioError."""
+        name, path = adapter.name, adapter.source
+        if adapter.remote:
+            service = self._artifacts()
+            if service is None:
+                raise BadRequest("remote adapter sources are not enabled in this Patio", param="lora_path")
+            # The directory the engine serves now is never written: a new download goes beside it.
+            path = await service.materialize(
+                name, adapter.source, credentials, current=previous.path if previous else None, in_use=True
+            )
+        adapter.path = path
+        payload: Dict[str, Any] = {"lora_name": name, "lora_path": path, **adapter.extra}
+        if load_inplace:
+            payload["load_inplace"] = True
+        try:
+            outcome = await self._engine_call("load", payload)
+        except PatioError:
+            # A timeout or a dropped connection: the engine may have acted all the same.
+            if previous is None or not await self._confirmed(name, path):
+                raise
+            outcome = Outcome(OK, "the engine took it although the call failed", 200)
+        if outcome.kind == DUPLICATE and (await self.engine_adapters_or_empty()).get(name) == path:
+            # The engine already serves this very adapter (a retried load, or Patio restarted).
+            outcome = Outcome(OK, "already loaded in the engine", outcome.status)
+        if outcome.kind != OK:
+            raise outcome_error(outcome, "load", name, self.client.spec.lora_hint)
+        return path
+
+    async def _discard(self, old: Adapter, keep: Adapter) -> None:
+        """Delete the download directory of ``old`` unless ``keep`` (the adapter that stays) uses it."""
+        service = self._artifacts()
+        if service is None or not old.remote or not old.path or old.path == keep.path:
+            return
+        try:
+            await service.discard(old.name, old.path)
+        except PatioError as exc:
+            log.warning("could not delete %s (adapter %s): %s", old.path, old.name, exc.message)
 
     async def engine_adapters_or_empty(self) -> Dict[str, str]:
         try:
@@ -275,9 +411,11 @@ class LoraManager:
                     existing.state = LOADED
                 if existing is not None and existing.state == FAILED:
                     del self.adapters[name]  # a failed load was never in the engine
+                    self._failed.pop(name, None)
                 self._record("unload", "failed", started)
                 raise outcome_error(outcome, "unload", name, self.client.spec.lora_hint)
             self.adapters.pop(name, None)
+            self._failed.pop(name, None)
             await self._persist()
             cleanup = (
                 existing is not None
@@ -287,7 +425,8 @@ class LoraManager:
             if cleanup:
                 service = self._artifacts()
                 if service is not None:
-                    await service.cleanup(name)
+                    assert existing is not None
+                    await service.cleanup(name, existing.path)
             self._record("unload", "success", started)
             log.info("unloaded LoRA adapter %s", name)
             return f"LoRA adapter '{name}' unloaded" + (
@@ -302,23 +441,18 @@ class LoraManager:
         except (OSError, ValueError) as exc:
             log.error("cannot read the LoRA state in %s: %s", self.settings.state_dir, exc)
             return
+        restored = 0
         for item in saved:
-            name = item["name"]
-            if name in self.adapters:
+            adapter = _restored(item)
+            if adapter is None:
+                # A hand-edited or foreign file must not poison every later listing (issue 13 row 13).
+                log.error("ignoring an unusable adapter entry in the LoRA state in %s", self.settings.state_dir)
                 continue
-            self.adapters[name] = Adapter(
-                name=name,
-                source=str(item.get("source") or item.get("path")),
-                path=str(item.get("path")),
-                remote=bool(item.get("remote")),
-                extra=dict(item.get("extra") or {}),
-                cleanup_local=bool(item.get("cleanup_local", True)),
-                state=LOADED,
-                loaded_at=item.get("loaded_at"),
-                engine_confirmed=False,
-            )
-        if saved:
-            log.info("restored %d LoRA adapter(s) from %s", len(saved), self.settings.state_dir)
+            if adapter.name not in self.adapters:
+                self.adapters[adapter.name] = adapter
+                restored += 1
+        if restored:
+            log.info("restored %d LoRA adapter(s) from %s", restored, self.settings.state_dir)
 
     async def reconcile(self, reason: str) -> int:
         """Load again what the engine lost; returns how many were reloaded."""
@@ -366,19 +500,32 @@ class LoraManager:
             adapter.last_error = f"the engine serves '{name}' from {engine_root}, not {adapter.path}"
             log.warning("LoRA reconcile: %s", adapter.last_error)
             return False
+        path = adapter.path
         try:
-            if adapter.remote and self._artifacts() is not None:
-                adapter.path = await self._artifacts().materialize(name, adapter.source, None)
-            outcome = await self._engine_call("load", {"lora_name": name, "lora_path": adapter.path, **adapter.extra})
+            service = self._artifacts()
+            if adapter.remote and service is not None:
+                # The engine lost the adapter, so its directory is free to reuse or complete;
+                # a source read back from the state file has no secrets left: local copy only.
+                path = await service.materialize(
+                    name, adapter.source, None, current=adapter.path, reuse_only=adapter.source_redacted
+                )
+            outcome = await self._engine_call("load", {"lora_name": name, "lora_path": path, **adapter.extra})
         except PatioError as exc:
-            adapter.engine_confirmed, adapter.last_error = False, exc.message
+            adapter.engine_confirmed, adapter.last_error = False, _short(exc.message)
             log.warning("LoRA reconcile: reloading %s failed: %s", name, exc.message)
             return False
         if outcome.kind not in (OK, DUPLICATE):
-            adapter.engine_confirmed, adapter.last_error = False, outcome.message
+            adapter.engine_confirmed, adapter.last_error = False, _short(outcome.message)
             log.warning("LoRA reconcile: engine refused to reload %s: %s", name, outcome.message)
             return False
         adapter.engine_confirmed, adapter.last_error = True, None
+        if path != adapter.path:
+            adapter.path = path
+            try:
+                await self._persist()
+            except PatioError as exc:
+                adapter.last_error = _short(exc.message)
+                log.error("LoRA reconcile: %s", exc.message)
         self._reloads.inc()
         self._ops.inc("reload", "success")
         log.info("LoRA reconcile: reloaded %s (the engine had lost it)", name)
@@ -409,6 +556,8 @@ class LoraManager:
         self._task = asyncio.ensure_future(self.run())
 
     async def stop(self) -> None:
+        for chore in list(self._chores):
+            chore.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -417,6 +566,7 @@ class LoraManager:
                 pass
 
     def views(self) -> List[Dict[str, Any]]:
+        self._prune_failed()
         service = self._artifacts()
         out = []
         for adapter in sorted(self.adapters.values(), key=lambda a: a.name):
@@ -436,3 +586,31 @@ class LoraManager:
                 view["download"] = service.status(adapter.name)
             out.append(view)
         return out
+
+
+def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
+    """An adapter from the state file, or None when the entry is not one Patio could have written."""
+    name, path = item.get("name"), item.get("path")
+    source = item.get("source") or path
+    extra = item.get("extra") or {}
+    loaded_at = item.get("loaded_at")
+    if not (isinstance(name, str) and ADAPTER_NAME.fullmatch(name)):
+        return None
+    if not (isinstance(path, str) and isinstance(source, str) and path and is_clean(path) and is_clean(source)):
+        return None
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and is_clean(k) for k in extra):
+        return None
+    if not all(isinstance(v, (bool, int, float)) or (isinstance(v, str) and is_clean(v)) for v in extra.values()):
+        return None
+    return Adapter(
+        name=name,
+        source=source,
+        path=path,
+        remote=bool(item.get("remote")),
+        extra=dict(extra),
+        cleanup_local=bool(item.get("cleanup_local", True)),
+        state=LOADED,
+        loaded_at=float(loaded_at) if isinstance(loaded_at, (int, float)) else None,
+        engine_confirmed=False,
+        source_redacted=bool(item.get("source_redacted")),
+    )
