@@ -7,6 +7,7 @@ contracts) and a real HTTP file server for remote adapters.
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -43,6 +44,16 @@ def _listed(patio: RunningPatio) -> Dict[str, Dict[str, Any]]:
 def _saved(tmp: Path) -> Dict[str, Dict[str, Any]]:
     data = json.loads((tmp / "state" / "lora-adapters.json").read_text())
     return {a["name"]: a for a in data["adapters"]}
+
+
+def _eventually(probe: Any, timeout: float = 10.0) -> Any:
+    """``probe()`` once it is truthy (the state file is read by a task started with the server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
 
 
 def _load(patio: RunningPatio, body: Dict[str, Any]) -> Any:
@@ -89,7 +100,7 @@ def test_row06_failed_inplace_reload_keeps_the_loaded_adapter(tmp_path: Path, fa
             assert _load(patio, {"lora_name": "b", "lora_path": "/models/b"})[0] == 200
             assert _saved(tmp_path)["a"]["path"] == "/models/a1"
         with _patio(engine, tmp_path) as again:
-            assert _listed(again)["a"]["state"] == "loaded"
+            assert _eventually(lambda: _listed(again).get("a", {}).get("state")) == "loaded"
     finally:
         engine.stop()
 
