@@ -21,6 +21,7 @@ from patio.artifacts.settings import MAX_THREADS, ArtifactSettings, parse_suffix
 from patio.artifacts.uri import SourceSpec, parse_uri
 from patio.errors import BadRequest, ConfigError, NotFound
 from patio.http.types import Request, Response, Route
+from patio.validate import check_text, is_clean
 
 FIELDS = frozenset(
     (
@@ -122,6 +123,14 @@ def _segment(value: Any, param: str) -> str:
     return value
 
 
+def _clean_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and is_clean(value) else None
+
+
+def _number_or_none(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def list_models(models_root: str) -> List[Dict[str, Any]]:
     """Blocking: every directory below the root holding a complete manifest."""
     root = os.path.realpath(models_root)
@@ -130,7 +139,7 @@ def list_models(models_root: str) -> List[Dict[str, Any]]:
         return found
     for folder, dirs, _files in os.walk(root):
         depth = folder[len(root) :].count(os.sep)
-        if META_DIR in dirs:
+        if META_DIR in dirs and is_clean(folder):  # a non-UTF-8 directory name cannot be listed in JSON
             manifest = Layout(folder).read_manifest()
             if manifest is not None:
                 found.append(
@@ -138,10 +147,11 @@ def list_models(models_root: str) -> List[Dict[str, Any]]:
                         "name": os.path.relpath(folder, root),
                         "local_dir": folder,
                         "status": "completed",
-                        "model_uri": manifest.get("source"),
-                        "files": manifest.get("file_count"),
-                        "bytes": manifest.get("bytes"),
-                        "completed_at": manifest.get("completed_at"),
+                        # A hand-edited manifest must not turn every listing into a 500 (issue 13 row 13).
+                        "model_uri": _clean_or_none(manifest.get("source")),
+                        "files": _number_or_none(manifest.get("file_count")),
+                        "bytes": _number_or_none(manifest.get("bytes")),
+                        "completed_at": _clean_or_none(manifest.get("completed_at")),
                     }
                 )
                 if len(found) >= MAX_LISTED:
@@ -223,6 +233,9 @@ class DownloadApi:
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise BadRequest(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(FIELDS))}")
+        for field in ("local_dir", "model_name"):
+            if body.get(field) is not None:
+                check_text(body[field], field)  # no control characters or lone surrogates (issue 13 rows 12, 13)
         spec = parse_uri(body.get("model_uri", ""), param="model_uri")
         if spec.kind == "local" and not spec.pvc:
             raise BadRequest("model_uri: local sources must be pvc:// paths", param="model_uri")

@@ -16,7 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from patio import files
 from patio.artifacts.errors import LocalWriteError
+from patio.files import fsync_dir
+
+__all__ = ["atomic_write", "fsync_dir"]  # the shared helpers, as fetch and the adapter seam use them
 
 META_DIR = ".patio"
 MANIFEST = "manifest.json"
@@ -77,40 +81,12 @@ def within(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep) or root == os.sep
 
 
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories; the rename itself is still atomic
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: temp name, fsync, rename, fsync the directory."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    """``patio.files.atomic_write`` (mode 0644: the engine reads these files) with the artifacts' error."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        files.atomic_write(path, data, mode=0o644)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise write_error(path, exc) from None
-    fsync_dir(os.path.dirname(path))
 
 
 class Layout:

@@ -43,6 +43,21 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 USER_AGENT = "patio-downloader"
 
 
+def redirect_target(url: str, location: str, what: str) -> str:
+    """Where a 3xx answer to ``url`` sends us: an http(s) URL, or ``ArtifactError``.
+
+    ``Location`` is the server's word, not the operator's: ``file:///etc/passwd``,
+    ``ftp://`` or ``gopher://`` there must not become a request (issue 13 row 18).
+    """
+    target = urllib.parse.urljoin(url, location.strip())
+    scheme = urllib.parse.urlsplit(target).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ArtifactError(f"{what}: redirect to a non-HTTP location ({scheme or 'no'} scheme) refused")
+    if not urllib.parse.urlsplit(target).hostname:
+        raise ArtifactError(f"{what}: redirect to a location without a host refused")
+    return target
+
+
 def origin(url: str) -> Tuple[str, str, int]:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()

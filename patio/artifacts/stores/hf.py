@@ -29,6 +29,7 @@ from patio.artifacts.fetch.net import (
     origin,
     range_start,
     redact,
+    redirect_target,
 )
 from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
@@ -111,7 +112,7 @@ class HfSource:
             if link:
                 match = _LINK_NEXT.search(link)
                 if match:
-                    next_url = urllib.parse.urljoin(url, match.group(1))
+                    next_url = redirect_target(url, match.group(1), what)  # the server's word: http(s) only
             return data, next_url
 
         return call_with_retries(call, what, self.retry, self.cancel)
@@ -187,7 +188,7 @@ class HfSource:
                 response.read_all(MAX_ERROR_BODY)
                 if not location:
                     raise ArtifactError(f"{what}: redirect without Location")
-                url = urllib.parse.urljoin(url, location)
+                url = redirect_target(url, location, what)
                 continue
             if response.status not in (200, 206):
                 raise self._fail(response, what)

@@ -22,6 +22,7 @@ from patio.artifacts.fetch.net import (
     origin,
     range_start,
     redact,
+    redirect_target,
 )
 from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
 
@@ -59,7 +60,7 @@ class HttpSource:
             if response.status in (301, 302, 303, 307, 308) and response.header("location"):
                 location = response.header("location") or ""
                 response.read_all(MAX_ERROR_BODY)
-                url = urllib.parse.urljoin(url, location)
+                url = redirect_target(url, location, self.display)
                 continue
             return response
         raise Transient(f"{self.display}: more than {MAX_REDIRECTS} redirects")
