@@ -1,4 +1,4 @@
-"""Assembly: settings -> context -> components -> route table.
+"""Assembly: settings -> context -> components -> route table, wired by hand.
 
 A *component* is one capability (probes, metrics, LoRA, topology, downloads).
 It contributes routes, readiness checks, metrics (on the shared registry) and
@@ -9,35 +9,100 @@ takes part in the lifecycle:
                     (topology unregisters here, before the pod stops answering)
     stop()          shutdown phase 3, after in-flight requests drained
 
-Components are listed as data in ``COMPONENT_FACTORIES``; each factory takes the
-``AppContext`` and returns a component, or ``None`` when disabled by settings.
+``build_app`` constructs every component explicitly and hands each one the
+objects it depends on as constructor arguments (the engine health watch, the
+LoRA manager, the adapter downloader): there is no service registry to look
+things up in by name, and the start order is the order written there.
 """
 
 import asyncio
-import importlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, Type, TypeVar
 
 from patio.config import Settings
-from patio.http.types import Request, Route
+from patio.errors import PatioError
+from patio.http.types import Route
 from patio.metrics.registry import Registry
 
 T = TypeVar("T")
 
-# Threads for blocking calls (engine, router, disk).  Long LoRA loads hold one each.
-BLOCKING_WORKERS = 32
 
-# (module, factory) rows, in start order.  Shutdown runs in reverse order.
-COMPONENT_FACTORIES: Sequence[str] = (
-    "patio.api.core:build",
-    "patio.metrics.component:build",
-    "patio.artifacts.component:build",
-    "patio.lora.component:build",
-    "patio.topology.component:build",
-)
+@dataclass(frozen=True)
+class PoolLimits:
+    """Threads and queue depth of one purpose's pool (blocking calls never run on the loop)."""
+
+    threads: int
+    max_queued: int  # calls waiting for a thread; past it new work is refused (503), not queued forever
+
+
+# Latency-critical work: engine health, the metrics scrape (single flight), state saves, gzip.
+# Nothing long ever runs here, so probes and scrapes never wait behind a LoRA load or a download.
+CRITICAL_POOL = PoolLimits(threads=8, max_queued=256)
+# Engine calls that change state and may take long: LoRA load/unload (minutes on a cold disk).
+ENGINE_POOL = PoolLimits(threads=16, max_queued=512)
+# Engine reads: the /v1/models proxy and reconcile's adapter list; never behind a long load.
+ENGINE_QUERY_POOL = PoolLimits(threads=8, max_queued=128)
+# Artifact transfers (each job holds a thread for its whole download; files fan out below it).
+DOWNLOAD_POOL = PoolLimits(threads=8, max_queued=256)
+
+
+class Overloaded(PatioError):
+    status = 503
+    error_type = "overloaded"
+
+
+class BoundedPool:
+    """A thread pool whose waiting line has a named bound."""
+
+    def __init__(self, name: str, limits: PoolLimits) -> None:
+        self.name = name
+        self.limits = limits
+        self._executor = ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=f"patio-{name}")
+        self._outstanding = 0  # running + queued; touched only on the event loop
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        if self._outstanding >= self.limits.threads + self.limits.max_queued:
+            raise Overloaded(
+                f"too much {self.name} work in flight ({self._outstanding} calls); try again later",
+                param=None,
+            )
+        loop = asyncio.get_running_loop()
+        self._outstanding += 1
+        try:
+            return await loop.run_in_executor(self._executor, lambda: func(*args))
+        finally:
+            self._outstanding -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+@dataclass
+class Pools:
+    critical: BoundedPool
+    engine: BoundedPool
+    engine_queries: BoundedPool
+    downloads: BoundedPool
+
+    @classmethod
+    def create(cls) -> "Pools":
+        return cls(
+            critical=BoundedPool("critical", CRITICAL_POOL),
+            engine=BoundedPool("engine", ENGINE_POOL),
+            engine_queries=BoundedPool("engine-query", ENGINE_QUERY_POOL),
+            downloads=BoundedPool("download", DOWNLOAD_POOL),
+        )
+
+    def shutdown(self) -> None:
+        for pool in (self.critical, self.engine, self.engine_queries, self.downloads):
+            pool.shutdown()
 
 
 @dataclass(frozen=True)
@@ -47,13 +112,6 @@ class ReadyCheck:
     name: str
     ok: bool
     detail: str = ""
-
-
-class EngineMetricsSource(Protocol):
-    """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
-
-    async def exposition(self, request: Request) -> bytes:
-        """The whole ``/metrics`` body (UTF-8): Patio's own families plus whatever the engine adds."""
 
 
 class Component:
@@ -78,38 +136,45 @@ class Component:
         return None
 
 
+C = TypeVar("C", bound=Component)
+
+
 @dataclass
 class AppContext:
-    """What components receive: settings, the shared registry, a way to run blocking work."""
+    """What every component receives: settings, the shared registry, the thread pools.
+
+    Anything more specific (the engine health watch, the LoRA manager, ...) is a
+    constructor argument of the component that needs it.
+    """
 
     settings: Settings
     registry: Registry
-    executor: ThreadPoolExecutor
+    pools: Pools
     started_at: float = field(default_factory=time.time)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("patio"))
-    engine_metrics: Optional[EngineMetricsSource] = None
-    # Called with True/False whenever the engine's health flips (LoRA reconciliation listens).
-    engine_health_listeners: List[Callable[[bool], None]] = field(default_factory=list)
-    # Shared objects components publish for each other, by name (e.g. "engine_health", "lora").
-    services: Dict[str, Any] = field(default_factory=dict)
 
     async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(*args)`` in the worker threads, never on the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: func(*args))
+        """Short, latency-critical blocking work (health, scrape, state saves, gzip)."""
+        return await self.pools.critical.run(func, *args)
 
-    def notify_engine_health(self, up: bool) -> None:
-        for listener in list(self.engine_health_listeners):
-            try:
-                listener(up)
-            except Exception:  # a listener's bug must not break the probe
-                self.logger.exception("engine health listener failed")
+    async def run_engine(self, func: Callable[..., T], *args: Any) -> T:
+        """Engine calls that change state and may take long (LoRA load/unload)."""
+        return await self.pools.engine.run(func, *args)
+
+    async def run_engine_query(self, func: Callable[..., T], *args: Any) -> T:
+        """Engine reads (/v1/models, reconcile's adapter list): never queued behind a load."""
+        return await self.pools.engine_queries.run(func, *args)
+
+    async def run_download(self, func: Callable[..., T], *args: Any) -> T:
+        """Artifact transfers."""
+        return await self.pools.downloads.run(func, *args)
 
 
 @dataclass
 class App:
     context: AppContext
-    components: List[Component]
+    components: List[Component] = field(default_factory=list)
+    closing: bool = False  # set at SIGTERM: readiness answers 503 from then on
 
     def routes(self) -> List[Route]:
         return [route for component in self.components for route in component.routes()]
@@ -118,26 +183,46 @@ class App:
         results = await asyncio.gather(*(c.ready() for c in self.components))
         return [r for r in results if r is not None]
 
+    def find(self, kind: Type[C]) -> C:
+        """The one component of ``kind`` (tests and tools look components up by type)."""
+        for component in self.components:
+            if isinstance(component, kind):
+                return component
+        raise LookupError(f"no {kind.__name__} component is enabled")
 
-def _load_factory(spec: str) -> Callable[[AppContext], Optional[Component]]:
-    module_name, _, attr = spec.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory
 
+def build_app(
+    settings: Settings,
+    registry: Optional[Registry] = None,
+    extra_components: Sequence[Callable[[AppContext], Component]] = (),
+) -> App:
+    """Construct every enabled component with its dependencies, in start order.
 
-def build_app(settings: Settings, registry: Optional[Registry] = None) -> App:
-    context = AppContext(
-        settings=settings,
-        registry=registry or Registry(),
-        executor=ThreadPoolExecutor(max_workers=BLOCKING_WORKERS, thread_name_prefix="patio-io"),
-    )
-    components: List[Component] = []
-    for spec in COMPONENT_FACTORIES:
-        component = _load_factory(spec)(context)
-        if component is not None:
-            components.append(component)
-    app = App(context=context, components=components)
-    context.services["app"] = app
+    Shutdown runs the components in reverse order.  ``extra_components`` lets a
+    test add a component of its own after the built-in ones.
+    """
+    # Imported here: each module imports ``patio.app`` for the base classes.
+    from patio.api.core import CoreComponent
+    from patio.artifacts.component import ArtifactsComponent
+    from patio.engines.health import EngineHealth
+    from patio.lora.component import LoraComponent
+    from patio.metrics.component import EngineMetrics
+    from patio.topology.component import TopologyComponent
+
+    context = AppContext(settings=settings, registry=registry or Registry(), pools=Pools.create())
+    app = App(context=context)
+    health = EngineHealth(settings.core, context.run_blocking)
+    engine_metrics = EngineMetrics(context, settings.metrics) if settings.core.scrape_engine_metrics else None
+    artifacts = ArtifactsComponent(context, settings.artifacts)
+    lora = LoraComponent(context, health, artifacts.adapters)
+    components: List[Component] = [CoreComponent(context, app, health, engine_metrics)]
+    if engine_metrics is not None:
+        components.append(engine_metrics)
+    components += [artifacts, lora]
+    if settings.topology.enabled:
+        components.append(TopologyComponent(context, settings.topology, health))
+    components += [factory(context) for factory in extra_components]
+    app.components = components
     return app
 
 

@@ -112,6 +112,28 @@ def as_str(setting: str, raw: str) -> str:
     return raw
 
 
+# The shared validators: every section converts with these, so one kind of value is
+# checked and worded the same way everywhere.
+def seconds(setting: str, raw: str) -> float:
+    """A duration, 0 allowed (0 usually means "off")."""
+    return parse_float(setting, raw, minimum=0.0)
+
+
+def positive_seconds(setting: str, raw: str) -> float:
+    value = parse_float(setting, raw, minimum=0.0)
+    if value <= 0:
+        raise ConfigError(setting, f"must be > 0, got {raw!r}")
+    return value
+
+
+def positive_int(setting: str, raw: str) -> int:
+    return parse_int(setting, raw, minimum=1)
+
+
+def port_number(setting: str, raw: str) -> int:
+    return parse_int(setting, raw, minimum=0, maximum=65535)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Named limits of the HTTP server; each guards one buffer or wait."""
@@ -145,6 +167,8 @@ class CoreSettings:
     drain_timeout: float = 3.0  # of that, how long in-flight requests may run after the listener closes
     ready_cache_ttl: float = 2.0  # engine health answer reused this long (SGLang /health generates a token)
     engine_health_timeout: float = 2.0
+    engine_health_interval: float = 2.0  # Patio's own engine health watch (healing without probe traffic)
+    ready_timeout: float = 1.0  # /ready answers within this, whatever a check is waiting on (kubelet's default)
     # Raw topology environment (names from the incumbents); the topology section interprets them.
     topo_type: str = ""
     heartbeat_interval: float = 30.0
@@ -240,6 +264,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--shutdown-timeout", help="whole shutdown budget in seconds (default 10)")
     add("--drain-timeout", help="seconds in-flight requests may finish after the listener closes (default 3)")
     add("--ready-cache-ttl", help="seconds an engine health answer is reused by /ready (default 2)")
+    add("--ready-timeout", help="seconds /ready may take before answering from what it knows (default 1)")
+    add("--engine-health-interval", help="seconds between Patio's own engine health probes (default 2)")
     for section in SECTIONS:
         module = _section_module(section)
         if module is not None:
@@ -298,21 +324,6 @@ def _secret_from_file(setting: str, path: str) -> str:
 
 
 def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettings:
-    def port(setting: str, raw: str) -> int:
-        return parse_int(setting, raw, minimum=0, maximum=65535)
-
-    def positive_int(setting: str, raw: str) -> int:
-        return parse_int(setting, raw, minimum=1)
-
-    def seconds(setting: str, raw: str) -> float:
-        return parse_float(setting, raw, minimum=0.0)
-
-    def positive_seconds(setting: str, raw: str) -> float:
-        value = parse_float(setting, raw, minimum=0.0)
-        if value <= 0:
-            raise ConfigError(setting, f"must be > 0, got {raw!r}")
-        return value
-
     api_key: Optional[str] = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)
     if api_key is None and env.get("PATIO_API_KEY_FILE"):
         api_key = _secret_from_file("PATIO_API_KEY_FILE", env["PATIO_API_KEY_FILE"])
@@ -338,7 +349,7 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
     )
     core = CoreSettings(
         host=pick(args, env, "host", ("PATIO_HOST",), "0.0.0.0", as_str),
-        port=pick(args, env, "port", ("PATIO_PORT",), 9091, port),
+        port=pick(args, env, "port", ("PATIO_PORT",), 9091, port_number),
         log_level=pick(
             args,
             env,
@@ -369,6 +380,10 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
         shutdown_timeout=pick(args, env, "shutdown_timeout", ("PATIO_SHUTDOWN_TIMEOUT",), 10.0, positive_seconds),
         drain_timeout=pick(args, env, "drain_timeout", ("PATIO_DRAIN_TIMEOUT",), 3.0, seconds),
         ready_cache_ttl=pick(args, env, "ready_cache_ttl", ("PATIO_READY_CACHE_TTL",), 2.0, seconds),
+        ready_timeout=pick(args, env, "ready_timeout", ("PATIO_READY_TIMEOUT",), 1.0, positive_seconds),
+        engine_health_interval=pick(
+            args, env, "engine_health_interval", ("PATIO_ENGINE_HEALTH_INTERVAL",), 2.0, positive_seconds
+        ),
         topo_type=env.get("TOPO_TYPE", ""),
         heartbeat_interval=pick(args, env, "heartbeat_interval", ("HEARTBEAT_INTERVAL",), 30.0, positive_seconds),
         group_name=env.get("RBG_GROUP_NAME") or env.get("GROUP_NAME") or "",

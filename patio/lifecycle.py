@@ -1,6 +1,7 @@
 """Start, serve, and shut down in a fixed, bounded order.
 
 Shutdown on SIGTERM/SIGINT (the handler only sets an event):
+  0. readiness answers 503 (``App.closing``), so no new work is routed here;
   1. components' ``before_close()`` while the listener still serves
      (topology unregisters from the router here, before the pod stops answering);
   2. the listener closes, idle connections close, in-flight requests drain
@@ -71,6 +72,7 @@ async def shutdown(app: App, server: HttpServer) -> None:
     started = time.monotonic()
     budget = core.shutdown_timeout
     log.info("shutting down (budget %.1fs)", budget)
+    app.closing = True
     components = list(reversed(app.components))
     # Phase 1 gets what the drain and the final stop do not need.
     await gather_bounded([c.before_close() for c in components], max(budget - core.drain_timeout - 0.5, 0.5))
@@ -79,7 +81,7 @@ async def shutdown(app: App, server: HttpServer) -> None:
     await server.drain(max(min(core.drain_timeout, remaining - 0.5), 0.0))
     remaining = budget - (time.monotonic() - started)
     await gather_bounded([c.stop() for c in components], max(remaining, 0.2))
-    app.context.executor.shutdown(wait=False)
+    app.context.pools.shutdown()
     log.info("shutdown complete in %.2fs", time.monotonic() - started)
 
 

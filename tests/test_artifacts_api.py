@@ -11,6 +11,7 @@ import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
 from support import RunningPatio, http_call, http_json, make_settings
 
+from patio.artifacts.component import ArtifactsComponent
 from patio.artifacts.errors import DownloadCancelled
 from patio.errors import BadRequest, Conflict
 
@@ -164,7 +165,7 @@ def test_shutdown_cancels_running_downloads(tmp_path: Path) -> None:
     try:
         patio = RunningPatio(settings).__enter__()
         _status, job = http_json("POST", patio.url + "/v1/model/download", {"model_uri": "hf://acme/adapter"})
-        downloads = patio.context.services["downloads"]
+        downloads = patio.app.find(ArtifactsComponent).downloads
         while downloads.get(job["id"]).progress.bytes_done == 0:
             time.sleep(0.01)
         started = time.monotonic()
@@ -198,7 +199,7 @@ def test_management_key_is_required(tmp_path: Path) -> None:
 
 
 def _seam(env: Dict[str, Any]) -> Any:
-    return env["patio"].context.services["adapter_artifacts"]
+    return env["patio"].app.find(ArtifactsComponent).adapters
 
 
 def _call(env: Dict[str, Any], factory: Any) -> Any:

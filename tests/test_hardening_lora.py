@@ -16,8 +16,10 @@ from artifacts_fakes import FileServer
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_call, http_json, make_settings
 
+from patio.artifacts.component import ArtifactsComponent
 from patio.errors import BadRequest
 from patio.lora import manager as manager_module
+from patio.lora.component import LoraComponent
 
 WEIGHTS_V1 = b"v1" * 5000
 WEIGHTS_V2 = b"v2" * 7000
@@ -170,7 +172,7 @@ def test_row08_failed_records_and_locks_are_bounded(tmp_path: Path, monkeypatch:
         for index in range(60):
             status, _ = _load(patio, {"lora_name": f"f{index}", "lora_path": f"/models/missing{index}"})
             assert status == 404
-        manager = patio.context.services["lora"]
+        manager = patio.app.find(LoraComponent).manager
         listed = _listed(patio)
         assert len(listed) == 21 and listed["keep"]["state"] == "loaded"
         assert {n for n, a in listed.items() if a["state"] == "failed"} == {f"f{i}" for i in range(40, 60)}
@@ -207,7 +209,7 @@ def test_row11_names_are_matched_whole(tmp_path: Path, name: str) -> None:
             if name != "é":
                 assert name not in error["message"]  # a dirty value is described, not echoed
         assert engine.calls_to(engine.load_path()) == [] and engine.calls_to(engine.unload_path()) == []
-        seam = patio.context.services["adapter_artifacts"]
+        seam = patio.app.find(ArtifactsComponent).adapters
         with pytest.raises(BadRequest):
             patio.call(lambda: seam.materialize(name, files_free_source(), None))
 

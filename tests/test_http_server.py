@@ -11,6 +11,7 @@ import pytest
 from support import RunningPatio, http_call, make_settings, raw_exchange
 
 import patio.app
+import patio.lifecycle
 from patio.app import Component
 from patio.http.types import Request, Response, Route
 
@@ -50,7 +51,9 @@ def build_test_component(context):
 @pytest.fixture()
 def server(monkeypatch):
     monkeypatch.setattr(
-        patio.app, "COMPONENT_FACTORIES", (*patio.app.COMPONENT_FACTORIES, "test_http_server:build_test_component")
+        patio.lifecycle,
+        "build_app",
+        lambda settings, registry=None: patio.app.build_app(settings, registry, (build_test_component,)),
     )
 
     def start(*args):

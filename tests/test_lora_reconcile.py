@@ -66,16 +66,18 @@ def test_engine_down_then_up_reloads_once_it_answers(tmp_path):
         assert len(engine.calls_to(engine.load_path())) == 2
 
 
-def test_reconcile_disabled_still_reconciles_when_health_flips(tmp_path):
-    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0") as patio:
+def test_engine_back_heals_without_probe_traffic(tmp_path):
+    """Issue 13 row 21: with --lora-reconcile-interval 0 and nobody calling /ready, Patio's own
+    engine health watch sees the engine go and come back, and the flip heals the adapters."""
+    args = ("--engine-health-interval", "0.2", "--ready-cache-ttl", "0.1")
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0", *args) as patio:
         load(patio, "a", "/models/a")
         engine.health_status = 503
-        assert http_call("GET", patio.url + "/ready")[0] == 503
+        assert wait_for(lambda: metric(patio, "patio_engine_healthy") == 0.0)
         engine.adapters.clear()  # the engine restarted meanwhile
         engine.health_status = 200
-        time.sleep(2.1)  # past the readiness cache
-        assert http_call("GET", patio.url + "/ready")[0] == 200
         assert wait_for(lambda: engine.adapters == {"a": "/models/a"})
+        assert http_call("GET", patio.url + "/ready")[0] == 200
 
 
 def test_patio_restart_rebuilds_view_without_loading_twice(tmp_path):
@@ -164,10 +166,11 @@ def test_full_disk_is_507(tmp_path, monkeypatch):
 
 
 def test_adapter_sources_are_shown_without_credentials(tmp_path):
+    from patio.lora.component import LoraComponent
     from patio.lora.manager import LOADED, Adapter
 
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0") as patio:
-        manager = patio.context.services["lora"]
+        manager = patio.app.find(LoraComponent).manager
         manager.adapters["x"] = Adapter(
             "x", "https://user:pw@host/a.bin?X-Amz-Signature=sekrit", "/p", remote=True, state=LOADED
         )

@@ -110,7 +110,7 @@ def test_openapi_and_docs_only_when_enabled():
             status, document = http_json("GET", patio.url + "/openapi.json")
             assert status == 200
             openapi_spec_validator.validate(document)
-            routes = {(r.method.lower(), r.path) for r in patio.context.services["route_table"].routes}
+            routes = {(r.method.lower(), r.path) for r in patio.app.routes()}
             documented = {(m, p) for p, methods in document["paths"].items() for m in methods}
             assert documented == routes
             load = document["paths"]["/load_lora_adapter"]["post"]

@@ -6,13 +6,14 @@ failed checks otherwise.  ``/metrics`` renders Patio's own families and hands
 them to the engine-metrics source when one is configured.
 """
 
+import asyncio
 import json
 import zlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 from patio import __version__
 from patio.api.openapi import docs_html, openapi_document
-from patio.app import AppContext, Component, ReadyCheck
+from patio.app import App, AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.http.types import Request, Response, Route
 from patio.metrics.model import Family, Sample
@@ -22,6 +23,9 @@ from patio.metrics.write import render
 
 # Responses smaller than this are not worth compressing.
 GZIP_MIN_BYTES = 1024
+
+# Of the /ready deadline, the engine probe may use this share; the rest answers the other checks.
+ENGINE_SHARE_OF_READY_DEADLINE = 0.8
 
 _STATUS_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 
@@ -48,19 +52,35 @@ def _accepts_gzip(request: Request) -> bool:
     return False
 
 
+class EngineMetricsSource(Protocol):
+    """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
+
+    async def exposition(self, request: Request) -> bytes:
+        """The whole ``/metrics`` body (UTF-8): Patio's own families plus whatever the engine adds."""
+
+
 class CoreComponent(Component):
     name = "core"
 
-    def __init__(self, context: AppContext) -> None:
+    def __init__(
+        self,
+        context: AppContext,
+        app: App,
+        health: EngineHealth,
+        engine_metrics: Optional[EngineMetricsSource],
+    ) -> None:
         self.context = context
-        self.health = EngineHealth(context)
-        context.services["engine_health"] = self.health
+        self.app = app  # readiness asks every component; the API docs list every route
+        self.health = health
+        self.engine_metrics = engine_metrics
         core = context.settings.core
         registry = context.registry
         registry.add_collector(self._build_info)
         registry.add_collector(collect_process)
-        self._engine_up = registry.gauge(
-            "patio_engine_healthy", "1 if the engine's /health answered 200 at the last probe."
+        registry.gauge(
+            "patio_engine_healthy",
+            "1 if the engine's /health answered 200 at the last probe.",
+            func=lambda: 1.0 if health.up else 0.0,
         )
         self._docs = core.enable_docs
 
@@ -115,10 +135,26 @@ class CoreComponent(Component):
             )
         return routes
 
+    async def start(self) -> None:
+        self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()
+
     async def ready(self) -> Optional[ReadyCheck]:
-        ok, detail = await self.health.check()
-        self._engine_up.set(1.0 if ok else 0.0)
+        deadline = self.context.settings.core.ready_timeout * ENGINE_SHARE_OF_READY_DEADLINE
+        ok, detail = await self.health.check(deadline=deadline)
         return ReadyCheck("engine", ok, detail)
+
+    async def _ready_checks(self) -> List[ReadyCheck]:
+        """Every component's check, answered within ``--ready-timeout`` whatever they wait on."""
+        if self.app.closing:
+            return [ReadyCheck("shutdown", False, "shutting down: this pod takes no new work")]
+        deadline = self.context.settings.core.ready_timeout
+        try:
+            return await asyncio.wait_for(self.app.ready_checks(), timeout=deadline)
+        except asyncio.TimeoutError:
+            return [ReadyCheck("readiness", False, f"readiness checks did not finish within {deadline:g}s")]
 
     async def root(self, request: Request) -> Response:
         core = self.context.settings.core
@@ -136,8 +172,7 @@ class CoreComponent(Component):
         return Response.json({"status": "ok"})
 
     async def ready_route(self, request: Request) -> Response:
-        app = self.context.services["app"]
-        checks = await app.ready_checks()
+        checks = await self._ready_checks()
         body: Dict[str, Any] = {"checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]}
         failed = [c for c in checks if not c.ok]
         if not failed:
@@ -155,7 +190,7 @@ class CoreComponent(Component):
         return Response.json(body, status=503)
 
     async def metrics(self, request: Request) -> Response:
-        source = self.context.engine_metrics
+        source = self.engine_metrics
         if source is not None:
             body = await source.exposition(request)
         else:
@@ -168,13 +203,9 @@ class CoreComponent(Component):
         return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE, headers=headers)
 
     async def openapi(self, request: Request) -> Response:
-        document = openapi_document(self.context.services["route_table"].routes, self.context.settings)
+        document = openapi_document(self.app.routes(), self.context.settings)
         return Response(body=json.dumps(document, indent=1).encode("utf-8"))
 
     async def docs(self, request: Request) -> Response:
-        document = openapi_document(self.context.services["route_table"].routes, self.context.settings)
+        document = openapi_document(self.app.routes(), self.context.settings)
         return Response.text(docs_html(document), content_type="text/html; charset=utf-8")
-
-
-def build(context: AppContext) -> Component:
-    return CoreComponent(context)

@@ -1,6 +1,6 @@
 """The LoRA delegation seam: remote adapter URI -> a local directory the engine can load.
 
-Published as ``ctx.services["adapter_artifacts"]``; the LoRA component calls
+Handed to the LoRA manager by ``build_app``; the LoRA component calls
 
     is_remote(source) -> bool                         needs materialize()? (remote stores and pvc://)
     await materialize(lora_name, source, credentials, current=, in_use=, reuse_only=) -> local path
@@ -137,7 +137,7 @@ class AdapterArtifacts:
             self._inflight.pop(name, None)
 
     async def _download(self, name: str, spec: SourceSpec, creds: Any, plan: Tuple[Optional[str], bool, bool]) -> str:
-        target, complete = await self.context.run_blocking(self._prepare, name, spec, *plan)
+        target, complete = await self.context.run_download(self._prepare, name, spec, *plan)
         if complete:
             self._state[name] = {"state": "ready", "source": spec.display, "local_path": target, "reused": True}
             return target
@@ -160,7 +160,7 @@ class AdapterArtifacts:
             current, in_use, _reuse_only = plan
             if in_use and target != current:
                 # A replacement that failed: its directory is nobody's (the one in use is untouched).
-                await self.context.run_blocking(self._delete_path, name, target)
+                await self.context.run_download(self._delete_path, name, target)
             raise job.exception
         self._state[name].update(state="ready", finished_at=time.time())
         return target
@@ -214,7 +214,7 @@ class AdapterArtifacts:
     async def discard(self, lora_name: str, path: str) -> None:
         """Delete ``path`` if it is a directory materialize made for this name; anything else stays."""
         name = check_name(lora_name)
-        await self.context.run_blocking(self._delete_path, name, path)
+        await self.context.run_download(self._delete_path, name, path)
 
     def forget(self, lora_name: str) -> None:
         self._state.pop(lora_name, None)
@@ -231,9 +231,9 @@ class AdapterArtifacts:
                 await asyncio.wait_for(asyncio.shield(entry[1]), CANCEL_WAIT)
             except (PatioError, DownloadCancelled, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
-        await self.context.run_blocking(self._delete, name)
+        await self.context.run_download(self._delete, name)
         if path:
-            await self.context.run_blocking(self._delete_path, name, path)
+            await self.context.run_download(self._delete_path, name, path)
         self._state.pop(name, None)
 
     def _delete_path(self, name: str, path: str) -> None:

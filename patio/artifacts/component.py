@@ -1,11 +1,11 @@
 """The downloads component: the model-download API and the LoRA adapter seam.
 
-Publishes ``ctx.services["adapter_artifacts"]`` (``AdapterArtifacts``) for the
-LoRA component and ``ctx.services["downloads"]`` (``Downloads``).  On shutdown,
-running downloads are cancelled; what they wrote stays resumable.
+Owns ``adapters`` (``AdapterArtifacts``, handed to the LoRA component by
+``build_app``) and ``downloads`` (``Downloads``).  On shutdown, running downloads
+are cancelled; what they wrote stays resumable.
 """
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from patio.app import AppContext, Component
 from patio.artifacts.adapters import AdapterArtifacts
@@ -24,8 +24,6 @@ class ArtifactsComponent(Component):
         self.downloads = Downloads(context, settings)
         self.adapters = AdapterArtifacts(context, settings, self.downloads)
         self.api = DownloadApi(context, settings, self.downloads)
-        context.services["adapter_artifacts"] = self.adapters
-        context.services["downloads"] = self.downloads
 
     def routes(self) -> Sequence[Route]:
         return self.api.routes()
@@ -33,10 +31,3 @@ class ArtifactsComponent(Component):
     async def stop(self) -> None:
         await self.adapters.stop()
         await self.downloads.stop()
-
-
-def build(context: AppContext) -> Optional[Component]:
-    settings = context.settings.artifacts
-    if settings is None:  # the section failed to load: settings carry no artifacts part
-        settings = ArtifactSettings()
-    return ArtifactsComponent(context, settings)

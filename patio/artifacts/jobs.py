@@ -162,7 +162,7 @@ class Downloads:
         job.status = "running"
         job.started_at = time.time()
         try:
-            result = await self.context.run_blocking(self._blocking, job, spec, creds, options)
+            result = await self.context.run_download(self._blocking, job, spec, creds, options)
         except asyncio.CancelledError:
             job.cancel.set()  # the worker thread stops at its next read
             self._finish(job, DownloadCancelled(f"download of {job.source} cancelled"), on_done)

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from patio.artifacts.auth.credentials import SourceEnv
 from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
 from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
-from patio.config import CoreSettings, parse_bool, parse_float, parse_int, pick
+from patio.config import CoreSettings, parse_bool, parse_int, pick, positive_seconds, seconds
 from patio.errors import ConfigError
 
 # Environment variables the sources read (credentials, endpoints, regions).  Nothing else is kept.
@@ -183,12 +183,6 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optiona
     def attempts(setting: str, raw: str) -> int:
         return parse_int(setting, raw, minimum=1, maximum=20)
 
-    def positive(setting: str, raw: str) -> float:
-        value = parse_float(setting, raw, minimum=0.0)
-        if value <= 0:
-            raise ConfigError(setting, f"must be > 0, got {raw!r}")
-        return value
-
     style = (env.get("PATIO_S3_ADDRESSING_STYLE") or "").strip().lower()
     if style and style not in ("auto", "path", "virtual"):
         raise ConfigError("PATIO_S3_ADDRESSING_STYLE", f"must be auto, path or virtual, got {style!r}")
@@ -211,11 +205,11 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optiona
             "download_backoff",
             ("DOWNLOADER_BACKOFF_BASE",),
             0.5,
-            lambda s, r: parse_float(s, r, minimum=0.0),
+            seconds,
         ),
-        timeout=pick(args, env, "download_timeout", ("DOWNLOADER_TIMEOUT",), 60.0, positive),
+        timeout=pick(args, env, "download_timeout", ("DOWNLOADER_TIMEOUT",), 60.0, positive_seconds),
         progress_interval=pick(
-            args, env, "download_progress_interval", ("DOWNLOADER_PROGRESS_INTERVAL",), 10.0, positive
+            args, env, "download_progress_interval", ("DOWNLOADER_PROGRESS_INTERVAL",), 10.0, positive_seconds
         ),
         hf_endpoint=pick(args, env, "hf_endpoint", ("HF_ENDPOINT",), "https://huggingface.co", _url),
         hf_revision=(env.get("HF_REVISION") or "main").strip() or "main",

@@ -51,7 +51,6 @@ class HttpServer:
         self.limits = core.limits
         self.api_key = core.api_key
         self.router = RouteTable(app.routes())
-        app.context.services["route_table"] = self.router
         self._dates = DateCache()
         self._connections: Set[_Connection] = set()
         self._server: Optional[asyncio.AbstractServer] = None

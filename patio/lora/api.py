@@ -133,7 +133,7 @@ class LoraApi:
 
     async def models(self, request: Request) -> Response:
         context = self.manager.context
-        result = await context.run_blocking(self.manager.client.models_raw, self.manager.settings.models_timeout)
+        result = await context.run_engine_query(self.manager.client.models_raw, self.manager.settings.models_timeout)
         if result.status == 200:
             try:
                 json.loads(result.body)

@@ -52,6 +52,7 @@ from patio.validate import ADAPTER_NAME, is_clean
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.app import AppContext
+    from patio.artifacts.adapters import AdapterArtifacts
 
 log = logging.getLogger("patio.lora")
 
@@ -158,10 +159,17 @@ def outcome_error(outcome: Outcome, op: str, name: str, lora_hint: str) -> Patio
 
 
 class LoraManager:
-    def __init__(self, context: "AppContext", settings: LoraSettings, client: EngineClient) -> None:
+    def __init__(
+        self,
+        context: "AppContext",
+        settings: LoraSettings,
+        client: EngineClient,
+        artifacts: Optional["AdapterArtifacts"] = None,
+    ) -> None:
         self.context = context
         self.settings = settings
         self.client = client
+        self.artifacts = artifacts  # downloads remote sources; None: only local paths
         self.adapters: Dict[str, Adapter] = {}
         self._locks = NamedLocks()
         # name -> (when it failed, the record): the eviction order of failed-load records.
@@ -195,8 +203,8 @@ class LoraManager:
         """``async with manager.lock(name):`` serialises every change to one adapter."""
         return self._locks.hold(name)
 
-    def _artifacts(self) -> Any:
-        return self.context.services.get("adapter_artifacts")
+    def _artifacts(self) -> Optional["AdapterArtifacts"]:
+        return self.artifacts
 
     def is_remote(self, source: str) -> bool:
         service = self._artifacts()
@@ -220,10 +228,10 @@ class LoraManager:
 
     async def _engine_call(self, op: str, payload: Mapping[str, Any]) -> Outcome:
         timeout = self.settings.load_timeout if op == "load" else self.settings.unload_timeout
-        return await self.context.run_blocking(self.client.lora, op, payload, timeout)
+        return await self.context.run_engine(self.client.lora, op, payload, timeout)
 
     async def engine_adapters(self) -> Dict[str, str]:
-        return await self.context.run_blocking(self.client.adapters, self.settings.models_timeout)
+        return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout)
 
     async def _confirmed(self, name: str, path: str) -> bool:
         try:
@@ -269,6 +277,8 @@ class LoraManager:
 
     async def _drop_files(self, records: List[Adapter]) -> None:
         service = self._artifacts()
+        if service is None:
+            return
         for record in records:
             async with self.lock(record.name):
                 if record.name in self.adapters:
@@ -351,7 +361,11 @@ class LoraManager:
                 raise BadRequest("remote adapter sources are not enabled in this Patio", param="lora_path")
             # The directory the engine serves now is never written: a new download goes beside it.
             path = await service.materialize(
-                name, adapter.source, credentials, current=previous.path if previous else None, in_use=True
+                name,
+                adapter.source,
+                dict(credentials) if credentials is not None else None,
+                current=previous.path if previous else None,
+                in_use=True,
             )
         adapter.path = path
         payload: Dict[str, Any] = {"lora_name": name, "lora_path": path, **adapter.extra}

@@ -4,7 +4,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from patio.config import CoreSettings, parse_float, parse_int, pick
+from patio.config import CoreSettings, pick, positive_int, positive_seconds, seconds
 
 
 @dataclass(frozen=True)
@@ -29,21 +29,13 @@ def add_flags(parser: Any) -> None:
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> LoraSettings:
-    def seconds(setting: str, raw: str) -> float:
-        return parse_float(setting, raw, minimum=0.0)
-
-    def positive(setting: str, raw: str) -> float:
-        return parse_float(setting, raw, minimum=0.001)
-
     return LoraSettings(
         reconcile_interval=pick(
             args, env, "lora_reconcile_interval", ("PATIO_LORA_RECONCILE_INTERVAL",), 30.0, seconds
         ),
         state_dir=pick(args, env, "state_dir", ("PATIO_STATE_DIR",), "/tmp/patio", lambda s, r: r),
-        load_timeout=pick(args, env, "lora_load_timeout", ("PATIO_LORA_LOAD_TIMEOUT",), 1800.0, positive),
-        unload_timeout=pick(args, env, "lora_unload_timeout", ("PATIO_LORA_UNLOAD_TIMEOUT",), 60.0, positive),
-        retry_attempts=pick(
-            args, env, "lora_retry_attempts", ("PATIO_LORA_RETRY_ATTEMPTS",), 5, lambda s, r: parse_int(s, r, minimum=1)
-        ),
+        load_timeout=pick(args, env, "lora_load_timeout", ("PATIO_LORA_LOAD_TIMEOUT",), 1800.0, positive_seconds),
+        unload_timeout=pick(args, env, "lora_unload_timeout", ("PATIO_LORA_UNLOAD_TIMEOUT",), 60.0, positive_seconds),
+        retry_attempts=pick(args, env, "lora_retry_attempts", ("PATIO_LORA_RETRY_ATTEMPTS",), 5, positive_int),
         retry_deadline=pick(args, env, "lora_retry_deadline", ("PATIO_LORA_RETRY_DEADLINE",), 30.0, seconds),
     )

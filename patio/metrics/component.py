@@ -1,10 +1,9 @@
 """The unified-metrics component: engine scrape + rename + Patio's own, as ``/metrics``.
 
-Plugs into the core's ``/metrics`` route through ``AppContext.engine_metrics``.
+The core component's ``/metrics`` route calls ``exposition`` (``build_app`` wires it).
 """
 
 import logging
-from typing import Optional
 
 from patio.app import AppContext, Component
 from patio.http.types import Request
@@ -48,7 +47,6 @@ class EngineMetrics(Component):
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
-        context.engine_metrics = self
 
     def _account(self, outcome: ScrapeOutcome) -> None:
         self._up.set(1.0 if outcome.up else 0.0)
@@ -94,9 +92,3 @@ class EngineMetrics(Component):
             if outcome.assembly_duplicates:
                 self._duplicates.inc(amount=float(outcome.assembly_duplicates))
         return render(self.context.registry.collect()).encode("utf-8") + outcome.rendered
-
-
-def build(context: AppContext) -> Optional[Component]:
-    if not context.settings.core.scrape_engine_metrics:
-        return None
-    return EngineMetrics(context, context.settings.metrics)

@@ -4,7 +4,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from patio.config import CoreSettings, parse_bool, parse_choice, parse_float, parse_int, pick
+from patio.config import CoreSettings, parse_bool, parse_choice, parse_int, pick, positive_seconds, seconds
 from patio.metrics.assemble import MODES
 from patio.metrics.rules import SCHEMES
 
@@ -38,14 +38,6 @@ def _mode_from_aibrix(env: Mapping[str, str]) -> str:
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:
-    def positive(setting: str, raw: str) -> float:
-        value = parse_float(setting, raw, minimum=0.0)
-        if value <= 0:
-            from patio.errors import ConfigError
-
-            raise ConfigError(setting, f"must be > 0, got {raw!r}")
-        return value
-
     return MetricsSettings(
         scheme=pick(
             args, env, "metrics_scheme", ("METRICS_SCHEME",), "patio", lambda s, r: parse_choice(s, r, SCHEMES)
@@ -53,10 +45,8 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         mode=pick(
             args, env, "metrics_mode", ("METRICS_MODE",), _mode_from_aibrix(env), lambda s, r: parse_choice(s, r, MODES)
         ),
-        scrape_timeout=pick(args, env, "metrics_scrape_timeout", ("METRICS_SCRAPE_TIMEOUT",), 2.0, positive),
-        cache_ttl=pick(
-            args, env, "metrics_cache_ttl", ("METRICS_CACHE_TTL",), 0.0, lambda s, r: parse_float(s, r, minimum=0.0)
-        ),
+        scrape_timeout=pick(args, env, "metrics_scrape_timeout", ("METRICS_SCRAPE_TIMEOUT",), 2.0, positive_seconds),
+        cache_ttl=pick(args, env, "metrics_cache_ttl", ("METRICS_CACHE_TTL",), 0.0, seconds),
         max_payload_bytes=pick(
             args,
             env,

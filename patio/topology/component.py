@@ -7,9 +7,7 @@ and unregisters, within the shutdown budget left after the drain.
 from typing import Optional, Sequence
 
 from patio.app import AppContext, Component, ReadyCheck
-from patio.engines.health import HEALTH_PATH
-from patio.engines.transport import http_request
-from patio.errors import PatioError
+from patio.engines.health import EngineHealth
 from patio.http.types import Request, Response, Route
 from patio.topology.heartbeat import Heartbeat
 from patio.topology.settings import TopologySettings
@@ -21,17 +19,13 @@ HEARTBEAT_RESULTS = ("success", "error", "engine_unhealthy")
 class TopologyComponent(Component):
     name = "topology"
 
-    def __init__(self, context: AppContext, settings: TopologySettings) -> None:
+    def __init__(self, context: AppContext, settings: TopologySettings, health: EngineHealth) -> None:
         self.context = context
         self.settings = settings
-        core = context.settings.core
-        health_url = core.engine_endpoint + HEALTH_PATH
 
         def engine_healthy() -> bool:
-            try:
-                return http_request("GET", health_url, timeout=core.engine_health_timeout).status == 200
-            except PatioError:
-                return False
+            # The shared watch's last answer (read from the heartbeat thread; a plain attribute).
+            return health.up is True
 
         registry = context.registry
         beats = registry.counter(
@@ -56,7 +50,6 @@ class TopologyComponent(Component):
             "1 while this worker is registered with the SGLang router.",
             func=lambda: 1.0 if self.heartbeat.registered else 0.0,
         )
-        context.services["topology"] = self.heartbeat
 
     def routes(self) -> Sequence[Route]:
         return [Route("GET", "/v1/topology", self.show, summary="Router registration state", tag="topology")]
@@ -79,10 +72,3 @@ class TopologyComponent(Component):
         core = self.context.settings.core
         budget = max(core.shutdown_timeout - core.drain_timeout - 1.0, 1.0)
         await self.context.run_blocking(self.heartbeat.shutdown, budget)
-
-
-def build(context: AppContext) -> Optional[Component]:
-    settings: TopologySettings = context.settings.topology
-    if not settings.enabled:
-        return None
-    return TopologyComponent(context, settings)

@@ -47,6 +47,11 @@ class FakeEngine:
         self.metrics_truncate = False  # announce a longer body than sent, then close
         self.metrics_gzip = False
         self.lora_delay = 0.0
+        # While set to an unset Event, LoRA calls wait on it (at most GATE_LIMIT s): a load that
+        # stays in the engine as long as the test wants.
+        self.lora_gate: Optional[threading.Event] = None
+        self.models_delay = 0.0
+        self.health_delay = 0.0
         self.fail_next: List[Tuple[int, Any]] = []  # queued (status, body) answers for LoRA calls
         self.internal_error_paths: set = set()  # load of these paths -> 500
         self._port = port
@@ -128,9 +133,16 @@ def _sglang_answer(engine: FakeEngine, success: bool, message: str = "") -> Tupl
     return (200 if success else 400), {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
+# The longest a gated LoRA call waits (so a test that forgets to open the gate still ends).
+GATE_LIMIT = 60.0
+
+
 def _lora(engine: FakeEngine, path: str, payload: Any) -> Tuple[int, Dict[str, str], bytes]:
     if engine.lora_delay:
         time.sleep(engine.lora_delay)
+    gate = engine.lora_gate
+    if gate is not None:
+        gate.wait(GATE_LIMIT)
     with engine.lock:
         if engine.fail_next:
             status, body = engine.fail_next.pop(0)
@@ -213,6 +225,8 @@ def _make_handler(engine: FakeEngine) -> type:
             with engine.lock:
                 engine.calls.append(Call(self.command, path, {k.lower(): v for k, v in self.headers.items()}, body))
             if path == "/health" or path == "/health_generate":
+                if engine.health_delay:
+                    time.sleep(engine.health_delay)
                 return self._send(engine.health_status, {}, b"")
             if path == "/metrics":
                 return self._metrics()
@@ -221,6 +235,8 @@ def _make_handler(engine: FakeEngine) -> type:
                 if self.headers.get("Authorization") != f"Bearer {engine.api_key}":
                     return self._send(401, {"Content-Type": "application/json"}, b'{"error":"Unauthorized"}')
             if path == "/v1/models" and self.command == "GET":
+                if engine.models_delay:
+                    time.sleep(engine.models_delay)
                 return self._send(200, {"Content-Type": "application/json"}, json.dumps(engine.models()).encode())
             if self.command == "POST" and path in (engine.load_path(), engine.unload_path()):
                 if engine.kind == "vllm" and self.headers.get("Content-Type", "").split(";")[0] != "application/json":
