@@ -8,12 +8,11 @@ Each capability owns a *section*: a module ``patio/<section>/settings.py`` with
     add_flags(parser: argparse.ArgumentParser) -> None
     from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> <frozen dataclass>
 
-listed in ``SECTIONS``.  Nothing here runs at import time.
+listed in ``section_modules()``.  Nothing here runs at import time.
 """
 
 import argparse
 import functools
-import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ ENGINES = ("sglang", "vllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
-# Each section's settings module, in the order their flags appear in --help.
-SECTIONS: Tuple[str, ...] = ("metrics", "lora", "topology", "artifacts")
 
 _TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
 _FALSE = frozenset(("0", "false", "no", "off", "n", "f", ""))
@@ -266,21 +263,22 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--ready-cache-ttl", help="seconds an engine health answer is reused by /ready (default 2)")
     add("--ready-timeout", help="seconds /ready may take before answering from what it knows (default 1)")
     add("--engine-health-interval", help="seconds between Patio's own engine health probes (default 2)")
-    for section in SECTIONS:
-        module = _section_module(section)
-        if module is not None:
-            group = parser.add_argument_group(section)
-            module.add_flags(group)
+    for section, module in section_modules():
+        module.add_flags(parser.add_argument_group(section))
     return parser
 
 
-def _section_module(section: str) -> Any:
-    try:
-        return importlib.import_module(f"patio.{section}.settings")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"patio.{section}.settings":
-            raise
-        return None
+def section_modules() -> Tuple[Tuple[str, Any], ...]:
+    """Each section's settings module, in the order their flags appear in --help.
+
+    Imported here rather than at the top: each of them imports this module's parsers.
+    """
+    from patio.artifacts import settings as artifacts
+    from patio.lora import settings as lora
+    from patio.metrics import settings as metrics
+    from patio.topology import settings as topology
+
+    return (("metrics", metrics), ("lora", lora), ("topology", topology), ("artifacts", artifacts))
 
 
 def _engine_endpoint(setting: str, raw: str) -> str:
@@ -407,7 +405,6 @@ def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) 
     args = build_arg_parser().parse_args(list(argv))
     core = _core_settings(args, environ)
     sections: Dict[str, Any] = {}
-    for section in SECTIONS:
-        module = _section_module(section)
-        sections[section] = module.from_sources(args, environ, core) if module is not None else None
+    for section, module in section_modules():
+        sections[section] = module.from_sources(args, environ, core)
     return Settings(core=core, **sections)
