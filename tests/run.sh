@@ -34,8 +34,8 @@ log "installing requirements-dev.txt"
 
 # 3. Static checks.
 log "ruff check / ruff format --check / mypy / vermin"
-.venv/bin/ruff check patio tests bench patio.py
-.venv/bin/ruff format --check patio tests bench patio.py
+.venv/bin/ruff check patio tests bench deploy patio.py
+.venv/bin/ruff format --check patio tests bench deploy patio.py
 .venv/bin/mypy
 .venv/bin/vermin -q -t=3.8- --no-tips --violations --eval-annotations patio patio.py
 

@@ -1,0 +1,249 @@
+"""The Kubernetes manifests under deploy/kubernetes: each object validates with kubernetes-validate
+(strict: unknown fields are errors) against the newest Kubernetes it knows; the pod specs inside
+custom resources (RoleBasedGroup, ClusterEngineRuntimeProfile, Kthena's ModelServing) validate as
+core/v1 Pods; and every Patio container is one Patio itself accepts (its args and env go through
+Patio's own settings loader) with probes, resources, a locked-down security context and writable
+volumes exactly where Patio writes."""
+
+import copy
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_support import DEPLOY
+from kubernetes_validate.utils import latest_version
+
+from patio.config import load_settings
+
+MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+K8S_VERSION = latest_version()
+
+# Custom resources: where their pod specs are, and the fields their spec may have (from the
+# projects' Go types, e.g. rbgs api/workloads/v1alpha1 ClusterEngineRuntimeProfileSpec).
+PROFILE_SPEC_FIELDS = {"initContainers", "containers", "volumes", "updateStrategy"}
+PATIO_IMAGE = re.compile(r"^patio(:|@)")
+# The container names each controller expects for its sidecar.
+SIDECAR_NAMES = {"vllm-patio.yaml": "patio", "aibrix.yaml": "aibrix-runtime", "kthena.yaml": "runtime"}
+
+Doc = Dict[str, Any]
+SECRET_STAND_IN = Path(tempfile.mkdtemp(prefix="patio-manifest-")) / "secret"
+SECRET_STAND_IN.write_text("stand-in\n", encoding="utf-8")
+
+
+def documents() -> List[Tuple[str, Doc]]:
+    out = []
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                out.append((path.name, doc))
+    return out
+
+
+def _id(item: Tuple[str, Doc]) -> str:
+    return f"{item[0]}:{item[1]['kind']}/{item[1]['metadata']['name']}"
+
+
+def as_pod(name: str, spec: Doc) -> Doc:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def merged_profile_pods() -> Iterator[Tuple[str, Doc]]:
+    """RBG roles with engineRuntimes: the role's pod plus the profile's containers and volumes,
+    with the role's per-container overrides applied (what RBG's injector produces)."""
+    profiles = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "ClusterEngineRuntimeProfile"}
+    for _, doc in documents():
+        if doc["kind"] != "RoleBasedGroup":
+            continue
+        for role in doc["spec"]["roles"]:
+            spec = copy.deepcopy(role["template"]["spec"])
+            for runtime in role.get("engineRuntimes", []):
+                profile = profiles[runtime["profileName"]]["spec"]
+                overrides = {c["name"]: c for c in runtime.get("containers", [])}
+                for container in copy.deepcopy(profile["containers"]):
+                    container.update({k: v for k, v in overrides.get(container["name"], {}).items() if k != "name"})
+                    spec["containers"].append(container)
+                spec.setdefault("volumes", []).extend(copy.deepcopy(profile.get("volumes", [])))
+            for container in spec["containers"]:
+                # What RBG's injector adds to every container (shared/reference/incumbents.md).
+                container.setdefault("env", []).extend(
+                    {"name": key, "value": value}
+                    for key, value in (
+                        ("RBG_GROUP_NAME", doc["metadata"]["name"]),
+                        ("RBG_ROLE_NAME", role["name"]),
+                        ("RBG_ROLE_INDEX", "0"),
+                    )
+                )
+            name = f"{doc['metadata']['name']}-{role['name']}"
+            yield name, as_pod(name, spec)
+
+
+def pod_specs(runnable: bool = False) -> List[Tuple[str, str, Doc]]:
+    """(file, name, Pod) for every pod the manifests describe, built-in or inside a custom resource.
+    ``runnable``: only pods that run as such (a profile alone is merged into an RBG role first)."""
+    out: List[Tuple[str, str, Doc]] = []
+    for file, doc in documents():
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
+            out.append((file, name, as_pod(name, doc["spec"]["template"]["spec"])))
+        elif kind == "ModelServing":
+            for role in doc["spec"]["template"]["roles"]:
+                out.append((file, f"{name}-{role['name']}", as_pod(name, role["entryTemplate"]["spec"])))
+        elif kind == "ClusterEngineRuntimeProfile" and not runnable:
+            spec = {"containers": doc["spec"]["containers"], "volumes": doc["spec"].get("volumes", [])}
+            out.append((file, name, as_pod(name, spec)))
+    for name, pod in merged_profile_pods():
+        out.append(("rbg-profile.yaml", name, pod))
+    return out
+
+
+def patio_containers() -> List[Tuple[str, str, Doc, Doc]]:
+    """(file, pod, container, pod spec) for every Patio container, after RBG's merge."""
+    found = []
+    for file, name, pod in pod_specs(runnable=True):
+        for container in pod["spec"]["containers"]:
+            if PATIO_IMAGE.match(container.get("image", "")):
+                found.append((file, name, container, pod["spec"]))
+    return found
+
+
+def test_there_are_manifests_for_each_shape():
+    assert {p.name for p in MANIFESTS} == {"vllm-patio.yaml", "aibrix.yaml", "kthena.yaml", "rbg-profile.yaml"}
+
+
+@pytest.mark.parametrize("item", documents(), ids=_id)
+def test_object_validates(item):
+    _, doc = item
+    kind = doc["kind"]
+    if kind in ("ClusterEngineRuntimeProfile", "RoleBasedGroup", "ModelServing", "PodMonitor"):
+        with pytest.raises(kubernetes_validate.utils.SchemaNotFoundError):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if kind == "ClusterEngineRuntimeProfile":
+            assert set(doc["spec"]) <= PROFILE_SPEC_FIELDS
+            assert doc["spec"]["updateStrategy"] in ("NoUpdate", "RollingUpdate")
+        return  # their pod specs are validated below as Pods
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("file", "name", "pod"), pod_specs(), ids=[f"{f}:{n}" for f, n, _ in pod_specs()])
+def test_pod_spec_validates_as_a_core_pod(file, name, pod):
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_strict_validation_rejects_a_misspelt_field():
+    _, _, pod = pod_specs()[0]
+    broken = copy.deepcopy(pod)
+    broken["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_every_manifest_has_a_patio_container():
+    files = {file for file, _, _, _ in patio_containers()}
+    assert files == {p.name for p in MANIFESTS}
+    for file, _, container, _ in patio_containers():
+        if file in SIDECAR_NAMES:
+            assert container["name"] == SIDECAR_NAMES[file]
+
+
+def _environment(container: Doc) -> Dict[str, str]:
+    """Literal env values; downward-API values get a stand-in, as the kubelet would fill them;
+    a ``*_FILE`` setting names a mounted secret, here a file holding a stand-in."""
+    env = {}
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", f"<{item['name']}>")
+        if item["name"].endswith("_FILE"):
+            assert any(env[item["name"]].startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
+            env[item["name"]] = str(SECRET_STAND_IN)
+    return env
+
+
+def _expand(arg: str, env: Dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+CONTAINERS = patio_containers()
+IDS = [f"{f}:{n}" for f, n, _, _ in CONTAINERS]
+
+
+@pytest.mark.parametrize(("file", "pod", "container", "spec"), CONTAINERS, ids=IDS)
+def test_patio_accepts_its_args_and_env(file, pod, container, spec):
+    env = _environment(container)
+    settings = load_settings([_expand(a, env) for a in container.get("args", [])], env)
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert settings.core.port in ports
+    if file == "aibrix.yaml":
+        assert settings.core.port == 8080  # where AIBrix's controller calls the sidecar
+    if file == "kthena.yaml":
+        assert settings.core.port == int(env["RUNTIME_PORT"])
+        assert settings.core.pod == "<POD_NAME>.<NAMESPACE>"
+
+
+@pytest.mark.parametrize(("file", "pod", "container", "spec"), CONTAINERS, ids=IDS)
+def test_patio_probes_resources_and_security(file, pod, container, spec):
+    env = _environment(container)
+    settings = load_settings([_expand(a, env) for a in container.get("args", [])], env)
+    named = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    for probe, paths in (("livenessProbe", ("/health", "/healthz", "/livez")), ("readinessProbe", ("/ready",))):
+        get = container[probe]["httpGet"]
+        assert get["path"] in paths, f"{probe} must ask Patio's {paths}"
+        assert named.get(get["port"], get["port"]) == settings.core.port
+    resources = container["resources"]
+    assert resources["requests"]["memory"] and resources["requests"]["cpu"] and resources["limits"]["memory"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+@pytest.mark.parametrize(("file", "pod", "container", "spec"), CONTAINERS, ids=IDS)
+def test_patio_can_write_where_it_writes(file, pod, container, spec):
+    """With a read-only root, the state and adapter directories must be writable volumes."""
+    env = _environment(container)
+    settings = load_settings([_expand(a, env) for a in container.get("args", [])], env)
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for directory in (settings.lora.state_dir, settings.artifacts.adapter_dir):
+        covering = [p for p in mounts if directory == p or directory.startswith(p.rstrip("/") + "/")]
+        assert covering, f"{directory} is on the read-only root"
+        mount = mounts[max(covering, key=len)]
+        assert not mount.get("readOnly"), f"{directory} is mounted read-only"
+        volume = volumes[mount["name"]]
+        assert "emptyDir" in volume or "persistentVolumeClaim" in volume, f"{directory}: {volume}"
+    assert spec.get("securityContext", {}).get("fsGroup") == 65532 or file == "rbg-profile.yaml"
+
+
+def test_engine_sees_downloaded_adapters_at_the_same_path():
+    """Patio hands the engine the local path it downloaded to: both must mount it there."""
+    for file, name, pod in pod_specs():
+        containers = pod["spec"]["containers"]
+        patio = [c for c in containers if PATIO_IMAGE.match(c.get("image", ""))]
+        engines = [c for c in containers if not PATIO_IMAGE.match(c.get("image", "")) and "router" not in c["name"]]
+        if not patio or not engines:
+            continue
+        env = _environment(patio[0])
+        adapter_dir = load_settings([_expand(a, env) for a in patio[0].get("args", [])], env).artifacts.adapter_dir
+        for engine in engines:
+            paths = {m["mountPath"] for m in engine.get("volumeMounts", [])}
+            assert any(adapter_dir == p or adapter_dir.startswith(p.rstrip("/") + "/") for p in paths), (
+                f"{file}:{name}: engine {engine['name']} cannot read {adapter_dir}"
+            )
+
+
+def test_podmonitor_scrapes_patio():
+    docs = dict((d["kind"], d) for f, d in documents() if f == "vllm-patio.yaml")
+    monitor, deployment = docs["PodMonitor"], docs["Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ports = {p.get("name") for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert endpoint["port"] in ports and endpoint["path"] == "/metrics"

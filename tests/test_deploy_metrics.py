@@ -1,0 +1,181 @@
+"""Every metric the dashboard and the alert rules use exists in a real scrape of Patio.
+
+The names come from deploy/ (every alert expression, dashboard target and template
+variable), never from a list kept here.  Patio runs as the pyz with every component that
+exports metrics switched on: the engine scrape (the engine's own /metrics bodies from
+../shared/fixtures), LoRA (one load that succeeds, one the engine fails), downloads, and
+topology registered with a real SGLang router (sglang-router from PyPI).  Each selector's
+sample name must be in the scrape; each label it matches or groups by must be on those
+samples, and each exact label value it selects must occur, so an alert on a value Patio
+never emits fails here.  Only the labels Prometheus itself attaches to a target
+(namespace, pod, ...) are allowed to be absent.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+from deploy_support import Selector, queries, selectors
+from fakes.engine import FakeEngine
+from prometheus_client.parser import text_string_to_metric_families
+from support import PatioProcess, free_port, http_call, http_json, shared_path
+
+# Labels the scrape does not carry: Prometheus adds them per target (kubernetes_sd relabeling
+# in a PodMonitor or ServiceMonitor), and histogram_quantile's bucket bound.
+TARGET_LABELS = frozenset(("namespace", "pod", "instance", "job", "container"))
+
+FIXTURES = {"vllm": "vllm-0.33-single.txt", "sglang": "sglang-0.5.23.txt"}
+
+Samples = Dict[str, List[Dict[str, str]]]
+
+
+class Router:
+    """The real SGLang router (sglang-router 0.3.2 from requirements-dev.txt) on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "sglang_router.launch_router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--prometheus-host",
+            "127.0.0.1",
+            "--prometheus-port",
+            str(free_port()),
+            "--health-check-interval-secs",
+            "1",
+            "--log-level",
+            "warn",
+        ]
+        env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("sglang router did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _wait(predicate, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _samples(text: str) -> Samples:
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(dict(sample.labels))
+    return found
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[Router]:
+    r = Router()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module", params=sorted(FIXTURES), ids=sorted(FIXTURES))
+def scrape(request, router) -> Iterator[Samples]:
+    kind = request.param
+    engine = FakeEngine(kind)
+    engine.metrics_body = shared_path("fixtures", "metrics", FIXTURES[kind]).read_bytes()
+    engine.valid_paths = {"/adapters/ok"}  # any other path: the engine's "adapter not found" answer
+    info = {"data": {"port": engine.port, "worker_type": "regular"}}
+    env = {
+        "INFERENCE_ENGINE": kind,
+        "INFERENCE_ENGINE_ENDPOINT": engine.url,
+        "TOPO_TYPE": "SGLang",
+        "SGL_ROUTER_ENDPOINT": router.url,
+        "POD_IP": "127.0.0.1",
+        "HEARTBEAT_INTERVAL": "1",
+    }
+    patio = PatioProcess(["--instance-info", json.dumps(info)], env=env)
+    try:
+        load = patio.url + "/load_lora_adapter"
+        assert http_json("POST", load, {"lora_name": "ok", "lora_path": "/adapters/ok"})[0] == 200, patio.output()
+        refused = http_json("POST", load, {"lora_name": "bad", "lora_path": "/adapters/missing"})
+        assert refused[0] >= 400, refused
+        _wait(lambda: http_call("GET", patio.url + "/ready")[0] == 200, "readiness (engine + registration)")
+        status, _, body = http_call("GET", patio.url + "/metrics")
+        assert status == 200
+        yield _samples(body.decode("utf-8"))
+    finally:
+        patio.stop()
+        patio.kill()
+        engine.stop()
+
+
+def _uses() -> List[Tuple[str, str, object]]:
+    return [(where, expr, selector) for where, expr in queries() for selector in selectors(expr)]
+
+
+def test_the_kit_queries_something():
+    assert len(_uses()) > 30
+
+
+def _check(scrape: Samples, where: str, expr: str, selector: Selector) -> None:
+    name = selector.name
+    assert name in scrape, f"{where}: {name} is not in Patio's /metrics ({expr})"
+    series = scrape[name]
+    for matcher in selector.matchers:
+        if matcher.label in TARGET_LABELS:
+            continue
+        with_label = [labels for labels in series if matcher.label in labels]
+        assert with_label, f"{where}: {name} has no label {matcher.label!r}"
+        if matcher.op == "=":
+            values: Set[str] = {labels[matcher.label] for labels in with_label}
+            assert matcher.value in values, f"{where}: {name}{{{matcher.label}}} never {matcher.value!r}: {values}"
+
+
+@pytest.mark.parametrize(
+    ("where", "expr", "selector"), _uses(), ids=[f"{where}:{sel.name}" for where, _, sel in _uses()]
+)
+def test_selector_exists_in_a_real_scrape(scrape: Samples, where, expr, selector):
+    _check(scrape, where, expr, selector)
+
+
+@pytest.mark.parametrize(
+    ("expr", "error"),
+    [
+        ("rate(patio_lora_reloads_total[5m])", "is not in Patio's /metrics"),
+        ('patio_downloads_total{store="s3"}', "has no label 'store'"),
+        ('increase(patio_downloads_total{outcome="failure"}[30m]) > 0', "never 'failure'"),
+        ('patio_lora_operations_total{result="error"}', "never 'error'"),
+    ],
+    ids=["unknown-name", "unknown-label", "value-never-emitted", "result-never-emitted"],
+)
+def test_the_check_catches_what_patio_does_not_emit(scrape: Samples, expr, error):
+    with pytest.raises(AssertionError, match=re.escape(error)):
+        for selector in selectors(expr):
+            _check(scrape, "case", expr, selector)
