@@ -107,6 +107,21 @@ def test_row06_failed_inplace_reload_keeps_the_loaded_adapter(tmp_path: Path, fa
         engine.stop()
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["first_load", "inplace"])
+def test_row06_a_timed_out_load_the_engine_applied_counts(tmp_path: Path, inplace: bool) -> None:
+    # A timeout says nothing about what the engine did: Patio asks its /v1/models before failing.
+    with FakeEngine("vllm") as engine, _patio(engine, tmp_path, "--lora-load-timeout", "0.3") as patio:
+        if inplace:
+            assert _load(patio, {"lora_name": "a", "lora_path": "/models/a1"})[0] == 200
+        engine.adapters["a"] = "/models/a2"  # the engine has it already; its answer comes too late
+        engine.lora_delay = 1.0
+        status, body = _load(patio, {"lora_name": "a", "lora_path": "/models/a2", "load_inplace": inplace})
+        assert status == 200, body
+        view = _listed(patio)["a"]
+        assert (view["state"], view["path"], view["engine_confirmed"]) == ("loaded", "/models/a2", True)
+        assert _saved(tmp_path)["a"]["path"] == "/models/a2"
+
+
 # --- row 7: a failed remote reload leaves the old files; a good one replaces them after the engine ---
 
 

@@ -375,7 +375,7 @@ class LoraManager:
             outcome = await self._engine_call("load", payload)
         except PatioError:
             # A timeout or a dropped connection: the engine may have acted all the same.
-            if previous is None or not await self._confirmed(name, path):
+            if not await self._confirmed(name, path):
                 raise
             outcome = Outcome(OK, "the engine took it although the call failed", 200)
         if outcome.kind == DUPLICATE and (await self.engine_adapters_or_empty()).get(name) == path:
