@@ -206,6 +206,7 @@ def build_app(
     from patio.artifacts.component import ArtifactsComponent
     from patio.engines.health import EngineHealth
     from patio.lora.component import LoraComponent
+    from patio.lora.desired_component import DesiredComponent
     from patio.metrics.component import EngineMetrics
     from patio.topology.component import TopologyComponent
 
@@ -215,10 +216,13 @@ def build_app(
     engine_metrics = EngineMetrics(context, settings.metrics) if settings.core.scrape_engine_metrics else None
     artifacts = ArtifactsComponent(context, settings.artifacts)
     lora = LoraComponent(context, health, artifacts.adapters)
+    desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
+    if desired.sync is not None:
+        lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
     components: List[Component] = [CoreComponent(context, app, health, engine_metrics)]
     if engine_metrics is not None:
         components.append(engine_metrics)
-    components += [artifacts, lora]
+    components += [artifacts, lora, desired]
     if settings.topology.enabled:
         components.append(TopologyComponent(context, settings.topology, health))
     components += [factory(context) for factory in extra_components]

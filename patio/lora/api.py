@@ -7,7 +7,7 @@ Kthena/vLLM: ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``.
 """
 
 import json
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from patio.engines.base import EngineSpec
 from patio.errors import BadRequest, EngineError
@@ -91,9 +91,16 @@ def validate(body: Mapping[str, Any], common: Mapping[str, type], engine_fields:
 
 
 class LoraApi:
-    def __init__(self, manager: LoraManager, spec: EngineSpec) -> None:
+    def __init__(
+        self,
+        manager: LoraManager,
+        spec: EngineSpec,
+        desired_status: Optional[Callable[[], Dict[str, Any]]] = None,
+    ) -> None:
         self.manager = manager
         self.spec = spec
+        # The adapters file's result (patio.lora.desired_sync), shown beside the adapters.
+        self.desired_status = desired_status
 
     async def load(self, request: Request) -> Response:
         body = request.json_object()
@@ -129,7 +136,10 @@ class LoraApi:
         return Response.json({"status": "success", "message": message, "lora_name": body["lora_name"]})
 
     async def list_adapters(self, request: Request) -> Response:
-        return Response.json({"object": "list", "engine": self.spec.name, "data": self.manager.views()})
+        body: Dict[str, Any] = {"object": "list", "engine": self.spec.name, "data": self.manager.views()}
+        if self.desired_status is not None:
+            body["desired"] = self.desired_status()
+        return Response.json(body)
 
     async def models(self, request: Request) -> Response:
         context = self.manager.context

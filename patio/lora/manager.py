@@ -57,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("patio.lora")
 
 LOADING, LOADED, UNLOADING, FAILED = "loading", "loaded", "unloading", "failed"
+# Who asked for an adapter: an API call, the adapters file, or the file through vLLM's resolver dir.
+ORIGIN_API, ORIGIN_FILE, ORIGIN_RESOLVER = "api", "file", "resolver"
 # URI schemes that name a remote artifact Patio must download first.
 REMOTE_SCHEMES = ("s3://", "gs://", "tos://", "obs://", "hf://", "huggingface://", "http://", "https://", "pvc://")
 # Failed-load records kept for the listing; a client looping over fresh names must not grow memory.
@@ -114,6 +116,8 @@ class Adapter:
     # True when ``source`` came from the state file, which keeps no userinfo or query string:
     # such an adapter is reloaded from its local copy only (it cannot be downloaded again).
     source_redacted: bool = False
+    origin: str = ORIGIN_API
+    load_seconds: Optional[float] = None  # how long the last load took (download included)
 
     def persisted(self) -> Dict[str, Any]:
         """What a reload needs and no more: the source without secrets (issue 13 row 15)."""
@@ -127,6 +131,7 @@ class Adapter:
             "extra": self.extra,
             "cleanup_local": self.cleanup_local,
             "loaded_at": self.loaded_at,
+            "origin": self.origin,
         }
 
 
@@ -298,6 +303,7 @@ class LoraManager:
         load_inplace: bool = False,
         credentials: Optional[Mapping[str, Any]] = None,
         cleanup_local: bool = True,
+        origin: str = ORIGIN_API,
     ) -> Tuple[str, Adapter]:
         """Load (or confirm) an adapter; returns a message and the record.  Raises PatioError.
 
@@ -318,8 +324,17 @@ class LoraManager:
                     + (" or set load_inplace" if "load_inplace" in self.client.spec.load_fields else ""),
                     param="lora_path",
                 )
+            if existing is None and len(self.adapters) >= self.settings.max_adapters:
+                self._record("load", "refused", started)
+                raise Conflict(
+                    f"Patio already tracks {len(self.adapters)} adapters (--max-adapters); unload one first",
+                    param="lora_name",
+                    error_type="too_many_adapters",
+                )
             remote = self.is_remote(source)
-            adapter = Adapter(name, source, "", remote=remote, extra=dict(extra), cleanup_local=cleanup_local)
+            adapter = Adapter(
+                name, source, "", remote=remote, extra=dict(extra), cleanup_local=cleanup_local, origin=origin
+            )
             if previous is None:
                 self.adapters[name] = adapter  # listed as "loading" while it downloads and loads
             try:
@@ -335,6 +350,7 @@ class LoraManager:
                 self._record("load", "failed", started)
                 raise
             adapter.state, adapter.loaded_at, adapter.last_error = LOADED, time.time(), None
+            adapter.load_seconds = time.monotonic() - started
             self.adapters[name] = adapter
             self._failed.pop(name, None)
             adapter.engine_confirmed = await self._confirmed(name, path)
@@ -579,6 +595,22 @@ class LoraManager:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    # -- for the adapters file (patio.lora.desired_sync); callers hold ``lock(name)`` ------
+    def track(self, adapter: Adapter) -> None:
+        """Record an adapter Patio made available without a load call (vLLM's resolver dir)."""
+        self.adapters[adapter.name] = adapter
+
+    def forget(self, name: str) -> None:
+        self.adapters.pop(name, None)
+
+    async def set_origin(self, name: str, origin: str) -> None:
+        """Take over an adapter (loaded by an API call) for the adapters file, and save that."""
+        adapter = self.adapters.get(name)
+        if adapter is not None and adapter.origin != origin:
+            adapter.origin = origin
+            if adapter.state == LOADED:
+                await self._persist()
+
     def views(self) -> List[Dict[str, Any]]:
         self._prune_failed()
         service = self._artifacts()
@@ -593,6 +625,7 @@ class LoraManager:
                 "loaded_at": adapter.loaded_at,
                 "engine_confirmed": adapter.engine_confirmed,
                 "remote": adapter.remote,
+                "origin": adapter.origin,
             }
             if adapter.extra:
                 view["options"] = dict(adapter.extra)
@@ -627,4 +660,5 @@ def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
         loaded_at=float(loaded_at) if isinstance(loaded_at, (int, float)) else None,
         engine_confirmed=False,
         source_redacted=bool(item.get("source_redacted")),
+        origin=str(item.get("origin")) if item.get("origin") in (ORIGIN_API, ORIGIN_FILE) else ORIGIN_API,
     )

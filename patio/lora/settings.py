@@ -1,10 +1,12 @@
 """Settings of the LoRA section."""
 
 import argparse
+import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from patio.config import CoreSettings, pick, positive_int, positive_seconds, seconds
+from patio.config import CoreSettings, parse_int, pick, positive_int, positive_seconds, seconds
+from patio.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,14 @@ class LoraSettings:
     retry_attempts: int = 5
     retry_deadline: float = 30.0
     models_timeout: float = 5.0
+    # Declarative adapters (issue 15): the file, how often it is looked at, where vLLM's
+    # filesystem resolver reads, and the bound on adapters Patio keeps track of.
+    adapters_file: Optional[str] = None
+    adapters_file_interval: float = 5.0
+    resolver_dir: Optional[str] = None
+    max_adapters: int = 256
+    apply_attempts: int = 5
+    apply_backoff: float = 1.0  # first retry delay of one adapter; doubles per attempt, capped at 60 s
 
 
 def add_flags(parser: Any) -> None:
@@ -26,6 +36,16 @@ def add_flags(parser: Any) -> None:
     add("--lora-unload-timeout", help="seconds one engine LoRA unload may take (default 60)")
     add("--lora-retry-attempts", help="attempts for a LoRA call the engine could not have acted on (default 5)")
     add("--lora-retry-deadline", help="seconds all retries of one LoRA call may take (default 30)")
+    add("--adapters-file", help="adapters wanted, as JSON or the LoRA syncer's YAML (env PATIO_ADAPTERS_FILE)")
+    add("--adapters-file-interval", help="seconds between looks at the adapters file (default 5)")
+    add(
+        "--resolver-dir",
+        help="vLLM's VLLM_LORA_RESOLVER_CACHE_DIR: remote adapters of the file are downloaded there "
+        "for lora_filesystem_resolver instead of being loaded (env PATIO_RESOLVER_DIR)",
+    )
+    add("--max-adapters", help="adapters Patio keeps track of; more are refused (default 256)")
+    add("--adapter-apply-attempts", help="attempts to apply one adapter of the file before it is failed (default 5)")
+    add("--adapter-apply-backoff", help="seconds before the first retry of one adapter; doubles (default 1)")
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> LoraSettings:
@@ -38,4 +58,43 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         unload_timeout=pick(args, env, "lora_unload_timeout", ("PATIO_LORA_UNLOAD_TIMEOUT",), 60.0, positive_seconds),
         retry_attempts=pick(args, env, "lora_retry_attempts", ("PATIO_LORA_RETRY_ATTEMPTS",), 5, positive_int),
         retry_deadline=pick(args, env, "lora_retry_deadline", ("PATIO_LORA_RETRY_DEADLINE",), 30.0, seconds),
+        adapters_file=pick(args, env, "adapters_file", ("PATIO_ADAPTERS_FILE",), None, _absolute),
+        adapters_file_interval=pick(
+            args, env, "adapters_file_interval", ("PATIO_ADAPTERS_FILE_INTERVAL",), 5.0, positive_seconds
+        ),
+        resolver_dir=_resolver_dir(args, env, core),
+        max_adapters=pick(
+            args,
+            env,
+            "max_adapters",
+            ("PATIO_MAX_ADAPTERS",),
+            256,
+            lambda s, r: parse_int(s, r, minimum=1, maximum=100000),
+        ),
+        apply_attempts=pick(
+            args,
+            env,
+            "adapter_apply_attempts",
+            ("PATIO_ADAPTER_APPLY_ATTEMPTS",),
+            5,
+            lambda s, r: parse_int(s, r, minimum=1, maximum=100),
+        ),
+        apply_backoff=pick(args, env, "adapter_apply_backoff", ("PATIO_ADAPTER_APPLY_BACKOFF",), 1.0, seconds),
     )
+
+
+def _absolute(setting: str, raw: str) -> str:
+    value = raw.strip()
+    if not os.path.isabs(value):
+        raise ConfigError(setting, f"must be an absolute path, got {raw!r}")
+    return os.path.normpath(value)
+
+
+def _resolver_dir(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> Optional[str]:
+    # VLLM_LORA_RESOLVER_CACHE_DIR too: the same value the engine container is given.
+    value: Optional[str] = pick(
+        args, env, "resolver_dir", ("PATIO_RESOLVER_DIR", "VLLM_LORA_RESOLVER_CACHE_DIR"), None, _absolute
+    )
+    if value is not None and core.engine != "vllm":
+        raise ConfigError("--resolver-dir", f"is for vLLM's lora_filesystem_resolver; the engine is {core.engine}")
+    return value

@@ -1,0 +1,54 @@
+"""Declarative adapters and residency metrics, beside the LoRA manager.
+
+Residency metrics are always on (they describe every adapter Patio knows);
+the adapters file's sync runs only with ``--adapters-file``.  In resolver-dir
+mode its downloads go through the artifacts layer (the shared download pool)
+into the resolver dir's staging area.
+"""
+
+import dataclasses
+from typing import Optional
+
+from patio.app import AppContext, Component
+from patio.artifacts.adapters import AdapterArtifacts
+from patio.engines.health import EngineHealth
+from patio.lora import resolver_dir
+from patio.lora.desired_sync import DesiredSync
+from patio.lora.manager import LoraManager
+from patio.lora.residency import ResidencyMetrics
+from patio.lora.settings import LoraSettings
+
+
+class DesiredComponent(Component):
+    name = "lora-desired"
+
+    def __init__(
+        self,
+        context: AppContext,
+        manager: LoraManager,
+        settings: LoraSettings,
+        artifacts: AdapterArtifacts,
+        health: EngineHealth,
+    ) -> None:
+        self.staging: Optional[AdapterArtifacts] = None
+        if settings.adapters_file and settings.resolver_dir:
+            # The same downloader, pointed at DIR/.patio-staging: a copy appears in vLLM's sight whole.
+            staged = dataclasses.replace(
+                artifacts.settings, adapter_dir=resolver_dir.staging_dir(settings.resolver_dir)
+            )
+            self.staging = AdapterArtifacts(context, staged, artifacts.downloads)
+        self.sync = DesiredSync(context, manager, settings, self.staging) if settings.adapters_file else None
+        self.residency = ResidencyMetrics(manager, context.registry, self.sync)
+        if self.sync is not None:
+            # The engine back (or known up for the first time): failed adapters get fresh attempts.
+            health.subscribe(self.sync.on_engine_health)
+
+    async def start(self) -> None:
+        if self.sync is not None:
+            self.sync.start()
+
+    async def stop(self) -> None:
+        if self.sync is not None:
+            await self.sync.stop()
+        if self.staging is not None:
+            await self.staging.stop()

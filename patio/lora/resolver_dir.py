@@ -1,0 +1,102 @@
+"""vLLM's filesystem resolver directory, as Patio fills it.  Blocking: call from worker threads.
+
+vLLM's ``lora_filesystem_resolver`` (vllm/plugins/lora_resolvers/filesystem_resolver.py)
+serves a request for ``model: NAME`` by loading ``VLLM_LORA_RESOLVER_CACHE_DIR/NAME`` when
+that directory holds an ``adapter_config.json`` with ``peft_type: LORA`` and the served
+base model -- no load call.  So an adapter must appear there whole or not at all:
+downloads land in ``DIR/.patio-staging/NAME`` and are renamed into place (one
+``rename`` on one filesystem).  Removal renames the directory out of vLLM's sight
+first, then deletes it.
+
+Patio only touches directories it made: each carries ``.patio/source`` (the
+artifacts layer's marker, the display form of the URI).  Anything else in the
+directory belongs to someone else and is left alone.
+"""
+
+import os
+from typing import List, Optional
+
+from patio.artifacts.fetch.manifest import META_DIR, Layout, fsync_dir, write_error
+from patio.errors import BadRequest
+
+STAGING = ".patio-staging"
+TRASH = ".patio-trash"
+SOURCE_MARKER = "source"  # the artifacts layer's marker file name (patio/artifacts/adapters.py)
+
+
+def staging_dir(resolver_dir: str) -> str:
+    return os.path.join(resolver_dir, STAGING)
+
+
+def target_of(resolver_dir: str, name: str) -> str:
+    """``DIR/NAME``, refusing names that would leave DIR (the file model already checks the pattern)."""
+    root = os.path.realpath(resolver_dir)
+    target = os.path.join(root, name)
+    if os.path.dirname(target) != root or name.startswith("."):
+        raise BadRequest(f"adapter name {name!r} does not name a directory inside {resolver_dir}")
+    return target
+
+
+def marker_of(path: str) -> Optional[str]:
+    """The source a directory of ours holds, or None (not ours, or absent)."""
+    if os.path.islink(path):
+        return None
+    try:
+        with open(os.path.join(path, META_DIR, SOURCE_MARKER), encoding="utf-8") as handle:
+            return handle.read(8192)
+    except OSError:
+        return None
+
+
+def holds(resolver_dir: str, name: str, display: str) -> bool:
+    """True when ``DIR/NAME`` is a complete copy of ``display`` that Patio put there."""
+    target = target_of(resolver_dir, name)
+    return marker_of(target) == display and Layout(target).read_manifest() is not None
+
+
+def install(resolver_dir: str, name: str, staged: str) -> str:
+    """Move a complete download from staging into vLLM's sight, replacing an older copy."""
+    target = target_of(resolver_dir, name)
+    if os.path.islink(target):
+        raise BadRequest(f"{target} is a symlink; Patio does not write through it")
+    if os.path.lexists(target) and marker_of(target) is None:
+        raise BadRequest(f"{target} exists and was not made by Patio; remove it or rename the adapter")
+    try:
+        if os.path.lexists(target):
+            _discard(resolver_dir, target)
+        os.rename(staged, target)
+        fsync_dir(resolver_dir)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    return target
+
+
+def remove(resolver_dir: str, name: str) -> bool:
+    """Take ``DIR/NAME`` out of vLLM's sight and delete it; False when there was nothing of ours."""
+    target = target_of(resolver_dir, name)
+    if marker_of(target) is None:
+        return False
+    try:
+        _discard(resolver_dir, target)
+    except OSError as exc:
+        raise write_error(target, exc) from None
+    return True
+
+
+def ours(resolver_dir: str) -> List[str]:
+    """Names of the adapter directories Patio made (left over, say, by an earlier Patio)."""
+    try:
+        names = sorted(os.listdir(resolver_dir))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if not n.startswith(".") and marker_of(os.path.join(resolver_dir, n)) is not None]
+
+
+def _discard(resolver_dir: str, target: str) -> None:
+    import shutil  # worker thread only: shutil pulls in bz2 and lzma
+
+    trash = os.path.join(resolver_dir, TRASH)
+    os.makedirs(trash, exist_ok=True)
+    moved = os.path.join(trash, f"{os.path.basename(target)}.{os.getpid()}.{os.urandom(4).hex()}")
+    os.rename(target, moved)  # vLLM no longer sees it, whatever the delete below does
+    shutil.rmtree(moved, ignore_errors=True)
