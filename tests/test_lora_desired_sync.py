@@ -62,7 +62,9 @@ def desired(patio: RunningPatio) -> Dict[str, Dict[str, Any]]:
 
 
 def settled(patio: RunningPatio) -> bool:
-    return all(a["state"] in ("ok", "failed") for a in desired(patio).values())
+    """The file was read and every adapter it names reached ok or failed."""
+    statuses = desired(patio)
+    return bool(statuses) and all(a["state"] in ("ok", "failed") for a in statuses.values())
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang"])
@@ -155,6 +157,7 @@ def test_engine_down_then_back(tmp_path):
         with patio_for(engine, tmp_path, adapters, "--lora-retry-attempts", "1") as patio:
             assert wait_for(lambda: desired(patio).get("a", {}).get("state") == "failed")
             assert "engine" in desired(patio)["a"]["last_error"]
+            assert http_call("GET", patio.url + "/ready")[0] == 503  # health known as down
             engine.start()
             # The engine health watch tells Patio the engine is back (a readiness probe also asks it).
             assert wait_for(lambda: http_call("GET", patio.url + "/ready")[0] == 200 and engine.adapters != {})

@@ -132,7 +132,7 @@ def test_the_manifest_itself_is_refused_at_its_block_scalar():
     text = (DATA / "deployment.yaml").read_text()
     with pytest.raises(YamlError) as caught:
         parse(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "configmap.yaml: |" in l)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "configmap.yaml: |" in row)
     assert (caught.value.line, caught.value.column) == (line, text.splitlines()[line - 1].index("|") + 1)
 
 
