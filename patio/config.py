@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequen
 
 from patio import __version__
 from patio.errors import ConfigError
+from patio.logs import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
     from patio.artifacts.settings import ArtifactSettings
@@ -139,7 +140,12 @@ class Limits:
     max_body_bytes: int = 1024 * 1024  # request body; past it -> 413
     idle_timeout: float = 75.0  # keep-alive wait for the next request (longer than LB idle timeouts)
     request_timeout: float = 30.0  # first byte to complete request; slower clients get 408
-    max_connections: int = 1024  # open client connections; past it new ones get 503
+    max_connections: int = 1024  # open client connections; at the limit an idle one is evicted, else 503
+    # A new connection must send its first byte this soon: kubelet probes and Prometheus send at
+    # once, so a connection that says nothing is a flood, not a client (issue 13, row 1).
+    first_byte_timeout: float = 10.0
+    # Whole-response write deadline: a client that does not read is cut off after it (issue 13, row 3).
+    write_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ class CoreSettings:
     def __repr__(self) -> str:  # never print credentials
         return (
             f"CoreSettings(host={self.host!r}, port={self.port}, engine={self.engine!r}, "
-            f"endpoint={self.engine_endpoint!r})"
+            f"endpoint={redact_url(self.engine_endpoint)!r})"
         )
 
 
@@ -257,7 +263,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--max-body-bytes", help="request body limit (default 1048576)")
     add("--idle-timeout", help="keep-alive idle timeout in seconds (default 75)")
     add("--request-timeout", help="seconds a client has to send a whole request (default 30)")
-    add("--max-connections", help="concurrent client connections (default 1024)")
+    add("--max-connections", help="concurrent client connections; idle ones are evicted at the limit (default 1024)")
+    add("--first-byte-timeout", help="seconds a new connection has to send its first byte (default 10)")
+    add("--write-timeout", help="seconds a response may take to be written to the client (default 30)")
     add("--shutdown-timeout", help="whole shutdown budget in seconds (default 10)")
     add("--drain-timeout", help="seconds in-flight requests may finish after the listener closes (default 3)")
     add("--ready-cache-ttl", help="seconds an engine health answer is reused by /ready (default 2)")
@@ -323,6 +331,10 @@ def _secret_from_file(setting: str, path: str) -> str:
 
 def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettings:
     api_key: Optional[str] = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)
+    if api_key is None and "PATIO_API_KEY" in env and not env["PATIO_API_KEY"].strip():
+        # Set but empty is a mistake (a missing Secret key renders as ""), not "no key": refusing
+        # to start beats serving management routes open (issue 13, row 16).
+        raise ConfigError("PATIO_API_KEY", "is set but empty (unset it to run without an API key)")
     if api_key is None and env.get("PATIO_API_KEY_FILE"):
         api_key = _secret_from_file("PATIO_API_KEY_FILE", env["PATIO_API_KEY_FILE"])
     if api_key is not None and not api_key.strip():
@@ -343,6 +355,17 @@ def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSett
         ),
         max_connections=pick(
             args, env, "max_connections", ("PATIO_MAX_CONNECTIONS",), Limits.max_connections, positive_int
+        ),
+        first_byte_timeout=pick(
+            args,
+            env,
+            "first_byte_timeout",
+            ("PATIO_FIRST_BYTE_TIMEOUT",),
+            Limits.first_byte_timeout,
+            positive_seconds,
+        ),
+        write_timeout=pick(
+            args, env, "write_timeout", ("PATIO_WRITE_TIMEOUT",), Limits.write_timeout, positive_seconds
         ),
     )
     core = CoreSettings(

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 from patio.app import App, build_app, gather_bounded
 from patio.config import Settings
 from patio.http.server import HttpServer
+from patio.logs import redact_url
 
 log = logging.getLogger("patio")
 
@@ -54,7 +55,13 @@ async def serve(
     app = build_app(settings)
     server = HttpServer(app)
     await server.start(core.host, core.port)
-    log.info("patio listening on %s:%d (engine %s at %s)", core.host, server.port, core.engine, core.engine_endpoint)
+    log.info(
+        "patio listening on %s:%d (engine %s at %s)",
+        core.host,
+        server.port,
+        core.engine,
+        redact_url(core.engine_endpoint),
+    )
     loop = asyncio.get_running_loop()
     if install_signals:
         _install_signal_handlers(loop, stop)

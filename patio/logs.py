@@ -26,6 +26,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+def redact_url(url: str) -> str:
+    """``url`` without userinfo or query string: safe for a log line or an answer.
+
+    ``http://user:secret@engine:8000/x?sig=...`` -> ``http://engine:8000/x?…`` (issue 13, row 23).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = len(rest)
+    for mark in "/?#":
+        index = rest.find(mark)
+        if index != -1:
+            cut = min(cut, index)
+    authority, tail = rest[:cut], rest[cut:]
+    authority = authority.rpartition("@")[2]
+    path, mark, _query = tail.partition("#")[0].partition("?")
+    return f"{scheme}://{authority}{path}" + ("?…" if mark else "")
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

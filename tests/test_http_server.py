@@ -225,18 +225,21 @@ def test_concurrent_clients(server):
         assert failures == []
 
 
-def test_max_connections_answers_503(server):
+def test_max_connections_answers_503_when_every_connection_is_busy(server):
+    # Idle connections are evicted at the limit (tests/test_hardening_http.py); busy ones are not.
     with server("--max-connections", "2") as patio:
         held = [socket.create_connection(("127.0.0.1", patio.port)) for _ in range(2)]
         try:
-            time.sleep(0.2)
+            for sock in held:
+                sock.sendall(b"GET /test/slow?s=1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)
             answers = responses(raw_exchange(patio.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"))
             assert answers[0][0] == 503
             assert_error_shape(answers[0][2], 503)
         finally:
             for sock in held:
                 sock.close()
-        time.sleep(0.2)
+        time.sleep(1.6)  # the slow handlers finish; their connections go
         assert http_call("GET", patio.url + "/health")[0] == 200
 
 

@@ -32,7 +32,7 @@ def test_http_date_matches_email_utils(seconds: int) -> None:
     "body", [b"", b"x", b"# HELP a b\n" * 5000, os.urandom(4096)], ids=["empty", "one", "metrics", "random"]
 )
 def test_gzip_compress_is_a_gzip_member(body: bytes, level: int) -> None:
-    packed = gzip_compress(body, level)
+    packed = gzip_compress(body, level=level)
     assert packed[:2] == b"\x1f\x8b"  # RFC 1952 magic
     assert gzip.decompress(packed) == body
 

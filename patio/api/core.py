@@ -9,7 +9,7 @@ them to the engine-metrics source when one is configured.
 import asyncio
 import json
 import zlib
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from patio import __version__
 from patio.api.openapi import docs_html, openapi_document
@@ -30,10 +30,13 @@ ENGINE_SHARE_OF_READY_DEADLINE = 0.8
 _STATUS_SCHEMA = {"type": "object", "properties": {"status": {"type": "string"}}}
 
 
-def gzip_compress(body: bytes, level: int = 5) -> bytes:
-    """A gzip member (RFC 1952) via zlib, which is loaded anyway; the gzip module is not."""
+def gzip_compress(*parts: bytes, level: int = 5) -> bytes:
+    """One gzip member (RFC 1952) of ``parts`` joined, via zlib (loaded anyway; the gzip module is
+    not).  The parts are fed one by one, never concatenated first."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 16+15: gzip header and trailer
-    return compressor.compress(body) + compressor.flush()
+    out = [compressor.compress(part) for part in parts]
+    out.append(compressor.flush())
+    return b"".join(out)
 
 
 def _accepts_gzip(request: Request) -> bool:
@@ -55,8 +58,9 @@ def _accepts_gzip(request: Request) -> bool:
 class EngineMetricsSource(Protocol):
     """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
 
-    async def exposition(self, request: Request) -> bytes:
-        """The whole ``/metrics`` body (UTF-8): Patio's own families plus whatever the engine adds."""
+    async def exposition(self, request: Request) -> Tuple[Sequence[Family], bytes]:
+        """Patio's own families, collected once for this scrape on the event loop, and the
+        engine's share of ``/metrics`` (UTF-8) written after them (shared: do not modify)."""
 
 
 class CoreComponent(Component):
@@ -190,17 +194,21 @@ class CoreComponent(Component):
         return Response.json(body, status=503)
 
     async def metrics(self, request: Request) -> Response:
+        # Patio's own families are collected once per scrape, on the event loop: gauge callbacks
+        # read the components' state on the thread that changes it (issue 13, row 20).
         source = self.engine_metrics
         if source is not None:
-            body = await source.exposition(request)
+            own, engine = await source.exposition(request)
         else:
-            body = render(self.context.registry.collect()).encode("utf-8")
+            own, engine = self.context.registry.collect(), b""
+        body = render(own).encode("utf-8")
         headers = []
-        if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request):
-            body = await self.context.run_blocking(gzip_compress, body)
+        if len(body) + len(engine) >= GZIP_MIN_BYTES and _accepts_gzip(request):
+            body, engine = await self.context.run_blocking(gzip_compress, body, engine), b""
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept-Encoding"))
-        return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE, headers=headers)
+        # The engine's share is one bytes object for every concurrent scrape: sent, never copied.
+        return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE, headers=headers, shared_tail=engine)
 
     async def openapi(self, request: Request) -> Response:
         document = openapi_document(self.app.routes(), self.context.settings)

@@ -124,7 +124,7 @@ def serialize(
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Date: {date}", "Server: patio"]
     if response.content_type:
         lines.append(f"Content-Type: {response.content_type}")
-    lines.append(f"Content-Length: {len(response.body)}")
+    lines.append(f"Content-Length: {response.content_length}")
     if request_id:
         lines.append(f"X-Request-Id: {request_id}")
     for key, value in response.headers:
@@ -133,4 +133,4 @@ def serialize(
         lines.append(f"{key}: {value}")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + response.body
+    return head if head_only else head + b"".join(response.parts())

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import os
 import time
-from typing import Optional, Set, Tuple
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 try:  # hmac.compare_digest's own C core; importing hmac would load OpenSSL (3+ MB resident) for one function
     from _operator import _compare_digest as compare_digest
@@ -35,12 +36,57 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _Connection:
-    __slots__ = ("busy", "task")
+# Output is handed to the transport in pieces of this size, and the next piece only once the
+# transport's buffer is below WRITE_BUFFER_HIGH: a client that does not read holds at most
+# WRITE_CHUNK + WRITE_BUFFER_HIGH bytes of output of its own (plus a reference to a shared
+# response body, e.g. the engine's share of /metrics), never a whole copy of a large answer.
+WRITE_CHUNK = 64 * 1024
+WRITE_BUFFER_HIGH = 64 * 1024
+# Bytes of buffered output per connection, at most (the bound stated in docs and tested).
+MAX_BUFFERED_OUTPUT = WRITE_CHUNK + WRITE_BUFFER_HIGH
+# Refusals and write timeouts are logged at most once per this many seconds (with a count), so a
+# flood cannot flood the log too.
+LOG_EVERY = 10.0
+# patio_http_connections_refused_total{reason} values.
+REFUSE_REASONS = ("max_connections", "shutting_down", "first_byte_timeout")
 
-    def __init__(self) -> None:
+# Connection states.  At the connection limit, a connection in one of EVICTABLE is closed to make
+# room for the new one, in this order and oldest first: it has no answer owed to it.  A
+# connection whose request is being handled or whose answer is being written ("busy") is never
+# evicted.
+NEW, IDLE, READING, BUSY = "new", "idle", "reading", "busy"
+EVICTABLE = (NEW, IDLE, READING)
+
+
+class _Connection:
+    __slots__ = ("state", "task", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.task: Optional[asyncio.Task[None]] = None
-        self.busy = False
+        self.writer = writer
+        self.state = NEW
+
+    @property
+    def busy(self) -> bool:
+        return self.state == BUSY
+
+
+class _ThrottledLog:
+    """A warning that repeats at most once per ``LOG_EVERY`` seconds, with the count in between."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self._last = -LOG_EVERY
+        self._suppressed = 0
+
+    def emit(self, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last < LOG_EVERY:
+            self._suppressed += 1
+            return
+        suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        extra = f" ({suppressed} more since the last report)" if suppressed else ""
+        log.warning("%s: %s%s", self.message, detail, extra)
 
 
 class HttpServer:
@@ -53,6 +99,8 @@ class HttpServer:
         self.router = RouteTable(app.routes())
         self._dates = DateCache()
         self._connections: Set[_Connection] = set()
+        # Evictable connections by state, oldest first (dicts keep insertion order).
+        self._waiting: Dict[str, "OrderedDict[_Connection, None]"] = {state: OrderedDict() for state in EVICTABLE}
         self._server: Optional[asyncio.AbstractServer] = None
         self._closing = False
         registry = app.context.registry
@@ -65,6 +113,23 @@ class HttpServer:
             ("method", "route"),
         )
         registry.gauge("patio_http_connections", "Open client connections.", func=lambda: float(len(self._connections)))
+        self._refused = registry.counter(
+            "patio_http_connections_refused_total",
+            "Client connections closed without an answer or with a 503, by reason.",
+            ("reason",),
+        )
+        for reason in REFUSE_REASONS:
+            self._refused.inc(reason, amount=0.0)
+        self._evicted = registry.counter(
+            "patio_http_connections_evicted_total",
+            "Connections without a request in progress closed to admit a new one at --max-connections.",
+        )
+        self._write_timeouts = registry.counter(
+            "patio_http_write_timeouts_total", "Responses not written within --write-timeout (connection cut)."
+        )
+        self._refusal_log = _ThrottledLog("refused client connections")
+        self._eviction_log = _ThrottledLog("evicted connections at the connection limit")
+        self._write_log = _ThrottledLog("cut connections that did not read their answer")
 
     @property
     def port(self) -> int:
@@ -98,27 +163,50 @@ class HttpServer:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
 
+    def _set_state(self, conn: _Connection, state: str) -> None:
+        waiting = self._waiting.get(conn.state)
+        if waiting is not None:
+            waiting.pop(conn, None)
+        conn.state = state
+        waiting = self._waiting.get(state)
+        if waiting is not None:
+            waiting[conn] = None
+
+    def _forget(self, conn: _Connection) -> None:
+        self._connections.discard(conn)
+        waiting = self._waiting.get(conn.state)
+        if waiting is not None:
+            waiting.pop(conn, None)
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection that owes nothing (no byte yet, idle, then mid-request)."""
+        for state in EVICTABLE:
+            waiting = self._waiting[state]
+            if waiting:
+                victim, _ = waiting.popitem(last=False)
+                self._connections.discard(victim)
+                _abort(victim.writer)
+                if victim.task is not None:
+                    victim.task.cancel()
+                self._evicted.inc()
+                self._eviction_log.emit(f"closed a {state} connection (limit {self.limits.max_connections})")
+                return True
+        return False
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection()
+        conn = _Connection(writer)
         conn.task = asyncio.current_task()
-        if len(self._connections) >= self.limits.max_connections or self._closing:
-            self._connections.add(conn)
-            try:
-                reason = "shutting down" if self._closing else f"more than {self.limits.max_connections} connections"
-                error = ServiceUnavailable(f"server busy: {reason}")
-                writer.write(
-                    serialize(error_response(error), keep_alive=False, head_only=False, date=self._dates.get())
-                )
-                await asyncio.wait_for(writer.drain(), timeout=1.0)
-            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-            finally:
-                self._connections.discard(conn)
-                writer.close()
-            return
-        self._connections.add(conn)
+        # Bounded output per connection (see WRITE_CHUNK); low water 0: drain() returns once the
+        # transport has handed everything to the kernel.
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=0)
         peer = writer.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        if self._closing or (len(self._connections) >= self.limits.max_connections and not self._evict_one()):
+            reason = "shutting_down" if self._closing else "max_connections"
+            await self._refuse(writer, reason, client)
+            return
+        self._connections.add(conn)
+        self._set_state(conn, NEW)
         try:
             await self._serve_connection(reader, writer, conn, client)
         except (asyncio.CancelledError, ConnectionError, OSError):
@@ -126,8 +214,21 @@ class HttpServer:
         except Exception:  # never let one connection's failure escape into the loop
             log.exception("connection handler failed")
         finally:
-            self._connections.discard(conn)
-            writer.close()
+            self._forget(conn)
+            _close(writer)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, reason: str, client: str) -> None:
+        self._refused.inc(reason)
+        detail = "shutting down" if reason == "shutting_down" else f"more than {self.limits.max_connections} busy"
+        self._refusal_log.emit(f"{client or 'a client'}: {detail}")
+        error = ServiceUnavailable(f"server busy: {detail}")
+        try:
+            writer.write(serialize(error_response(error), keep_alive=False, head_only=False, date=self._dates.get()))
+            await asyncio.wait_for(writer.drain(), timeout=1.0)
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            _close(writer)
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection, client: str
@@ -143,6 +244,8 @@ class HttpServer:
                 return
             if parsed is None:
                 if parser.in_progress:
+                    if conn.state != READING:
+                        self._set_state(conn, READING)
                     if request_deadline is None:
                         request_deadline = time.monotonic() + self.limits.request_timeout
                     head = parser.head
@@ -150,9 +253,13 @@ class HttpServer:
                         writer.write(_CONTINUE)  # RFC 9110 §10.1.1: curl waits for it before a large body
                         continued = True
                     timeout = request_deadline - time.monotonic()
+                elif conn.state == NEW:
+                    timeout = min(self.limits.first_byte_timeout, self.limits.idle_timeout)
                 else:
                     if self._closing:
                         return
+                    if conn.state != IDLE:
+                        self._set_state(conn, IDLE)
                     timeout = self.limits.idle_timeout
                 try:
                     data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout=max(timeout, 0.0))
@@ -161,22 +268,49 @@ class HttpServer:
                         await self._send_error_and_close(
                             writer, RequestTimeout(f"request not received within {self.limits.request_timeout:g}s")
                         )
+                    elif conn.state == NEW:
+                        self._refused.inc("first_byte_timeout")
+                        self._refusal_log.emit(
+                            f"{client or 'a client'} sent nothing within {self.limits.first_byte_timeout:g}s"
+                        )
                     return
                 if not data:
                     return  # client closed (mid-request or idle): nothing to answer
+                if conn.state == NEW:
+                    self._set_state(conn, IDLE)
                 parser.feed(data)
                 continue
             request_deadline = None
             continued = False
-            conn.busy = True
-            try:
-                payload, keep_alive = await self._respond(parsed, client)
-                writer.write(payload)
-                await writer.drain()
-            finally:
-                conn.busy = False
+            self._set_state(conn, BUSY)
+            head_bytes, parts, keep_alive = await self._respond(parsed, client)
+            if not await self._write(writer, head_bytes, parts, client):
+                return
             if not keep_alive:
                 return
+            # The next pipelined request (already buffered in the parser, if any) is handled only
+            # now that this answer has been handed over: answers never pile up in memory.
+            self._set_state(conn, IDLE)
+
+    async def _write(self, writer: asyncio.StreamWriter, head: bytes, parts: Sequence[bytes], client: str) -> bool:
+        """Write one answer in bounded pieces within ``write_timeout``; False if the client was cut off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.write_timeout
+        try:
+            writer.write(head)
+            for part in parts:
+                view = memoryview(part)
+                for offset in range(0, len(view), WRITE_CHUNK):
+                    writer.write(view[offset : offset + WRITE_CHUNK])
+                    await asyncio.wait_for(writer.drain(), timeout=max(deadline - loop.time(), 0.0))
+            await asyncio.wait_for(writer.drain(), timeout=max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            self._write_timeouts.inc()
+            who = client or "a client"
+            self._write_log.emit(f"{who} did not read its answer within {self.limits.write_timeout:g}s")
+            _abort(writer)
+            return False
+        return True
 
     async def _send_error_and_close(self, writer: asyncio.StreamWriter, error: PatioError) -> None:
         self._requests.inc("other", UNMATCHED, str(error.status))
@@ -186,7 +320,7 @@ class HttpServer:
         except (asyncio.TimeoutError, OSError):
             pass
 
-    async def _respond(self, parsed: ParsedRequest, client: str) -> Tuple[bytes, bool]:
+    async def _respond(self, parsed: ParsedRequest, client: str) -> Tuple[bytes, Sequence[bytes], bool]:
         started = time.perf_counter()
         request_id = os.urandom(8).hex()
         method = parsed.method
@@ -207,10 +341,9 @@ class HttpServer:
             log.debug("%s %s %s -> %d (%s)", client, method, parsed.target, response.status, request_id)
         # Decided after the handler ran: a shutdown that began meanwhile closes the connection.
         keep_alive = parsed.keep_alive and not self._closing
-        payload = serialize(
-            response, keep_alive=keep_alive, head_only=method == "HEAD", date=self._dates.get(), request_id=request_id
-        )
-        return payload, keep_alive
+        head = serialize(response, keep_alive=keep_alive, head_only=True, date=self._dates.get(), request_id=request_id)
+        parts: Sequence[bytes] = () if method == "HEAD" else response.parts()
+        return head, parts, keep_alive
 
     async def _dispatch(self, parsed: ParsedRequest, client: str, request_id: str) -> Tuple[Response, str]:
         target = parsed.target
@@ -244,3 +377,16 @@ class HttpServer:
         # Compare in constant time whatever the input.
         if not compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
             raise Unauthorized("missing or invalid API key (send Authorization: Bearer KEY)", param="Authorization")
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection and whatever output it still buffers (close() would wait to flush it)."""
+    writer.transport.abort()
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    """Close politely when nothing is left to send; abort otherwise (a non-reader never drains)."""
+    if writer.transport.get_write_buffer_size():
+        _abort(writer)
+    else:
+        writer.close()

@@ -5,6 +5,7 @@ touches sockets; the server (``patio.http.server``) moves bytes.
 """
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -13,6 +14,31 @@ from patio.errors import BadRequest, UnsupportedMediaType
 Header = Tuple[str, str]
 
 JSON_TYPE = "application/json"
+
+# Deepest nesting of arrays and objects accepted in a request body: management bodies are flat
+# (depth 2-3); json.loads recurses per level, and 100,000 '[' ended in a RecursionError and a 500
+# (issue 13, row 17).  Checked before parsing.
+MAX_JSON_DEPTH = 64
+# JSON strings (with escapes), removed before the brackets are counted.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?')
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in ``data`` (brackets inside strings do not count).
+
+    Malformed input gets some number; ``json.loads`` reports the real problem afterwards.
+    """
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,8 @@ class Request:
         ctype = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype != JSON_TYPE:
             raise UnsupportedMediaType("Content-Type must be application/json", param="Content-Type")
+        if json_depth(self.body) > MAX_JSON_DEPTH:
+            raise BadRequest(f"body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels", param="body")
         try:
             value = json.loads(self.body.decode("utf-8")) if self.body else None
         except (UnicodeDecodeError, ValueError) as exc:
@@ -60,6 +88,18 @@ class Response:
     body: bytes = b""
     content_type: Optional[str] = "application/json"
     headers: List[Header] = field(default_factory=list)
+    # Sent after ``body`` without being copied into it: one object shared by every concurrent
+    # answer (the engine's share of /metrics), so a thousand slow scrapers hold one copy, not a
+    # thousand (issue 13, row 3).
+    shared_tail: bytes = b""
+
+    @property
+    def content_length(self) -> int:
+        return len(self.body) + len(self.shared_tail)
+
+    def parts(self) -> Tuple[bytes, ...]:
+        """The body as written: ``body`` then ``shared_tail``."""
+        return tuple(part for part in (self.body, self.shared_tail) if part)
 
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: Optional[List[Header]] = None) -> "Response":

@@ -7,19 +7,36 @@ unrenamed.  Whatever the input, the output stays valid: one family per name
 no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 """
 
+import re
 from typing import Any, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from patio.metrics.model import Family
+from patio.metrics.model import Family, Sample
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render
 
 MODES = ("standard", "both", "raw")
 
 
+# Names text 0.0.4 can write bare.  The parser accepts text 1.0.0's quoted UTF-8 names, but
+# promtool 2.42 and Prometheus 2.x reject them in a 0.0.4 answer, and one bad line fails the
+# whole scrape (issue 13, row 19): such engine samples are left out of /metrics and counted.
+_LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
 class Assembled(NamedTuple):
     text: str
     clashes: int  # engine families dropped because a family of that name was already written
     duplicate_series: int  # samples dropped because the same series was already written
+    utf8_names: int = 0  # engine samples dropped because a metric or label name is not legacy-valid
+
+
+def _legacy(sample: Sample) -> bool:
+    if not _LEGACY_METRIC_NAME.fullmatch(sample.name):
+        return False
+    if sample.text is not None:  # a canonical line: its label names are legacy by construction
+        return True
+    return all(_LEGACY_LABEL_NAME.fullmatch(key) for key, _ in sample.labels)
 
 
 def assemble(
@@ -36,15 +53,21 @@ def assemble(
     names: Set[str] = set()
     series: Set[Tuple[str, Any, Optional[int]]] = set()
     out: List[Family] = []
-    clashes = duplicates = 0
+    clashes = duplicates = utf8_names = 0
     for group_index, group in enumerate(groups):
         for family in group:
+            if group_index > 0 and not _LEGACY_METRIC_NAME.fullmatch(family.name):
+                utf8_names += len(family.samples)
+                continue
             if family.name in names:
                 clashes += 1
                 continue
             names.add(family.name)
             kept = []
             for sample in family.samples:
+                if group_index > 0 and not _legacy(sample):
+                    utf8_names += 1
+                    continue
                 key = (sample.name, sample.label_key, sample.timestamp)
                 if key in series:
                     duplicates += 1
@@ -56,4 +79,4 @@ def assemble(
             if group_index > 0 and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)
-    return Assembled(render(out), clashes, duplicates)
+    return Assembled(render(out), clashes, duplicates, utf8_names)

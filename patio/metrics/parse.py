@@ -61,8 +61,12 @@ _QUICK_NAMES = re.compile(r'(?:^|",)([a-zA-Z_][a-zA-Z0-9_]*)="')
 _QUICK_BOUNDS = re.compile(r'(?:^|",)(le|quantile)="([^"\\]*)"')
 _PAIR_TEXT = re.compile(r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"')
 
-# Lines remembered across scrapes (most lines repeat unchanged); the cache is cleared when full.
-LINE_CACHE_ENTRIES = 32768
+# Lines remembered across scrapes (most lines repeat unchanged): at most this many estimated bytes
+# (a 1 MB engine payload of ~6,000 lines costs about 5 MB) and this many lines.
+LINE_CACHE_BYTES = 16 * 1024 * 1024
+LINE_CACHE_ENTRIES = 65536
+# Per cached line, besides its characters: the key and Sample objects and the dict slot.
+LINE_COST_OVERHEAD = 400
 
 # Suffixes each declared type owns, for assigning sample names to families.
 _OWNED_SUFFIXES: Dict[str, Tuple[str, ...]] = {
@@ -333,25 +337,49 @@ def _excerpt(line: str) -> str:
 
 
 class LineCache:
-    """Sample lines already parsed (or refused), reused by the next scrape.  Bounded."""
+    """Sample lines already parsed (or refused), reused by the next scrape.  Bounded by bytes.
 
-    def __init__(self, entries: int = LINE_CACHE_ENTRIES) -> None:
+    Generational: a scrape's hits and new lines go into a fresh generation that replaces the
+    old one when the scrape ends, so lines the engine stopped sending (label values that change
+    every scrape) leave with it; within a scrape, new lines are cached only while the estimated
+    cost stays under ``max_bytes``.  Issue 13, row 9: the old cap counted entries, and 32,768
+    lines of 10 KB each grew the process by hundreds of MB.
+    """
+
+    def __init__(self, max_bytes: int = LINE_CACHE_BYTES, entries: int = LINE_CACHE_ENTRIES) -> None:
+        self.max_bytes = max_bytes
         self.entries = entries
-        self.lines: Dict[str, Union[Sample, str]] = {}
+        self.lines: Dict[str, Union[Sample, str]] = {}  # the generation being read
+        self.bytes = 0  # estimated cost of ``lines``
+        self._fresh: Dict[str, Union[Sample, str]] = {}
+        self._fresh_bytes = 0
+
+    @staticmethod
+    def cost(line: str) -> int:
+        """Estimated bytes one cached line holds: the key, the sample's text copies, the objects."""
+        return LINE_COST_OVERHEAD + 3 * len(line)
 
     def parse(self, line: str) -> Sample:
-        hit = self.lines.get(line)
+        hit = self._fresh.get(line)
         if hit is None:
-            try:
-                hit = parse_sample_line(line)
-            except LineError as exc:
-                hit = str(exc)
-            if len(self.lines) >= self.entries:
-                self.lines.clear()
-            self.lines[line] = hit
+            hit = self.lines.get(line)
+            if hit is None:
+                try:
+                    hit = parse_sample_line(line)
+                except LineError as exc:
+                    hit = str(exc)
+            cost = self.cost(line)
+            if self._fresh_bytes + cost <= self.max_bytes and len(self._fresh) < self.entries:
+                self._fresh[line] = hit
+                self._fresh_bytes += cost
         if isinstance(hit, str):
             raise LineError(hit)
         return hit
+
+    def end_scrape(self) -> None:
+        """The lines of the scrape that just ended become the cache; older ones are let go."""
+        self.lines, self.bytes = self._fresh, self._fresh_bytes
+        self._fresh, self._fresh_bytes = {}, 0
 
 
 def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
@@ -380,6 +408,8 @@ def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
                 builder.on_sample(parse_line(stripped))
         except LineError as exc:
             builder.dropped.append(DroppedLine(number, str(exc), _excerpt(line)))
+    if cache is not None:
+        cache.end_scrape()
     return ParseResult(list(builder.families.values()), builder.dropped, builder.type_conflicts, builder.duplicates)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional, Sequence, Tuple
 
 from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
@@ -42,8 +42,12 @@ class ScrapeOutcome:
     finished_at: float = 0.0
     # Set by the scraper's ``finish`` step in the same worker thread (the engine's share of /metrics).
     rendered: bytes = b""
+    # The snapshot of Patio's own families taken on the loop for this fetch (handed to the
+    # request that ran it, then dropped).
+    own: Optional[Sequence[Family]] = None
     clashes: int = 0
     assembly_duplicates: int = 0
+    utf8_names: int = 0
 
     @property
     def up(self) -> bool:
@@ -63,7 +67,7 @@ class EngineScraper:
         self,
         context: "AppContext",
         settings: "MetricsSettings",
-        finish: Optional[Callable[[ScrapeOutcome], None]] = None,
+        finish: Optional[Callable[[ScrapeOutcome], Awaitable[None]]] = None,
     ) -> None:
         core = context.settings.core
         self._context = context
@@ -76,15 +80,20 @@ class EngineScraper:
         self._last: Optional[ScrapeOutcome] = None
         # Only one fetch runs at a time (single flight), so one cache serves every scrape.
         self._lines = LineCache()
-        # Post-processing run in the fetch's own worker thread (one hop off the loop per scrape).
+        # Post-processing on the event loop after the fetch (accounting, the engine's share rendered
+        # against a snapshot of Patio's own families), inside the single flight.
         self._finish = finish
 
     def fetch_blocking(self) -> ScrapeOutcome:
         started = time.monotonic()
         outcome = self._fetch_and_parse()
         outcome.duration = time.monotonic() - started
+        return outcome
+
+    async def _cycle(self) -> ScrapeOutcome:
+        outcome = await self._context.run_blocking(self.fetch_blocking)
         if self._finish is not None:
-            self._finish(outcome)
+            await self._finish(outcome)
         outcome.finished_at = time.monotonic()
         return outcome
 
@@ -130,7 +139,7 @@ class EngineScraper:
             return last, False
         if self._inflight is not None:
             return await asyncio.shield(self._inflight), False
-        self._inflight = asyncio.ensure_future(self._context.run_blocking(self.fetch_blocking))
+        self._inflight = asyncio.ensure_future(self._cycle())
         try:
             outcome = await asyncio.shield(self._inflight)
         finally:

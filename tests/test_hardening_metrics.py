@@ -1,0 +1,96 @@
+"""Issue 13, metrics half: bounded memory per scrape, valid 0.0.4 output whatever the engine
+sends, and Patio's own gauges read on the event loop, once per scrape.
+
+One named test per row (9, 10, 19, 20); each failed on the landed code (829e6eb).
+"""
+
+import threading
+
+from fakes.engine import FakeEngine
+from support import RunningPatio, http_call, make_settings
+from test_metrics_scrape import assert_valid, scrape
+
+from patio.metrics import parse as parse_module
+from patio.metrics.model import Family, Sample
+from patio.metrics.parse import LineCache, parse
+
+
+def _patio_for(engine, *args):
+    env = {"INFERENCE_ENGINE": engine.kind, "INFERENCE_ENGINE_ENDPOINT": engine.url}
+    return RunningPatio(make_settings(list(args), env))
+
+
+def _value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_row09_line_cache_is_bounded_by_bytes_under_label_churn():
+    """Label values that change every scrape (100 new 10 KB lines each time) grew RSS without end."""
+    cache = LineCache()
+    budget = getattr(parse_module, "LINE_CACHE_BYTES", 16 * 1024 * 1024)
+    for scrape_number in range(60):
+        payload = "".join(f'churn{{id="{scrape_number}-{i}",pad="{"x" * 10000}"}} 1\n' for i in range(100))
+        result = parse(payload, cache)
+        assert result.dropped == [] and len(result.families[0].samples) == 100
+        held = sum(len(line) for line in cache.lines)
+        assert held <= budget, f"cache holds {held} bytes of lines after {scrape_number + 1} scrapes"
+    # Lines of earlier scrapes are gone: the cache keeps one scrape's worth at most.
+    assert len(cache.lines) <= 100
+
+
+def test_row09_line_cache_still_serves_repeated_lines():
+    cache = LineCache()
+    text = "".join(f'g{{i="{i}"}} {i}\n' for i in range(1000))
+    first = parse(text, cache)
+    again = parse(text, cache)
+    assert [tuple(s) for s in first.families[0].samples] == [tuple(s) for s in again.families[0].samples]
+    assert len(cache.lines) == 1000
+    # A hit returns the very object cached by the previous scrape.
+    assert again.families[0].samples[5] is cache.lines['g{i="5"} 5']
+
+
+def test_row19_quoted_utf8_names_are_dropped_counted_and_output_passes_promtool():
+    """`{"quoted.name",a="b"} 1` was passed through in 0.0.4 output that promtool 2.42 rejects."""
+    with FakeEngine("vllm") as engine:
+        engine.metrics_body = (
+            b'# HELP "quoted.name" A UTF-8 name.\n# TYPE "quoted.name" gauge\n{"quoted.name",a="b"} 1\n'
+            b'# TYPE plain gauge\nplain{"la.bel"="v"} 2\nplain{ok="v"} 3\n'
+            b'{"legacy_ok",a="b"} 4\n'
+        )
+        with _patio_for(engine) as patio:
+            text = scrape(patio)
+            assert_valid(text)
+            assert "quoted.name" not in text and "la.bel" not in text
+            assert 'plain{ok="v"} 3' in text and 'legacy_ok{a="b"} 4' in text
+            assert _value(text, "patio_engine_metrics_utf8_names_dropped_total") == 0  # counted after render
+            text = scrape(patio)
+            assert _value(text, "patio_engine_metrics_utf8_names_dropped_total") >= 2
+
+
+def test_row20_own_gauges_are_read_on_the_event_loop_once_per_scrape():
+    """Gauge callbacks iterated the LoRA manager's and download jobs' dicts on a worker thread."""
+    with FakeEngine("vllm") as engine:
+        engine.metrics_body = b"# TYPE engine_g gauge\nengine_g 1\n"
+        with _patio_for(engine) as patio:
+            threads = []
+            collects = []
+
+            def gauge_callback() -> float:
+                threads.append(threading.current_thread())
+                return float(len(threads))
+
+            def collector():
+                collects.append(threading.current_thread())
+                return [Family("patio_test_collected", "gauge", "t", [Sample("patio_test_collected", (), 1.0)])]
+
+            patio.context.registry.gauge("patio_test_callback", "t", func=gauge_callback)
+            patio.context.registry.add_collector(collector)
+            loop_thread = patio._thread
+            for _ in range(3):
+                status, _, body = http_call("GET", patio.url + "/metrics")
+                assert status == 200 and b"patio_test_callback" in body and b"engine_g 1" in body
+            assert threads and all(t is loop_thread for t in threads), {t.name for t in threads}
+            assert len(collects) == 3, f"own families collected {len(collects)} times for 3 scrapes"
