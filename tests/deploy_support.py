@@ -110,6 +110,20 @@ def selectors(expr: str) -> List[Selector]:
     return found
 
 
+def grouping_labels(expr: str) -> List[str]:
+    """The label names of every by/without/on/ignoring/group_left/group_right clause in ``expr``."""
+    tokens = _tokens(expr)
+    labels: List[str] = []
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "ident" and text in GROUPING and i + 1 < len(tokens) and tokens[i + 1][1] == "(":
+            j = i + 2
+            while tokens[j][1] != ")":
+                if tokens[j][0] == "ident":
+                    labels.append(tokens[j][1])
+                j += 1
+    return labels
+
+
 def grafana_to_promql(expr: str) -> str:
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)

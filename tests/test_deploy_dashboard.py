@@ -3,13 +3,14 @@ every query is PromQL that Prometheus accepts (promtool), the layout is sound, a
 what operators need to see (issue 16)."""
 
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 from typing import List, Tuple
 
 import pytest
 import yaml
-from deploy_support import DASHBOARD, DEPLOY, dashboard, dashboard_panels, queries, selectors
+from deploy_support import DASHBOARD, DEPLOY, dashboard, dashboard_panels, grouping_labels, queries, selectors
 
 # Area -> a family that must be on the dashboard for it.
 COVERAGE = [
@@ -98,3 +99,14 @@ def test_template_variables_are_defined():
 def test_dashboard_covers(area, family):
     used = {s.name for _, expr in queries() for s in selectors(expr)}
     assert family in used, f"no panel shows {area} ({family})"
+
+
+TARGETS = [(panel["title"], target) for panel in dashboard_panels() for target in panel.get("targets", [])]
+
+
+@pytest.mark.parametrize(("title", "target"), TARGETS, ids=[f"{t}:{x['refId']}" for t, x in TARGETS])
+def test_legend_names_only_labels_the_query_keeps(title, target):
+    """A legend {{label}} the aggregation dropped renders empty."""
+    kept = set(grouping_labels(target["expr"]))
+    for label in re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", target["legendFormat"]):
+        assert label in kept, f"{title}: legend uses {label!r}, the query keeps {sorted(kept)}"

@@ -21,7 +21,7 @@ import urllib.request
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
-from deploy_support import Selector, queries, selectors
+from deploy_support import Selector, grouping_labels, queries, selectors
 from fakes.engine import FakeEngine
 from prometheus_client.parser import text_string_to_metric_families
 from support import PatioProcess, free_port, http_call, http_json, shared_path
@@ -165,6 +165,24 @@ def test_selector_exists_in_a_real_scrape(scrape: Samples, where, expr, selector
     _check(scrape, where, expr, selector)
 
 
+QUERIES = queries()
+
+
+@pytest.mark.parametrize(("where", "expr"), QUERIES, ids=[where for where, _ in QUERIES])
+def test_grouping_labels_exist_in_a_real_scrape(scrape: Samples, where, expr):
+    """``sum by (pod, reason)`` over a family without ``reason`` would draw one line, silently."""
+    _check_grouping(scrape, where, expr)
+
+
+def _check_grouping(scrape: Samples, where: str, expr: str) -> None:
+    names = [s.name for s in selectors(expr)]
+    for label in grouping_labels(expr):
+        if label in TARGET_LABELS:
+            continue
+        carriers = [name for name in names if any(label in labels for labels in scrape.get(name, []))]
+        assert carriers, f"{where}: no selected family has the label {label!r} ({expr})"
+
+
 @pytest.mark.parametrize(
     ("expr", "error"),
     [
@@ -172,10 +190,12 @@ def test_selector_exists_in_a_real_scrape(scrape: Samples, where, expr, selector
         ('patio_downloads_total{store="s3"}', "has no label 'store'"),
         ('increase(patio_downloads_total{outcome="failure"}[30m]) > 0', "never 'failure'"),
         ('patio_lora_operations_total{result="error"}', "never 'error'"),
+        ("sum by (store) (rate(patio_downloads_total[5m]))", "has the label 'store'"),
     ],
-    ids=["unknown-name", "unknown-label", "value-never-emitted", "result-never-emitted"],
+    ids=["unknown-name", "unknown-label", "value-never-emitted", "result-never-emitted", "unknown-grouping-label"],
 )
 def test_the_check_catches_what_patio_does_not_emit(scrape: Samples, expr, error):
     with pytest.raises(AssertionError, match=re.escape(error)):
         for selector in selectors(expr):
             _check(scrape, "case", expr, selector)
+        _check_grouping(scrape, "case", expr)
