@@ -18,13 +18,16 @@ COVERAGE = [
     ("engine latency", "patio:time_to_first_token_seconds_bucket"),
     ("engine queue", "patio:num_requests_waiting"),
     ("KV cache use", "patio:gpu_cache_usage_perc"),
-    ("LoRA adapters", "patio_lora_adapters_loaded"),
+    ("LoRA adapters", "patio_lora_adapters"),
+    ("LoRA residency", "patio_lora_adapter_info"),
+    ("adapters file", "patio_lora_reconcile_failures_total"),
     ("LoRA operations", "patio_lora_operations_total"),
     ("router registration", "patio_topology_registered"),
     ("downloads", "patio_downloads_total"),
     ("engine health", "patio_engine_healthy"),
     ("Patio memory", "process_resident_memory_bytes"),
     ("Patio HTTP", "patio_http_requests_total"),
+    ("refused connections", "patio_http_connections_refused_total"),
 ]
 
 

@@ -3,8 +3,9 @@
 The names come from deploy/ (every alert expression, dashboard target and template
 variable), never from a list kept here.  Patio runs as the pyz with every component that
 exports metrics switched on: the engine scrape (the engine's own /metrics bodies from
-../shared/fixtures), LoRA (one load that succeeds, one the engine fails), downloads, and
-topology registered with a real SGLang router (sglang-router from PyPI).  Each selector's
+../shared/fixtures), LoRA (one load that succeeds, one the engine fails, and an adapters
+file with an adapter the engine keeps refusing), downloads, the HTTP server, and topology
+registered with a real SGLang router (sglang-router from PyPI).  Each selector's
 sample name must be in the scrape; each label it matches or groups by must be on those
 samples, and each exact label value it selects must occur, so an alert on a value Patio
 never emits fails here.  Only the labels Prometheus itself attaches to a target
@@ -33,6 +34,14 @@ TARGET_LABELS = frozenset(("namespace", "pod", "instance", "job", "container"))
 FIXTURES = {"vllm": "vllm-0.33-single.txt", "sglang": "sglang-0.5.23.txt"}
 
 Samples = Dict[str, List[Dict[str, str]]]
+FAST_ADAPTERS_FILE = [
+    "--adapters-file-interval",
+    "0.05",
+    "--adapter-apply-backoff",
+    "0.02",
+    "--adapter-apply-attempts",
+    "2",
+]
 
 
 class Router:
@@ -106,12 +115,16 @@ def router() -> Iterator[Router]:
 
 
 @pytest.fixture(scope="module", params=sorted(FIXTURES), ids=sorted(FIXTURES))
-def scrape(request, router) -> Iterator[Samples]:
+def scrape(request, router, tmp_path_factory) -> Iterator[Samples]:
     kind = request.param
     engine = FakeEngine(kind)
     engine.metrics_body = shared_path("fixtures", "metrics", FIXTURES[kind]).read_bytes()
-    engine.valid_paths = {"/adapters/ok"}  # any other path: the engine's "adapter not found" answer
+    engine.valid_paths = {"/adapters/ok", "/adapters/filed"}  # others: the engine's "adapter not found"
     info = {"data": {"port": engine.port, "worker_type": "regular"}}
+    # The adapters file: one adapter Patio can load, one it keeps failing to (reconcile failures).
+    adapters_file = tmp_path_factory.mktemp("adapters") / "adapters.json"
+    wanted = [{"name": "filed", "source": "/adapters/filed"}, {"name": "broken", "source": "/adapters/missing"}]
+    adapters_file.write_text(json.dumps({"adapters": wanted}), encoding="utf-8")
     env = {
         "INFERENCE_ENGINE": kind,
         "INFERENCE_ENGINE_ENDPOINT": engine.url,
@@ -120,13 +133,20 @@ def scrape(request, router) -> Iterator[Samples]:
         "POD_IP": "127.0.0.1",
         "HEARTBEAT_INTERVAL": "1",
     }
-    patio = PatioProcess(["--instance-info", json.dumps(info)], env=env)
+    args = ["--instance-info", json.dumps(info), "--adapters-file", str(adapters_file), *FAST_ADAPTERS_FILE]
+    patio = PatioProcess(args, env=env)
     try:
         load = patio.url + "/load_lora_adapter"
         assert http_json("POST", load, {"lora_name": "ok", "lora_path": "/adapters/ok"})[0] == 200, patio.output()
         refused = http_json("POST", load, {"lora_name": "bad", "lora_path": "/adapters/missing"})
         assert refused[0] >= 400, refused
         _wait(lambda: http_call("GET", patio.url + "/ready")[0] == 200, "readiness (engine + registration)")
+        _wait(
+            lambda: (
+                b'patio_lora_reconcile_failures_total{adapter="broken"}' in http_call("GET", patio.url + "/metrics")[2]
+            ),
+            "the adapters file's failing adapter to be counted",
+        )
         status, _, body = http_call("GET", patio.url + "/metrics")
         assert status == 200
         yield _samples(body.decode("utf-8"))

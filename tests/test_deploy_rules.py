@@ -21,6 +21,8 @@ REQUIRED_ALERTS = [
     ("PatioLoRAReconcileReloads", "patio_lora_reconcile_reloads_total"),
     ("PatioLoRAOperationsFailing", "patio_lora_operations_total"),
     ("PatioDownloadFailures", "patio_downloads_total"),
+    ("PatioLoRAReconcileFailures", "patio_lora_reconcile_failures_total"),
+    ("PatioConnectionsRefused", "patio_http_connections_refused_total"),
 ]
 SEVERITIES = ("critical", "warning", "info")
 

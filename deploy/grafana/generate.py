@@ -162,10 +162,31 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
         "LoRA adapters",
         (
             (
-                "Adapters loaded",
-                "Adapters Patio holds as loaded, per pod.",
-                ((f"sum by (pod) (patio_lora_adapters_loaded{{{SEL}}})", "{{pod}}"),),
+                "Adapters by state",
+                "Adapters Patio knows by state (pending, loading, loaded, available, unloading, failed): "
+                "what routers can send to this pod.",
+                ((f"sum by (state) (patio_lora_adapters{{{SEL}}})", "{{state}}"),),
                 "short",
+                "timeseries",
+            ),
+            (
+                "Resident adapters",
+                "Each adapter per pod with its state, source scheme, pinning and origin (api, file, resolver).",
+                (
+                    (
+                        "max by (pod, adapter, state, source_scheme, pinned, origin) "
+                        f"(patio_lora_adapter_info{{{SEL}}})",
+                        "{{pod}} {{adapter}} {{state}}",
+                    ),
+                ),
+                "short",
+                "table",
+            ),
+            (
+                "Last load duration by adapter",
+                "How long each adapter's last load took, download included: slow sources show here.",
+                ((f"max by (adapter) (patio_lora_adapter_last_load_duration_seconds{{{SEL}}})", "{{adapter}}"),),
+                "s",
                 "timeseries",
             ),
             (
@@ -200,6 +221,18 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
                     (
                         f"sum by (pod) (increase(patio_lora_reconcile_reloads_total{{{SEL}}}[$__rate_interval]))",
                         "{{pod}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Adapters file: failed attempts",
+                "Failed attempts to bring an adapter named by the adapters file to its desired state, by adapter.",
+                (
+                    (
+                        f"sum by (adapter) (increase(patio_lora_reconcile_failures_total{{{SEL}}}[$__rate_interval]))",
+                        "{{adapter}}",
                     ),
                 ),
                 "short",
@@ -328,6 +361,27 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
                     (f"sum by (pod) (patio_http_connections{{{SEL}}})", "connections {{pod}}"),
                     (f"max by (pod) (process_open_fds{{{SEL}}})", "fds {{pod}}"),
                     (f"max by (pod) (process_max_fds{{{SEL}}})", "fd limit {{pod}}"),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Connections refused, evicted, cut",
+                "Clients refused (at --max-connections, while shutting down, or silent past the first-byte "
+                "deadline), idle connections evicted at the limit, answers cut after --write-timeout.",
+                (
+                    (
+                        f"sum by (reason) (rate(patio_http_connections_refused_total{{{SEL}}}[$__rate_interval]))",
+                        "refused {{reason}}",
+                    ),
+                    (
+                        f"sum(rate(patio_http_connections_evicted_total{{{SEL}}}[$__rate_interval]))",
+                        "evicted",
+                    ),
+                    (
+                        f"sum(rate(patio_http_write_timeouts_total{{{SEL}}}[$__rate_interval]))",
+                        "write timeouts",
+                    ),
                 ),
                 "short",
                 "timeseries",
