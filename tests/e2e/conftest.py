@@ -111,9 +111,10 @@ def stop_group(proc, grace=15.0):
 class Vllm:
     """A real vLLM OpenAI server on 127.0.0.1 (CPU), restartable on the same port."""
 
-    def __init__(self, *extra):
+    def __init__(self, *extra, env=None):
         self.port = free_port()
         self.extra = list(extra)
+        self.env = dict(env or {})  # e.g. VLLM_PLUGINS for the filesystem LoRA resolver
         self.proc = None
         self.log = Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
         self.ready_seconds = None
@@ -130,6 +131,7 @@ class Vllm:
             VLLM_HOST_IP="127.0.0.1",
             HF_HUB_OFFLINE="1",
             VLLM_NO_USAGE_STATS="1",
+            **self.env,
         )
         argv = [
             f"{VENV}/bin/python",
