@@ -317,7 +317,7 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
         (
             (
                 "Resident memory",
-                "Patio's RSS (about 20 MB when serving); a steady climb is a leak.",
+                "Patio's RSS (20-25 MB when serving); a steady climb is a leak.",
                 ((f"max by (pod) (process_resident_memory_bytes{{{SEL}}})", "{{pod}}"),),
                 "bytes",
                 "timeseries",
