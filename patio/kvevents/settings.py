@@ -1,0 +1,167 @@
+"""KV-event bridge settings, with Kthena's names so its manifests work unchanged.
+
+Kthena's runtime reads ``-I/--pod``, ``-N/--model`` (core settings here),
+``REDIS_HOST/PORT/DB/PASSWORD`` (``redis_client.py``) and
+``VLLM_ZMQ_ENDPOINT``/``VLLM_ZMQ_TOPIC_FILTER`` (``vllm_config.py``) or the
+``SGLANG_ZMQ_*`` pair (``sglang_config.py``).  Patio adds the replay endpoints.
+The bridge is on only when a Redis host, the pod and the model are all given;
+``reason`` says why it is off.  Importing this module costs nothing (the
+bridge's modules load only when it is on).
+"""
+
+import argparse
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from patio.config import CoreSettings, as_str, parse_bool, parse_float, parse_int, pick
+from patio.errors import ConfigError
+
+# Kthena's defaults (vllm_config.py, sglang_config.py, redis_client.py).
+DEFAULT_ENDPOINT = "tcp://localhost:5557"
+DEFAULT_TOPICS = {"vllm": "kv-events", "sglang": ""}
+DEFAULT_REDIS_PORT = 6379
+# Batches held while Redis is unreachable; past it they are dropped and a resync follows.
+DEFAULT_BACKLOG = 10_000
+
+
+@dataclass(frozen=True)
+class KvEventsSettings:
+    enabled: bool = False
+    reason: str = "off"
+    engine: str = "vllm"
+    pod: str = ""
+    model: str = ""
+    endpoint: str = DEFAULT_ENDPOINT
+    replay_endpoint: Optional[str] = None
+    topic: str = "kv-events"
+    redis_host: str = ""
+    redis_port: int = DEFAULT_REDIS_PORT
+    redis_db: int = 0
+    redis_username: str = ""
+    redis_password: str = ""
+    timeout: float = 5.0  # connect/read/write timeout of every socket
+    retry_max: float = 5.0  # longest wait between two reconnect attempts
+    backlog: int = DEFAULT_BACKLOG
+    mapping_ttl: int = 86400
+    max_frame_bytes: int = 16 * 1024 * 1024
+    hash_cache: int = 16384
+
+    def __repr__(self) -> str:  # never print the Redis password
+        return (
+            f"KvEventsSettings(enabled={self.enabled}, endpoint={self.endpoint!r}, "
+            f"redis={self.redis_host}:{self.redis_port}/{self.redis_db})"
+        )
+
+    @property
+    def redis_where(self) -> str:
+        return f"{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+def add_flags(parser: Any) -> None:
+    parser.add_argument("--redis-host", help="Redis for KV-aware routing (env REDIS_HOST; unset: KV events off)")
+    parser.add_argument("--redis-port", help="Redis port (env REDIS_PORT; default 6379)")
+    parser.add_argument("--redis-db", help="Redis database (env REDIS_DB; default 0)")
+    parser.add_argument("--kv-events-endpoint", help="engine's KV-event PUB endpoint (env VLLM_ZMQ_ENDPOINT...)")
+    parser.add_argument("--kv-events-replay-endpoint", help="engine's replay ROUTER (env VLLM_ZMQ_REPLAY_ENDPOINT...)")
+    parser.add_argument("--kv-events-topic", help="topic filter (env VLLM_ZMQ_TOPIC_FILTER...)")
+
+
+def parse_endpoint(endpoint: str) -> Tuple[str, Union[str, Tuple[str, int]]]:
+    """``tcp://host:port`` -> ("tcp", (host, port)); ``ipc:///path`` -> ("ipc", path)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return "ipc", endpoint[len("ipc://") :]
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"endpoint must be tcp://host:port or ipc://path, got {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError(f"endpoint needs a host and a port: {endpoint!r}")
+    host = host.strip("[]")
+    if host == "*":
+        host = "127.0.0.1"  # vLLM's bind form copied from its flags: the engine is local
+    return "tcp", (host, int(port))
+
+
+def _endpoint(setting: str, raw: str) -> str:
+    value = raw.strip()
+    try:
+        parse_endpoint(value)
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
+    return value
+
+
+def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> KvEventsSettings:
+    prefix = "VLLM" if core.engine == "vllm" else "SGLANG"
+
+    def count(minimum: int) -> Any:
+        return lambda s, r: parse_int(s, r, minimum=minimum)
+
+    def port(setting: str, raw: str) -> int:
+        return parse_int(setting, raw, minimum=1, maximum=65535)
+
+    def positive(setting: str, raw: str) -> float:
+        value = parse_float(setting, raw, minimum=0.0)
+        if value <= 0:
+            raise ConfigError(setting, f"must be > 0, got {raw!r}")
+        return value
+
+    redis_host = pick(args, env, "redis_host", ("REDIS_HOST",), "", as_str).strip()
+    settings = KvEventsSettings(
+        engine=core.engine,
+        pod=core.pod,
+        model=core.model,
+        endpoint=pick(args, env, "kv_events_endpoint", (f"{prefix}_ZMQ_ENDPOINT",), DEFAULT_ENDPOINT, _endpoint),
+        replay_endpoint=pick(
+            args, env, "kv_events_replay_endpoint", (f"{prefix}_ZMQ_REPLAY_ENDPOINT",), None, _endpoint
+        ),
+        # Kthena reads the topic with os.getenv, so an empty value is a real (match-all) filter.
+        topic=(
+            args.kv_events_topic
+            if getattr(args, "kv_events_topic", None) is not None
+            else env.get(f"{prefix}_ZMQ_TOPIC_FILTER", DEFAULT_TOPICS[core.engine])
+        ),
+        redis_host=redis_host,
+        redis_port=pick(
+            args,
+            env,
+            "redis_port",
+            ("REDIS_PORT",),
+            DEFAULT_REDIS_PORT,
+            port,
+        ),
+        redis_db=pick(args, env, "redis_db", ("REDIS_DB",), 0, count(0)),
+        redis_username=env.get("REDIS_USERNAME", ""),
+        redis_password=env.get("REDIS_PASSWORD", ""),
+        timeout=pick(args, env, "kv_events_timeout", ("PATIO_KV_EVENTS_TIMEOUT",), 5.0, positive),
+        retry_max=pick(args, env, "kv_events_retry_max", ("PATIO_KV_EVENTS_RETRY_MAX",), 5.0, positive),
+        backlog=pick(
+            args,
+            env,
+            "kv_events_backlog",
+            ("PATIO_KV_EVENTS_BACKLOG",),
+            DEFAULT_BACKLOG,
+            count(1),
+        ),
+        mapping_ttl=pick(args, env, "kv_events_ttl", ("PATIO_KV_EVENTS_MAPPING_TTL",), 86400, count(1)),
+        hash_cache=pick(
+            args,
+            env,
+            "kv_events_hash_cache",
+            ("PATIO_KV_EVENTS_HASH_CACHE",),
+            16384,
+            count(0),
+        ),
+    )
+    switch = pick(args, env, "kv_events", ("PATIO_KV_EVENTS",), True, parse_bool)
+    missing = [
+        name for name, value in (("REDIS_HOST", redis_host), ("--pod", core.pod), ("--model", core.model)) if not value
+    ]
+    if not switch:
+        return _with(settings, False, "PATIO_KV_EVENTS=false")
+    if missing:
+        return _with(settings, False, "not configured: " + ", ".join(missing) + " unset")
+    return _with(settings, True, "on")
+
+
+def _with(settings: KvEventsSettings, enabled: bool, reason: str) -> KvEventsSettings:
+    return replace(settings, enabled=enabled, reason=reason)
