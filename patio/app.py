@@ -205,6 +205,7 @@ def build_app(
     from patio.api.core import CoreComponent
     from patio.artifacts.component import ArtifactsComponent
     from patio.engines.health import EngineHealth
+    from patio.kvevents.component import KvEventsComponent
     from patio.lora.component import LoraComponent
     from patio.lora.desired_component import DesiredComponent
     from patio.metrics.component import EngineMetrics
@@ -225,6 +226,8 @@ def build_app(
     components += [artifacts, lora, desired]
     if settings.topology.enabled:
         components.append(TopologyComponent(context, settings.topology, health))
+    # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
+    components.append(KvEventsComponent(context, settings.kvevents, health))
     components += [factory(context) for factory in extra_components]
     app.components = components
     return app

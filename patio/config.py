@@ -24,6 +24,7 @@ from patio.logs import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
     from patio.artifacts.settings import ArtifactSettings
+    from patio.kvevents.settings import KvEventsSettings
     from patio.lora.settings import LoraSettings
     from patio.metrics.settings import MetricsSettings
     from patio.topology.settings import TopologySettings
@@ -196,6 +197,7 @@ class Settings:
     lora: "LoraSettings"
     topology: "TopologySettings"
     artifacts: "ArtifactSettings"
+    kvevents: "KvEventsSettings"
 
 
 def terminal_columns(environ: Mapping[str, str]) -> int:
@@ -284,9 +286,16 @@ def section_modules() -> Tuple[Tuple[str, Any], ...]:
     from patio.artifacts import settings as artifacts
     from patio.lora import settings as lora
     from patio.metrics import settings as metrics
+    from patio.kvevents import settings as kvevents
     from patio.topology import settings as topology
 
-    return (("metrics", metrics), ("lora", lora), ("topology", topology), ("artifacts", artifacts))
+    return (
+        ("metrics", metrics),
+        ("lora", lora),
+        ("topology", topology),
+        ("artifacts", artifacts),
+        ("kvevents", kvevents),
+    )
 
 
 def _engine_endpoint(setting: str, raw: str) -> str:

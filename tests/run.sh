@@ -24,6 +24,19 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
 fi
 
+# 1b. redis-server (Debian package `redis-server`) for the KV-event bridge tests (issue 14);
+#     the tests start their own instances on free ports, nothing runs as a service.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian package redis-server"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  else
+    echo "tests need redis-server: install the 'redis-server' package (apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+
 # 2. The test virtualenv (dev tools and real peers; never imported by patio/).
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"

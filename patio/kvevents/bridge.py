@@ -158,7 +158,8 @@ class Bridge:
         )
         # True right after a clear, until the next write: a second clear would find nothing.
         self._pod_clean = False
-        self.last_seq: Optional[int] = None
+        self.last_seq: Optional[int] = None  # last seq taken in order (its write may be in flight)
+        self.applied_seq: Optional[int] = None  # last seq Redis acknowledged
         self.need_resync: Optional[str] = "start"
         self.engine_down = False
         self.last_error = ""
@@ -247,7 +248,7 @@ class Bridge:
             "publisher_connected": self.sub is not None,
             "redis_connected": self.redis is not None,
             "engine_down": self.engine_down,
-            "last_seq": self.last_seq,
+            "last_seq": self.applied_seq,
             "last_event_ts": self.last_event_ts,
             "last_applied_at": self.last_applied_at,
             "pending_resync": self.need_resync,
@@ -393,12 +394,13 @@ class Bridge:
         self.need_resync = self.need_resync or "publisher_lost"
         self._guard_redis(lambda: self._clear_pod("publisher_lost"))
 
-    def _guard_redis(self, action: Callable[[], None]) -> None:
-        """Run ``action``; a Redis failure drops the connection and schedules a resync."""
+    def _guard_redis(self, action: Callable[[], None]) -> bool:
+        """Run ``action``; a Redis failure drops the connection and schedules a resync (False)."""
         if self.redis is None:
-            return
+            return False
         try:
             action()
+            return True
         except (net.PeerDown, _RedisDown) as exc:
             self.metrics.redis_errors.inc()
             if self.redis is not None:
@@ -407,6 +409,7 @@ class Bridge:
             self.need_resync = "redis_reconnect"
             self._note_error(str(exc))
             self._backoff_after("redis")
+            return False
 
     # -- the stream --------------------------------------------------------------------------
     def _read_sub(self) -> None:
@@ -467,7 +470,8 @@ class Bridge:
             if self.redis is not None and not self._stop.is_set():
                 self._guard_redis(lambda: self._resync(self.need_resync or "start"))
             return
-        self._guard_redis(lambda: self._apply_in_order(items, replay_gaps=True))
+        if not self._guard_redis(lambda: self._apply_in_order(items, replay_gaps=True)):
+            self._to_backlog(items)  # the resync that follows skips what Redis already has
 
     def _to_backlog(self, items: Iterable[_Item]) -> None:
         for item in items:
@@ -550,7 +554,7 @@ class Bridge:
         log.info("kv events: resync (%s)", reason)
         if not self._pod_clean:
             self._clear_pod(reason)
-        self.last_seq = None
+        self.last_seq = self.applied_seq = None
         merged: List[_Item] = self._replay(0) if self.settings.replay_endpoint else []
         for item in self.backlog:
             if merged and item.seq != 0 and item.seq <= merged[-1].seq:
@@ -635,6 +639,7 @@ class Bridge:
             if item.live:
                 self.metrics.lag.observe(max(wrote - item.batch.ts, 0.0))
             self.last_event_ts = item.batch.ts
+            self.applied_seq = item.seq
         if done:
             self.last_applied_at = wrote
 

@@ -1,0 +1,342 @@
+"""The KV-event bridge against real peers: redis-server and a libzmq publisher.
+
+The publisher (tests/kvevents_peers.py) is vLLM 0.32's ZmqEventPublisher wire
+behaviour on real pyzmq sockets, replaying the recorded vLLM payload
+(../shared/fixtures/kv-events/) and msgspec-encoded batches; Redis is Debian's
+redis-server started per test module.  Redis contents are read back with redis-py
+and compared with Kthena's layout (volcano-sh/kthena
+python/kthena/runtime/kv_cache_manager.py) computed independently here.
+"""
+
+import hashlib
+import json
+import signal
+import time
+
+import msgspec
+import pytest
+from kvevents_peers import Publisher, RedisServer, batch, cleared, removed, sglang_batch, stored
+from kvevents_peers import SglangBlockStored as SgStored
+from support import PatioProcess, http_call, shared_path
+
+from patio.kvevents.bridge import Bridge
+from patio.kvevents.settings import KvEventsSettings
+from patio.metrics.registry import Registry
+
+FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
+POD, MODEL = "pod-a.ns", "tiny"
+WAIT = 10.0
+
+
+def std_hash(tokens):
+    digest = hashlib.sha256(b"".join(t.to_bytes(4, "big") for t in tokens)).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
+
+
+class Expected:
+    """Kthena's layout for one pod, applied event by event (the oracle)."""
+
+    def __init__(self, pod=POD, model=MODEL, prefix="vllm"):
+        self.pod, self.model, self.prefix = pod, model, prefix
+        self.blocks = {}  # engine hash -> std hash
+
+    def store(self, hashes, tokens):
+        size = len(tokens) // len(hashes)
+        for i, h in enumerate(hashes):
+            self.blocks[h] = std_hash(tokens[i * size : (i + 1) * size])
+
+    def remove(self, hashes):
+        for h in hashes:
+            self.blocks.pop(h, None)
+
+    def state(self):
+        keys = {f"{self.prefix}:kv:block:{self.pod}@{h}": str(s) for h, s in self.blocks.items()}
+        matrix = {f"matrix:kv:block:{self.model}@{s}": {self.pod} for s in self.blocks.values()}
+        return keys, matrix
+
+
+def redis_state(client, pod=POD):
+    """(mapping keys -> value, matrix keys -> pods) as the router would read them."""
+    keys, matrix = {}, {}
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        if key.startswith("matrix:"):
+            fields = {f.decode() for f in client.hkeys(key)}
+            if fields:
+                matrix[key] = fields
+        else:
+            value = client.get(key)
+            if value is not None:  # not deleted since the SCAN
+                keys[key] = value.decode()
+    return keys, matrix
+
+
+def wait_for(predicate, timeout=WAIT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def redis(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def publisher():
+    pub = Publisher()
+    yield pub
+    pub.close()
+
+
+def make_bridge(redis_server, publisher, replay=True, **overrides):
+    settings = KvEventsSettings(
+        enabled=True,
+        pod=POD,
+        model=MODEL,
+        endpoint=publisher.endpoint,
+        replay_endpoint=publisher.replay_endpoint if replay else None,
+        redis_host="127.0.0.1",
+        redis_port=redis_server.port,
+        timeout=2.0,
+        retry_max=0.2,
+        **overrides,
+    )
+    bridge = Bridge(settings, Registry())
+    bridge.start()
+    wait_for(lambda: bridge.state == "live", what="bridge live")
+    return bridge
+
+
+@pytest.fixture()
+def bridges():
+    started = []
+    yield started
+    for bridge in started:
+        bridge.stop(5)
+
+
+def settled(bridge, seq):
+    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
+
+
+def test_recorded_payload_lands_in_kthenas_layout(redis_server, redis, publisher, bridges):
+    publisher.publish(FIXTURE)  # before the bridge starts: a late start, recovered by replay
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    settled(bridge, 0)
+    (event,) = msgspec.msgpack.decode(FIXTURE)[1]  # msgspec, vLLM's own decoder, as the oracle
+    tokens = event["token_ids"]
+    h0, h1 = event["block_hashes"]
+    s0, s1 = std_hash(tokens[:32]), std_hash(tokens[32:])
+    assert redis.get(f"vllm:kv:block:{POD}@{h0}") == str(s0).encode()
+    assert redis.get(f"vllm:kv:block:{POD}@{h1}") == str(s1).encode()
+    assert 86000 < redis.ttl(f"vllm:kv:block:{POD}@{h0}") <= 86400
+    stamp = int(redis.hget(f"matrix:kv:block:{MODEL}@{s0}", POD))
+    assert abs(stamp - time.time()) < 60
+    assert redis.hkeys(f"matrix:kv:block:{MODEL}@{s1}") == [POD.encode()]
+    assert publisher.replay_requests == [0]
+    assert bridge.metrics.applied.value("BlockStored") == 1
+    assert bridge.metrics.replays.value("complete") == 1
+
+
+def test_gap_is_replayed_and_redis_equals_the_publishers_state(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    expected = Expected()
+    script = [
+        ("store", [1, 2], list(range(64)), False),
+        ("store", [3], list(range(100, 132)), True),  # lost on the wire
+        ("remove", [1], None, True),  # lost on the wire
+        ("store", [4], list(range(200, 232)), False),
+        ("remove", [2], None, False),
+    ]
+    for kind, hashes, tokens, drop in script:
+        if kind == "store":
+            expected.store(hashes, tokens)
+            seq = publisher.publish(batch([stored(hashes, tokens)]), drop=drop)
+        else:
+            expected.remove(hashes)
+            seq = publisher.publish(batch([removed(hashes)]), drop=drop)
+    settled(bridge, seq)
+    assert redis_state(redis) == expected.state()
+    assert bridge.metrics.gaps.value() == 1 and publisher.replay_requests == [0, 1]
+    assert bridge.metrics.lag.count() >= 3
+
+
+def test_gap_without_replay_clears_the_pod_rather_than_keep_stale_claims(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher, replay=False)
+    bridges.append(bridge)
+    publisher.publish(batch([stored([1], list(range(32)))]))
+    publisher.publish(batch([removed([1])]), drop=True)
+    seq = publisher.publish(batch([stored([2], list(range(40, 72)))]))
+    settled(bridge, seq)
+    expected = Expected()
+    expected.store([2], list(range(40, 72)))
+    assert redis_state(redis) == expected.state()  # block 1 is gone: a subset, never a stale claim
+    assert bridge.metrics.clears.value("gap") == 1
+
+
+def test_other_pods_are_untouched_and_all_blocks_cleared_clears_only_this_pod(redis_server, redis, publisher, bridges):
+    redis.hset(f"matrix:kv:block:{MODEL}@{std_hash(list(range(32)))}", "other-pod", "1")
+    redis.set("vllm:kv:block:other-pod@1", "5")
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    publisher.publish(batch([stored([1], list(range(32))), stored([2], list(range(32, 64)))]))
+    seq = publisher.publish(batch([cleared(), stored([3], list(range(64, 96)))]))
+    settled(bridge, seq)
+    expected = Expected()
+    expected.store([3], list(range(64, 96)))
+    keys, matrix = redis_state(redis)
+    assert matrix[f"matrix:kv:block:{MODEL}@{std_hash(list(range(32)))}"] == {"other-pod"}
+    assert keys.pop("vllm:kv:block:other-pod@1") == "5"
+    matrix.pop(f"matrix:kv:block:{MODEL}@{std_hash(list(range(32)))}")
+    assert (keys, matrix) == expected.state()
+
+
+def test_engine_restart_clears_then_new_blocks_arrive(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    seq = publisher.publish(batch([stored([1], list(range(32)))]))
+    settled(bridge, seq)
+    publisher.stop()  # the engine dies: its publisher connection drops
+    wait_for(lambda: redis_state(redis) == ({}, {}), what="pod cleared after the publisher went away")
+    publisher.start()  # a new engine: seq from 0, empty cache
+    wait_for(lambda: bridge.state == "live", what="reconnected")
+    publisher.publish(batch([stored([9], list(range(500, 532)))]))
+    expected = Expected()
+    expected.store([9], list(range(500, 532)))
+    wait_for(lambda: redis_state(redis) == expected.state(), what="the new engine's block")
+    assert bridge.metrics.clears.value("publisher_lost") >= 1
+
+
+def test_redis_killed_and_restarted_mid_stream_is_consistent_after_resync(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    expected = Expected()
+    publisher.publish(batch([stored([1, 2], list(range(64)))]))
+    expected.store([1, 2], list(range(64)))
+    settled(bridge, 0)
+    redis_server.stop()
+    publisher.publish(batch([removed([1])]))
+    expected.remove([1])
+    publisher.publish(batch([stored([3], list(range(90, 122)))]))
+    expected.store([3], list(range(90, 122)))
+    wait_for(lambda: bridge.state == "redis_down" and len(bridge.backlog) >= 1, what="backlog while Redis is down")
+    redis_server.start()  # empty: no persistence
+    settled(bridge, 2)
+    client = redis_server.client()
+    assert redis_state(client) == expected.state()
+    assert bridge.metrics.redis_errors.value() >= 1 and len(bridge.backlog) == 0
+
+
+def test_backlog_is_bounded_while_redis_is_down(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher, backlog=3)
+    bridges.append(bridge)
+    redis_server.stop()
+    publisher.publish(batch([stored([1], list(range(32)))]))
+    wait_for(lambda: bridge.redis is None, what="redis loss noticed")
+    for i in range(10):
+        publisher.publish(batch([stored([10 + i], list(range(i, i + 32)))]))
+    wait_for(lambda: bridge.last_error != "" and len(bridge.backlog) > 0, what="backlog")
+    time.sleep(0.3)
+    assert len(bridge.backlog) <= 3
+    redis_server.start()
+    settled(bridge, 10)
+    assert len(redis_state(redis_server.client())[0]) == 11  # the replay buffer restored everything
+
+
+def test_engine_health_down_clears_and_up_resyncs(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    seq = publisher.publish(batch([stored([1], list(range(32)))]))
+    settled(bridge, seq)
+    bridge.engine_health(False)
+    wait_for(lambda: redis_state(redis) == ({}, {}), what="cleared on engine down")
+    assert bridge.snapshot()["state"] == "engine_down"
+    bridge.engine_health(True)
+    wait_for(lambda: len(redis_state(redis)[0]) == 1, what="resynced from the replay buffer")
+    assert bridge.metrics.clears.value("engine_down") >= 1
+
+
+def test_malformed_messages_are_counted_and_skipped(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    publisher.publish(b"\xc1 not msgpack")
+    publisher.publish(batch([{"type": "BlockMoved"}, stored([1, 2], [1, 2, 3])]))
+    seq = publisher.publish(batch([stored([5], list(range(32)))]))
+    settled(bridge, seq)
+    assert bridge.metrics.malformed.value("payload") == 1
+    assert bridge.metrics.malformed.value("event") == 1
+    assert bridge.metrics.skipped.value("other") >= 1
+    assert len(redis_state(redis)[0]) == 1
+
+
+def test_sglang_publisher_shape(redis_server, redis, bridges):
+    publisher = Publisher(topic=b"", replay_shape="sglang")
+    try:
+        publisher.publish(sglang_batch([SgStored([7, 8], None, list(range(8)), 4, None)]))
+        bridge = make_bridge(redis_server, publisher, engine="sglang", topic="")
+        bridges.append(bridge)
+        settled(bridge, 0)
+        expected = Expected(prefix="sglang")
+        expected.store([7, 8], list(range(8)))
+        assert redis_state(redis) == expected.state()
+    finally:
+        publisher.close()
+
+
+def test_patio_process_serves_state_and_clears_the_pod_on_sigterm(tmp_path):
+    server = RedisServer(password="s3cret-pw")
+    publisher = Publisher()
+    try:
+        publisher.publish(FIXTURE)
+        env = {
+            "INFERENCE_ENGINE": "vllm",
+            "INFERENCE_ENGINE_ENDPOINT": "http://127.0.0.1:9",
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(server.port),
+            "REDIS_PASSWORD": "s3cret-pw",
+            "VLLM_ZMQ_ENDPOINT": publisher.endpoint,
+            "VLLM_ZMQ_REPLAY_ENDPOINT": publisher.replay_endpoint,
+        }
+        with PatioProcess(["-I", POD, "-N", MODEL, "--scrape-engine-metrics", "false"], env=env) as patio:
+            client = server.client()
+            wait_for(lambda: len(redis_state(client)[0]) == 2, what="fixture applied by the process")
+            status, _, body = http_call("GET", patio.url + "/v1/kv-events")
+            state = json.loads(body)
+            assert status == 200 and state["state"] == "live" and state["last_seq"] == 0
+            status, _, metrics = http_call("GET", patio.url + "/metrics")
+            assert b'patio_kv_events_applied_total{type="BlockStored"} 1' in metrics
+            assert b"patio_kv_events_connected 1" in metrics
+            assert b"s3cret-pw" not in body + metrics
+            assert patio.stop(signal.SIGTERM) == 0
+            assert redis_state(client) == ({}, {})
+            assert "s3cret-pw" not in patio.output()
+    finally:
+        publisher.close()
+        server.close()
+
+
+def test_off_without_redis_host_says_why_and_loads_nothing():
+    with PatioProcess(["-I", POD, "--scrape-engine-metrics", "false"]) as patio:
+        status, _, body = http_call("GET", patio.url + "/v1/kv-events")
+        assert status == 200 and json.loads(body) == {
+            "enabled": False,
+            "reason": "not configured: REDIS_HOST, --model unset",
+        }
+        patio.stop()
+        assert "kv events to redis: off (not configured: REDIS_HOST, --model unset)" in patio.output()

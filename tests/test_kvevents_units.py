@@ -1,0 +1,463 @@
+"""KV events, sans-IO parts: msgpack, ZMTP, RESP, event decoding, Kthena's layout.
+
+Oracles: msgspec (the encoder vLLM and SGLang publish with) for msgpack, real libzmq
+byte streams (pyzmq) for ZMTP, the recorded vLLM 0.32 payload
+(../shared/fixtures/kv-events/), and Kthena's ``compute_standardized_hash``
+(volcano-sh/kthena python/kthena/runtime/kv_cache_manager.py) for std hashes.
+"""
+
+import hashlib
+import random
+import socket
+import struct
+import time
+
+import msgspec
+import pytest
+import zmq
+from kvevents_peers import SglangBlockRemoved, SglangBlockStored, removed, sglang_batch
+from support import shared_path
+
+from patio.kvevents import events as ev
+from patio.kvevents import layout as lay
+from patio.kvevents import resp, zmtp
+from patio.kvevents.msgpack import Ext, Limits, MsgpackError, unpackb
+
+FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
+FIXTURE_HASHES = (1833370376425142648, 1881664714865506252)
+
+
+def kthena_std_hash(token_ids):
+    """Verbatim from Kthena's kv_cache_manager.compute_standardized_hash (logging removed)."""
+    if not token_ids:
+        return 0
+    token_bytes = b"".join(token_id.to_bytes(4, byteorder="big") for token_id in token_ids)
+    hash_obj = hashlib.sha256(token_bytes)
+    full_hash = int.from_bytes(hash_obj.digest()[:8], byteorder="big")
+    return full_hash & 0x7FFFFFFFFFFFFFFF
+
+
+# -- msgpack ----------------------------------------------------------------------------------
+VALUES = [
+    ("nil", None),
+    ("false", False),
+    ("true", True),
+    ("positive_fixint", 127),
+    ("negative_fixint", -32),
+    ("uint8", 200),
+    ("uint16", 301),
+    ("uint32", 70000),
+    ("uint64", 1833370376425142648),
+    ("uint64_max", (1 << 64) - 1),
+    ("int8", -100),
+    ("int16", -1000),
+    ("int32", -100000),
+    ("int64", -(1 << 40)),
+    ("float64", 1795989477.079123),
+    ("fixstr", "BlockStored"),
+    ("str8", "kv_cache_spec_kind_full_attention_x"),
+    ("str16", "x" * 300),
+    ("utf8", "gpu-µ"),
+    ("bin8", b"\x00\x01"),
+    ("bin16", b"z" * 300),
+    ("fixarray", [1, 2, 3]),
+    ("array16", list(range(64))),
+    ("fixmap", {"type": "BlockRemoved", "block_hashes": [1]}),
+    ("map16", {str(i): i for i in range(20)}),
+    ("nested", [1.5, [{"a": [None, [True]]}], None]),
+]
+
+
+@pytest.mark.parametrize("value", [v for _, v in VALUES], ids=[n for n, _ in VALUES])
+def test_msgpack_decodes_what_msgspec_encodes(value):
+    assert unpackb(msgspec.msgpack.encode(value)) == value
+
+
+HANDMADE = [
+    ("float32", b"\xca" + struct.pack(">f", 1.5), 1.5),
+    ("array32", b"\xdd\x00\x00\x00\x02\x01\x02", [1, 2]),
+    ("map32", b"\xdf\x00\x00\x00\x01\xa1k\x05", {"k": 5}),
+    ("str32", b"\xdb\x00\x00\x00\x02hi", "hi"),
+    ("bin32", b"\xc6\x00\x00\x00\x01\xff", b"\xff"),
+    ("fixext1", b"\xd4\x05\x07", Ext(5, b"\x07")),
+    ("timestamp32", b"\xd6\xff\x00\x00\x00\x01", Ext(-1, b"\x00\x00\x00\x01")),
+    ("ext8", b"\xc7\x02\x01ab", Ext(1, b"ab")),
+    ("int_key_map", b"\x81\x01\x02", {1: 2}),
+]
+
+
+@pytest.mark.parametrize("data,value", [(d, v) for _, d, v in HANDMADE], ids=[n for n, _, _ in HANDMADE])
+def test_msgpack_types_msgspec_does_not_emit(data, value):
+    assert unpackb(data) == value
+
+
+HOSTILE = [
+    ("empty", b"", "truncated"),
+    ("truncated_uint64", b"\xcf\x00\x01", "truncated"),
+    ("truncated_str", b"\xa5ab", "truncated"),
+    ("truncated_array", b"\x93\x01\x02", "truncated"),
+    ("huge_array32", b"\xdd\xff\xff\xff\xff\x00", "4294967295 items exceed"),
+    ("huge_array_within_limit", b"\xdd\x00\x01\x00\x00\x00", "truncated: 65536 items"),
+    ("huge_map32", b"\xdf\x7f\xff\xff\xff", "2147483647 items exceed"),
+    ("huge_str32", b"\xdb\x7f\xff\xff\xff", "bin of 2147483647 bytes exceeds"),
+    ("huge_bin32", b"\xc6\x00\x20\x00\x00", "bin of 2097152 bytes exceeds"),
+    ("depth_bomb", b"\x91" * 100 + b"\xc0", "nesting deeper than 16"),
+    ("map_depth_bomb", b"\x81\xa1k" * 40 + b"\xc0", "nesting deeper than 16"),
+    ("never_used_byte", b"\xc1", "invalid type byte 0xc1"),
+    ("trailing", b"\xc0\xc0", "1 trailing bytes"),
+    ("bad_utf8", b"\xa2\xff\xfe", "str is not valid UTF-8"),
+    ("list_key", b"\x81\x90\x01", "map key is not a scalar"),
+]
+
+
+@pytest.mark.parametrize("data,message", [(d, m) for _, d, m in HOSTILE], ids=[n for n, _, _ in HOSTILE])
+def test_msgpack_hostile_inputs_fail_with_its_own_error(data, message):
+    with pytest.raises(MsgpackError) as info:
+        unpackb(data)
+    assert message in str(info.value)
+
+
+def test_msgpack_every_truncation_of_the_fixture_is_an_error():
+    for end in range(len(FIXTURE)):
+        with pytest.raises(MsgpackError):
+            unpackb(FIXTURE[:end])
+
+
+def test_msgpack_fuzz_only_its_own_error_escapes():
+    rng = random.Random(14)
+    for _ in range(3000):
+        data = bytearray(FIXTURE)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            unpackb(bytes(data), Limits(max_container_items=4096))
+        except MsgpackError:
+            pass
+
+
+def test_msgpack_the_recorded_vllm_payload():
+    ts, events, rank = unpackb(FIXTURE)
+    assert rank == 0 and ts > 1.7e9
+    (event,) = events
+    assert event["type"] == "BlockStored" and tuple(event["block_hashes"]) == FIXTURE_HASHES
+    assert len(event["token_ids"]) == 64 and event["block_size"] == 32 and event["medium"] == "GPU"
+    assert event["extra_keys"] == [None, None] and event["kv_cache_spec_kind"] == "full_attention"
+
+
+# -- events -----------------------------------------------------------------------------------
+def test_events_fixture_is_one_block_stored():
+    batch = ev.decode_batch(FIXTURE)
+    (event,) = batch.events
+    assert isinstance(event, ev.BlockStored) and event.block_hashes == FIXTURE_HASHES
+    assert len(event.token_ids) == 64 and batch.dp_rank == 0
+
+
+EVENT_CASES = [
+    ("vllm_removed", msgspec.msgpack.encode([1.0, [removed([5, 6])], 0]), [ev.BlockRemoved((5, 6))]),
+    (
+        "vllm_bytes_hash",
+        msgspec.msgpack.encode([1.0, [removed([b"\x01" * 32])], 0]),
+        [ev.BlockRemoved((int.from_bytes(b"\x01" * 32, "big") & ((1 << 64) - 1),))],
+    ),
+    (
+        "sglang_arrays",
+        sglang_batch([SglangBlockStored([7], None, [1, 2], 2, None), SglangBlockRemoved([7])]),
+        [ev.BlockStored((7,), [1, 2]), ev.BlockRemoved((7,))],
+    ),
+    ("all_cleared_array", msgspec.msgpack.encode([1.0, [["AllBlocksCleared"]]]), [ev.AllBlocksCleared()]),
+    ("all_cleared_map", msgspec.msgpack.encode([1.0, [{"type": "AllBlocksCleared"}]]), [ev.AllBlocksCleared()]),
+    ("unknown_type", msgspec.msgpack.encode([1.0, [{"type": "BlockMoved", "x": 1}]]), [ev.Unknown("BlockMoved")]),
+    (
+        "unknown_fields_ignored",
+        msgspec.msgpack.encode([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "locality": "LOCAL"}]]),
+        [ev.BlockRemoved((1,))],
+    ),
+    (
+        "bad_hashes",
+        msgspec.msgpack.encode([1.0, [{"type": "BlockRemoved", "block_hashes": "x"}]]),
+        [ev.Malformed("BlockRemoved", "block_hashes is not an array")],
+    ),
+    (
+        "missing_tokens",
+        msgspec.msgpack.encode([1.0, [{"type": "BlockStored", "block_hashes": [1]}]]),
+        [ev.Malformed("BlockStored", "missing token_ids")],
+    ),
+    (
+        "untagged",
+        msgspec.msgpack.encode([1.0, [5]]),
+        [ev.Malformed("unknown", "event is neither a tagged map nor a tagged array")],
+    ),
+    ("map_batch", msgspec.msgpack.encode({"ts": 2.0, "events": [["AllBlocksCleared"]]}), [ev.AllBlocksCleared()]),
+]
+
+
+@pytest.mark.parametrize("payload,expected", [(p, e) for _, p, e in EVENT_CASES], ids=[n for n, _, _ in EVENT_CASES])
+def test_events_decode(payload, expected):
+    assert ev.decode_batch(payload).events == expected
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [(b"\xc1", "payload"), (msgspec.msgpack.encode("x"), "batch"), (msgspec.msgpack.encode(["x", []]), "batch")],
+    ids=["not_msgpack", "not_a_batch", "ts_not_a_number"],
+)
+def test_events_bad_batches(payload, reason):
+    with pytest.raises(ev.EventError) as info:
+        ev.decode_batch(payload)
+    assert info.value.reason == reason
+
+
+# -- layout -----------------------------------------------------------------------------------
+def test_std_hash_is_kthenas():
+    tokens = ev.decode_batch(FIXTURE).events[0].token_ids
+    for block in (tokens[:32], tokens[32:], [0], [2**32 - 1, 5], list(range(1000))):
+        assert lay.std_hash(block) == kthena_std_hash(block)
+    assert lay.std_hash([]) == 0
+    with pytest.raises(ValueError):
+        lay.std_hash([2**32])
+
+
+def test_store_commands_follow_kthenas_layout():
+    layout = lay.Layout("vllm", "pod-a.ns", "llama")
+    cache = lay.HashCache()
+    event = ev.decode_batch(FIXTURE).events[0]
+    commands = lay.store_commands(layout, event, cache, 1700000000)
+    h0, h1 = FIXTURE_HASHES
+    s0, s1 = kthena_std_hash(event.token_ids[:32]), kthena_std_hash(event.token_ids[32:])
+    assert commands == [
+        ("SET", f"vllm:kv:block:pod-a.ns@{h0}", str(s0), "EX", "86400"),
+        ("HSET", f"matrix:kv:block:llama@{s0}", "pod-a.ns", "1700000000"),
+        ("SET", f"vllm:kv:block:pod-a.ns@{h1}", str(s1), "EX", "86400"),
+        ("HSET", f"matrix:kv:block:llama@{s1}", "pod-a.ns", "1700000000"),
+    ]
+    assert lay.remove_commands(layout, ev.BlockRemoved((h1, 99)), cache, {}) == [
+        ("HDEL", f"matrix:kv:block:llama@{s1}", "pod-a.ns"),
+        ("DEL", f"vllm:kv:block:pod-a.ns@{h1}"),
+    ]
+    assert lay.unresolved_removals([ev.BlockRemoved((h0, h1))], cache) == [h1]
+    with pytest.raises(lay.BlockSplitError):
+        lay.store_commands(layout, ev.BlockStored((1, 2), [1, 2, 3]), cache, 0)
+
+
+def test_layout_patterns_escape_glob_characters():
+    layout = lay.Layout("sglang", "p*d[1]", "m?")
+    assert layout.mapping_pattern() == "sglang:kv:block:p\\*d\\[1\\]@*"
+    assert layout.matrix_pattern() == "matrix:kv:block:m\\?@*"
+
+
+def test_hash_cache_is_bounded():
+    cache = lay.HashCache(3)
+    for i in range(10):
+        cache.put(i, i * 10)
+    assert len(cache) == 3 and cache.get(9) == 90 and cache.get(0) is None
+
+
+# -- RESP -------------------------------------------------------------------------------------
+REPLIES = [
+    ("simple", b"+OK\r\n", "OK"),
+    (
+        "error",
+        b"-WRONGPASS invalid username-password pair\r\n",
+        resp.ReplyError("WRONGPASS invalid username-password pair"),
+    ),
+    ("integer", b":42\r\n", 42),
+    ("negative", b":-1\r\n", -1),
+    ("bulk", b"$5\r\nhello\r\n", b"hello"),
+    ("bulk_with_crlf", b"$4\r\na\r\nb\r\n", b"a\r\nb"),
+    ("empty_bulk", b"$0\r\n\r\n", b""),
+    ("nil_bulk", b"$-1\r\n", None),
+    ("array", b"*2\r\n$3\r\nfoo\r\n:1\r\n", [b"foo", 1]),
+    ("empty_array", b"*0\r\n", []),
+    ("nil_array", b"*-1\r\n", None),
+    ("scan_page", b"*2\r\n$1\r\n0\r\n*1\r\n$3\r\nkey\r\n", [b"0", [b"key"]]),
+    ("nested_error", b"*2\r\n-ERR x\r\n+OK\r\n", [resp.ReplyError("ERR x"), "OK"]),
+]
+
+
+@pytest.mark.parametrize("data,value", [(d, v) for _, d, v in REPLIES], ids=[n for n, _, _ in REPLIES])
+@pytest.mark.parametrize("feed", ["whole", "byte_by_byte", "with_trailing_reply"])
+def test_resp_replies(data, value, feed):
+    parser = resp.RespParser()
+    if feed == "byte_by_byte":
+        for i in range(len(data)):
+            assert parser.next_reply() is resp.NEED_DATA
+            parser.receive_data(data[i : i + 1])
+    else:
+        parser.receive_data(data + (b":7\r\n" if feed == "with_trailing_reply" else b""))
+    assert parser.next_reply() == value
+    assert parser.next_reply() == (7 if feed == "with_trailing_reply" else resp.NEED_DATA)
+
+
+BAD_REPLIES = [
+    ("unknown_type", b"?x\r\n", "unknown reply type"),
+    ("empty_line", b"\r\n", "empty reply line"),
+    ("bad_integer", b":abc\r\n", "expected an integer"),
+    ("bulk_too_big", b"$99999999\r\n", "bulk string of 99999999 bytes"),
+    ("bulk_without_crlf", b"$2\r\nabcd", "not followed by CRLF"),
+    ("array_too_big", b"*99999999\r\n", "array of 99999999 items"),
+    ("too_deep", b"*1\r\n" * 20 + b":1\r\n", "nested deeper than 8"),
+    ("endless_line", b"+" + b"x" * 70000, "longer than 65536"),
+]
+
+
+@pytest.mark.parametrize("data,message", [(d, m) for _, d, m in BAD_REPLIES], ids=[n for n, _, _ in BAD_REPLIES])
+def test_resp_protocol_errors(data, message):
+    with pytest.raises(resp.RespError) as info:
+        resp.RespParser().receive_data(data)
+    assert message in str(info.value)
+
+
+def test_resp_truncated_reply_waits():
+    parser = resp.RespParser()
+    parser.receive_data(b"*2\r\n$3\r\nfo")
+    assert parser.next_reply() is resp.NEED_DATA
+    parser.receive_data(b"o\r\n:1\r\n")
+    assert parser.next_reply() == [b"foo", 1]
+
+
+def test_resp_encode_pipeline():
+    assert resp.encode("SET", "k", 5) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n"
+    assert (
+        resp.encode_pipeline([("PING",), ("GET", b"\x00")]) == b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\n\x00\r\n"
+    )
+
+
+# -- ZMTP -------------------------------------------------------------------------------------
+def peer_bytes(socket_type=b"PUB", minor=1, mechanism=b"NULL"):
+    greeting = zmtp.SIGNATURE + bytes((3, minor)) + mechanism.ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+    return greeting + zmtp.encode_command("READY", zmtp.encode_properties({"Socket-Type": socket_type}))
+
+
+def multipart(*frames):
+    return b"".join(zmtp.encode_frame(f, more=i < len(frames) - 1) for i, f in enumerate(frames))
+
+
+def feed(client, data, how):
+    if how == "whole":
+        client.receive_data(data)
+    else:
+        for i in range(len(data)):
+            client.receive_data(data[i : i + 1])
+    return client.events()
+
+
+STREAMS = [
+    ("handshake", peer_bytes(), ["Ready"]),
+    ("handshake_3_0", peer_bytes(minor=0), ["Ready"]),
+    ("message", peer_bytes() + multipart(b"kv-events", b"\x00" * 8, b"payload"), ["Ready", "Message"]),
+    ("long_frame", peer_bytes() + multipart(b"t", b"\x00" * 8, b"p" * 1000), ["Ready", "Message"]),
+    (
+        "oversize_dropped",
+        peer_bytes() + multipart(b"t", b"p" * 5000) + multipart(b"next"),
+        ["Ready", "Dropped", "Message"],
+    ),
+    ("too_many_frames", peer_bytes() + multipart(*[b"f"] * 9) + multipart(b"ok"), ["Ready", "Dropped", "Message"]),
+    ("ping_answered", peer_bytes() + zmtp.encode_command("PING", b"\x00\x0actx"), ["Ready"]),
+    ("peer_error", peer_bytes() + zmtp.encode_command("ERROR", b"\x04nope"), ["Ready", "PeerError"]),
+    ("unknown_command", peer_bytes() + zmtp.encode_command("FUTURE", b"x"), ["Ready"]),
+]
+
+
+@pytest.mark.parametrize("data,kinds", [(d, k) for _, d, k in STREAMS], ids=[n for n, _, _ in STREAMS])
+@pytest.mark.parametrize("how", ["whole", "byte_by_byte"])
+def test_zmtp_streams(data, kinds, how):
+    client = zmtp.ZmtpClient("SUB", max_frame_bytes=4096)
+    assert client.data_to_send() == zmtp.greeting(1)
+    events = feed(client, data, how)
+    assert [type(e).__name__ for e in events] == kinds
+    out = client.data_to_send()
+    assert out.startswith(zmtp.encode_command("READY", zmtp.encode_properties({"Socket-Type": b"SUB"})))
+    if "PING" in repr(data[64:]):
+        assert out.endswith(zmtp.encode_command("PONG", b"ctx"))
+    messages = [e for e in events if isinstance(e, zmtp.Message)]
+    if messages and len(messages[0].frames) == 3:
+        assert messages[0].frames[0] in (b"kv-events", b"t")
+
+
+BAD_STREAMS = [
+    ("http_server", b"HTTP/1.1 400 Bad Request\r\n", "not a ZeroMQ peer"),
+    ("zmtp_2", zmtp.SIGNATURE + b"\x01\x00", "ZMTP 1.x"),
+    ("curve", peer_bytes(mechanism=b"CURVE"), "mechanism CURVE"),
+    ("wrong_socket_type", peer_bytes(socket_type=b"REP"), "a SUB cannot talk to a REP"),
+    ("reserved_flags", peer_bytes() + b"\x80\x00", "reserved frame flag bits"),
+    ("command_with_more", peer_bytes() + b"\x05\x00", "command frame with the MORE flag"),
+    ("second_ready", peer_bytes() + peer_bytes()[64:], "a second READY"),
+    ("message_before_ready", peer_bytes()[:64] + multipart(b"x"), "before the READY"),
+]
+
+
+@pytest.mark.parametrize("data,message", [(d, m) for _, d, m in BAD_STREAMS], ids=[n for n, _, _ in BAD_STREAMS])
+@pytest.mark.parametrize("how", ["whole", "byte_by_byte"])
+def test_zmtp_protocol_errors(data, message, how):
+    with pytest.raises(zmtp.ZmtpError) as info:
+        feed(zmtp.ZmtpClient("SUB"), data, how)
+    assert message in str(info.value)
+
+
+def test_zmtp_subscribe_is_a_command_on_3_1_and_a_message_on_3_0():
+    for minor, expected in ((1, zmtp.encode_command("SUBSCRIBE", b"kv")), (0, zmtp.encode_frame(b"\x01kv"))):
+        client = zmtp.ZmtpClient("SUB")
+        client.receive_data(peer_bytes(minor=minor))
+        assert client.version == (3, minor) and client.subscribe(b"kv") == expected
+
+
+def _raw_session(sock_type, subscribe=None, request=None):
+    """What a real libzmq peer sends to our client, captured from a plain TCP socket."""
+    ctx = zmq.Context()
+    peer = ctx.socket(sock_type)
+    port = peer.bind_to_random_port("tcp://127.0.0.1")
+    client = zmtp.ZmtpClient("SUB" if sock_type == zmq.PUB else "DEALER")
+    captured = bytearray()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(client.data_to_send())
+            while not client.ready:
+                data = raw.recv(4096)
+                captured += data
+                client.receive_data(data)
+                raw.sendall(client.data_to_send())
+            if subscribe is not None:
+                raw.sendall(client.subscribe(subscribe))
+                time.sleep(0.2)  # the PUB applies the subscription asynchronously
+                for seq in range(3):
+                    peer.send_multipart([b"kv-events", seq.to_bytes(8, "big"), FIXTURE])
+                peer.send_multipart([b"other-topic", b"x", b"y"])
+            if request is not None:
+                raw.sendall(client.message([b"", request]))
+                ident, _, body = peer.recv_multipart()
+                peer.send_multipart([ident, b"", b"kv-events", body, FIXTURE])
+            deadline = time.monotonic() + 5
+            want = 3 if subscribe is not None else 1
+            while sum(isinstance(e, zmtp.Message) for e in client.events()) < want and time.monotonic() < deadline:
+                raw.settimeout(0.5)
+                try:
+                    data = raw.recv(65536)
+                except socket.timeout:
+                    continue
+                captured += data
+                client.receive_data(data)
+                client.events()
+                if len(captured) > 64 + 3 * 400:
+                    break
+    finally:
+        peer.close(0)
+        ctx.term()
+    return bytes(captured)
+
+
+@pytest.mark.parametrize("how", ["whole", "byte_by_byte"])
+def test_zmtp_against_a_real_libzmq_pub(how):
+    captured = _raw_session(zmq.PUB, subscribe=b"kv-events")
+    events = feed(zmtp.ZmtpClient("SUB"), captured, how)
+    assert isinstance(events[0], zmtp.Ready) and events[0].properties["socket-type"] == b"PUB"
+    messages = [e.frames for e in events if isinstance(e, zmtp.Message)]
+    # The subscription (a 3.1 command) filtered the other topic at the publisher.
+    assert messages == [[b"kv-events", seq.to_bytes(8, "big"), FIXTURE] for seq in range(3)]
+
+
+@pytest.mark.parametrize("how", ["whole", "byte_by_byte"])
+def test_zmtp_against_a_real_libzmq_router(how):
+    captured = _raw_session(zmq.ROUTER, request=(7).to_bytes(8, "big"))
+    events = feed(zmtp.ZmtpClient("DEALER"), captured, how)
+    assert events[0].properties["socket-type"] == b"ROUTER"
+    assert events[1].frames == [b"", b"kv-events", (7).to_bytes(8, "big"), FIXTURE]
