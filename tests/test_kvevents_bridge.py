@@ -15,6 +15,7 @@ import time
 
 import msgspec
 import pytest
+from fakes.engine import FakeEngine
 from kvevents_peers import Publisher, RedisServer, batch, cleared, removed, sglang_batch, stored
 from kvevents_peers import SglangBlockStored as SgStored
 from support import PatioProcess, http_call, shared_path
@@ -272,6 +273,37 @@ def test_engine_health_down_clears_and_up_resyncs(redis_server, redis, publisher
     assert bridge.metrics.clears.value("engine_down") >= 1
 
 
+def test_patio_process_clears_the_pod_when_the_engine_health_goes_down(tmp_path):
+    server = RedisServer()
+    publisher = Publisher()
+    engine = FakeEngine("vllm")
+    try:
+        publisher.publish(FIXTURE)
+        env = {
+            "INFERENCE_ENGINE": "vllm",
+            "INFERENCE_ENGINE_ENDPOINT": engine.url,
+            "PATIO_ENGINE_HEALTH_INTERVAL": "0.2",
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(server.port),
+            "VLLM_ZMQ_ENDPOINT": publisher.endpoint,
+            "VLLM_ZMQ_REPLAY_ENDPOINT": publisher.replay_endpoint,
+        }
+        with PatioProcess(["-I", POD, "-N", MODEL, "--scrape-engine-metrics", "false"], env=env) as patio:
+            client = server.client()
+            wait_for(lambda: len(redis_state(client)[0]) == 2, what="fixture applied by the process")
+            engine.health_status = 503  # the publisher (a separate peer here) stays up
+            wait_for(lambda: redis_state(client) == ({}, {}), what="pod cleared after the health watch saw it down")
+            state = json.loads(http_call("GET", patio.url + "/v1/kv-events")[2])
+            assert state["state"] == "engine_down"
+            engine.health_status = 200
+            wait_for(lambda: len(redis_state(client)[0]) == 2, what="resynced after the engine came back")
+            patio.stop()
+    finally:
+        publisher.close()
+        server.close()
+        engine.stop()
+
+
 def test_malformed_messages_are_counted_and_skipped(redis_server, redis, publisher, bridges):
     bridge = make_bridge(redis_server, publisher)
     bridges.append(bridge)
@@ -302,11 +334,13 @@ def test_sglang_publisher_shape(redis_server, redis, bridges):
 def test_patio_process_serves_state_and_clears_the_pod_on_sigterm(tmp_path):
     server = RedisServer(password="s3cret-pw")
     publisher = Publisher()
+    engine = FakeEngine("vllm")  # healthy: the health watch lets the bridge apply
     try:
         publisher.publish(FIXTURE)
         env = {
             "INFERENCE_ENGINE": "vllm",
-            "INFERENCE_ENGINE_ENDPOINT": "http://127.0.0.1:9",
+            "INFERENCE_ENGINE_ENDPOINT": engine.url,
+            "PATIO_ENGINE_HEALTH_INTERVAL": "0.2",
             "REDIS_HOST": "127.0.0.1",
             "REDIS_PORT": str(server.port),
             "REDIS_PASSWORD": "s3cret-pw",
@@ -329,6 +363,7 @@ def test_patio_process_serves_state_and_clears_the_pod_on_sigterm(tmp_path):
     finally:
         publisher.close()
         server.close()
+        engine.stop()
 
 
 def test_off_without_redis_host_says_why_and_loads_nothing():
