@@ -150,6 +150,7 @@ class Publisher:
         self.seq = itertools.count()
         self.buffer.clear()
         self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.set_hwm(100_000)  # vLLM's default hwm
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(self.endpoint)
         self.router = self.ctx.socket(zmq.ROUTER)
