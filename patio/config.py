@@ -284,9 +284,9 @@ def section_modules() -> Tuple[Tuple[str, Any], ...]:
     Imported here rather than at the top: each of them imports this module's parsers.
     """
     from patio.artifacts import settings as artifacts
+    from patio.kvevents import settings as kvevents
     from patio.lora import settings as lora
     from patio.metrics import settings as metrics
-    from patio.kvevents import settings as kvevents
     from patio.topology import settings as topology
 
     return (
