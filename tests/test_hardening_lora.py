@@ -199,6 +199,19 @@ def test_row08_failed_records_and_locks_are_bounded(tmp_path: Path, monkeypatch:
         assert set(_saved(tmp_path)) == {"keep"}
 
 
+def test_row08_evicted_failed_downloads_leave_no_files(
+    tmp_path: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
+        engine.valid_paths = set()  # the engine refuses every path: the download stays behind
+        source = files.url + "/v1/adapter_model.safetensors"
+        assert _load(patio, {"lora_name": "gone", "lora_path": source})[0] == 404
+        assert (tmp_path / "adapters" / "gone" / "adapter_model.safetensors").exists()
+        monkeypatch.setattr(manager_module, "FAILED_RECORD_TTL", 0.0)
+        assert _listed(patio) == {}
+        assert _eventually(lambda: not (tmp_path / "adapters" / "gone").exists())
+
+
 def test_row08_last_error_is_bounded(tmp_path: Path) -> None:
     with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
         engine.fail_next.append((500, {"error": {"message": "x" * 100_000, "type": "InternalServerError"}}))

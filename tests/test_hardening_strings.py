@@ -223,6 +223,54 @@ def test_row18_non_http_redirects_are_refused(world: Dict[str, Any], location: s
     assert not (world["tmp"] / "models" / "model.bin" / "model.bin").exists()
 
 
+REDIRECTS = [
+    ("file", "file:///etc/passwd", None),
+    ("ftp", "ftp://example.com/x", None),
+    ("javascript", "javascript:alert(1)", None),
+    ("no_host", "http:///x", None),
+    ("absolute_path", "/other/file.bin", "https://cdn.example.com/other/file.bin"),
+    ("scheme_relative", "//mirror.example.com/f", "https://mirror.example.com/f"),
+    ("https_elsewhere", "https://s3.example.com/b/k?sig=1", "https://s3.example.com/b/k?sig=1"),
+]
+
+
+@pytest.mark.parametrize("location,expected", [c[1:] for c in REDIRECTS], ids=[c[0] for c in REDIRECTS])
+def test_row18_redirect_targets(location: str, expected: Any) -> None:
+    # The one check both redirect loops (stores/http.py, stores/hf.py) and HF's Link pagination use.
+    from patio.artifacts.errors import ArtifactError
+    from patio.artifacts.fetch.net import redirect_target
+
+    base = "https://cdn.example.com/repo/file.bin"
+    if expected is None:
+        with pytest.raises(ArtifactError, match="refused"):
+            redirect_target(base, location, "GET x")
+    else:
+        assert redirect_target(base, location, "GET x") == expected
+
+
+def test_row15_a_signed_source_whose_copy_is_gone_asks_for_a_new_load(world: Dict[str, Any]) -> None:
+    import shutil
+
+    files, engine = world["files"], world["engine"]
+    signed = files.url + "/a/adapter_model.safetensors?X-Amz-Signature=SIGNATURE"
+    with _patio(world) as patio:
+        status, body = http_json("POST", patio.url + "/load_lora_adapter", {"lora_name": "a", "lora_path": signed})
+        assert status == 200, body
+    shutil.rmtree(body["lora_path"])
+    engine.restart(forget=True)
+    requests_before = len(files.seen)
+    with _patio(world) as patio:
+        view: Dict[str, Any] = {}
+        for _ in range(500):
+            view = {a["name"]: a for a in _get(patio, "/v1/lora_adapters")[1]["data"]}.get("a", {})
+            if view.get("last_error"):
+                break
+        assert "load it again" in view["last_error"] and view["state"] == "loaded"
+        assert "SIGNATURE" not in json.dumps(view)
+    assert len(files.seen) == requests_before  # nothing was fetched without the signature
+    assert engine.adapters == {}
+
+
 # --- row 22: relative paths are refused; Hub repos are named with hf:// ---------------------------
 
 RELATIVE = ["relative/path", "org/name", "./a", "a", "../models/a", "org/name@main"]
