@@ -199,6 +199,20 @@ def test_row08_failed_records_and_locks_are_bounded(tmp_path: Path, monkeypatch:
         assert set(_saved(tmp_path)) == {"keep"}
 
 
+def test_row08_failed_records_never_block_a_load(tmp_path: Path) -> None:
+    # --max-adapters bounds what Patio tracks; records of failed loads give way to a new load.
+    with FakeEngine("vllm") as engine, _patio(engine, tmp_path, "--max-adapters", "3") as patio:
+        engine.valid_paths = {"/models/a", "/models/b", "/models/c", "/models/d"}
+        assert _load(patio, {"lora_name": "a", "lora_path": "/models/a"})[0] == 200
+        for index in range(5):
+            assert _load(patio, {"lora_name": f"f{index}", "lora_path": "/models/missing"})[0] == 404
+        assert _load(patio, {"lora_name": "b", "lora_path": "/models/b"})[0] == 200
+        assert _load(patio, {"lora_name": "c", "lora_path": "/models/c"})[0] == 200
+        assert set(_listed(patio)) == {"a", "b", "c"}
+        status, error = _load(patio, {"lora_name": "d", "lora_path": "/models/d"})
+        assert (status, error["type"]) == (409, "too_many_adapters")  # loaded ones are never evicted
+
+
 def test_row08_evicted_failed_downloads_leave_no_files(
     tmp_path: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

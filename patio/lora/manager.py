@@ -257,17 +257,25 @@ class LoraManager:
         self._failed.move_to_end(adapter.name)
         self._prune_failed()
 
-    def _prune_failed(self) -> None:
+    def _prune_failed(self, room_for: int = 0) -> None:
+        """Evict failed records past the count or time bound; with ``room_for``, also the oldest
+        ones until that many more records fit under ``--max-adapters`` (a record of a failed load
+        must never stand in the way of a load)."""
         horizon = time.monotonic() - FAILED_RECORD_TTL
         evicted: List[Adapter] = []
         while self._failed:
             name, (when, record) = next(iter(self._failed.items()))
-            if len(self._failed) <= MAX_FAILED_RECORDS and when >= horizon:
+            crowded = len(self.adapters) + room_for > self.settings.max_adapters
+            if len(self._failed) <= MAX_FAILED_RECORDS and when >= horizon and not crowded:
                 break
             del self._failed[name]
             if self.adapters.get(name) is record and record.state == FAILED:
                 del self.adapters[name]
                 evicted.append(record)
+        self._drop(evicted)
+
+    def _drop(self, evicted: List[Adapter]) -> None:
+        """Forget the download status of evicted records; delete what their downloads left."""
         service = self._artifacts()
         if service is None:
             return
@@ -324,6 +332,8 @@ class LoraManager:
                     + (" or set load_inplace" if "load_inplace" in self.client.spec.load_fields else ""),
                     param="lora_path",
                 )
+            if existing is None:
+                self._prune_failed(room_for=1)
             if existing is None and len(self.adapters) >= self.settings.max_adapters:
                 self._record("load", "refused", started)
                 raise Conflict(
