@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then
 # lint + types + Python 3.8 compatibility, the unit/integration suite (real peers:
-# promtool and Prometheus, the SGLang router, moto S3, huggingface_hub), and the
+# promtool and Prometheus, three router generations, moto S3, huggingface_hub), and the
 # end-to-end tier against a real vLLM (tests/e2e/run.sh).
 #
 #   bash tests/run.sh            # everything (what .ci/run runs)
@@ -44,6 +44,22 @@ if [ ! -x .venv/bin/python ]; then
 fi
 log "installing requirements-dev.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# 2b. Router generations, one virtualenv each (they conflict: sglang-router 0.3.2 ships its
+#     own `smg` script).  Tests find them at .venv-peers/NAME and FAIL if one is missing.
+#     A venv is reused when its stamp names the same requirement; a half-install (no stamp,
+#     or another version) is removed and built again.
+ROUTER_PEERS="sglang-router==0.3.2 smg==1.13.0 vllm-router==0.1.17"
+for spec in $ROUTER_PEERS; do
+  dir=".venv-peers/${spec/==/-}"
+  if [ "$(cat "$dir/.patio-stamp" 2>/dev/null)" != "$spec" ]; then
+    log "building router venv $dir ($spec)"
+    rm -rf "$dir"
+    "$PY" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$spec"
+    echo "$spec" > "$dir/.patio-stamp"
+  fi
+done
 
 # 3. Static checks.
 log "ruff check / ruff format --check / mypy / vermin"

@@ -1,9 +1,13 @@
-"""Topology without a router: address derivation tables and heartbeat/stop ordering with a fake clock."""
+"""Topology without a router: address derivation tables, and the heartbeat's membership
+checks, jitter, backoff and stop ordering with a fake clock and a scripted router."""
+
+from typing import List, Optional
 
 import pytest
 
 from patio.config import load_settings
-from patio.errors import ConfigError
+from patio.errors import ConfigError, EngineUnavailable
+from patio.topology.answers import GENERATIONS, Member, Registered, RouterAuthError
 from patio.topology.heartbeat import Heartbeat
 from patio.topology.settings import TopologySettings, derive
 
@@ -141,6 +145,18 @@ def test_derivation(argv, env, router, worker, wtype, bootstrap):
 
 ERRORS = [
     ("unknown_topo_type", [], {"TOPO_TYPE": "etcd"}, "TOPO_TYPE"),
+    (
+        "unknown_readiness",
+        ["--topology-readiness", "lenient"],
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "1.1.1.1"},
+        "--topology-readiness",
+    ),
+    (
+        "jitter_too_large",
+        [],
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "1.1.1.1", "PATIO_HEARTBEAT_JITTER": "1.5"},
+        "PATIO_HEARTBEAT_JITTER",
+    ),
     ("router_unknown", INFO, {"TOPO_TYPE": "SGLang", "POD_IP": "1.1.1.1"}, "SGL_ROUTER_ENDPOINT"),
     ("router_port_missing", INFO, {**RBG, "SGL_ROUTER_PORT": ""}, "SGL_ROUTER_PORT"),
     (
@@ -182,6 +198,30 @@ def test_disabled(value):
     assert load_settings([], {"TOPO_TYPE": value}).topology.enabled is False
 
 
+FAMILIES = [
+    ("sglang", "SGLang", "sglang"),
+    ("sglang_upper", "SGLANG", "sglang"),
+    ("vllm", "vLLM", "vllm"),
+    ("vllm_lower", "vllm", "vllm"),
+]
+
+
+@pytest.mark.parametrize("topo,family", [c[1:] for c in FAMILIES], ids=[c[0] for c in FAMILIES])
+def test_topo_type_picks_the_router_family(topo, family):
+    env = {"TOPO_TYPE": topo, "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "1.1.1.1", "SGL_ROUTER_API_KEY": "k"}
+    settings = load_settings(INFO, env).topology
+    assert (settings.topo_type, settings.api_key, settings.readiness) == (family, "k", "first-registration")
+    assert "'k'" not in repr(settings)
+
+
+def test_readiness_and_jitter_from_env_and_flags():
+    env = {"TOPO_TYPE": "vLLM", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "1.1.1.1"}
+    settings = load_settings(INFO, {**env, "PATIO_TOPOLOGY_READINESS": "STRICT", "PATIO_HEARTBEAT_JITTER": "0"})
+    assert (settings.topology.readiness, settings.topology.heartbeat_jitter) == ("strict", 0.0)
+    flags = load_settings([*INFO, "--topology-readiness", "first-registration"], env).topology
+    assert flags.readiness == "first-registration"
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -211,117 +251,243 @@ class FakeStop:
         self.clock.log.append((self.clock.now, "STOP"))
 
 
-class FakeRouter:
-    def __init__(self, clock, ids=None, fail_at=()):
-        self.clock, self.ids, self.fail_at = clock, list(ids or []), set(fail_at)
-        self.posts = 0
+class ScriptedRouter:
+    """The heartbeat's view of one router generation: what it lists for this worker, a call log,
+    and scheduled faults (down, refusing the key, a restart that forgets everything)."""
+
+    def __init__(self, clock, generation="sglang-router", ids=("id-1", "id-2", "id-3")):
+        self.clock = clock
+        self.gen = GENERATIONS[generation]
+        self.ids = list(ids)
+        self.current: Optional[Member] = None
+        self.down_until = -1.0
+        self.auth_failing = False
+        self.restart_at: Optional[float] = None
+
+    @property
+    def generation(self):
+        return self.gen
+
+    @property
+    def generation_name(self):
+        return self.gen.name
+
+    @property
+    def generation_evidence(self):
+        return "scripted"
+
+    def _call(self, what):
+        self.clock.log.append((self.clock.now, what))
+        if self.restart_at is not None and self.clock.now >= self.restart_at:
+            self.current, self.restart_at = None, None
+        if self.clock.now < self.down_until:
+            raise EngineUnavailable("router unreachable")
+        if self.auth_failing:
+            raise RouterAuthError("router refused POST /workers with 401: set SGL_ROUTER_API_KEY")
+
+    def lookup(self, worker_id, timeout=None):
+        self._call("GET")
+        member = self.current
+        if member is None or (self.gen.ids and worker_id and member.worker_id != worker_id):
+            return None
+        return member
+
+    def find_by_url(self, timeout=None):
+        self._call("LIST")
+        return self.current
 
     def register(self):
-        from patio.errors import EngineUnavailable
+        self._call("POST")
+        if self.current is not None:
+            return Registered(self.current.worker_id, already=True)
+        worker_id = self.ids.pop(0) if self.gen.ids else None
+        self.current = Member(worker_id, "regular", None)
+        return Registered(worker_id, already=False)
 
-        self.posts += 1
-        self.clock.log.append((self.clock.now, "POST"))
-        if self.posts in self.fail_at:
-            raise EngineUnavailable("router down")
-        return self.ids[0] if len(self.ids) == 1 else self.ids.pop(0)
+    def remove(self, worker_id, timeout=None):
+        self._call(f"DELETE {worker_id}")
+        self.current = None
 
-    def find(self, url, timeout=None):
-        self.clock.log.append((self.clock.now, "GET"))
-        return None
-
-    def delete(self, worker_id, timeout=None):
-        self.clock.log.append((self.clock.now, f"DELETE {worker_id}"))
-
-
-SETTINGS = TopologySettings(enabled=True, router_url="http://r:1", worker_url="http://w:2", heartbeat_interval=30.0)
+    def replace(self, member):
+        self._call("REPLACE")
+        self.current = Member(member.worker_id, "prefill", 34000)
+        return member.worker_id, "PUT /workers/{id}"
 
 
-def test_waits_for_engine_then_registers_and_heartbeats():
+SETTINGS = TopologySettings(
+    enabled=True, router_url="http://r:1", worker_url="http://w:2", heartbeat_interval=30.0, heartbeat_jitter=0.0
+)
+
+
+def make(router, clock, *, stop_after=100, health=lambda: True, settings=SETTINGS, rand=lambda: 0.5, **kw):
+    return Heartbeat(
+        settings, router, health, stop=FakeStop(clock, stop_after), clock=clock, wall=clock, rand=rand, **kw
+    )
+
+
+def calls(clock, kind=None) -> List[float]:
+    return [t for t, what in clock.log if kind is None or what == kind]
+
+
+def test_waits_for_engine_registers_once_then_checks_membership():
     clock = FakeClock()
     health = iter([False, False, False] + [True] * 100)
-    router = FakeRouter(clock, ids=["id-1"])
-    beat = Heartbeat(SETTINGS, router, lambda: next(health), stop=FakeStop(clock, 100), clock=clock, wall=clock)
+    router = ScriptedRouter(clock)
+    beat = make(router, clock, health=lambda: next(health))
     beat.run()
-    posts = [t for t, what in clock.log if what == "POST"]
-    assert posts == [6.0, 36.0, 66.0, 96.0]  # after 3 probes 2 s apart, then every 30 s
-    assert beat.registered and beat.worker_id == "id-1"
+    assert [what for _, what in clock.log] == ["GET", "POST", "GET", "GET", "GET"]
+    assert calls(clock, "POST") == [6.0]  # after 3 probes 2 s apart; then a look every 30 s, no re-POST
+    assert calls(clock, "GET") == [6.0, 36.0, 66.0, 96.0]
+    assert beat.registered and beat.ever_registered and beat.worker_id == "id-1"
 
 
-def test_router_restart_is_detected_and_adopted():
+@pytest.mark.parametrize("generation", ["sglang-router", "smg", "vllm-router-igw"])
+def test_router_restart_is_a_new_id_and_counted_once(generation):
     clock = FakeClock()
+    router = ScriptedRouter(clock, generation)
+    router.restart_at = 50.0
     restarts = []
-    router = FakeRouter(clock, ids=["id-1", "id-1", "id-2", "id-2"])
-    beat = Heartbeat(
-        SETTINGS,
-        router,
-        lambda: True,
-        stop=FakeStop(clock, 100),
-        clock=clock,
-        wall=clock,
-        on_router_restart=lambda: restarts.append(clock.now),
-    )
+    beat = make(router, clock, on_router_restart=lambda: restarts.append(clock.now))
     beat.run()
-    assert beat.worker_id == "id-2" and restarts == [60.0]
+    assert restarts == [60.0] and beat.worker_id == "id-2"
+    assert calls(clock, "POST") == [0.0, 60.0]
 
 
-def test_failures_back_off_exponentially_capped_at_interval():
+def test_router_without_ids_restart_is_absence_after_listing():
     clock = FakeClock()
-    router = FakeRouter(clock, ids=["id-1"], fail_at={1, 2, 3, 4, 5, 6})
+    router = ScriptedRouter(clock, "vllm-router")
+    router.restart_at = 50.0
+    restarts = []
+    beat = make(router, clock, on_router_restart=lambda: restarts.append(clock.now))
+    beat.run()
+    assert restarts == [60.0] and beat.worker_id is None
+    assert calls(clock, "POST") == [0.0, 60.0]
+
+
+def test_known_worker_is_adopted_without_a_post_or_a_restart():
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    router.current = Member("id-9", "regular", None)
+    restarts = []
+    beat = make(router, clock, on_router_restart=lambda: restarts.append(1))
+    beat.run()
+    assert calls(clock, "POST") == [] and restarts == []
+    assert beat.worker_id == "id-9" and beat.registered
+
+
+def test_failures_back_off_exponentially_capped_at_interval_without_jitter():
+    clock = FakeClock()
+    router = ScriptedRouter(clock)
+    router.down_until = 80.0
     results = []
-    beat = Heartbeat(
-        SETTINGS, router, lambda: True, stop=FakeStop(clock, 140), clock=clock, wall=clock, on_heartbeat=results.append
-    )
+    beat = make(router, clock, stop_after=140, on_heartbeat=results.append)
     beat.run()
-    posts = [t for t, what in clock.log if what == "POST"]
-    assert posts[:8] == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]
-    assert results[:7] == ["error"] * 6 + ["success"]
+    assert calls(clock)[:8] == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]
+    assert results[:8] == ["error"] * 7 + ["success"]
+    assert beat.consecutive_failures == 0
 
 
-def test_no_post_after_stop_and_delete_comes_last():
+@pytest.mark.parametrize(
+    "r,expected",
+    [(0.0, [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 30.5, 45.5]), (0.999999, [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0])],
+    ids=["low", "high"],
+)
+def test_failure_backoff_jitter_stays_between_half_and_full_step(r, expected):
     clock = FakeClock()
-    router = FakeRouter(clock, ids=["id-1"])
-    stop = FakeStop(clock, 65)
-    beat = Heartbeat(SETTINGS, router, lambda: True, stop=stop, clock=clock, wall=clock, sleep=lambda s: None)
+    router = ScriptedRouter(clock)
+    router.down_until = 1000.0
+    settings = TopologySettings(**{**SETTINGS.__dict__, "heartbeat_jitter": 0.2})
+    beat = make(router, clock, stop_after=95, settings=settings, rand=lambda: r)
+    beat.run()
+    assert [round(t, 3) for t in calls(clock)[:8]] == expected
+
+
+def test_beats_are_jittered_and_a_registration_gets_a_random_phase():
+    clock = FakeClock()
+    router = ScriptedRouter(clock)
+    settings = TopologySettings(**{**SETTINGS.__dict__, "heartbeat_jitter": 0.2})
+    beat = make(router, clock, settings=settings, rand=lambda: 0.5)
+    beat.run()
+    # POST at 0; the next look at a random phase (0.5 * 30); then every 30 * (1 - 0.2 * 0.5)
+    assert calls(clock) == [0.0, 0.0, 15.0, 42.0, 69.0, 96.0]
+
+
+def test_auth_failures_wait_a_whole_interval_and_are_counted():
+    clock = FakeClock()
+    router = ScriptedRouter(clock)
+    router.auth_failing = True
+    auth = []
+    beat = make(router, clock, on_auth_failure=lambda: auth.append(clock.now))
+    beat.run()
+    assert auth == [0.0, 30.0, 60.0, 90.0]  # never the 1-2-4 s backoff of an outage
+    assert not beat.ever_registered and "SGL_ROUTER_API_KEY" in beat.last_error
+    assert beat.auth_failures == 4
+
+
+def test_no_post_after_stop_and_removal_comes_last_and_is_confirmed():
+    clock = FakeClock()
+    router = ScriptedRouter(clock)
+    beat = make(router, clock, stop_after=65)
+    beat.sleep = lambda s: None
     beat.run()
     assert beat.shutdown(budget=5.0) is True
     kinds = [what for _, what in clock.log]
-    assert kinds == ["POST", "POST", "POST", "STOP", "DELETE id-1", "GET"]
-    assert beat.unregistered and not beat.registered
+    assert kinds == ["GET", "POST", "GET", "GET", "STOP", "DELETE id-1", "GET"]
+    assert beat.unregistered and not beat.registered and beat.stopping
 
 
 def test_unregister_gives_up_within_budget_when_router_is_down():
-    from patio.errors import EngineUnavailable
-
     clock = FakeClock()
-
-    class DownRouter(FakeRouter):
-        def delete(self, worker_id, timeout=None):
-            clock.log.append((clock.now, "DELETE"))
-            raise EngineUnavailable("router down")
-
-    router = DownRouter(clock, ids=["id-1"])
-    beat = Heartbeat(SETTINGS, router, lambda: True, stop=FakeStop(clock, 1), clock=clock, wall=clock)
+    router = ScriptedRouter(clock)
+    beat = make(router, clock, stop_after=1)
     beat.sleep = lambda s: setattr(clock, "now", clock.now + s)
     beat.run()
+    router.down_until = 1e9
     began = clock.now
     assert beat.shutdown(budget=3.0) is False
     assert clock.now - began <= 3.0
-    assert sum(1 for _, w in clock.log if w == "DELETE") >= 3
+    assert sum(1 for _, w in clock.log if w.startswith("DELETE")) >= 3
 
 
-def test_engine_unhealthy_skips_heartbeat_posts():
+def test_never_registered_means_nothing_to_remove():
+    clock = FakeClock()
+    router = ScriptedRouter(clock)
+    beat = make(router, clock, stop_after=5, health=lambda: False)
+    beat.run()
+    assert beat.shutdown(budget=3.0) is True
+    assert [what for _, what in clock.log] == ["STOP"]
+
+
+def test_engine_unhealthy_skips_router_calls():
     clock = FakeClock()
     health = iter([True, True, False, False, True] + [True] * 10)
-    router = FakeRouter(clock, ids=["id-1"])
+    router = ScriptedRouter(clock)
     results = []
-    beat = Heartbeat(
-        SETTINGS,
-        router,
-        lambda: next(health),
-        stop=FakeStop(clock, 100),
-        clock=clock,
-        wall=clock,
-        on_heartbeat=results.append,
-    )
+    beat = make(router, clock, health=lambda: next(health), on_heartbeat=results.append)
     beat.run()
     assert results == ["success", "engine_unhealthy", "engine_unhealthy", "success"]
+
+
+@pytest.mark.parametrize(
+    "generation,replaced", [("smg", True), ("sglang-router", True), ("vllm-router", False)], ids=str
+)
+def test_a_listing_with_another_type_is_replaced_or_reported(generation, replaced):
+    clock = FakeClock()
+    router = ScriptedRouter(clock, generation)
+    router.current = Member("id-9" if router.gen.ids else None, "regular", None)
+    settings = TopologySettings(**{**SETTINGS.__dict__, "worker_type": "prefill", "bootstrap_port": 34000})
+    beat = make(router, clock, settings=settings)
+    beat.run()
+    assert calls(clock, "REPLACE") == ([0.0] if replaced else [])
+    assert bool(beat.warnings) is not replaced
+    assert beat.registered and beat.router_restarts == 0
+
+
+def test_a_pending_listing_is_not_replaced():
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    router.current = Member("id-9", "regular", None, pending=True)
+    settings = TopologySettings(**{**SETTINGS.__dict__, "worker_type": "decode"})
+    beat = make(router, clock, settings=settings)
+    beat.run()
+    assert calls(clock, "REPLACE") == [] and beat.warnings == []

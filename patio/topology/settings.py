@@ -10,16 +10,24 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
-from patio.config import CoreSettings, parse_float, pick
+from patio.config import CoreSettings, parse_choice, parse_float, pick
 from patio.errors import ConfigError
 
-TOPO_TYPES = ("sglang",)
+# TOPO_TYPE (any case) -> router family.  "SGLang" covers sglang-router 0.3.x and smg 1.x
+# (told apart by their answers); "vLLM" is vLLM's router (vllm-project/router).
+TOPO_TYPES = {"sglang": "sglang", "vllm": "vllm"}
 WORKER_TYPES = ("regular", "prefill", "decode")
+# What /ready needs from the topology (README "Topology", "Readiness"):
+#   first-registration: the first successful registration; later router outages do not
+#                       flip readiness (a router restart must not take the fleet out of service)
+#   strict:             the router listed this worker at the last heartbeat
+READINESS_MODES = ("first-registration", "strict")
 
 
 @dataclass(frozen=True)
 class TopologySettings:
     enabled: bool = False
+    topo_type: str = "sglang"  # router family: "sglang" or "vllm"
     router_url: str = ""
     worker_url: str = ""
     worker_type: str = "regular"
@@ -28,13 +36,27 @@ class TopologySettings:
     heartbeat_interval: float = 30.0
     request_timeout: float = 5.0  # connect/read timeout of one router call
     engine_probe_interval: float = 2.0  # how often to ask the engine's /health before registering
+    # Heartbeats come every interval * uniform(1 - jitter, 1]; failures back off with jitter.
+    # 0 disables all randomness (the bench's baseline).
+    heartbeat_jitter: float = 0.2
+    readiness: str = "first-registration"
 
     def __repr__(self) -> str:  # never print the router key
-        return f"TopologySettings(enabled={self.enabled}, router={self.router_url!r}, worker={self.worker_url!r})"
+        return (
+            f"TopologySettings(enabled={self.enabled}, topo_type={self.topo_type!r}, router={self.router_url!r},"
+            f" worker={self.worker_url!r}, api_key={'set' if self.api_key else 'unset'})"
+        )
 
 
 def add_flags(parser: Any) -> None:
-    parser.add_argument("--router-timeout", help="seconds for one SGLang router call (default 5)")
+    parser.add_argument("--router-timeout", help="seconds for one router call (default 5)")
+    parser.add_argument(
+        "--topology-readiness",
+        help="what /ready needs from the router: first-registration (default) or strict",
+    )
+    parser.add_argument(
+        "--heartbeat-jitter", help="fraction of the heartbeat interval to randomise, 0..0.9 (default 0.2)"
+    )
 
 
 def _port(setting: str, value: Any) -> int:
@@ -69,6 +91,8 @@ def derive(
     env: Mapping[str, str],
     request_timeout: float = 5.0,
     hostname: Callable[[], str] = socket.gethostname,
+    readiness: str = "first-registration",
+    jitter: float = 0.2,
 ) -> TopologySettings:
     info: Dict[str, Any] = dict(core.instance_info or {})
     nested = info.get("data")
@@ -76,8 +100,11 @@ def derive(
     topo = core.topo_type or str(info.get("topo_type") or data.get("topo_type") or "")
     if topo.strip().lower() in ("", "none"):
         return TopologySettings(enabled=False, heartbeat_interval=core.heartbeat_interval)
-    if topo.strip().lower() not in TOPO_TYPES:
-        raise ConfigError("TOPO_TYPE", f"unknown topology type {topo!r}; supported: SGLang (or empty to disable)")
+    family = TOPO_TYPES.get(topo.strip().lower())
+    if family is None:
+        raise ConfigError(
+            "TOPO_TYPE", f"unknown topology type {topo!r}; supported: SGLang, vLLM (any case), or empty to disable"
+        )
 
     worker_type = str(data.get("worker_type") or env.get("WORKER_TYPE") or "regular").lower()
     if worker_type not in WORKER_TYPES:
@@ -128,6 +155,7 @@ def derive(
 
     return TopologySettings(
         enabled=True,
+        topo_type=family,
         router_url=router_url,
         worker_url=worker_url,
         worker_type=worker_type,
@@ -135,6 +163,8 @@ def derive(
         api_key=env.get("SGL_ROUTER_API_KEY") or None,
         heartbeat_interval=core.heartbeat_interval,
         request_timeout=request_timeout,
+        heartbeat_jitter=jitter,
+        readiness=readiness,
     )
 
 
@@ -142,4 +172,20 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
     timeout = pick(
         args, env, "router_timeout", ("SGL_ROUTER_TIMEOUT",), 5.0, lambda s, r: parse_float(s, r, minimum=0.1)
     )
-    return derive(core, env, timeout)
+    readiness = pick(
+        args,
+        env,
+        "topology_readiness",
+        ("PATIO_TOPOLOGY_READINESS",),
+        "first-registration",
+        lambda s, r: parse_choice(s, r, READINESS_MODES),
+    )
+
+    def fraction(setting: str, raw: str) -> float:
+        value = parse_float(setting, raw, minimum=0.0)
+        if value > 0.9:
+            raise ConfigError(setting, f"must be <= 0.9, got {raw!r}")
+        return value
+
+    jitter = pick(args, env, "heartbeat_jitter", ("PATIO_HEARTBEAT_JITTER",), 0.2, fraction)
+    return derive(core, env, timeout, readiness=readiness, jitter=jitter)
