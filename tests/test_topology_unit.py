@@ -336,8 +336,8 @@ def test_waits_for_engine_registers_once_then_checks_membership():
     beat = make(router, clock, health=lambda: next(health))
     beat.run()
     assert [what for _, what in clock.log] == ["GET", "POST", "GET", "GET", "GET"]
-    assert calls(clock, "POST") == [6.0]  # after 3 probes 2 s apart; then a look every 30 s, no re-POST
-    assert calls(clock, "GET") == [6.0, 36.0, 66.0, 96.0]
+    assert calls(clock, "POST") == [0.75]  # after 3 reads 0.25 s apart; then a look every 30 s, no re-POST
+    assert calls(clock, "GET") == [0.75, 30.75, 60.75, 90.75]
     assert beat.registered and beat.ever_registered and beat.worker_id == "id-1"
 
 

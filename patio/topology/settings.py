@@ -35,7 +35,9 @@ class TopologySettings:
     api_key: Optional[str] = None
     heartbeat_interval: float = 30.0
     request_timeout: float = 5.0  # connect/read timeout of one router call
-    engine_probe_interval: float = 2.0  # how often to ask the engine's /health before registering
+    # How often the thread reads the shared engine health watch before registering (a plain
+    # attribute read, so it can be short: registration follows the engine within this).
+    engine_probe_interval: float = 0.25
     # Heartbeats come every interval * uniform(1 - jitter, 1]; failures back off with jitter.
     # 0 disables all randomness (the bench's baseline).
     heartbeat_jitter: float = 0.2

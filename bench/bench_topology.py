@@ -1,0 +1,243 @@
+"""A fleet against one real smg: how fast a restarted router relearns every worker, and how
+hard the fleet hits it meanwhile, with Patio's heartbeat jitter and without it.
+
+    .venv/bin/python bench/bench_topology.py [--patios 50] [--interval 5]
+
+For each mode (jitter 0.2, the default; jitter 0, every beat exactly on the interval):
+  1. N fake engines (one thread each, /health 503) and N Patio processes (the real pyz),
+     all started together, then every engine flips healthy at once: the fleet registers
+     in the same instant, as pods started together do.
+  2. Two intervals of steady state.
+  3. smg is killed (SIGKILL: it forgets every worker) and started again on the same port.
+  4. The router's own Prometheus counters (smg_http_requests_total, smg_worker_pool_size)
+     are read every 50 ms until all N workers are listed again: the time that takes and
+     the request rate in 100 ms bins (peak, and the mean over the storm).
+  5. SIGTERM to every Patio; each removes its worker (checked: the router ends empty).
+
+The router venv is .venv-peers/smg-1.13.0 (built by tests/run.sh).  Prints a table and the
+ratio jitter/no-jitter of peak rate and of time to relearn.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+SMG = ROOT / ".venv-peers" / "smg-1.13.0"
+PYZ = ROOT / "dist" / "patio.pyz"
+POLL = 0.05
+BIN = 0.1
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Engines:
+    """N tiny engines in this process: /health answers ``status`` (flipped for all at once)."""
+
+    def __init__(self, n: int) -> None:
+        self.status = 503
+        engines = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    code, body = engines.status, b""
+                elif self.path == "/v1/models":
+                    code, body = 200, json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+                else:
+                    code, body = 404, b"{}"
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(n)]
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    @property
+    def ports(self) -> List[int]:
+        return [s.server_address[1] for s in self.servers]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+class Smg:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: Optional[subprocess.Popen] = None
+        self.metrics_port = 0
+
+    def start(self) -> float:
+        self.metrics_port = free_port()
+        argv = [str(SMG / "bin" / "smg"), "launch", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(self.metrics_port), "--log-level", "warn"]
+        argv += ["--health-check-interval-secs", "5", "--worker-startup-timeout-secs", "30"]
+        env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1).read()
+                return time.monotonic()
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("smg did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def counters(self) -> Tuple[float, float]:
+        """(requests to the worker API so far, workers listed)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).read().decode()
+        requests = sum(
+            float(v) for v in re.findall(r'^smg_http_requests_total\{[^}]*path="/workers[^"]*"\} (\S+)$', text, re.M)
+        )
+        pool = sum(float(v) for v in re.findall(r"^smg_worker_pool_size\{[^}]*\} (\S+)$", text, re.M))
+        return requests, pool
+
+    def listed(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/workers", timeout=5) as answer:
+            return len(json.loads(answer.read())["workers"])
+
+
+def start_fleet(n: int, router: Smg, engines: Engines, interval: float, jitter: float) -> List[subprocess.Popen]:
+    procs = []
+    logs = tempfile.mkdtemp(prefix="patio-bench-topology-")
+    for i, port in enumerate(engines.ports):
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATIO_STATE_DIR": tempfile.mkdtemp(prefix="patio-state-"),
+            "TOPO_TYPE": "SGLang",
+            "SGL_ROUTER_ENDPOINT": f"http://127.0.0.1:{router.port}",
+            "POD_IP": "127.0.0.1",
+            "INFERENCE_ENGINE_ENDPOINT": f"http://127.0.0.1:{port}",
+            "HEARTBEAT_INTERVAL": str(interval),
+            "PATIO_HEARTBEAT_JITTER": str(jitter),
+            "PATIO_ENGINE_HEALTH_INTERVAL": "0.2",
+            "PATIO_LOG_LEVEL": "WARNING",
+        }
+        argv = [sys.executable, "-I", "-S", str(PYZ), "--host", "127.0.0.1", "--port", str(free_port())]
+        argv += ["--instance-info", json.dumps({"data": {"port": port}}), "--scrape-engine-metrics", "false"]
+        with open(os.path.join(logs, f"patio-{i}.log"), "wb") as log:
+            procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_listed(router: Smg, n: int, timeout: float) -> Tuple[float, List[float]]:
+    """Seconds until ``n`` workers are listed, and requests per BIN since the call."""
+    began = time.monotonic()
+    samples: List[Tuple[float, float]] = []
+    first_requests: Optional[float] = None
+    done_at: Optional[float] = None
+    while time.monotonic() - began < timeout:
+        try:
+            requests, pool = router.counters()
+        except OSError:
+            time.sleep(POLL)
+            continue
+        now = time.monotonic() - began
+        first_requests = requests if first_requests is None else first_requests
+        samples.append((now, requests - first_requests))
+        if pool >= n and done_at is None:
+            done_at = now
+            break
+        time.sleep(POLL)
+    bins: Dict[int, float] = {}
+    previous = 0.0
+    for at, total in samples:
+        bins[int(at / BIN)] = bins.get(int(at / BIN), 0.0) + total - previous
+        previous = total
+    rates = [bins.get(i, 0.0) / BIN for i in range(max(bins) + 1)] if bins else []
+    return (done_at if done_at is not None else float("nan")), rates
+
+
+def run_mode(n: int, interval: float, jitter: float) -> Dict[str, float]:
+    engines = Engines(n)
+    router = Smg(free_port())
+    router.start()
+    procs = start_fleet(n, router, engines, interval, jitter)
+    try:
+        time.sleep(2.0)  # every Patio is up and waiting for its engine
+        engines.status = 200  # the whole fleet's engines turn healthy at once
+        registered_in, first_rates = wait_listed(router, n, timeout=60)
+        time.sleep(2 * interval)  # steady state
+        steady_before, _ = router.counters()
+        time.sleep(interval)
+        steady_after, _ = router.counters()
+        router.kill()
+        router.start()
+        relearned_in, rates = wait_listed(router, n, timeout=6 * interval + 30)
+        storm = rates or [0.0]
+        result = {
+            "initial_registration_s": registered_in,
+            "first_peak_rps": max(first_rates or [0.0]),
+            "steady_rps": (steady_after - steady_before) / interval,
+            "relearn_all_s": relearned_in,
+            "storm_peak_rps": max(storm),
+            "storm_mean_rps": sum(storm) / len(storm),
+        }
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(30) for proc in procs]
+        left = router.listed() if router.proc and router.proc.poll() is None else -1
+        router.kill()
+        engines.close()
+    result["exit_0"] = float(sum(1 for c in codes if c == 0))
+    result["left_on_router"] = float(left)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patios", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=5.0, help="HEARTBEAT_INTERVAL of every Patio")
+    args = parser.parse_args()
+    if not (SMG / ".patio-stamp").exists():
+        print(f"{SMG} is missing: run `bash tests/run.sh` once (it builds the router venvs)", file=sys.stderr)
+        return 2
+    if not PYZ.exists():
+        subprocess.run(["bash", str(ROOT / "build_pyz.sh")], check=True, capture_output=True)
+    print(f"{args.patios} Patio processes (dist/patio.pyz) against smg 1.13.0, HEARTBEAT_INTERVAL={args.interval}s")
+    results = {}
+    for label, jitter in (("jitter 0.2", 0.2), ("no jitter", 0.0)):
+        results[label] = run_mode(args.patios, args.interval, jitter)
+        print(f"  {label}: " + ", ".join(f"{k}={v:.2f}" for k, v in results[label].items()), flush=True)
+    j, nj = results["jitter 0.2"], results["no jitter"]
+    print()
+    print(f"{'':28}{'jitter 0.2':>12}{'no jitter':>12}{'ratio':>8}")
+    for key in ("relearn_all_s", "storm_peak_rps", "storm_mean_rps", "steady_rps", "initial_registration_s"):
+        ratio = j[key] / nj[key] if nj[key] else float("nan")
+        print(f"{key:28}{j[key]:12.2f}{nj[key]:12.2f}{ratio:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
