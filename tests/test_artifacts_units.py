@@ -52,7 +52,7 @@ def test_parse_uri(uri: str, expected: Dict[str, Any]) -> None:
 BAD_URIS = [
     ("", "non-empty"),
     ("ftp://x/y", "not supported"),
-    ("ms://org/name", "not supported"),
+    ("git://org/name", "not supported"),
     ("s3:///prefix", "invalid bucket"),
     ("s3://bucket/p?versionId=1", "query"),
     ("relative/dir/x", "neither a URI"),

@@ -261,9 +261,9 @@ def files_free_source() -> str:
 
 
 def test_row11_the_schema_anchors_the_name() -> None:
-    from patio.lora.api import LOAD_SCHEMA
+    from patio.lora.api import LOAD_BODY
 
-    pattern = LOAD_SCHEMA["properties"]["lora_name"]["pattern"]
+    pattern = LOAD_BODY.schema()["properties"]["lora_name"]["pattern"]
     assert pattern.startswith("^") and pattern.endswith("$")
 
 

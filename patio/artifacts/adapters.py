@@ -3,7 +3,10 @@
 Handed to the LoRA manager by ``build_app``; the LoRA component calls
 
     is_remote(source) -> bool                         needs materialize()? (remote stores and pvc://)
-    await materialize(lora_name, source, credentials, current=, in_use=, reuse_only=) -> local path
+    await plan(lora_name, ...) -> FetchPlan           credentials (mounted secret, request, AIBrix's
+                                                      additional_config, Kthena's config) and a named
+                                                      target, checked before anything is downloaded
+    await materialize(lora_name, source, credentials, current=, in_use=, reuse_only=, plan=) -> local path
     await discard(lora_name, path)                    delete one directory materialize made
     await cleanup(lora_name, path=None)               delete what materialize downloaded for the name
     forget(lora_name)                                 drop the download status of a name
@@ -18,32 +21,47 @@ row 7).  The name must be a plain directory name, the resolved path must stay
 inside the adapter dir, and an existing symlink there is refused rather than
 written (or deleted) through.  Concurrent materialize calls for one name share
 one download.  ``pvc://`` resolves in place (no copy) and is never deleted.
+A directory the caller named (Kthena's ``output_dir``, AIBrix's ``local_dir``)
+must lie inside the adapter dir or the models root; it is never emptied, and it
+is deleted on unload only when asked and only while it holds Patio's marker.
 All disk work runs in worker threads.
 """
 
 import asyncio
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from patio.app import AppContext
-from patio.artifacts.auth.credentials import parse_credentials
+from patio.artifacts.auth.credentials import RequestCredentials, merge_credentials, parse_config, parse_credentials
+from patio.artifacts.auth.secrets import read_secret
 from patio.artifacts.errors import DownloadCancelled
 from patio.artifacts.fetch.manifest import Layout, atomic_write, within, write_error
 from patio.artifacts.jobs import Downloads
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.stores.local import resolve_local
-from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, SourceSpec, parse_uri
+from patio.artifacts.targets import confine
+from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, MS_SCHEMES, SourceSpec, parse_uri
 from patio.errors import BadRequest, Conflict, NotFound, PatioError
 from patio.validate import check_name as _check_name
 
-REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, "http", "https", "pvc"))
+REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, *MS_SCHEMES, "http", "https", "pvc"))
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
 # Seconds cleanup waits for a cancelled download to stop before deleting.
 CANCEL_WAIT = 30.0
 # Separates a name from the token of a replacement download's directory; never in a name.
 VERSION_MARK = "~"
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """How to fetch one adapter, checked before any download starts.  ``repr`` shows no secret."""
+
+    credentials: RequestCredentials = field(default_factory=RequestCredentials)
+    target: Optional[str] = None  # a directory already confined to a root; None: adapter_dir/NAME
+    num_threads: Optional[int] = None
 
 
 def check_name(lora_name: Any) -> str:
@@ -89,6 +107,50 @@ class AdapterArtifacts:
             return scheme in REMOTE_SCHEMES
         return spec.remote or spec.pvc
 
+    async def plan(
+        self,
+        lora_name: str,
+        *,
+        credentials: Optional[Mapping[str, Any]] = None,
+        credentials_secret: Optional[str] = None,
+        additional_config: Optional[Mapping[str, Any]] = None,
+        config: Any = None,
+        output_dir: Optional[str] = None,
+        local_dir: Optional[str] = None,
+        num_threads: Optional[int] = None,
+    ) -> FetchPlan:
+        """Everything a load needs before its download starts, or the caller's error now.
+
+        Credentials layer as AIBrix's runtime does (``artifact_service.py``): the mounted
+        secret, then the request's ``credentials`` (which win over it), then
+        ``additional_config`` on top.  Kthena's ``config`` is one more request layer; its
+        environment fall-backs are the sources' own (HF_AUTH_TOKEN, MS_TOKEN, ACCESS_KEY, ...).
+        """
+        check_name(lora_name)
+        layers: List[Tuple[str, Any, bool]] = []
+        if credentials_secret is not None:
+            secret = await self.context.run_blocking(read_secret, self.settings.credentials_dir, credentials_secret)
+            layers.append(("credentials_secret", secret, False))
+        layers.append(("config", parse_config(config), True))
+        layers.append(("credentials", credentials, True))
+        # additional_config also carries the engine's api-key and controller settings: known keys only.
+        layers.append(("additional_config", dict(additional_config or {}), False))
+        creds = merge_credentials(layers)
+        target: Optional[str] = None
+        if output_dir is not None:
+            roots = (self.settings.adapter_dir, self.settings.models_root)
+            target = await self.context.run_blocking(confine, output_dir, roots, "output_dir", roots[0])
+        elif local_dir is not None:
+            # AIBrix's local_dir is where adapters go below: Patio's adapter dir, or a directory inside it.
+            root = os.path.realpath(self.settings.adapter_dir)
+            given = os.path.realpath(local_dir) if isinstance(local_dir, str) and local_dir.strip() else ""
+            if given != root:
+                given = await self.context.run_blocking(
+                    confine, local_dir, (self.settings.adapter_dir,), "local_dir", root
+                )
+            target = None if given == root else os.path.join(given, lora_name)
+        return FetchPlan(creds, target, num_threads)
+
     async def materialize(
         self,
         lora_name: str,
@@ -98,21 +160,25 @@ class AdapterArtifacts:
         current: Optional[str] = None,
         in_use: bool = False,
         reuse_only: bool = False,
+        plan: Optional[FetchPlan] = None,
     ) -> str:
         """A local directory holding ``source`` for ``lora_name``.
 
         ``current``: the adapter's directory now; reused when it holds a complete copy of the
         same source.  ``in_use``: the engine serves from ``current``, so it is never written:
         a download goes to a fresh sibling.  ``reuse_only``: no download at all (the source
-        was read back without its secrets); 404 when no complete copy is on disk.
+        was read back without its secrets); 404 when no complete copy is on disk.  ``plan``:
+        credentials and a named target from ``plan()`` (then ``credentials`` is not used).
         """
         name = check_name(lora_name)
         spec = parse_uri(source, param="lora_path", bare_hub=False)
-        creds = parse_credentials(credentials)
-        if spec.kind == "local":
+        creds = plan.credentials if plan is not None else parse_credentials(credentials)
+        explicit = plan.target if plan is not None else None
+        if spec.kind == "local" and explicit is None:
             # pvc:// and absolute paths are read in place by the engine: resolve, never copy.
             return await self.context.run_blocking(resolve_local, spec, self.settings.pvc_root, "lora_path")
-        plan = (current, in_use, reuse_only)
+        where = (current, in_use, reuse_only, explicit)
+        threads = plan.num_threads if plan is not None else None
         running = self._inflight.get(name)
         if running is not None:
             shown, shared, _job = running
@@ -122,7 +188,7 @@ class AdapterArtifacts:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._inflight[name] = (spec.display, future, None)
         try:
-            path = await self._download(name, spec, creds, plan)
+            path = await self._download(name, spec, creds, where, threads)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -136,8 +202,15 @@ class AdapterArtifacts:
         finally:
             self._inflight.pop(name, None)
 
-    async def _download(self, name: str, spec: SourceSpec, creds: Any, plan: Tuple[Optional[str], bool, bool]) -> str:
-        target, complete = await self.context.run_download(self._prepare, name, spec, *plan)
+    async def _download(
+        self,
+        name: str,
+        spec: SourceSpec,
+        creds: Any,
+        where: Tuple[Optional[str], bool, bool, Optional[str]],
+        threads: Optional[int],
+    ) -> str:
+        target, complete = await self.context.run_download(self._prepare, name, spec, *where)
         if complete:
             self._state[name] = {"state": "ready", "source": spec.display, "local_path": target, "reused": True}
             return target
@@ -147,7 +220,7 @@ class AdapterArtifacts:
             "local_path": target,
             "started_at": time.time(),
         }
-        options = self.settings.fetch_options(allow_suffixes=(), force=False)
+        options = self.settings.fetch_options(num_threads=threads, allow_suffixes=(), force=False)
         job, _created = self.downloads.submit(spec, target, creds, options)
         entry = self._inflight.get(name)
         if entry is not None:
@@ -157,7 +230,7 @@ class AdapterArtifacts:
         await asyncio.shield(job.future)
         if job.exception is not None:
             self._state[name].update(state="failed", error=job.error)
-            current, in_use, _reuse_only = plan
+            current, in_use, _reuse_only, _explicit = where
             if in_use and target != current:
                 # A replacement that failed: its directory is nobody's (the one in use is untouched).
                 await self.context.run_download(self._delete_path, name, target)
@@ -166,7 +239,13 @@ class AdapterArtifacts:
         return target
 
     def _prepare(
-        self, name: str, spec: SourceSpec, current: Optional[str], in_use: bool, reuse_only: bool
+        self,
+        name: str,
+        spec: SourceSpec,
+        current: Optional[str],
+        in_use: bool,
+        reuse_only: bool,
+        explicit: Optional[str] = None,
     ) -> Tuple[str, bool]:
         """Blocking: create adapter_dir, check containment, start clean if the name held another source.
 
@@ -177,8 +256,12 @@ class AdapterArtifacts:
             os.makedirs(self.settings.adapter_dir, exist_ok=True)
         except OSError as exc:
             raise write_error(self.settings.adapter_dir, exc) from None
+        if explicit is not None:
+            return self._prepare_named(spec, explicit, current if in_use else None)
         primary = contained_target(self.settings.adapter_dir, name)
         mine = current if current and owned_by(self.settings.adapter_dir, name, current) else None
+        if mine is None and current and self._named(current) and _holds(current, spec):
+            return current, True  # a named directory (output_dir) an earlier load completed
         for candidate in (mine, primary):
             if candidate and not os.path.islink(candidate) and _holds(candidate, spec):
                 return candidate, True
@@ -211,6 +294,32 @@ class AdapterArtifacts:
         atomic_write(marker, spec.display.encode("utf-8"))
         return target, False
 
+    def _named(self, path: str) -> bool:
+        """``path`` lies inside the adapter dir or the models root (a target a caller named)."""
+        try:
+            confine(path, (self.settings.adapter_dir, self.settings.models_root), "path", "/")
+        except BadRequest:
+            return False
+        return True
+
+    def _prepare_named(self, spec: SourceSpec, target: str, serving: Optional[str]) -> Tuple[str, bool]:
+        """A directory the caller named: reused when complete, never emptied, never the one in use."""
+        if _holds(target, spec):
+            return target, True
+        if serving is not None and os.path.realpath(serving) == os.path.realpath(target):
+            raise Conflict(f"{target} is the directory the engine serves now; name another", param="output_dir")
+        layout = Layout(target)
+        marker = os.path.join(layout.meta, SOURCE_MARKER)
+        held = _read_marker(marker)
+        if held is not None and held != spec.display:
+            raise Conflict(f"{target} holds a download of {held}; name another directory", param="output_dir")
+        try:
+            layout.ensure()
+            atomic_write(marker, spec.display.encode("utf-8"))
+        except OSError as exc:
+            raise write_error(target, exc) from None
+        return target, False
+
     async def discard(self, lora_name: str, path: str) -> None:
         """Delete ``path`` if it is a directory materialize made for this name; anything else stays."""
         name = check_name(lora_name)
@@ -239,6 +348,14 @@ class AdapterArtifacts:
     def _delete_path(self, name: str, path: str) -> None:
         if owned_by(self.settings.adapter_dir, name, path):
             self._delete(os.path.basename(os.path.abspath(path)))
+        elif self._named(path) and not os.path.islink(path) and _read_marker(_marker_of(path)) is not None:
+            # A named target Patio downloaded into (its marker says so); nothing else is ever deleted.
+            try:
+                import shutil
+
+                shutil.rmtree(path)
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
     def _delete(self, name: str) -> None:
         root = os.path.realpath(self.settings.adapter_dir)
@@ -287,6 +404,10 @@ def _read_marker(path: str) -> Optional[str]:
             return handle.read(MAX_URI_LENGTH * 2)
     except OSError:
         return None
+
+
+def _marker_of(path: str) -> str:
+    return os.path.join(Layout(path).meta, SOURCE_MARKER)
 
 
 def _holds(path: str, spec: SourceSpec) -> bool:

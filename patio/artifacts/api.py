@@ -1,41 +1,71 @@
-"""HTTP API for model downloads (AIBrix's routes):
+"""HTTP API for model downloads: AIBrix's routes and Kthena's.
 
     POST /v1/model/download        {"model_uri", "local_dir"?, "model_name"?, "allow_file_suffix"?,
                                     "num_threads"?, "force"?, "credentials"?}  -> 202 + job
     GET  /v1/model/download/{id}   the job: status, progress, error
     GET  /v1/model/list            complete models under the models root, plus running jobs
+    POST /v1/download_model        Kthena (python/kthena/runtime/app.py): {"source", "output_dir",
+                                    "config"?, "max_workers"?, "async_download"?} -> 200 when done,
+                                    or 202 + the same job when async
 
-Targets are confined to the models root: ``local_dir`` is relative to it (or an
-absolute path inside it), ``..`` and symlinks out are refused.  Local sources
-must be ``pvc://`` (a copy out of the mounted volume), never arbitrary paths.
+Targets are confined to the models root (Kthena's ``output_dir``: the models root or
+the adapter dir): ``..`` and symlinks out are refused.  Local sources must be
+``pvc://`` (a copy out of the mounted volume), never arbitrary paths.  The body
+tables below drive both validation and the OpenAPI schemas.
 """
 
+import asyncio
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from patio.app import AppContext
-from patio.artifacts.auth.credentials import parse_credentials
+from patio.artifacts.auth.credentials import parse_config, parse_credentials
 from patio.artifacts.fetch.manifest import META_DIR, Layout, within, write_error
 from patio.artifacts.jobs import ACTIVE, Downloads
 from patio.artifacts.settings import MAX_THREADS, ArtifactSettings, parse_suffixes
+from patio.artifacts.targets import confine
 from patio.artifacts.uri import SourceSpec, parse_uri
 from patio.errors import BadRequest, ConfigError, NotFound
+from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
 from patio.validate import check_text, is_clean
 
-FIELDS = frozenset(
+DOWNLOAD_BODY = Body(
     (
-        "model_uri",
-        "local_dir",
-        "model_name",
-        "allow_file_suffix",
-        "num_threads",
-        "force",
-        "force_download",
-        "credentials",
-        "download_extra_config",
+        Field(
+            "model_uri",
+            "string",
+            "s3://, tos://, obs://, gs://, hf://, org/name, ms://, https://, pvc://",
+            required=True,
+        ),
+        Field("local_dir", "string", "below the models root (relative, or absolute inside it)", nullable=True),
+        Field("model_name", "string", "sub-directory name; default: the URI's last component", nullable=True),
+        Field("allow_file_suffix", "string_or_list", "only files with these suffixes", nullable=True),
+        Field("num_threads", "integer", "parallel transfers", minimum=1, maximum=MAX_THREADS, nullable=True),
+        Field("force", "boolean", "download again even complete files", nullable=True),
+        Field("force_download", "boolean", "alias of force", nullable=True),
+        Field("credentials", "object", "never logged or echoed", nullable=True),
+        Field("download_extra_config", "object", "AIBrix's name for credentials", nullable=True),
     )
 )
+KTHENA_BODY = Body(
+    (
+        Field("source", "string", "s3://, obs://, pvc://, ms://org/name, hf://org/name or org/name", required=True),
+        Field("output_dir", "string", "inside the models root or the adapter dir", required=True),
+        Field(
+            "config",
+            "object_or_json",
+            "hf_token, hf_endpoint, hf_revision, ms_token, ms_revision, access_key, secret_key, endpoint",
+            nullable=True,
+        ),
+        Field(
+            "max_workers", "integer", "parallel transfers (default 8)", minimum=1, maximum=MAX_THREADS, nullable=True
+        ),
+        Field("async_download", "boolean", "answer 202 at once with the job to poll", nullable=True),
+    )
+)
+# Kthena's default max_workers (python/kthena/downloader/app.py).
+KTHENA_WORKERS = 8
 # How deep /v1/model/list looks for manifests below the models root (org/name/revision).
 LIST_DEPTH = 4
 # Models listed at most; a models root is a handful of directories.
@@ -57,20 +87,14 @@ _LIST_SCHEMA: Dict[str, Any] = {
     "type": "object",
     "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": {"type": "object"}}},
 }
-_REQUEST_SCHEMA: Dict[str, Any] = {
+_KTHENA_SCHEMA: Dict[str, Any] = {
     "type": "object",
-    "required": ["model_uri"],
     "properties": {
-        "model_uri": {
-            "type": "string",
-            "description": "s3://, tos://, obs://, gs://, hf://, org/name, https://, pvc://",
-        },
-        "local_dir": {"type": "string", "description": "below the models root (relative, or absolute inside it)"},
-        "model_name": {"type": "string", "description": "sub-directory name; default: the URI's last component"},
-        "allow_file_suffix": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-        "num_threads": {"type": "integer", "minimum": 1},
-        "force": {"type": "boolean"},
-        "credentials": {"type": "object", "description": "never logged or echoed"},
+        "status": {"type": "string", "enum": ["completed", "started"]},
+        "message": {"type": "string"},
+        "source": {"type": "string"},
+        "output_dir": {"type": "string"},
+        "job": _JOB_SCHEMA,
     },
 }
 
@@ -177,9 +201,20 @@ class DownloadApi:
                 summary="Download a model into the models root (202 + job id)",
                 management=True,
                 tag="downloads",
-                request_schema=_REQUEST_SCHEMA,
+                request_schema=DOWNLOAD_BODY.schema(),
                 response_schema=_JOB_SCHEMA,
-                errors=(400, 401, 409, 415),
+                errors=(202, 400, 401, 409, 415),
+            ),
+            Route(
+                "POST",
+                "/v1/download_model",
+                self.kthena_download,
+                summary="Kthena: download a model (200 when complete; 202 + job with async_download)",
+                management=True,
+                tag="downloads",
+                request_schema=KTHENA_BODY.schema(),
+                response_schema=_KTHENA_SCHEMA,
+                errors=(400, 401, 403, 404, 409, 415, 502, 503, 507),
             ),
             Route(
                 "GET",
@@ -229,10 +264,7 @@ class DownloadApi:
         return threads, parsed, force
 
     async def start_download(self, request: Request) -> Response:
-        body = request.json_object()
-        unknown = sorted(set(body) - FIELDS)
-        if unknown:
-            raise BadRequest(f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(sorted(FIELDS))}")
+        body = DOWNLOAD_BODY.check(request.json_object())
         for field in ("local_dir", "model_name"):
             if body.get(field) is not None:
                 check_text(body[field], field)  # no control characters or lone surrogates (issue 13 rows 12, 13)
@@ -255,6 +287,28 @@ class DownloadApi:
         if not created:
             data["joined"] = True
         return Response.json(data, status=202, headers=[("Location", location)])
+
+    async def kthena_download(self, request: Request) -> Response:
+        body = KTHENA_BODY.check(request.json_object())
+        spec = parse_uri(body["source"], param="source")
+        if spec.kind == "local" and not spec.pvc:
+            raise BadRequest("source: local sources must be pvc:// paths", param="source")
+        creds = parse_credentials(parse_config(body.get("config")), param="config")
+        roots = (self.settings.models_root, self.settings.adapter_dir)
+        target = await self.context.run_blocking(confine, body["output_dir"], roots, "output_dir", roots[0])
+        options = self.settings.fetch_options(num_threads=body.get("max_workers", KTHENA_WORKERS))
+        job, _created = self.downloads.submit(spec, target, creds, options)
+        location = f"/v1/model/download/{job.id}"
+        answer: Dict[str, Any] = {"source": spec.display, "output_dir": target, "status_url": location}
+        if body.get("async_download"):
+            answer.update(status="started", message="Model download started in background", job=job.to_json())
+            return Response.json(answer, status=202, headers=[("Location", location)])
+        assert job.future is not None
+        await asyncio.shield(job.future)  # a client that hangs up does not cancel the download
+        if job.exception is not None:
+            raise job.exception
+        answer.update(status="completed", message="Model download completed successfully", job=job.to_json())
+        return Response.json(answer)
 
     async def get_download(self, request: Request) -> Response:
         job = self.downloads.get(request.path_params.get("id", ""))

@@ -3,7 +3,11 @@
     python3 patio.pyz download --model-uri s3://bucket/llama --local-dir /models/llama \
         [--allow-file-suffix json,safetensors] [--num-threads 16] [--force]
 
-The flags are the AIBrix downloader's (plus ``--force``).  Exit status: 0 only
+    python3 patio.pyz download -s ms://org/name -o /models/name -w 8 -c '{"ms_token": "..."}'
+
+The flags are the AIBrix downloader's (plus ``--force``), and Kthena's downloader's
+(``-s/--source``, ``-o/--output-dir``, ``-w/--max-workers``, ``-c/--config``) so
+both projects' init containers can run Patio unchanged.  Exit status: 0 only
 when every file is on disk, verified, and the manifest is written; 1 when the
 download failed (the message names the object and the cause); 2 for bad usage;
 130/143 when interrupted (what was written stays resumable).
@@ -21,7 +25,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, TextIO
 
-from patio.artifacts.auth.credentials import parse_credentials
+from patio.artifacts.auth.credentials import merge_credentials, parse_config
 from patio.artifacts.errors import DownloadCancelled
 from patio.artifacts.fetch.engine import fetch
 from patio.artifacts.fetch.progress import Progress, human_bytes
@@ -89,8 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add = parser.add_argument
-    add("--model-uri", required=True, help="s3://, tos://, obs://, gs://, hf://, org/name, http(s)://, pvc://")
-    add("--local-dir", help="target directory (env DOWNLOADER_LOCAL_DIR / PATIO_MODELS_ROOT)")
+    add(
+        "--model-uri",
+        "-s",
+        "--source",
+        dest="model_uri",
+        required=True,
+        help="s3://, tos://, obs://, gs://, hf://, org/name, ms://org/name, http(s)://, pvc://",
+    )
+    add(
+        "--local-dir",
+        "-o",
+        "--output-dir",
+        dest="local_dir",
+        help="target directory (env DOWNLOADER_LOCAL_DIR / PATIO_MODELS_ROOT; ~ is expanded)",
+    )
     add("--model-name", help="sub-directory of --local-dir to download into (AIBrix)")
     add(
         "--allow-file-suffix",
@@ -98,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="only files with these suffixes: json safetensors, or json,safetensors (env DOWNLOADER_ALLOW_FILE_SUFFIX)",
     )
-    add("--num-threads", help="parallel transfers (env DOWNLOADER_NUM_THREADS; default 16)")
+    add(
+        "--num-threads",
+        "-w",
+        "--max-workers",
+        dest="num_threads",
+        help="parallel transfers (env DOWNLOADER_NUM_THREADS; default 16)",
+    )
     add("--part-size", help="ranged part size for big files, e.g. 16MiB (env DOWNLOADER_PART_SIZE)")
     add("--force", action="store_true", help="download again even files that are complete")
     add("--enable-progress-bar", action="store_true", help="draw a progress bar even when stderr is not a terminal")
@@ -106,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--download-extra-config",
         help="JSON object of credentials (access_key_id, secret_access_key, region, endpoint, token, ...)",
+    )
+    add(
+        "-c",
+        "--config",
+        help="Kthena's JSON config: hf_token, hf_endpoint, hf_revision, ms_token, ms_revision, access_key, "
+        "secret_key, endpoint (environment fall-backs: HF_AUTH_TOKEN, HF_ENDPOINT, HF_REVISION, MS_TOKEN, "
+        "MS_REVISION, ACCESS_KEY, SECRET_KEY, ENDPOINT)",
     )
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return parser
@@ -140,13 +170,19 @@ def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None) -> i
                 extra = json.loads(args.download_extra_config)
             except ValueError as exc:
                 raise ConfigError("--download-extra-config", f"is not valid JSON: {exc}") from None
-        local_dir = os.path.abspath(args.local_dir or settings.models_root)
+        config: Any = None
+        if args.config:
+            try:
+                config = parse_config(args.config, param="--config")
+            except PatioError as exc:
+                raise ConfigError("--config", exc.message) from None
+        local_dir = os.path.abspath(os.path.expanduser(args.local_dir or settings.models_root))
         if args.model_name:
             if "/" in args.model_name or args.model_name in (".", ".."):
                 raise ConfigError("--model-name", "must be a single directory name")
             local_dir = os.path.join(local_dir, args.model_name)
         spec = parse_uri(args.model_uri, param="--model-uri")
-        creds = parse_credentials(extra, param="--download-extra-config")
+        creds = merge_credentials([("--config", config, True), ("--download-extra-config", extra, True)])
     except ConfigError as exc:
         print(f"patio download: {exc}", file=err)
         return EXIT_USAGE

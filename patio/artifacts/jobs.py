@@ -34,7 +34,7 @@ MAX_ACTIVE_JOBS = 32
 STOP_WAIT = 5.0
 ACTIVE = ("queued", "running")
 OUTCOMES = ("completed", "failed", "cancelled")
-KINDS = ("s3", "tos", "obs", "gs", "hf", "http", "local")
+KINDS = ("s3", "tos", "obs", "gs", "hf", "ms", "http", "local")
 
 
 @dataclass

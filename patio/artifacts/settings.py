@@ -76,6 +76,10 @@ class ArtifactSettings:
     hf_endpoint: str = "https://huggingface.co"
     hf_revision: str = "main"
     hf_token: Optional[str] = field(default=None, repr=False)
+    ms_endpoint: str = "https://www.modelscope.cn"
+    ms_revision: str = "master"
+    ms_token: Optional[str] = field(default=None, repr=False)
+    credentials_dir: str = "/var/run/secrets/aibrix"  # AIBrix's credentials_secret mount
     proxies: Mapping[str, str] = field(default_factory=dict, repr=False)
     no_proxy: str = ""
     ca_file: Optional[str] = None
@@ -148,6 +152,10 @@ def add_flags(parser: Any) -> None:
     add("--download-retries", help="attempts per request before giving up (env DOWNLOADER_MAX_RETRIES; default 5)")
     add("--download-timeout", help="seconds per network read before it counts as stalled (default 60)")
     add("--hf-endpoint", help="HuggingFace endpoint (env HF_ENDPOINT; default https://huggingface.co)")
+    add(
+        "--credentials-dir",
+        help="where credentials_secret names are mounted (env PATIO_CREDENTIALS_DIR; default /var/run/secrets/aibrix)",
+    )
 
 
 def _hf_token(env: Mapping[str, str]) -> Optional[str]:
@@ -165,6 +173,17 @@ def _hf_token(env: Mapping[str, str]) -> Optional[str]:
             return handle.read(4096).strip() or None
     except OSError:
         return None
+
+
+def _ms_endpoint(env: Mapping[str, str]) -> str:
+    """ModelScope's client: ``MODELSCOPE_ENDPOINT``, else https:// + ``MODELSCOPE_DOMAIN``, else the public hub."""
+    endpoint = (env.get("MODELSCOPE_ENDPOINT") or "").strip()
+    if endpoint:
+        return _url("MODELSCOPE_ENDPOINT", endpoint)
+    domain = (env.get("MODELSCOPE_DOMAIN") or "").strip().rstrip("/")
+    if domain:
+        return domain if domain.startswith(("http://", "https://")) else "https://" + domain
+    return "https://www.modelscope.cn"
 
 
 def _proxies(env: Mapping[str, str]) -> Dict[str, str]:
@@ -214,6 +233,12 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optiona
         hf_endpoint=pick(args, env, "hf_endpoint", ("HF_ENDPOINT",), "https://huggingface.co", _url),
         hf_revision=(env.get("HF_REVISION") or "main").strip() or "main",
         hf_token=_hf_token(env),
+        ms_endpoint=_ms_endpoint(env),
+        ms_revision=(env.get("MS_REVISION") or "master").strip() or "master",
+        ms_token=(env.get("MS_TOKEN") or env.get("MODELSCOPE_API_TOKEN") or "").strip() or None,
+        credentials_dir=pick(
+            args, env, "credentials_dir", ("PATIO_CREDENTIALS_DIR",), "/var/run/secrets/aibrix", _directory
+        ),
         proxies=_proxies(env),
         no_proxy=env.get("no_proxy") or env.get("NO_PROXY") or "",
         ca_file=env.get("REQUESTS_CA_BUNDLE") or env.get("AWS_CA_BUNDLE") or None,

@@ -19,6 +19,7 @@ from patio.artifacts.stores.gcs import GcsSource, gcs_endpoint, resolve_token
 from patio.artifacts.stores.hf import HfSource
 from patio.artifacts.stores.http import HttpSource
 from patio.artifacts.stores.local import LocalSource, resolve_local
+from patio.artifacts.stores.modelscope import ModelScopeSource
 from patio.artifacts.stores.s3 import S3Client, S3Endpoint, S3Source
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest
@@ -101,10 +102,29 @@ def _hf(
         token = settings.hf_token
     else:
         token = None  # never hand the configured token to an endpoint a request chose
-    revision = spec.revision or settings.hf_revision
+    revision = spec.revision or creds.revision or settings.hf_revision
     http = HttpClient(settings.net_config())
     return HfSource(
         http, endpoint, spec.repo_id, spec.repo_type, revision, spec.subpath, token, settings.retry_policy(), cancel
+    )
+
+
+def _ms(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    endpoint = (creds.endpoint or settings.ms_endpoint).rstrip("/")
+    if not (endpoint.startswith("http://") or endpoint.startswith("https://")):
+        raise BadRequest("credentials.endpoint must be an http:// or https:// URL", param="credentials")
+    if creds.token:
+        token: Optional[str] = creds.token
+    elif endpoint == settings.ms_endpoint.rstrip("/"):
+        token = settings.ms_token
+    else:
+        token = None  # never hand the configured token to an endpoint a request chose
+    revision = spec.revision or creds.revision or settings.ms_revision
+    http = HttpClient(settings.net_config())
+    return ModelScopeSource(
+        http, endpoint, spec.repo_id, revision, spec.subpath, token, settings.retry_policy(), cancel
     )
 
 
@@ -126,6 +146,7 @@ BUILDERS: Dict[str, Builder] = {
     "obs": _s3_like,
     "gs": _gs,
     "hf": _hf,
+    "ms": _ms,
     "http": _http,
     "local": _local,
 }

@@ -4,6 +4,7 @@ Accepted forms (the incumbents' spellings):
 
     s3://bucket/prefix   tos://bucket/prefix   obs://bucket/prefix   gs://bucket/prefix
     hf://org/name  huggingface://org/name  hf://datasets/org/name@rev/sub/dir  org/name[@rev]
+    ms://org/name[@rev][/sub/dir]   (ModelScope, as Kthena names it)
     http(s)://host/path/file
     pvc://path/under/the/mount   /absolute/local/path   file:///absolute/local/path
 
@@ -29,7 +30,8 @@ from patio.validate import check_source
 
 BUCKET_SCHEMES = {"s3": "s3", "tos": "tos", "obs": "obs", "gs": "gs", "gcs": "gs"}
 HF_SCHEMES = ("hf", "huggingface")
-REMOTE_KINDS = frozenset(("s3", "tos", "obs", "gs", "hf", "http"))
+MS_SCHEMES = ("ms", "modelscope")
+REMOTE_KINDS = frozenset(("s3", "tos", "obs", "gs", "hf", "ms", "http"))
 HF_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 # One segment of a HuggingFace repo id (org or name); the Hub allows these characters.
@@ -45,7 +47,7 @@ MAX_URI_LENGTH = 4096
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # s3, tos, obs, gs, hf, http, local
+    kind: str  # s3, tos, obs, gs, hf, ms, http, local
     uri: str
     bucket: str = ""
     prefix: str = ""
@@ -68,7 +70,7 @@ class SourceSpec:
     @property
     def default_name(self) -> str:
         """A directory name for this artifact (AIBrix: the last path component)."""
-        if self.kind == "hf":
+        if self.kind in ("hf", "ms"):
             base = self.repo_id.split("/")[-1]
         elif self.kind == "http":
             base = urllib.parse.urlsplit(self.url).path.rstrip("/").split("/")[-1]
@@ -110,6 +112,11 @@ def parse_uri(raw: str, *, param: str = "model_uri", bare_hub: bool = True) -> S
         return _parse_bucket(BUCKET_SCHEMES[scheme], uri, rest, param)
     if scheme in HF_SCHEMES:
         return _parse_hf(uri, rest, param)
+    if scheme in MS_SCHEMES:
+        spec = _parse_hf(uri, rest, param, types=False)
+        if "/" not in spec.repo_id:
+            raise BadRequest(f"{param} must name a ModelScope repo as ms://org/name", param=param)
+        return SourceSpec(kind="ms", uri=uri, repo_id=spec.repo_id, revision=spec.revision, subpath=spec.subpath)
     if scheme in ("http", "https"):
         parts = urllib.parse.urlsplit(uri)
         if not parts.hostname:
@@ -128,7 +135,8 @@ def parse_uri(raw: str, *, param: str = "model_uri", bare_hub: bool = True) -> S
             raise BadRequest(f"{param} file:// must be local, got host {parts.netloc!r}", param=param)
         return SourceSpec(kind="local", uri=uri, path=urllib.parse.unquote(parts.path))
     raise BadRequest(
-        f"{param} scheme {scheme!r} is not supported (s3, tos, obs, gs, hf, huggingface, http, https, pvc, file)",
+        f"{param} scheme {scheme!r} is not supported "
+        "(s3, tos, obs, gs, gcs, hf, huggingface, ms, http, https, pvc, file)",
         param=param,
     )
 
@@ -161,10 +169,10 @@ def _parse_bucket(kind: str, uri: str, rest: str, param: str) -> SourceSpec:
     return SourceSpec(kind=kind, uri=uri, bucket=bucket, prefix=prefix.lstrip("/"))
 
 
-def _parse_hf(uri: str, rest: str, param: str) -> SourceSpec:
+def _parse_hf(uri: str, rest: str, param: str, types: bool = True) -> SourceSpec:
     segments = [s for s in rest.split("/") if s != ""]
     repo_type = "model"
-    if segments and segments[0] in HF_REPO_TYPES:
+    if types and segments and segments[0] in HF_REPO_TYPES:
         repo_type = HF_REPO_TYPES[segments.pop(0)]
     if not segments:
         raise BadRequest(f"{param} names no HuggingFace repo", param=param)

@@ -19,6 +19,7 @@ UNAUTHORIZED = "unauthorized"
 UNAVAILABLE = "unavailable"  # 503: the engine refused before acting; safe to retry
 INTERNAL = "internal"
 NO_LORA_ROUTES = "no_lora_routes"  # LoRA runtime updating not enabled in the engine
+BAD_ANSWER = "bad_answer"  # a success status with a body that is not the engine's contract: the engine's fault
 
 
 class Outcome(NamedTuple):

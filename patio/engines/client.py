@@ -46,9 +46,13 @@ class EngineClient:
         self.retry = retry
         self._sleep = sleep
 
-    def _headers(self) -> Dict[str, str]:
+    def key_for(self, adapter_key: Optional[str]) -> Optional[str]:
+        """The configured engine key wins; else a key the caller gave for its adapter (AIBrix's api-key)."""
+        return self.api_key or adapter_key
+
+    def _headers(self, api_key: Optional[str] = None) -> Dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        headers.update(bearer(self.api_key))
+        headers.update(bearer(self.key_for(api_key)))
         return headers
 
     def _with_retry(self, what: str, call: Callable[[], HttpResult], classify: Callable[[HttpResult], Any]) -> Any:
@@ -79,27 +83,27 @@ class EngineClient:
             self._sleep(delay)
             delay *= 2
 
-    def lora(self, op: str, payload: Mapping[str, Any], timeout: float) -> Outcome:
+    def lora(self, op: str, payload: Mapping[str, Any], timeout: float, api_key: Optional[str] = None) -> Outcome:
         """``op`` is ``load`` or ``unload``; the classified answer (retries included)."""
         path = self.spec.load_path if op == "load" else self.spec.unload_path
         url = self.base_url + path
         body = json.dumps(dict(payload)).encode("utf-8")
         result: Outcome = self._with_retry(
             f"{op} {payload.get('lora_name')}",
-            lambda: http_request("POST", url, body=body, headers=self._headers(), timeout=timeout),
+            lambda: http_request("POST", url, body=body, headers=self._headers(api_key), timeout=timeout),
             lambda r: self.spec.classify(op, r.status, r.body),
         )
         return result
 
-    def models_raw(self, timeout: float) -> HttpResult:
-        headers = bearer(self.api_key)
+    def models_raw(self, timeout: float, api_key: Optional[str] = None) -> HttpResult:
+        headers = bearer(self.key_for(api_key))
         return http_request(
             "GET", self.base_url + self.spec.models_path, headers=headers, timeout=timeout, max_bytes=MAX_MODELS_BYTES
         )
 
-    def adapters(self, timeout: float) -> Dict[str, str]:
+    def adapters(self, timeout: float, api_key: Optional[str] = None) -> Dict[str, str]:
         """Adapters the engine serves now: name -> root (its path).  Raises on failure."""
-        result = self.models_raw(timeout)
+        result = self.models_raw(timeout, api_key)
         if result.status != 200:
             raise EngineError(f"engine {self.spec.models_path} answered {result.status}", engine_status=result.status)
         try:

@@ -2,6 +2,7 @@
 ``success`` flag, 400 on failure with ``error_message`` saying why."""
 
 from patio.engines.base import (
+    BAD_ANSWER,
     DUPLICATE,
     INVALID,
     NOT_FOUND,
@@ -22,8 +23,12 @@ def classify(op: str, status: int, text: str) -> Outcome:
     message = message_of(body, text)
     if status == 200 and isinstance(body, dict) and body.get("success") is True:
         return Outcome(OK, "success", status)
+    if status == 200 and not (isinstance(body, dict) and isinstance(body.get("success"), bool)):
+        # Not SGLang's answer at all (a proxy page, truncated JSON): the engine side is broken, not the
+        # caller's request, and nothing says whether the change happened.
+        return Outcome(BAD_ANSWER, f"engine answered 200 without SGLang's JSON: {text.strip()[:200]!r}", status)
     if status == 200:
-        # A 200 without success=true is still a refusal; never report it as done.
+        # success=false is SGLang refusing (its error_message says why); never report it as done.
         return Outcome(INVALID, message or "engine did not confirm success", status)
     lowered = message.lower()
     if status == 400 and "already loaded" in lowered:

@@ -1,93 +1,129 @@
-"""LoRA routes: the three incumbents' paths over one manager, with strict validation.
+"""LoRA routes: the incumbents' paths and bodies over one manager, validated by one table.
 
-Patio/RoleBasedGroup: ``/load_lora_adapter``, ``/unload_lora_adapter``;
-AIBrix: ``/v1/lora_adapter/load``, ``/v1/lora_adapter/unload`` (also
-``artifact_url``, ``credentials``, ``additional_config``, ``cleanup_local``);
-Kthena/vLLM: ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``.
+Patio/RoleBasedGroup: ``/load_lora_adapter``, ``/unload_lora_adapter`` ``{lora_name, lora_path}``.
+AIBrix controller (``pkg/controller/modeladapter/lora_client.go``, runtime-sidecar mode):
+``/v1/lora_adapter/load`` ``{lora_name, artifact_url, credentials_secret?, additional_config?}``
+with ``Authorization: Bearer <additional_config["api-key"]>``; ``/v1/lora_adapter/unload``
+``{lora_name, cleanup_local: true}``; ``GET /v1/models``.
+Kthena runtime (``python/kthena/runtime/app.py``): ``/v1/load_lora_adapter``
+``{lora_name, source, output_dir, config?, max_workers?, async_download?}``,
+``/v1/unload_lora_adapter``.
+
+Every path accepts every body: ``LOAD_BODY`` / ``UNLOAD_BODY`` are the one table that
+validates requests and renders their OpenAPI schemas.
 """
 
+import asyncio
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, List, Optional, Set
 
+from patio.artifacts.uri import display_uri
 from patio.engines.base import EngineSpec
-from patio.errors import BadRequest, EngineError
+from patio.errors import BadRequest, EngineError, NotFound, PatioError
+from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
-from patio.lora.manager import LoraManager
+from patio.lora.manager import FAILED, LoraManager
 from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source
 
-NAME_PATTERN = ADAPTER_NAME  # matched whole (fullmatch): see patio.validate
-# Fields every load path accepts (AIBrix's delegation fields included), and their types.
-COMMON_LOAD_FIELDS: Mapping[str, type] = {
-    "lora_name": str,
-    "lora_path": str,
-    "artifact_url": str,
-    "credentials": dict,
-    "additional_config": dict,
-    "cleanup_local": bool,
-}
-COMMON_UNLOAD_FIELDS: Mapping[str, type] = {"lora_name": str, "cleanup_local": bool}
-# Engine-specific fields, by the engine that understands them.
-ENGINE_FIELDS: Mapping[str, type] = {"pinned": bool, "load_inplace": bool, "lora_int_id": int}
+NAME_PATTERN = f"^{ADAPTER_NAME.pattern}$"  # matched whole (fullmatch): see patio.validate
+MAX_WORKERS = 256
+SOURCE_FIELDS = ("lora_path", "artifact_url", "source")
 
+LOAD_BODY = Body(
+    (
+        Field("lora_name", "string", "the adapter's name in the engine", required=True, pattern=NAME_PATTERN),
+        Field("lora_path", "string", "local path, or a remote URI (s3://, hf://, ms://, ...)", nullable=True),
+        Field("artifact_url", "string", "AIBrix: remote URI to download first", nullable=True),
+        Field(
+            "source", "string", "Kthena: s3://, obs://, pvc://, ms://org/name, hf://org/name or org/name", nullable=True
+        ),
+        Field(
+            "output_dir",
+            "string",
+            "Kthena: download directory; must lie inside the adapter dir or the models root",
+            nullable=True,
+        ),
+        Field(
+            "config",
+            "object_or_json",
+            "Kthena: hf_token, hf_endpoint, hf_revision, ms_token, ms_revision, access_key, secret_key, endpoint",
+            nullable=True,
+        ),
+        Field(
+            "max_workers",
+            "integer",
+            "Kthena: parallel transfers (default 8)",
+            minimum=1,
+            maximum=MAX_WORKERS,
+            nullable=True,
+        ),
+        Field(
+            "async_download",
+            "boolean",
+            "Kthena: answer 202 at once; follow GET /v1/lora_adapters/{name}",
+            nullable=True,
+        ),
+        Field("credentials", "object", "credentials for the download (never logged or echoed)", nullable=True),
+        Field("credentials_secret", "string", "AIBrix: a secret mounted under --credentials-dir", nullable=True),
+        Field(
+            "additional_config",
+            "object",
+            "AIBrix: merged over the credentials; api-key is the engine's key",
+            nullable=True,
+        ),
+        Field(
+            "local_dir", "string", "AIBrix: adapters go below it; must be the adapter dir or inside it", nullable=True
+        ),
+        Field(
+            "cleanup_local",
+            "boolean",
+            "delete the downloaded copy on unload (default true; false with output_dir)",
+            nullable=True,
+        ),
+        Field("pinned", "boolean", "SGLang only", engines=frozenset({"sglang"}), nullable=True),
+        Field(
+            "load_inplace",
+            "boolean",
+            "vLLM only: replace the weights under the same name",
+            engines=frozenset({"vllm"}),
+            nullable=True,
+        ),
+    )
+)
+UNLOAD_BODY = Body(
+    (
+        Field("lora_name", "string", required=True, pattern=NAME_PATTERN),
+        Field("cleanup_local", "boolean", "delete the downloaded copy (default: what the load said)", nullable=True),
+        Field("lora_int_id", "integer", "vLLM only", engines=frozenset({"vllm"}), nullable=True),
+    )
+)
+SUCCESS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "description": "success; started (202, async_download)"},
+        "message": {"type": "string"},
+        "lora_name": {"type": "string"},
+        "lora_path": {"type": "string"},
+        "local_path": {"type": "string", "description": "AIBrix: where the adapter is on disk"},
+        "engine_response": {"type": "object", "description": "AIBrix: the engine's answer"},
+        "source": {"type": "string", "description": "Kthena (202): the source, without secrets"},
+        "output_dir": {"type": "string", "description": "Kthena (202)"},
+        "status_url": {"type": "string", "description": "202: where to follow the load"},
+    },
+}
 LOAD_PATHS = ("/load_lora_adapter", "/v1/lora_adapter/load", "/v1/load_lora_adapter")
 UNLOAD_PATHS = ("/unload_lora_adapter", "/v1/lora_adapter/unload", "/v1/unload_lora_adapter")
 
-_NAME_SCHEMA = {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}
-LOAD_SCHEMA: Dict[str, Any] = {
-    "type": "object",
-    "required": ["lora_name"],
-    "additionalProperties": False,
-    "properties": {
-        "lora_name": _NAME_SCHEMA,
-        "lora_path": {"type": "string", "minLength": 1, "description": "local path or remote URI (s3://, hf://, ...)"},
-        "artifact_url": {"type": "string", "minLength": 1, "description": "AIBrix: remote URI to download first"},
-        "credentials": {"type": "object", "description": "AIBrix: credentials for artifact_url (never logged)"},
-        "additional_config": {"type": "object"},
-        "cleanup_local": {"type": "boolean", "description": "delete the downloaded copy on unload (default true)"},
-        "pinned": {"type": "boolean", "description": "SGLang only"},
-        "load_inplace": {"type": "boolean", "description": "vLLM only: replace the weights under the same name"},
-    },
-}
-UNLOAD_SCHEMA: Dict[str, Any] = {
-    "type": "object",
-    "required": ["lora_name"],
-    "additionalProperties": False,
-    "properties": {
-        "lora_name": _NAME_SCHEMA,
-        "cleanup_local": {"type": "boolean"},
-        "lora_int_id": {"type": "integer", "description": "vLLM only"},
-    },
-}
-SUCCESS_SCHEMA = {
-    "type": "object",
-    "properties": {"status": {"type": "string"}, "message": {"type": "string"}, "lora_name": {"type": "string"}},
-}
 
-
-def _check_type(field: str, value: Any, kind: type) -> None:
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok:
-        names = {str: "a string", bool: "true or false", dict: "an object", int: "an integer"}
-        raise BadRequest(f"{field} must be {names[kind]}", param=field)
-
-
-def validate(body: Mapping[str, Any], common: Mapping[str, type], engine_fields: Sequence[str], engine: str) -> None:
-    for field, value in body.items():
-        if field in common:
-            _check_type(field, value, common[field])
-        elif field in ENGINE_FIELDS:
-            if field not in engine_fields:
-                raise BadRequest(f"field {field!r} is not supported by {engine}", param=field)
-            _check_type(field, value, ENGINE_FIELDS[field])
-        else:
-            raise BadRequest(f"unknown field {field!r}", param=field)
-    name = body.get("lora_name")
-    if name is None:
-        raise BadRequest("lora_name is required", param="lora_name")
-    check_name(name, "lora_name")
-    for field in ("lora_path", "artifact_url"):
-        if field in body:
-            check_source(body[field], field)
+def engine_key_of(additional: Optional[Dict[str, Any]]) -> Optional[str]:
+    """AIBrix's controller puts the engine's API key in additional_config["api-key"]."""
+    if not additional or "api-key" not in additional:
+        return None
+    key = additional["api-key"]
+    if not isinstance(key, str) or not key.strip() or any(c in key for c in "\r\n\x00"):
+        raise BadRequest("additional_config.api-key must be a non-empty string", param="additional_config")
+    return key.strip()
 
 
 class LoraApi:
@@ -101,49 +137,155 @@ class LoraApi:
         self.spec = spec
         # The adapters file's result (patio.lora.desired_sync), shown beside the adapters.
         self.desired_status = desired_status
+        # Async loads (Kthena's async_download) whose outcome the manager does not hold: so no
+        # outcome is ever lost, GET /v1/lora_adapters shows them until the name is used again.
+        self._background: Dict[str, Dict[str, Any]] = {}
+        self._tasks: Set["asyncio.Task[None]"] = set()
 
     async def load(self, request: Request) -> Response:
-        body = request.json_object()
-        validate(body, COMMON_LOAD_FIELDS, sorted(self.spec.load_fields), self.spec.name)
-        path, url = body.get("lora_path"), body.get("artifact_url")
-        if path is not None and url is not None:
-            raise BadRequest("give lora_path or artifact_url, not both", param="artifact_url")
-        source = path if path is not None else url
-        if source is None:
-            raise BadRequest("lora_path is required", param="lora_path")
-        field = "lora_path" if path is not None else "artifact_url"
-        if not source.strip():
+        body = LOAD_BODY.check(request.json_object(), self.spec.name)
+        name = check_name(body["lora_name"], "lora_name")
+        for text_field in (*SOURCE_FIELDS, "output_dir", "local_dir", "credentials_secret"):
+            if text_field in body:
+                check_source(body[text_field], text_field)
+        given = [f for f in SOURCE_FIELDS if f in body]
+        if len(given) > 1:
+            raise BadRequest(
+                f"give one of lora_path, artifact_url or source, not {' and '.join(given)}", param=given[1]
+            )
+        if not given:
+            raise BadRequest("lora_path is required (or artifact_url, or source)", param="lora_path")
+        field = given[0]
+        source = body[field].strip()
+        if not source:
             raise BadRequest(f"{field} must not be empty", param=field)
+        if field == "source" and "://" not in source and not source.startswith("/"):
+            # Kthena's sources name a HuggingFace repo as bare org/name (python/kthena/downloader).
+            source = "hf://" + source
         check_local_or_uri(source, field)
-        extra = {k: body[k] for k in ("pinned",) if k in body and k in self.spec.load_fields}
-        message, adapter = await self.manager.load(
-            body["lora_name"],
-            source,
-            extra,
+        engine_key = engine_key_of(body.get("additional_config"))
+        remote = self.manager.is_remote(source)
+        plan = None
+        if remote:
+            service = self.manager._artifacts()  # the seam the manager itself uses
+            if service is not None:
+                plan = await service.plan(
+                    name,
+                    credentials=body.get("credentials"),
+                    credentials_secret=body.get("credentials_secret"),
+                    additional_config=body.get("additional_config"),
+                    config=body.get("config"),
+                    output_dir=body.get("output_dir"),
+                    local_dir=body.get("local_dir"),
+                    num_threads=body.get("max_workers"),
+                )
+        elif "output_dir" in body:
+            raise BadRequest(
+                f"output_dir applies to downloads; {field} {source!r} is read in place", param="output_dir"
+            )
+        # A directory the caller named (Kthena's output_dir) is the caller's: never deleted unless asked.
+        cleanup_local = body.get("cleanup_local", "output_dir" not in body)
+        extra = {k: body[k] for k in ("pinned",) if k in body}
+        kwargs: Dict[str, Any] = dict(
             load_inplace=bool(body.get("load_inplace")),
-            credentials=body.get("credentials"),
-            cleanup_local=body.get("cleanup_local", True),
+            credentials=None,
+            cleanup_local=cleanup_local,
+            plan=plan,
+            engine_key=engine_key,
         )
+        if body.get("async_download"):
+            return self._start_background(name, source, extra, kwargs, getattr(plan, "target", None))
+        message, adapter = await self.manager.load(name, source, extra, **kwargs)
         return Response.json(
-            {"status": "success", "message": message, "lora_name": adapter.name, "lora_path": adapter.path}
+            {
+                "status": "success",
+                "message": message,
+                "lora_name": adapter.name,
+                "lora_path": adapter.path,
+                "local_path": adapter.path,
+                "engine_response": {"message": message},
+            }
+        )
+
+    def _start_background(
+        self, name: str, source: str, extra: Dict[str, Any], kwargs: Dict[str, Any], target: Optional[str]
+    ) -> Response:
+        shown = display_uri(source)
+        location = f"/v1/lora_adapters/{name}"
+        self._background[name] = {"name": name, "source": shown, "state": "loading", "accepted_at": time.time()}
+
+        async def run() -> None:
+            try:
+                await self.manager.load(name, source, extra, **kwargs)
+            except PatioError as exc:
+                held = self.manager.adapters.get(name)
+                if held is not None and held.state == FAILED:
+                    self._background.pop(name, None)  # the manager shows the failure itself
+                else:
+                    self._background[name] = {
+                        "name": name,
+                        "source": shown,
+                        "state": FAILED,
+                        "last_error": exc.message,
+                        "error": {"type": exc.error_type, "code": exc.status},
+                    }
+            except Exception as exc:  # a bug: still visible, never lost
+                self._background[name] = {"name": name, "source": shown, "state": FAILED, "last_error": repr(exc)}
+                raise
+            else:
+                self._background.pop(name, None)
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Response.json(
+            {
+                "status": "started",
+                "message": "LoRA adapter download and load started in background",
+                "lora_name": name,
+                "source": shown,
+                "output_dir": target,
+                "status_url": location,
+            },
+            status=202,
+            headers=[("Location", location)],
         )
 
     async def unload(self, request: Request) -> Response:
-        body = request.json_object()
-        validate(body, COMMON_UNLOAD_FIELDS, sorted(self.spec.unload_fields), self.spec.name)
+        body = UNLOAD_BODY.check(request.json_object(), self.spec.name)
         extra = {k: body[k] for k in ("lora_int_id",) if k in body}
         message = await self.manager.unload(body["lora_name"], body.get("cleanup_local"), extra)
+        self._background.pop(body["lora_name"], None)
         return Response.json({"status": "success", "message": message, "lora_name": body["lora_name"]})
 
+    def _views(self) -> List[Dict[str, Any]]:
+        views = self.manager.views()
+        known = {v["name"] for v in views}
+        views += [dict(v) for n, v in sorted(self._background.items()) if n not in known]
+        return sorted(views, key=lambda v: str(v["name"]))
+
     async def list_adapters(self, request: Request) -> Response:
-        body: Dict[str, Any] = {"object": "list", "engine": self.spec.name, "data": self.manager.views()}
+        body: Dict[str, Any] = {"object": "list", "engine": self.spec.name, "data": self._views()}
         if self.desired_status is not None:
             body["desired"] = self.desired_status()
         return Response.json(body)
 
+    async def get_adapter(self, request: Request) -> Response:
+        name = request.path_params.get("name", "")
+        for view in self._views():
+            if view["name"] == name:
+                return Response.json(view)
+        raise NotFound(f"no LoRA adapter {name!r}", param="name")
+
     async def models(self, request: Request) -> Response:
         context = self.manager.context
-        result = await context.run_engine_query(self.manager.client.models_raw, self.manager.settings.models_timeout)
+        # AIBrix's controller sends the engine's key (additional_config["api-key"]) as a bearer token;
+        # without a configured engine key, that is the key the engine expects here too.
+        caller = request.header("authorization") or ""
+        key = caller[7:].strip() if caller[:7].lower() == "bearer " else None
+        result = await context.run_engine_query(
+            self.manager.client.models_raw, self.manager.settings.models_timeout, key
+        )
         if result.status == 200:
             try:
                 json.loads(result.body)
@@ -170,7 +312,7 @@ class LoraApi:
                 summary="Load a LoRA adapter",
                 management=True,
                 tag="lora",
-                request_schema=LOAD_SCHEMA,
+                request_schema=LOAD_BODY.schema(self.spec.name),
                 response_schema=SUCCESS_SCHEMA,
                 errors=errors,
             )
@@ -184,13 +326,23 @@ class LoraApi:
                 summary="Unload a LoRA adapter",
                 management=True,
                 tag="lora",
-                request_schema=UNLOAD_SCHEMA,
+                request_schema=UNLOAD_BODY.schema(self.spec.name),
                 response_schema=SUCCESS_SCHEMA,
                 errors=errors,
             )
             for path in UNLOAD_PATHS
         ]
         routes.append(Route("GET", "/v1/lora_adapters", self.list_adapters, summary="Adapters Patio knows", tag="lora"))
+        routes.append(
+            Route(
+                "GET",
+                "/v1/lora_adapters/{name}",
+                self.get_adapter,
+                summary="One adapter: state, download progress, last error (follow an async load here)",
+                tag="lora",
+                errors=(404,),
+            )
+        )
         routes.append(
             Route(
                 "GET",

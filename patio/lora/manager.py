@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optio
 
 from patio.artifacts.uri import display_uri
 from patio.engines.base import (
+    BAD_ANSWER,
     DUPLICATE,
     INTERNAL,
     INVALID,
@@ -118,11 +119,15 @@ class Adapter:
     source_redacted: bool = False
     origin: str = ORIGIN_API
     load_seconds: Optional[float] = None  # how long the last load took (download included)
+    # The engine's API key for this adapter's calls (AIBrix's additional_config["api-key"]), used when
+    # Patio has no engine key of its own; a reload after an engine restart needs it.  Kept only in the
+    # 0600 state file, never in views, logs or metrics.
+    engine_key: Optional[str] = field(default=None, repr=False)
 
     def persisted(self) -> Dict[str, Any]:
         """What a reload needs and no more: the source without secrets (issue 13 row 15)."""
         shown = display_uri(self.source)
-        return {
+        saved = {
             "name": self.name,
             "source": shown,
             "source_redacted": self.source_redacted or shown != self.source,
@@ -133,6 +138,9 @@ class Adapter:
             "loaded_at": self.loaded_at,
             "origin": self.origin,
         }
+        if self.engine_key:
+            saved["engine_key"] = self.engine_key
+        return saved
 
 
 def outcome_error(outcome: Outcome, op: str, name: str, lora_hint: str) -> PatioError:
@@ -159,6 +167,12 @@ def outcome_error(outcome: Outcome, op: str, name: str, lora_hint: str) -> Patio
         )
     if kind == UNAVAILABLE:
         return EngineUnavailable(f"engine unavailable ({outcome.status}): {message}")
+    if kind == BAD_ANSWER:
+        return EngineError(
+            f"engine's answer to the {op} of {name} is not its LoRA contract: {message}",
+            engine_status=outcome.status,
+            error_type="engine_bad_answer",
+        )
     assert kind == INTERNAL, kind
     return EngineError(f"engine failed to {op} {name} ({outcome.status}): {message}", engine_status=outcome.status)
 
@@ -231,12 +245,14 @@ class LoraManager:
                     error_type="state_not_saved",
                 ) from None
 
-    async def _engine_call(self, op: str, payload: Mapping[str, Any]) -> Outcome:
+    async def _engine_call(self, op: str, payload: Mapping[str, Any], key: Optional[str] = None) -> Outcome:
         timeout = self.settings.load_timeout if op == "load" else self.settings.unload_timeout
-        return await self.context.run_engine(self.client.lora, op, payload, timeout)
+        return await self.context.run_engine(self.client.lora, op, payload, timeout, key)
 
     async def engine_adapters(self) -> Dict[str, str]:
-        return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout)
+        # An engine that demands a key Patio was not given answers to an adapter's own key.
+        key = next((a.engine_key for a in self.adapters.values() if a.engine_key), None)
+        return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout, key)
 
     async def _confirmed(self, name: str, path: str) -> bool:
         try:
@@ -312,6 +328,8 @@ class LoraManager:
         credentials: Optional[Mapping[str, Any]] = None,
         cleanup_local: bool = True,
         origin: str = ORIGIN_API,
+        plan: Any = None,
+        engine_key: Optional[str] = None,
     ) -> Tuple[str, Adapter]:
         """Load (or confirm) an adapter; returns a message and the record.  Raises PatioError.
 
@@ -345,10 +363,11 @@ class LoraManager:
             adapter = Adapter(
                 name, source, "", remote=remote, extra=dict(extra), cleanup_local=cleanup_local, origin=origin
             )
+            adapter.engine_key = engine_key
             if previous is None:
                 self.adapters[name] = adapter  # listed as "loading" while it downloads and loads
             try:
-                path = await self._load_into_engine(adapter, previous, load_inplace, credentials)
+                path = await self._load_into_engine(adapter, previous, load_inplace, credentials, plan)
             except BaseException as exc:  # cancellation included: the old adapter must survive it
                 message = exc.message if isinstance(exc, PatioError) else f"interrupted ({type(exc).__name__})"
                 if previous is not None:
@@ -378,6 +397,7 @@ class LoraManager:
         previous: Optional[Adapter],
         load_inplace: bool,
         credentials: Optional[Mapping[str, Any]],
+        plan: Any = None,
     ) -> str:
         """Download (if remote) and ask the engine to load; sets ``adapter.path``.  Raises PatioError."""
         name, path = adapter.name, adapter.source
@@ -392,13 +412,14 @@ class LoraManager:
                 dict(credentials) if credentials is not None else None,
                 current=previous.path if previous else None,
                 in_use=True,
+                plan=plan,
             )
         adapter.path = path
         payload: Dict[str, Any] = {"lora_name": name, "lora_path": path, **adapter.extra}
         if load_inplace:
             payload["load_inplace"] = True
         try:
-            outcome = await self._engine_call("load", payload)
+            outcome = await self._engine_call("load", payload, adapter.engine_key)
         except PatioError:
             # A timeout or a dropped connection: the engine may have acted all the same.
             if not await self._confirmed(name, path):
@@ -437,7 +458,8 @@ class LoraManager:
             if existing is not None and was_loaded:
                 existing.state = UNLOADING
             try:
-                outcome = await self._engine_call("unload", {"lora_name": name, **(extra or {})})
+                key = existing.engine_key if existing is not None else None
+                outcome = await self._engine_call("unload", {"lora_name": name, **(extra or {})}, key)
             except PatioError:
                 if existing is not None and was_loaded:
                     existing.state = LOADED
@@ -549,7 +571,8 @@ class LoraManager:
                 path = await service.materialize(
                     name, adapter.source, None, current=adapter.path, reuse_only=adapter.source_redacted
                 )
-            outcome = await self._engine_call("load", {"lora_name": name, "lora_path": path, **adapter.extra})
+            payload = {"lora_name": name, "lora_path": path, **adapter.extra}
+            outcome = await self._engine_call("load", payload, adapter.engine_key)
         except PatioError as exc:
             adapter.engine_confirmed, adapter.last_error = False, _short(exc.message)
             log.warning("LoRA reconcile: reloading %s failed: %s", name, exc.message)
@@ -651,6 +674,7 @@ def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
     source = item.get("source") or path
     extra = item.get("extra") or {}
     loaded_at = item.get("loaded_at")
+    key = item.get("engine_key")
     if not (isinstance(name, str) and ADAPTER_NAME.fullmatch(name)):
         return None
     if not (isinstance(path, str) and isinstance(source, str) and path and is_clean(path) and is_clean(source)):
@@ -671,4 +695,5 @@ def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
         engine_confirmed=False,
         source_redacted=bool(item.get("source_redacted")),
         origin=str(item.get("origin")) if item.get("origin") in (ORIGIN_API, ORIGIN_FILE) else ORIGIN_API,
+        engine_key=key if isinstance(key, str) and key and is_clean(key) else None,
     )

@@ -21,8 +21,9 @@ MAX_STATE_BYTES = 4 * 1024 * 1024
 # Written into the file, so whoever opens it knows what it holds and what it leaves out.
 NOTE = (
     "Patio's desired LoRA adapters, reloaded when the engine loses them. Sources are stored without "
-    "userinfo or query strings (signatures); credentials are never stored; a source stored that way "
-    "is reloaded from its local copy at path."
+    "userinfo or query strings (signatures); download credentials are never stored; a source stored "
+    "that way is reloaded from its local copy at path. engine_key (mode 0600 file) is the engine's own API "
+    "key a caller gave for an adapter (AIBrix's additional_config api-key), for reloads after an engine restart."
 )
 
 

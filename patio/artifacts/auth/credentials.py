@@ -1,13 +1,17 @@
 """Credentials a request may carry, and the environment the sources read.
 
-A request's ``credentials`` object (AIBrix's delegated-load field, or the
-download API's) is parsed once into ``RequestCredentials``; unknown keys are an
-error naming the accepted ones.  Neither class ever prints a secret.
+A request's ``credentials`` object (AIBrix's delegated-load field, Kthena's
+``config``, or the download API's) is parsed once into ``RequestCredentials``;
+unknown keys are an error naming the accepted ones.  ``merge_credentials``
+layers several origins (a mounted secret, the request, AIBrix's
+``additional_config``) the way AIBrix's runtime does; there, keys Patio does
+not know are skipped, because those objects carry other settings too.
+Neither class ever prints a secret.
 """
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from patio.errors import BadRequest
 
@@ -41,9 +45,23 @@ _ALIASES: Dict[str, str] = {
     "service_account": "service_account_json",
     "google_application_credentials": "service_account_json",
     "headers": "headers",
+    # AIBrix's runtime downloaders (python/aibrix/aibrix/runtime/downloaders.py).
+    "huggingface_token": "token",
+    "gcp_service_account_json": "service_account_json",
+    "tos_session_key": "session_token",
+    "session_key": "session_token",
+    "tos_endpoint": "endpoint",
+    "tos_region": "region",
+    # Kthena's config (python/kthena/downloader/app.py load_config).
+    "ms_token": "token",
+    "hf_revision": "revision",
+    "ms_revision": "revision",
+    "revision": "revision",
 }
 # Longest credential value accepted (a service-account JSON is ~2.4 KB).
 MAX_VALUE_LENGTH = 64 * 1024
+# Longest Kthena ``config`` string accepted (a handful of keys and tokens).
+MAX_CONFIG_LENGTH = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,10 +72,11 @@ class RequestCredentials:
     region: Optional[str] = None
     endpoint: Optional[str] = None
     addressing_style: Optional[str] = None
-    token: Optional[str] = None  # HuggingFace token
+    token: Optional[str] = None  # HuggingFace or ModelScope token
     access_token: Optional[str] = None  # OAuth2 bearer for GCS
     service_account_json: Optional[str] = None
     headers: Tuple[Tuple[str, str], ...] = ()  # HTTP(S) downloads; never logged
+    revision: Optional[str] = None  # HF / ModelScope revision when the URI names none
 
     def __repr__(self) -> str:
         present = [name for name in self.__dataclass_fields__ if getattr(self, name)]
@@ -71,14 +90,54 @@ class RequestCredentials:
 def parse_credentials(raw: Any, param: str = "credentials") -> RequestCredentials:
     if raw is None:
         return RequestCredentials()
+    return merge_credentials([(param, raw, True)])
+
+
+def parse_config(raw: Any, param: str = "config") -> Optional[Dict[str, Any]]:
+    """Kthena's ``config``: an object, or a JSON string holding one (Kthena json.loads it)."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        if not raw.strip():
+            return None
+        if len(raw) > MAX_CONFIG_LENGTH:
+            raise BadRequest(f"{param} is longer than {MAX_CONFIG_LENGTH} characters", param=param)
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest(f"{param} is a string but not valid JSON: {exc}", param=param) from None
     if not isinstance(raw, dict):
-        raise BadRequest(f"{param} must be a JSON object", param=param)
+        raise BadRequest(f"{param} must be a JSON object, or a JSON string holding one", param=param)
+    return raw
+
+
+def merge_credentials(layers: Sequence[Tuple[str, Any, bool]]) -> RequestCredentials:
+    """``(param, object, strict)`` layers, later ones winning key by key.
+
+    ``strict`` layers refuse keys Patio does not know; the others skip them (a
+    mounted secret or AIBrix's ``additional_config`` holds more than credentials).
+    """
+    values: Dict[str, Any] = {}
+    for param, raw, strict in layers:
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise BadRequest(f"{param} must be a JSON object", param=param)
+        values.update(_fields(raw, param, strict))
+    if bool(values.get("access_key_id")) != bool(values.get("secret_access_key")):
+        raise BadRequest("credentials need both an access key id and a secret access key", param=layers[-1][0])
+    return RequestCredentials(**values)
+
+
+def _fields(raw: Mapping[str, Any], param: str, strict: bool) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     for key, value in raw.items():
         name = _ALIASES.get(str(key).lower())
         if name is None:
-            accepted = ", ".join(sorted(set(_ALIASES)))
-            raise BadRequest(f"{param} has an unknown key {key!r}; accepted: {accepted}", param=param)
+            if strict:
+                accepted = ", ".join(sorted(set(_ALIASES)))
+                raise BadRequest(f"{param} has an unknown key {key!r}; accepted: {accepted}", param=param)
+            continue
         if value is None:
             continue
         if name == "headers":
@@ -93,9 +152,7 @@ def parse_credentials(raw: Any, param: str = "credentials") -> RequestCredential
         if name == "addressing_style" and value not in ("auto", "path", "virtual"):
             raise BadRequest(f"{param}.{key} must be auto, path or virtual", param=param)
         values[name] = value.strip()
-    if bool(values.get("access_key_id")) != bool(values.get("secret_access_key")):
-        raise BadRequest(f"{param} needs both an access key id and a secret access key", param=param)
-    return RequestCredentials(**values)
+    return values
 
 
 def _headers(value: Any, param: str) -> Tuple[Tuple[str, str], ...]:

@@ -1,0 +1,45 @@
+"""Directories a caller names (Kthena's ``output_dir``, AIBrix's ``local_dir``), confined to Patio's roots.
+
+Blocking (it looks at the disk); nothing here creates or deletes anything.
+"""
+
+import os
+from typing import Any, Sequence
+
+from patio.artifacts.fetch.manifest import META_DIR, within
+from patio.errors import BadRequest
+
+
+def confine(raw: Any, roots: Sequence[str], param: str, base: str) -> str:
+    """Blocking: ``raw`` (absolute, or relative to ``base``) as a directory strictly inside one of ``roots``.
+
+    Checked on the real, symlink-resolved path of whatever part already exists, so a
+    link on the way cannot lead out; nothing is created here.
+    """
+    if not isinstance(raw, str) or not raw.strip() or "\x00" in raw:
+        raise BadRequest(f"{param} must be a non-empty path", param=param)
+    if ".." in raw.replace("\\", "/").split("/"):
+        raise BadRequest(f"{param} must not contain '..'", param=param)
+    path = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(base, raw))
+    for root in roots:
+        given, real_root = os.path.normpath(root), os.path.realpath(root)
+        if within(given, path):
+            candidate = os.path.join(real_root, os.path.relpath(path, given))
+        elif within(real_root, path):
+            candidate = path
+        else:
+            continue
+        candidate = os.path.normpath(candidate)
+        if candidate == real_root:
+            raise BadRequest(f"{param} must be a directory below {root}, not the root itself", param=param)
+        if META_DIR in candidate[len(real_root) :].split(os.sep):
+            raise BadRequest(f"{param} must not use the name {META_DIR}", param=param)
+        probe = candidate
+        while not os.path.lexists(probe):
+            probe = os.path.dirname(probe)
+        if not within(real_root, os.path.realpath(probe)):
+            raise BadRequest(f"{param} {raw!r} resolves outside {root} through a symlink", param=param)
+        if os.path.islink(candidate):
+            raise BadRequest(f"{param} {raw!r} is a symlink; refusing to write through it", param=param)
+        return candidate
+    raise BadRequest(f"{param} {raw!r} must lie inside {' or '.join(roots)}; nothing was written", param=param)
