@@ -185,15 +185,14 @@ def test_patio_serves_from_the_image_root(served):
         assert http_call("GET", url + path)[0] == 200, (path, _output(served))
 
     load = url + "/load_lora_adapter"
-    assert http_json("POST", load, {"lora_name": "sql", "lora_path": "/models/sql-lora"}) == (
-        200,
-        {
-            "status": "success",
-            "message": "LoRA adapter 'sql' loaded",
-            "lora_name": "sql",
-            "lora_path": "/models/sql-lora",
-        },
-    )
+    status_code, answer = http_json("POST", load, {"lora_name": "sql", "lora_path": "/models/sql-lora"})
+    assert status_code == 200
+    assert {k: answer[k] for k in ("status", "message", "lora_name", "lora_path")} == {
+        "status": "success",
+        "message": "LoRA adapter 'sql' loaded",
+        "lora_name": "sql",
+        "lora_path": "/models/sql-lora",
+    }
     remote = served["adapters"].url + "/adapter_config.json"
     status_code, answer = http_json("POST", load, {"lora_name": "remote", "lora_path": remote}, timeout=30)
     assert status_code == 200, (answer, _output(served))
