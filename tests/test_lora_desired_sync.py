@@ -262,3 +262,24 @@ def test_residency_metrics_without_a_file(tmp_path):
     assert (
         'patio_lora_adapter_info{adapter="p",state="loaded",source_scheme="local",pinned="true",origin="api"} 1' in text
     )
+
+
+def test_dropped_while_loading_ends_unloaded(tmp_path):
+    adapters = tmp_path / "adapters.yaml"
+    syncer_file(adapters, {"slow": "/models/slow"})
+    with FakeEngine("vllm") as engine:
+        engine.lora_delay = 0.4
+        with patio_for(engine, tmp_path, adapters) as patio:
+            assert wait_for(lambda: desired(patio).get("slow", {}).get("state") == "applying")
+            syncer_file(adapters, {})
+            assert wait_for(lambda: desired(patio) == {} and listing(patio)["data"] == [])
+            assert engine.adapters == {}
+
+
+def test_an_api_unload_of_a_file_adapter_is_undone(tmp_path):
+    adapters = tmp_path / "adapters.yaml"
+    syncer_file(adapters, {"a": "/models/a"})
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, adapters) as patio:
+        assert wait_for(lambda: settled(patio) and engine.adapters == {"a": "/models/a"})
+        assert http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": "a"})[0] == 200
+        assert wait_for(lambda: engine.adapters == {"a": "/models/a"})  # the file wins

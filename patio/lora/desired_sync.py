@@ -233,7 +233,11 @@ class DesiredSync:
                     wanted[name] = None
         for name in list(self._statuses):
             if name not in wanted:
-                self._drop(name)
+                worker = self._workers.get(name)
+                if worker is not None and not worker.done():
+                    wanted[name] = None  # mid-apply: let it converge to "gone", then it drops itself
+                else:
+                    self._drop(name)
         for name, target in wanted.items():
             self._set_target(name, target)
         log.info(
@@ -281,9 +285,9 @@ class DesiredSync:
         self._workers[name] = asyncio.ensure_future(self._worker(name))
 
     def _drop(self, name: str) -> None:
-        self._statuses.pop(name, None)
-        self._targets.pop(name, None)
-        self._failures.pop(name, None)  # its series goes with it: cardinality stays bounded
+        """Forget a name entirely (no worker runs for it): memory and metric series stay bounded."""
+        for table in (self._statuses, self._targets, self._failures, self._versions, self._kicks):
+            table.pop(name, None)
 
     async def _worker(self, name: str) -> None:
         attempt = 0
@@ -298,7 +302,8 @@ class DesiredSync:
                 try:
                     assert self._slots is not None
                     async with self._slots:
-                        await self._apply_one(name, target)
+                        if self._versions.get(name) == version:  # not superseded while waiting for a slot
+                            await self._apply_one(name, target)
                 except PatioError as exc:
                     error, again = exc.message, retryable(exc)
                 except asyncio.CancelledError:
@@ -312,6 +317,7 @@ class DesiredSync:
                 if error is None:
                     status.state, status.last_error = "ok", None
                     if target is None and self.desired is not None and name not in self.desired.absent:
+                        self._workers.pop(name, None)
                         self._drop(name)  # removed because the file dropped it: nothing left to report
                     return
                 self._failures[name] = self._failures.get(name, 0.0) + 1
@@ -323,7 +329,7 @@ class DesiredSync:
                 delay = min(MAX_BACKOFF, self.settings.apply_backoff * (2 ** (attempt - 1)))
                 status.state, status.next_attempt_at = "retrying", time.time() + delay
                 log.warning("adapter %s: attempt %d failed (%s); retrying in %.1fs", name, attempt, error, delay)
-                kick = self._kicks[name]
+                kick = self._kicks.setdefault(name, asyncio.Event())
                 try:
                     await asyncio.wait_for(kick.wait(), timeout=delay)
                     attempt = 0  # a new target (or the engine came back): a fresh set of attempts
