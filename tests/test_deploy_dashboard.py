@@ -28,6 +28,9 @@ COVERAGE = [
     ("Patio memory", "process_resident_memory_bytes"),
     ("Patio HTTP", "patio_http_requests_total"),
     ("refused connections", "patio_http_connections_refused_total"),
+    ("KV-event gaps", "patio_kv_events_sequence_gaps_total"),
+    ("KV-event lag", "patio_kv_events_lag_seconds_bucket"),
+    ("router generation", "patio_topology_router_info"),
 ]
 
 

@@ -4,8 +4,9 @@ The names come from deploy/ (every alert expression, dashboard target and templa
 variable), never from a list kept here.  Patio runs as the pyz with every component that
 exports metrics switched on: the engine scrape (the engine's own /metrics bodies from
 ../shared/fixtures), LoRA (one load that succeeds, one the engine fails, and an adapters
-file with an adapter the engine keeps refusing), downloads, the HTTP server, and topology
-registered with a real SGLang router (sglang-router from PyPI).  Each selector's
+file with an adapter the engine keeps refusing), downloads, the HTTP server, topology
+registered with a real SGLang router (sglang-router from PyPI), and KV events from a real
+libzmq publisher in the engine's wire shape into redis-server, with a batch lost on the wire.  Each selector's
 sample name must be in the scrape; each label it matches or groups by must be on those
 samples, and each exact label value it selects must occur, so an alert on a value Patio
 never emits fails here.  Only the labels Prometheus itself attaches to a target
@@ -24,6 +25,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 import pytest
 from deploy_support import Selector, grouping_labels, queries, selectors
 from fakes.engine import FakeEngine
+from kvevents_peers import Publisher, RedisServer, SglangBlockStored, batch, sglang_batch, stored
 from prometheus_client.parser import text_string_to_metric_families
 from support import PatioProcess, free_port, http_call, http_json, shared_path
 
@@ -125,6 +127,10 @@ def scrape(request, router, tmp_path_factory) -> Iterator[Samples]:
     adapters_file = tmp_path_factory.mktemp("adapters") / "adapters.json"
     wanted = [{"name": "filed", "source": "/adapters/filed"}, {"name": "broken", "source": "/adapters/missing"}]
     adapters_file.write_text(json.dumps({"adapters": wanted}), encoding="utf-8")
+    # KV events: the engine's publisher (real libzmq, the engine's wire shape) and redis-server.
+    redis = RedisServer()
+    publisher = Publisher(topic=b"kv-events" if kind == "vllm" else b"", replay_shape=kind)
+    prefix = kind.upper()
     env = {
         "INFERENCE_ENGINE": kind,
         "INFERENCE_ENGINE_ENDPOINT": engine.url,
@@ -132,10 +138,25 @@ def scrape(request, router, tmp_path_factory) -> Iterator[Samples]:
         "SGL_ROUTER_ENDPOINT": router.url,
         "POD_IP": "127.0.0.1",
         "HEARTBEAT_INTERVAL": "1",
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis.port),
+        f"{prefix}_ZMQ_ENDPOINT": publisher.endpoint,
+        f"{prefix}_ZMQ_REPLAY_ENDPOINT": publisher.replay_endpoint,
     }
-    args = ["--instance-info", json.dumps(info), "--adapters-file", str(adapters_file), *FAST_ADAPTERS_FILE]
+    args = [
+        *("--instance-info", json.dumps(info), "-N", "tiny", "-I", "pod-a.ns"),
+        *("--adapters-file", str(adapters_file), *FAST_ADAPTERS_FILE),
+    ]
     patio = PatioProcess(args, env=env)
     try:
+        metrics = lambda: http_call("GET", patio.url + "/metrics")[2]  # noqa: E731
+        # Events until one arrives (a SUB misses what was sent before it subscribed), then a
+        # batch lost on the wire: a sequence gap, recovered by a replay.
+        _wait(lambda: publisher.publish(_kv_batch(kind)) >= 0 and b"patio_kv_events_connected 1" in metrics(), "kv")
+        _wait(lambda: _counter(metrics(), "patio_kv_events_received_total") > 0, "a KV event received")
+        publisher.publish(_kv_batch(kind), drop=True)
+        publisher.publish(_kv_batch(kind))
+        _wait(lambda: _counter(metrics(), "patio_kv_events_sequence_gaps_total") > 0, "the gap counted")
         load = patio.url + "/load_lora_adapter"
         assert http_json("POST", load, {"lora_name": "ok", "lora_path": "/adapters/ok"})[0] == 200, patio.output()
         refused = http_json("POST", load, {"lora_name": "bad", "lora_path": "/adapters/missing"})
@@ -154,6 +175,25 @@ def scrape(request, router, tmp_path_factory) -> Iterator[Samples]:
         patio.stop()
         patio.kill()
         engine.stop()
+        publisher.close()
+        redis.close()
+
+
+def _kv_batch(kind: str) -> bytes:
+    """One BlockStored batch as the engine encodes it."""
+    if kind == "vllm":
+        return batch([stored([11, 12], list(range(64)))])
+    return sglang_batch([SglangBlockStored([11, 12], None, list(range(8)), 4, None)])
+
+
+def _counter(text: bytes, name: str) -> float:
+    """Sum of a family's samples in a scrape."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text.decode("utf-8"))
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def _uses() -> List[Tuple[str, str, object]]:

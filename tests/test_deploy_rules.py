@@ -23,6 +23,9 @@ REQUIRED_ALERTS = [
     ("PatioDownloadFailures", "patio_downloads_total"),
     ("PatioLoRAReconcileFailures", "patio_lora_reconcile_failures_total"),
     ("PatioConnectionsRefused", "patio_http_connections_refused_total"),
+    ("PatioKVEventGaps", "patio_kv_events_sequence_gaps_total"),
+    ("PatioKVEventsDisconnected", "patio_kv_events_connected"),
+    ("PatioRouterAuthFailures", "patio_topology_router_auth_failures_total"),
 ]
 SEVERITIES = ("critical", "warning", "info")
 

@@ -263,12 +263,124 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
                 "timeseries",
             ),
             (
+                "Router generation",
+                "The router generation Patio detected from its answers (sglang-router, smg, vllm-router), per pod.",
+                ((f"max by (pod, generation) (patio_topology_router_info{{{SEL}}})", "{{pod}} {{generation}}"),),
+                "short",
+                "table",
+            ),
+            (
+                "Router auth failures",
+                "Router calls refused with 401/403: SGL_ROUTER_API_KEY missing or wrong.",
+                (
+                    (
+                        "sum by (pod) "
+                        f"(increase(patio_topology_router_auth_failures_total{{{SEL}}}[$__rate_interval]))",
+                        "{{pod}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
                 "Router restarts seen",
                 "Router restarts Patio noticed (the worker id changed) and recovered from.",
                 (
                     (
                         f"sum by (pod) (increase(patio_topology_router_restarts_total{{{SEL}}}[$__rate_interval]))",
                         "{{pod}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+        ),
+    ),
+    (
+        "KV events (KV-aware routing through Redis)",
+        (
+            (
+                "Connected",
+                "1 while both the engine's KV-event publisher and Redis are connected (pods with REDIS_HOST only).",
+                ((f"min by (pod) (patio_kv_events_connected{{{SEL}}})", "{{pod}}"),),
+                "bool_yes_no",
+                "stat",
+            ),
+            (
+                "Events received and applied",
+                "KV-cache events per second from the engine and written to Redis, by type.",
+                (
+                    (
+                        f"sum by (type) (rate(patio_kv_events_received_total{{{SEL}}}[$__rate_interval]))",
+                        "received {{type}}",
+                    ),
+                    (
+                        f"sum by (type) (rate(patio_kv_events_applied_total{{{SEL}}}[$__rate_interval]))",
+                        "applied {{type}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Skipped and malformed",
+                "Events skipped by type and messages that could not be decoded, by reason.",
+                (
+                    (
+                        f"sum by (type) (rate(patio_kv_events_skipped_total{{{SEL}}}[$__rate_interval]))",
+                        "skipped {{type}}",
+                    ),
+                    (
+                        f"sum by (reason) (rate(patio_kv_events_malformed_total{{{SEL}}}[$__rate_interval]))",
+                        "malformed {{reason}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Sequence gaps and replays",
+                "Lost engine messages (gaps) and the replays Patio asked for, by result: "
+                "a gap without a complete replay means the router's view was resynced.",
+                (
+                    (
+                        f"sum by (pod) (increase(patio_kv_events_sequence_gaps_total{{{SEL}}}[$__rate_interval]))",
+                        "gaps {{pod}}",
+                    ),
+                    (
+                        f"sum by (result) (increase(patio_kv_events_replays_total{{{SEL}}}[$__rate_interval]))",
+                        "replays {{result}}",
+                    ),
+                ),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Event lag (p95)",
+                "Time from the engine's step to the Redis write: how fresh the router's view of this pod's cache is.",
+                (quantile(0.95, "patio_kv_events_lag_seconds"),),
+                "s",
+                "timeseries",
+            ),
+            (
+                "Backlog",
+                "Event batches received and not yet written to Redis "
+                "(bounded: past it they are dropped and the pod resynced).",
+                ((f"max by (pod) (patio_kv_events_backlog{{{SEL}}})", "{{pod}}"),),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Redis errors and pod clears",
+                "Redis failures, and the times Patio cleared this pod's blocks from Redis, by reason.",
+                (
+                    (
+                        f"sum by (pod) (increase(patio_kv_events_redis_errors_total{{{SEL}}}[$__rate_interval]))",
+                        "redis errors {{pod}}",
+                    ),
+                    (
+                        f"sum by (reason) (increase(patio_kv_events_pod_clears_total{{{SEL}}}[$__rate_interval]))",
+                        "clears {{reason}}",
                     ),
                 ),
                 "short",
