@@ -181,6 +181,7 @@ def test_patio_accepts_its_args_and_env(file, pod, container, spec):
     if file == "kthena.yaml":
         assert settings.core.port == int(env["RUNTIME_PORT"])
         assert settings.core.pod == "<POD_NAME>.<NAMESPACE>"
+        assert settings.kvevents.enabled, "Kthena's runtime bridges KV events to Redis: so does the drop-in"
 
 
 @pytest.mark.parametrize(("file", "pod", "container", "spec"), CONTAINERS, ids=IDS)
