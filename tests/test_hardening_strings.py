@@ -81,6 +81,29 @@ def test_row12_control_characters_in_paths_are_refused(world: Dict[str, Any], ca
     assert not any("FORGED" in record.getMessage() for record in caplog.records)
 
 
+BAD_CALLS = [
+    ("newline_path", "a", "/models/a\nFORGED"),
+    ("surrogate_path", "a", "/models/\ud800"),
+    ("secret_uri", "a", "s3://KEY:SECRET@bucket/p"),
+    ("relative_path", "a", "org/name"),
+    ("newline_name", "a\n", "/models/a"),
+]
+
+
+@pytest.mark.parametrize("name,source", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_row12_the_manager_checks_every_caller(world: Dict[str, Any], name: str, source: str) -> None:
+    # The adapters file reaches the manager without the HTTP layer: the same rules hold there.
+    from patio.lora.component import LoraComponent
+
+    with _patio(world) as patio:
+        manager = patio.app.find(LoraComponent).manager
+        with pytest.raises(BadRequest) as caught:
+            patio.call(lambda: manager.load(name, source, {}))
+        assert "FORGED" not in caught.value.message and "SECRET" not in caught.value.message
+        assert manager.adapters == {}
+    _no_engine_load(world)
+
+
 # --- row 13: lone surrogates are a 400, and a poisoned file never breaks a listing for good --------
 
 SURROGATE_BODIES = [

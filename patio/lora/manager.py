@@ -49,7 +49,7 @@ from patio.engines.client import EngineClient
 from patio.errors import BadRequest, Conflict, EngineError, EngineUnavailable, NotFound, PatioError
 from patio.lora.settings import LoraSettings
 from patio.lora.state import read_desired, write_desired
-from patio.validate import ADAPTER_NAME, is_clean
+from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source, is_clean
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.app import AppContext
@@ -336,6 +336,10 @@ class LoraManager:
         All or nothing: when an adapter of this name is loaded, it stays loaded, listed and
         persisted, with its files, until the engine has confirmed the new one.
         """
+        # Every caller (the API, the adapters file) gets the edge's rules: nothing unchecked
+        # reaches a directory name, a log line, the state file or the engine.
+        check_name(name, "lora_name")
+        check_local_or_uri(check_source(source, "lora_path"), "lora_path")
         started = time.monotonic()
         async with self.lock(name):
             existing = self.adapters.get(name)
