@@ -283,3 +283,27 @@ def test_an_api_unload_of_a_file_adapter_is_undone(tmp_path):
         assert wait_for(lambda: settled(patio) and engine.adapters == {"a": "/models/a"})
         assert http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": "a"})[0] == 200
         assert wait_for(lambda: engine.adapters == {"a": "/models/a"})  # the file wins
+
+
+def test_sglang_pinning_from_the_file(tmp_path):
+    adapters = tmp_path / "adapters.json"
+
+    def write(doc: Dict[str, Any]) -> None:
+        (tmp_path / "tmp.json").write_text(json.dumps(doc))
+        os.replace(tmp_path / "tmp.json", adapters)
+
+    write({"adapters": []})
+    with FakeEngine("sglang") as engine:
+        with patio_for(engine, tmp_path, adapters) as patio:
+            body = {"lora_name": "a", "lora_path": "/m/a", "pinned": True}
+            assert http_json("POST", patio.url + "/load_lora_adapter", body)[0] == 200
+            write({"adapters": [{"name": "a", "source": "/m/a"}]})
+            assert wait_for(lambda: settled(patio))
+            assert len(engine.calls_to(engine.load_path())) == 1  # the file says nothing of pinning: kept
+            assert listing(patio)["data"][0]["origin"] == "file"
+            write({"adapters": [{"name": "a", "source": "/m/a", "pinned": False}]})
+            assert wait_for(lambda: len(engine.calls_to(engine.load_path())) == 2 and settled(patio))
+            assert engine.calls_to(engine.load_path())[-1].json()["pinned"] is False
+            text = http_call("GET", patio.url + "/metrics")[2].decode()
+    labels = 'adapter="a",state="loaded",source_scheme="local",pinned="false",origin="file"'
+    assert f"patio_lora_adapter_info{{{labels}}} 1" in text

@@ -358,7 +358,9 @@ class DesiredSync:
             await self._remove(name)  # the source is now local (or resolver mode is off): load it instead
             record = None
         if record is not None and record.state == LOADED:
-            if _same(record.source, target.source) and record.extra == extra:
+            # Pinning is compared only when the file says it (and the engine has it).
+            same_pin = "pinned" not in extra or bool(record.extra.get("pinned")) == extra["pinned"]
+            if _same(record.source, target.source) and same_pin:
                 await manager.set_origin(name, ORIGIN_FILE)
                 return
             if "load_inplace" in manager.client.spec.load_fields:
