@@ -20,7 +20,6 @@ Stores are local fakes that follow their clients' contracts (the HF fake is the 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
-from compat_fakes import FakeModelScope, kubernetes_secret
+from compat_fakes import FakeModelScope, go_request, httpx_request, kubernetes_secret, replay, tree
 from fakes.engine import BASE_MODEL, FakeEngine
 from support import ROOT, RunningPatio, http_json, make_settings
 
@@ -77,67 +76,6 @@ def world(tmp_path: Path) -> Iterator[Dict[str, Any]]:
         hub.stop()
         ms.stop()
         cdn.stop()
-
-
-# --- the wire -----------------------------------------------------------------------------------
-
-
-def replay(port: int, raw: bytes, timeout: float = 30.0) -> Tuple[int, Dict[str, str], bytes]:
-    """Send one request as raw bytes; read one whole answer (Content-Length framed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(raw)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, f"connection closed before an answer: {data!r}"
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            assert chunk, "connection closed mid-body"
-            body += chunk
-        return int(lines[0].split()[1]), headers, body
-
-
-def go_request(port: int, method: str, path: str, payload: Optional[Dict[str, Any]], key: Optional[str]) -> bytes:
-    """What Go's net/http writes for lora_client.go's requests (json.Marshal: sorted keys, no spaces)."""
-    body = b"" if payload is None else json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "User-Agent: Go-http-client/1.1"]
-    if payload is not None:
-        lines.append(f"Content-Length: {len(body)}")
-    if key is not None:
-        lines.append(f"Authorization: Bearer {key}")
-    if payload is not None:
-        lines.append("Content-Type: application/json")
-    lines.append("Accept-Encoding: gzip")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def httpx_request(port: int, path: str, payload: Dict[str, Any]) -> bytes:
-    """What httpx writes for ``client.post(url, json=payload)`` (Kthena's callers and its own runtime)."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Accept: */*",
-        "Accept-Encoding: gzip, deflate",
-        "Connection: keep-alive",
-        "User-Agent: python-httpx/0.28.1",
-        f"Content-Length: {len(body)}",
-        "Content-Type: application/json",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def tree(root: Path) -> Dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and ".patio" not in p.relative_to(root).parts
-    }
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
