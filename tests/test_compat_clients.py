@@ -343,6 +343,11 @@ def row_kthena_unload(w: Dict[str, Any]) -> None:
     assert status == 200, body
     assert w["engine"].adapters == {}
     assert tree(out) == ADAPTER  # Kthena never deletes the caller's output_dir
+    # Unless asked: cleanup_local deletes a directory Patio downloaded into (its marker says so).
+    _kthena(w, "/v1/load_lora_adapter", {"lora_name": "k5", "source": "acme/adapter", "output_dir": str(out)})
+    status, _, body = _kthena(w, "/v1/unload_lora_adapter", {"lora_name": "k5", "cleanup_local": True})
+    assert status == 200, body
+    assert not out.exists() and (w["models"]).exists()
 
 
 def row_kthena_download_model_sync(w: Dict[str, Any]) -> None:

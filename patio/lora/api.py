@@ -251,6 +251,14 @@ class LoraApi:
             headers=[("Location", location)],
         )
 
+    async def stop(self) -> None:
+        """Cancel background loads (their downloads stay resumable); bounded by the shutdown budget."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
     async def unload(self, request: Request) -> Response:
         body = UNLOAD_BODY.check(request.json_object(), self.spec.name)
         extra = {k: body[k] for k in ("lora_int_id",) if k in body}

@@ -31,4 +31,5 @@ class LoraComponent(Component):
         self.manager.start()
 
     async def stop(self) -> None:
+        await self.api.stop()
         await self.manager.stop()
