@@ -126,8 +126,10 @@ class Smg:
             return len(json.loads(answer.read())["workers"])
 
 
-def start_fleet(n: int, router: Smg, engines: Engines, interval: float, jitter: float) -> List[subprocess.Popen]:
-    procs = []
+def start_fleet(
+    n: int, router: Smg, engines: Engines, interval: float, jitter: float
+) -> Tuple[List[subprocess.Popen], List[int]]:
+    procs, ports = [], []
     logs = tempfile.mkdtemp(prefix="patio-bench-topology-")
     for i, port in enumerate(engines.ports):
         env = {
@@ -142,11 +144,25 @@ def start_fleet(n: int, router: Smg, engines: Engines, interval: float, jitter: 
             "PATIO_ENGINE_HEALTH_INTERVAL": "0.2",
             "PATIO_LOG_LEVEL": "WARNING",
         }
-        argv = [sys.executable, "-I", "-S", str(PYZ), "--host", "127.0.0.1", "--port", str(free_port())]
+        ports.append(free_port())
+        argv = [sys.executable, "-I", "-S", str(PYZ), "--host", "127.0.0.1", "--port", str(ports[-1])]
         argv += ["--instance-info", json.dumps({"data": {"port": port}}), "--scrape-engine-metrics", "false"]
         with open(os.path.join(logs, f"patio-{i}.log"), "wb") as log:
             procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+    return procs, ports
+
+
+def wait_serving(ports: List[int], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Patio on {port} did not start") from None
+                time.sleep(0.05)
 
 
 def wait_listed(router: Smg, n: int, timeout: float) -> Tuple[float, List[float]]:
@@ -181,9 +197,10 @@ def run_mode(n: int, interval: float, jitter: float) -> Dict[str, float]:
     engines = Engines(n)
     router = Smg(free_port())
     router.start()
-    procs = start_fleet(n, router, engines, interval, jitter)
+    procs, ports = start_fleet(n, router, engines, interval, jitter)
     try:
-        time.sleep(2.0)  # every Patio is up and waiting for its engine
+        wait_serving(ports)  # every Patio is up and waiting for its engine
+        time.sleep(1.0)
         engines.status = 200  # the whole fleet's engines turn healthy at once
         registered_in, first_rates = wait_listed(router, n, timeout=60)
         time.sleep(2 * interval)  # steady state
@@ -201,6 +218,7 @@ def run_mode(n: int, interval: float, jitter: float) -> Dict[str, float]:
             "relearn_all_s": relearned_in,
             "storm_peak_rps": max(storm),
             "storm_mean_rps": sum(storm) / len(storm),
+            "storm_requests": sum(storm) * BIN,
         }
     finally:
         for proc in procs:
@@ -233,7 +251,9 @@ def main() -> int:
     j, nj = results["jitter 0.2"], results["no jitter"]
     print()
     print(f"{'':28}{'jitter 0.2':>12}{'no jitter':>12}{'ratio':>8}")
-    for key in ("relearn_all_s", "storm_peak_rps", "storm_mean_rps", "steady_rps", "initial_registration_s"):
+    keys = ("relearn_all_s", "storm_peak_rps", "storm_mean_rps", "storm_requests", "steady_rps")
+    keys += ("initial_registration_s",)
+    for key in keys:
         ratio = j[key] / nj[key] if nj[key] else float("nan")
         print(f"{key:28}{j[key]:12.2f}{nj[key]:12.2f}{ratio:8.2f}")
     return 0

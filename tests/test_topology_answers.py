@@ -154,6 +154,14 @@ LOOKUPS = [
         "vllm-router",
     ),
     ("vllm_igw_unknown_id", "vllm", 200, j(VLLM_IGW_LOOKUP), Member(None, "prefill", None), "vllm-router-igw"),
+    (
+        "smg_draining_after_delete",
+        "sglang",
+        200,
+        j({**SMG_ENTRY, "status": "draining", "job_status": {"job_type": "RemoveWorker", "status": "processing"}}),
+        Member(SMG_ID, "prefill", 34000, pending=True, leaving=True),
+        "smg",
+    ),
     ("absent_404", "sglang", 404, j({"error": "Worker x not found", "code": "WORKER_NOT_FOUND"}), None, None),
     ("another_url", "sglang", 200, j({**SGL_ENTRY, "url": "http://10.0.0.1:1"}), None, None),
 ]

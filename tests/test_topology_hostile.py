@@ -103,7 +103,7 @@ def test_hostile_router_is_retried_boundedly_and_reported(
     began = time.monotonic()
     beat.shutdown(budget=1.5)
     assert not beat._thread.is_alive()
-    assert time.monotonic() - began < 1.5 + TIMEOUT + 0.5  # bounded by the budget, never stuck
+    assert time.monotonic() - began < 1.5 + TIMEOUT + 1.0  # bounded by the budget, never stuck
 
 
 def test_409_naming_no_id_adopts_the_listing(peer: ScriptedRouter) -> None:

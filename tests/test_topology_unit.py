@@ -491,3 +491,19 @@ def test_a_pending_listing_is_not_replaced():
     beat = make(router, clock, settings=settings)
     beat.run()
     assert calls(clock, "REPLACE") == [] and beat.warnings == []
+
+
+def test_a_draining_listing_after_delete_counts_as_removed():
+    """smg keeps a removed worker as "draining" for --drain-settle-secs: out of rotation already."""
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    beat = make(router, clock, stop_after=1)
+    beat.run()
+
+    def drain(worker_id, timeout=None):
+        clock.log.append((clock.now, f"DELETE {worker_id}"))
+        router.current = Member(worker_id, "regular", None, pending=True, leaving=True)
+
+    router.remove = drain
+    assert beat.shutdown(budget=3.0) is True
+    assert [w for _, w in clock.log].count("DELETE id-1") == 1

@@ -87,6 +87,10 @@ class Member:
     worker_type: Optional[str]
     bootstrap_port: Optional[int]
     pending: bool = False  # an add/update job is still running: its fields are not final
+    # The router is removing it: smg 1.x answers a lookup after DELETE with "status": "draining"
+    # and a RemoveWorker job for as long as in-flight requests drain (observed on 1.13.0: many
+    # seconds); it no longer routes new requests there, which is what a removal is for.
+    leaving: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,11 +157,14 @@ def _port(value: Any) -> Optional[int]:
 def member_from_entry(entry: Dict[str, Any]) -> Member:
     worker_id = entry.get("id") if _usable_id(entry.get("id")) else entry.get("worker_id")
     worker_type = entry.get("worker_type")
+    job = entry.get("job_status")
+    removing = isinstance(job, dict) and job.get("job_type") == "RemoveWorker"
     return Member(
         worker_id=worker_id if _usable_id(worker_id) else None,
         worker_type=worker_type.lower() if isinstance(worker_type, str) else None,
         bootstrap_port=_port(entry.get("bootstrap_port")),
-        pending=bool(entry.get("job_status")) or entry.get("status") == "pending",
+        pending=bool(job) or entry.get("status") == "pending",
+        leaving=removing or entry.get("status") == "draining",
     )
 
 

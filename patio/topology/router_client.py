@@ -162,7 +162,10 @@ class RouterClient:
         # DELETE, wait until the router let go (its removal may be queued), then POST.
         self.remove(member.worker_id)
         deadline = self.clock() + self.settings.request_timeout
-        while self.lookup(member.worker_id) is not None:
+        while True:
+            still = self.lookup(member.worker_id)
+            if still is None or still.leaving:
+                break
             if self.clock() >= deadline:
                 raise RouterError("router still lists the worker after DELETE; replacing it next heartbeat")
             self.sleep(GONE_POLL)

@@ -209,6 +209,13 @@ class RealRouter:
                 return worker
         return None
 
+    def routable(self, url: str, key: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The entry while the router may still send it new requests.  smg keeps a removed
+        worker listed as "draining" for --drain-settle-secs (default 5) while in-flight
+        requests finish, then forgets it (smg main.rs, drain_settle_secs)."""
+        entry = self.listed(url, key)
+        return entry if entry is not None and entry.get("status") != "draining" else None
+
     def add(self, url: str, key: Optional[str] = None, **fields: Any) -> Tuple[int, Any]:
         return _call("POST", self.url + "/workers", {"url": url, **fields}, key=key)
 
