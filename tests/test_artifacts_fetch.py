@@ -30,14 +30,14 @@ from patio.artifacts.errors import (
 )
 from patio.artifacts.fetch import engine as fetch_module
 from patio.artifacts.fetch.engine import FetchOptions, FetchResult, RemoteFile, fetch
-from patio.artifacts.fetch.retry import RetryPolicy
+from patio.artifacts.fetch.retry import DownloadRetry
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri
 
 MiB = 1024 * 1024
 BIG = os.urandom(3 * MiB + 11)
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, max_retry_after=2.0)
+FAST = DownloadRetry(attempts=3, base_delay=0.01, max_delay=0.05, max_retry_after=2.0)
 
 
 @pytest.fixture()

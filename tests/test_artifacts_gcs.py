@@ -20,7 +20,7 @@ from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
 from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
-from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
+from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.stores.gcs import ServiceAccountToken
@@ -119,7 +119,7 @@ def _service_account(gcs_url: str, key: Any = KEY) -> Dict[str, Any]:
 
 def test_jwt_verifies_with_cryptography() -> None:
     info = _service_account("http://127.0.0.1:1")
-    token = ServiceAccountToken(HttpClient(NetConfig(timeout=5)), info, RetryPolicy(attempts=1))
+    token = ServiceAccountToken(HttpClient(NetConfig(timeout=5)), info, DownloadRetry(attempts=1))
     assertion = token.assertion(now=1_700_000_000)
     assert verify_jwt(assertion) == "patio@p.iam.gserviceaccount.com"
     assert verify_jwt(assertion, OTHER_KEY) is None

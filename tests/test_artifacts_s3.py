@@ -29,7 +29,7 @@ from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactNotFound
 from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
-from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
+from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri
@@ -285,7 +285,7 @@ def test_web_identity_through_sts(tmp_path: Path) -> None:
             "arn:aws:iam::123456789012:role/patio",
             str(token),
             "patio-test",
-            RetryPolicy(attempts=2),
+            DownloadRetry(attempts=2),
         )
         creds = provider.get()
         assert creds is not None and creds.access_key.startswith("ASIA") and creds.session_token

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from patio.artifacts.auth.credentials import SourceEnv
 from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
-from patio.artifacts.fetch.retry import NetConfig, RetryPolicy
+from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.config import CoreSettings, parse_bool, parse_int, pick, positive_seconds, seconds
 from patio.errors import ConfigError
 
@@ -88,8 +88,8 @@ class ArtifactSettings:
     def net_config(self) -> NetConfig:
         return NetConfig(timeout=self.timeout, proxies=self.proxies, no_proxy=self.no_proxy, ca_file=self.ca_file)
 
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.max_attempts, base_delay=self.backoff_base)
+    def retry_policy(self) -> DownloadRetry:
+        return DownloadRetry(attempts=self.max_attempts, base_delay=self.backoff_base)
 
     def fetch_options(
         self,

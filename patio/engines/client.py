@@ -25,7 +25,11 @@ MAX_MODELS_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class EngineCallRetry:
+    """Retries of one engine call the engine cannot have acted on (connection refused before
+    sending, a 503): doubling from ``base``, at most ``attempts`` tries within ``deadline`` seconds.
+    Downloads have their own (``patio.artifacts.fetch.retry.DownloadRetry``)."""
+
     attempts: int = 5
     base: float = 0.5
     deadline: float = 30.0
@@ -37,7 +41,7 @@ class EngineClient:
         spec: EngineSpec,
         base_url: str,
         api_key: Optional[str],
-        retry: RetryPolicy = RetryPolicy(),
+        retry: EngineCallRetry = EngineCallRetry(),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec

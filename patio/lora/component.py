@@ -4,7 +4,7 @@ from typing import Sequence
 
 from patio.app import AppContext, Component
 from patio.artifacts.adapters import AdapterArtifacts
-from patio.engines.client import SPECS, EngineClient, RetryPolicy
+from patio.engines.client import SPECS, EngineCallRetry, EngineClient
 from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
@@ -17,7 +17,7 @@ class LoraComponent(Component):
     def __init__(self, context: AppContext, health: EngineHealth, artifacts: AdapterArtifacts) -> None:
         core, settings = context.settings.core, context.settings.lora
         spec = SPECS[core.engine]
-        retry = RetryPolicy(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
+        retry = EngineCallRetry(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
         client = EngineClient(spec, core.engine_endpoint, core.engine_api_key, retry)
         self.manager = LoraManager(context, settings, client, artifacts)
         self.api = LoraApi(self.manager, spec)

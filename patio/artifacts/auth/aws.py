@@ -20,7 +20,7 @@ from patio.artifacts.auth.credentials import RequestCredentials, SourceEnv
 from patio.artifacts.auth.sigv4 import Credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactError
 from patio.artifacts.fetch.net import HttpClient, error_for_status
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 
 # Refresh temporary credentials this long before they expire (STS tokens last >= 15 min).
 REFRESH_MARGIN = 300.0
@@ -76,7 +76,7 @@ class WebIdentityProvider:
         role_arn: str,
         token_file: str,
         session_name: str,
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -182,7 +182,7 @@ def resolve_provider(
     env: SourceEnv,
     client: HttpClient,
     region: str,
-    retry: RetryPolicy,
+    retry: DownloadRetry,
 ) -> CredentialsProvider:
     if request.has_keys:
         assert request.access_key_id is not None and request.secret_access_key is not None

@@ -35,7 +35,7 @@ from patio.artifacts.errors import (
 from patio.artifacts.fetch.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
 from patio.artifacts.fetch.manifest import Entry, Layout, fsync_dir, write_error
 from patio.artifacts.fetch.progress import Progress, Tracker, human_bytes, progress_line
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 from patio.artifacts.fetch.verify import hash_file, hashers, verify
 from patio.errors import PatioError
 
@@ -55,7 +55,7 @@ class FetchOptions:
     part_size: int = DEFAULT_PART_SIZE
     allow_suffixes: Tuple[str, ...] = ()
     force: bool = False
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: DownloadRetry = field(default_factory=DownloadRetry)
     progress_interval: float = 10.0  # seconds between progress log lines
     check_free_space: bool = True
 

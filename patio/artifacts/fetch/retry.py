@@ -32,7 +32,12 @@ class NetConfig:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class DownloadRetry:
+    """Retries of one store request during a download (429, 5xx, resets, stalls): jittered
+    doubling from ``base_delay`` up to ``max_delay``, at most ``attempts`` tries, a server's
+    Retry-After honoured up to ``max_retry_after``.  Engine calls have their own
+    (``patio.engines.client.EngineCallRetry``)."""
+
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 20.0
@@ -62,7 +67,7 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
 def call_with_retries(
     func: Callable[[], T],
     what: str,
-    policy: RetryPolicy,
+    policy: DownloadRetry,
     cancel: Optional[threading.Event] = None,
     rng: "Optional[random.Random]" = None,
 ) -> T:

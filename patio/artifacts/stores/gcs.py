@@ -35,7 +35,7 @@ from patio.artifacts.fetch.net import (
     error_for_status,
     range_start,
 )
-from patio.artifacts.fetch.retry import NetConfig, RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, NetConfig, call_with_retries
 
 GCS_ENDPOINT = "https://storage.googleapis.com"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -117,7 +117,7 @@ class ServiceAccountToken(_CachedToken):
     """JWT bearer grant (RFC 7523) signed RS256 with the service account's key."""
 
     def __init__(
-        self, http: HttpClient, info: Mapping[str, Any], retry: RetryPolicy, clock: Callable[[], float] = time.time
+        self, http: HttpClient, info: Mapping[str, Any], retry: DownloadRetry, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(clock)
         missing = [k for k in ("client_email", "private_key") if not info.get(k)]
@@ -166,7 +166,7 @@ class ServiceAccountToken(_CachedToken):
 class UserToken(_CachedToken):
     """``gcloud auth application-default login`` credentials: a refresh-token grant."""
 
-    def __init__(self, http: HttpClient, info: Mapping[str, Any], retry: RetryPolicy) -> None:
+    def __init__(self, http: HttpClient, info: Mapping[str, Any], retry: DownloadRetry) -> None:
         super().__init__()
         missing = [k for k in ("client_id", "client_secret", "refresh_token") if not info.get(k)]
         if missing:
@@ -200,7 +200,7 @@ class UserToken(_CachedToken):
 class MetadataToken(_CachedToken):
     """The GCE/GKE metadata server's token for the default service account; anonymous when absent."""
 
-    def __init__(self, host: str, net: NetConfig, retry: RetryPolicy) -> None:
+    def __init__(self, host: str, net: NetConfig, retry: DownloadRetry) -> None:
         super().__init__()
         self.base = host if "://" in host else "http://" + host
         # Its own short timeout and no proxy: the metadata server is link-local.
@@ -238,7 +238,7 @@ def _load_json(text: str, what: str) -> Dict[str, Any]:
     return data
 
 
-def _provider_from_info(http: HttpClient, info: Mapping[str, Any], retry: RetryPolicy, what: str) -> TokenProvider:
+def _provider_from_info(http: HttpClient, info: Mapping[str, Any], retry: DownloadRetry, what: str) -> TokenProvider:
     kind = info.get("type")
     if kind == "service_account":
         return ServiceAccountToken(http, info, retry)
@@ -248,7 +248,7 @@ def _provider_from_info(http: HttpClient, info: Mapping[str, Any], retry: RetryP
 
 
 def resolve_token(
-    request: RequestCredentials, env: SourceEnv, http: HttpClient, net: NetConfig, retry: RetryPolicy
+    request: RequestCredentials, env: SourceEnv, http: HttpClient, net: NetConfig, retry: DownloadRetry
 ) -> TokenProvider:
     if request.access_token:
         return StaticToken(request.access_token, "request access token")
@@ -291,7 +291,7 @@ class GcsSource:
         bucket: str,
         prefix: str,
         tokens: TokenProvider,
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
         self.http = http

@@ -31,7 +31,7 @@ from patio.artifacts.fetch.net import (
     redact,
     redirect_target,
 )
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 
 HF_ENDPOINT = "https://huggingface.co"
 # Redirects followed for one download (the Hub uses one or two: resolve -> CDN).
@@ -54,7 +54,7 @@ class HfSource:
         revision: str,
         subpath: str,
         token: Optional[str],
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
         self.http = http

@@ -24,7 +24,7 @@ from patio.artifacts.fetch.net import (
     redact,
     redirect_target,
 )
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 
 MAX_REDIRECTS = 10
 _TOTAL = re.compile(r"/(\d+)\s*$")
@@ -36,7 +36,7 @@ class HttpSource:
         http: HttpClient,
         url: str,
         headers: Sequence[Tuple[str, str]],
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
         self.http = http

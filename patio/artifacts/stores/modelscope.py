@@ -37,7 +37,7 @@ from patio.artifacts.fetch.net import (
     range_start,
     redact,
 )
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 
 MS_ENDPOINT = "https://www.modelscope.cn"
 # The hub answers at most this many entries to one recursive listing (modelscope_hub constants.py).
@@ -57,7 +57,7 @@ class ModelScopeSource:
         revision: str,
         subpath: str,
         token: Optional[str],
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
         self.http = http

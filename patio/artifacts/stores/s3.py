@@ -28,7 +28,7 @@ from patio.artifacts.fetch.net import (
     error_for_status,
     range_start,
 )
-from patio.artifacts.fetch.retry import RetryPolicy, call_with_retries
+from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
 
 # Keys per ListObjectsV2 page: S3's own maximum.
 LIST_PAGE_SIZE = 1000
@@ -92,7 +92,7 @@ class S3Client:
         endpoint: S3Endpoint,
         region: str,
         credentials: CredentialsProvider,
-        retry: RetryPolicy,
+        retry: DownloadRetry,
         label: str = "s3",
     ) -> None:
         self.http = http
