@@ -307,3 +307,19 @@ def test_sglang_pinning_from_the_file(tmp_path):
             text = http_call("GET", patio.url + "/metrics")[2].decode()
     labels = 'adapter="a",state="loaded",source_scheme="local",pinned="false",origin="file"'
     assert f"patio_lora_adapter_info{{{labels}}} 1" in text
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_patio_stopped_during_a_load_and_started_again(kind, tmp_path):
+    """The engine finishes a load whose caller is gone; the next Patio finds it there and is content."""
+    adapters = tmp_path / "adapters.yaml"
+    syncer_file(adapters, {"a": "/models/a", "b": "/models/b"})
+    with FakeEngine(kind) as engine:
+        engine.lora_delay = 0.5
+        with patio_for(engine, tmp_path, adapters) as patio:
+            assert wait_for(lambda: any(s["state"] == "applying" for s in desired(patio).values()))
+        time.sleep(0.6)  # the engine completes what it was asked
+        engine.lora_delay = 0.0
+        with patio_for(engine, tmp_path, adapters) as patio:
+            assert wait_for(lambda: settled(patio) and engine.adapters == {"a": "/models/a", "b": "/models/b"})
+            assert {a["name"]: a["state"] for a in desired(patio).values()} == {"a": "ok", "b": "ok"}
