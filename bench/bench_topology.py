@@ -121,9 +121,11 @@ class Smg:
         pool = sum(float(v) for v in re.findall(r"^smg_worker_pool_size\{[^}]*\} (\S+)$", text, re.M))
         return requests, pool
 
-    def listed(self) -> int:
+    def listed(self) -> Tuple[int, int]:
+        """(workers listed, of which still routable: smg keeps a removed one "draining" for 5 s)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/workers", timeout=5) as answer:
-            return len(json.loads(answer.read())["workers"])
+            workers = json.loads(answer.read())["workers"]
+        return len(workers), sum(1 for w in workers if w.get("status") != "draining")
 
 
 def start_fleet(
@@ -225,11 +227,16 @@ def run_mode(n: int, interval: float, jitter: float) -> Dict[str, float]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         codes = [proc.wait(30) for proc in procs]
-        left = router.listed() if router.proc and router.proc.poll() is None else -1
+        routable = router.listed()[1]  # every Patio has exited: none may still be in rotation
+        deadline = time.monotonic() + 15
+        while router.listed()[0] and time.monotonic() < deadline:  # smg forgets after its drain
+            time.sleep(0.2)
+        left = router.listed()[0]
         router.kill()
         engines.close()
     result["exit_0"] = float(sum(1 for c in codes if c == 0))
-    result["left_on_router"] = float(left)
+    result["routable_at_exit"] = float(routable)
+    result["listed_after_drain"] = float(left)
     return result
 
 
