@@ -49,9 +49,12 @@ def world(tmp_path: Path) -> Iterator[Dict[str, Any]]:
     ms = FakeModelScope(cdn, token=MS_TOKEN)
     ms.add("acme/ms-lora", MS_ADAPTER, cdn=("weights/adapter.bin",))
     engine = FakeEngine("vllm", api_key=ENGINE_KEY)
-    dirs = {name: tmp_path / name for name in ("adapters", "models", "secrets", "state")}
+    dirs = {name: tmp_path / name for name in ("adapters", "models", "secrets", "state", "pvc")}
     for path in dirs.values():
         path.mkdir()
+    for rel, data in ADAPTER.items():
+        (dirs["pvc"] / "loras" / "a").mkdir(parents=True, exist_ok=True)
+        (dirs["pvc"] / "loras" / "a" / rel).write_bytes(data)
     kubernetes_secret(dirs["secrets"], "hf-creds", {"huggingface_token": HF_TOKEN})
     kubernetes_secret(dirs["secrets"], "wrong-creds", {"huggingface_token": "not-the-token"})
     (dirs["secrets"] / "plain-file").write_text("a single value\n")
@@ -62,6 +65,7 @@ def world(tmp_path: Path) -> Iterator[Dict[str, Any]]:
         "PATIO_ADAPTER_DIR": str(dirs["adapters"]),
         "PATIO_MODELS_ROOT": str(dirs["models"]),
         "PATIO_CREDENTIALS_DIR": str(dirs["secrets"]),
+        "PATIO_PVC_ROOT": str(dirs["pvc"]),
         "HF_ENDPOINT": hub.url,
         "MODELSCOPE_ENDPOINT": ms.url,
         "MS_TOKEN": MS_TOKEN,  # Kthena's environment fall-back for config.ms_token
@@ -295,6 +299,16 @@ def row_kthena_modelscope_source(w: Dict[str, Any]) -> None:
     assert tree(out) == MS_ADAPTER and w["engine"].adapters == {"msl": str(out)}
 
 
+def row_kthena_pvc_source_is_copied(w: Dict[str, Any]) -> None:
+    _engine_open(w)
+    out = w["models"] / "from-pvc"
+    status, _, body = _kthena(
+        w, "/v1/load_lora_adapter", {"lora_name": "pv", "source": "pvc://loras/a", "output_dir": str(out)}
+    )
+    assert status == 200, body
+    assert tree(out) == ADAPTER and w["engine"].adapters == {"pv": str(out)}
+
+
 def row_kthena_async_load_is_followed(w: Dict[str, Any]) -> None:
     _engine_open(w)
     out = w["models"] / "k3"
@@ -390,6 +404,7 @@ KTHENA_RUNTIME_ROWS = [
     ("sync_load_config_string", row_kthena_sync_load_config_string),
     ("sync_load_config_object", row_kthena_sync_load_config_object),
     ("modelscope_source", row_kthena_modelscope_source),
+    ("pvc_source_is_copied", row_kthena_pvc_source_is_copied),
     ("async_load_is_followed", row_kthena_async_load_is_followed),
     ("async_failure_stays_visible", row_kthena_async_failure_stays_visible),
     ("unload", row_kthena_unload),

@@ -298,3 +298,35 @@ def test_bad_input_is_refused_and_nothing_is_written(
     assert setup["engine"].calls_to("/v1/load_lora_adapter") == []
     assert os.listdir(setup["outside"]) == ["token"] and os.listdir(setup["models"]) == []
     assert [n for n in os.listdir(setup["adapters"])] == []
+
+
+def test_one_table_drives_validation_and_the_openapi_schema(tmp_path: Path) -> None:
+    """The fields a route accepts are the fields its schema shows; async answers are documented as 202."""
+    from patio.artifacts.api import DOWNLOAD_BODY, KTHENA_BODY
+    from patio.lora.api import LOAD_BODY, UNLOAD_BODY
+
+    with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
+        settings = make_settings(
+            ["--enable-fastapi-docs"], {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url}
+        )
+        with RunningPatio(settings) as documented:
+            status, doc = http_json("GET", documented.url + "/openapi.json")
+        assert status == 200
+        assert patio is not None
+    paths = doc["paths"]
+
+    def schema(path: str) -> Dict[str, Any]:
+        return paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    vllm_fields = {f.name for f in LOAD_BODY.fields if not f.engines or "vllm" in f.engines}
+    for path in ("/load_lora_adapter", "/v1/lora_adapter/load", "/v1/load_lora_adapter"):
+        assert set(schema(path)["properties"]) == vllm_fields
+        assert {"200", "202"} <= set(paths[path]["post"]["responses"])
+    assert set(schema("/v1/lora_adapter/unload")["properties"]) == set(UNLOAD_BODY.names)
+    assert set(schema("/v1/model/download")["properties"]) == set(DOWNLOAD_BODY.names)
+    assert set(schema("/v1/download_model")["properties"]) == set(KTHENA_BODY.names)
+    assert schema("/v1/download_model")["required"] == ["source", "output_dir"]
+    # The download job API answers 202 and says so (it was documented as 200).
+    assert "202" in paths["/v1/model/download"]["post"]["responses"]
+    assert "200" not in paths["/v1/model/download"]["post"]["responses"]
+    assert {"200", "202"} <= set(paths["/v1/download_model"]["post"]["responses"])

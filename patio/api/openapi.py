@@ -65,9 +65,14 @@ def _operation(route: Route, api_key: bool) -> Dict[str, Any]:
     ok["content"] = {route.response_type: {"schema": dict(route.response_schema or {"type": "object"})}}
     if route.response_type != "application/json":
         ok["content"] = {route.response_type: {"schema": {"type": "string"}}}
-    # A route listing 202 among its answers succeeds with 202 Accepted (asynchronous jobs).
-    responses: Dict[str, Any] = {"202" if 202 in route.errors else "200": ok}
-    codes = set(route.errors) - {202}
+    # A route listing 202 among its answers succeeds with 202 Accepted (asynchronous jobs); one
+    # listing 200 too answers either (Kthena's sync/async loads and downloads).
+    responses: Dict[str, Any] = {}
+    if 202 not in route.errors or 200 in route.errors:
+        responses["200"] = ok
+    if 202 in route.errors:
+        responses["202"] = dict(ok, description="Accepted: follow the Location header")
+    codes = set(route.errors) - {200, 202}
     if route.request_schema is not None:
         codes |= {400, 413, 415}
     if route.management and api_key:

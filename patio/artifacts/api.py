@@ -214,7 +214,7 @@ class DownloadApi:
                 tag="downloads",
                 request_schema=KTHENA_BODY.schema(),
                 response_schema=_KTHENA_SCHEMA,
-                errors=(400, 401, 403, 404, 409, 415, 502, 503, 507),
+                errors=(200, 202, 400, 401, 403, 404, 409, 415, 502, 503, 507),
             ),
             Route(
                 "GET",

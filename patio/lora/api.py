@@ -312,6 +312,8 @@ class LoraApi:
 
     def routes(self) -> List[Route]:
         errors = (400, 404, 409, 415, 502, 503, 504)
+        # Loads answer 200, or 202 with async_download (Kthena).
+        load_answers = (200, 202, 403, 500, 507, *errors)
         routes = [
             Route(
                 "POST",
@@ -322,7 +324,7 @@ class LoraApi:
                 tag="lora",
                 request_schema=LOAD_BODY.schema(self.spec.name),
                 response_schema=SUCCESS_SCHEMA,
-                errors=errors,
+                errors=load_answers,
             )
             for path in LOAD_PATHS
         ]
