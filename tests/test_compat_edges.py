@@ -305,14 +305,11 @@ def test_one_table_drives_validation_and_the_openapi_schema(tmp_path: Path) -> N
     from patio.artifacts.api import DOWNLOAD_BODY, KTHENA_BODY
     from patio.lora.api import LOAD_BODY, UNLOAD_BODY
 
-    with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
-        settings = make_settings(
-            ["--enable-fastapi-docs"], {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url}
-        )
-        with RunningPatio(settings) as documented:
-            status, doc = http_json("GET", documented.url + "/openapi.json")
-        assert status == 200
-        assert patio is not None
+    with FakeEngine("vllm") as engine:
+        env = {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url, "PATIO_STATE_DIR": str(tmp_path)}
+        with RunningPatio(make_settings(["--enable-fastapi-docs"], env)) as patio:
+            status, doc = http_json("GET", patio.url + "/openapi.json")
+    assert status == 200
     paths = doc["paths"]
 
     def schema(path: str) -> Dict[str, Any]:
