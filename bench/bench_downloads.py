@@ -1,12 +1,15 @@
 """Download throughput: Patio's fetch engine against the incumbents' clients, same servers, same run.
 
-    .venv/bin/python bench/bench_downloads.py [--mib 160] [--threads 8] [--rounds 3]
+    .venv/bin/python bench/bench_downloads.py [--mib 160] [--threads 8] [--rounds 3] [--stores s3,hf,ms]
 
 - S3: moto in server mode (a subprocess); Patio ``s3://`` vs boto3's transfer manager
   (``s3transfer``, every file submitted at once, ranged multipart GETs, same concurrency).
 - HuggingFace: the local Hub + CDN from the tests (in a subprocess); Patio ``hf://`` vs
   ``huggingface_hub.snapshot_download`` (same worker count).  Patio also verifies every
   file's sha256 / git sha1; snapshot_download verifies sizes only.
+- ModelScope: the local hub from the tests (``compat_fakes.FakeModelScope``, big files
+  redirected to its CDN, in a subprocess); Patio ``ms://`` vs ``modelscope_hub``'s
+  ``snapshot_download`` (what ``modelscope.snapshot_download`` runs; same worker count).
 
 Each round runs the clients in alternating order into fresh directories; the median of
 the rounds is reported as MiB/s, and the ratio Patio / incumbent (> 1: Patio is faster).
@@ -60,6 +63,43 @@ def _serve_hub(total_mib: int, ready: Any, stop: Any) -> None:
     stop.wait()
     hub.stop()
     cdn.stop()
+
+
+def _serve_modelscope(total_mib: int, ready: Any, stop: Any) -> None:
+    from artifacts_fakes import FakeCdn
+    from compat_fakes import FakeModelScope
+
+    files = dataset(total_mib)
+    cdn = FakeCdn()
+    hub = FakeModelScope(cdn)
+    hub.add("bench/model", files, cdn=tuple(p for p in files if p.endswith((".safetensors", ".bin"))))
+    ready.put(hub.url)
+    stop.wait()
+    hub.stop()
+    cdn.stop()
+
+
+def ms_snapshot(endpoint: str, threads: int) -> Callable[[Path], None]:
+    os.environ["MODELSCOPE_ENDPOINT"] = endpoint
+    from modelscope_hub.compat.snapshot_download import snapshot_download
+
+    def run(target: Path) -> None:
+        cache = target.parent / (target.name + "-cache")
+        os.environ["MODELSCOPE_CACHE"] = str(cache)
+        try:
+            snapshot_download(model_id="bench/model", local_dir=str(target), max_workers=threads)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+    return run
+
+
+def _served(target: Callable[..., None], mib: int) -> Tuple[Any, Any, str]:
+    ctx = multiprocessing.get_context("fork")
+    ready, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=target, args=(mib, ready, stop), daemon=True)
+    server.start()
+    return server, stop, ready.get(timeout=60)
 
 
 def timed(label: str, func: Callable[[Path], None], total: int) -> float:
@@ -161,11 +201,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="concurrency for every client (default 8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--part-mib", type=int, default=16, help="ranged part size for both S3 clients")
+    parser.add_argument("--stores", default="s3,hf,ms", help="which comparisons to run (default s3,hf,ms)")
     args = parser.parse_args()
+    stores = set(args.stores.split(","))
     files = dataset(args.mib)
     total = sum(len(d) for d in files.values())
     print(f"dataset: {len(files)} files, {total / MiB:.0f} MiB; {args.threads} threads; {args.rounds} rounds (median)")
 
+    if "s3" in stores:
+        _s3(args, files, total)
+    if "hf" in stores:
+        _hf(args, total)
+    if "ms" in stores:
+        server, stop, ms_url = _served(_serve_modelscope, args.mib)
+        try:
+            compare(
+                "modelscope (local hub)",
+                patio_fetch("ms://bench/model", {"MODELSCOPE_ENDPOINT": ms_url}, args.threads),
+                ms_snapshot(ms_url, args.threads),
+                total,
+                args.rounds,
+            )
+        finally:
+            stop.set()
+            server.join(10)
+            if server.is_alive():
+                server.kill()
+
+
+def _s3(args: Any, files: Dict[str, bytes], total: int) -> None:
     from artifacts_fakes import MotoServer
 
     moto = MotoServer()
@@ -190,12 +254,10 @@ def main() -> None:
     finally:
         moto.stop()
 
-    ctx = multiprocessing.get_context("fork")
-    ready, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve_hub, args=(args.mib, ready, stop), daemon=True)
-    server.start()
+
+def _hf(args: Any, total: int) -> None:
+    server, stop, hub_url = _served(_serve_hub, args.mib)
     try:
-        hub_url = ready.get(timeout=60)
         env = {"HF_ENDPOINT": hub_url, "DOWNLOADER_PART_SIZE": f"{args.part_mib}MiB", "HF_HUB_DISABLE_TELEMETRY": "1"}
         os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
