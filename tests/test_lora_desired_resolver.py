@@ -125,10 +125,15 @@ def test_restart_reuses_the_copy_and_sweeps_what_the_file_dropped(tmp_path, hub)
             assert wait_for(lambda: [s["state"] for s in desired(patio).values()] == ["ok", "ok"])
         downloads = len(hub.seen)
         write(tmp_path, {"a": "hf://acme/a"})  # b dropped while Patio was down
+        # Leftovers of a Patio killed mid-way: a half download of b, a directory in the trash.
+        (resolver / ".patio-staging" / "b" / ".patio").mkdir(parents=True)
+        (resolver / ".patio-trash" / "old.1.x").mkdir(parents=True)
         with patio_for(engine, hub, tmp_path) as patio:
             assert wait_for(lambda: not (resolver / "b").exists())
             assert wait_for(lambda: views(patio).get("a", {}).get("state") == "available")
             assert len(hub.seen) == downloads  # a was taken over as it was on disk
+            assert not (resolver / ".patio-staging" / "b").exists()
+            assert wait_for(lambda: list((resolver / ".patio-trash").iterdir()) == [])  # b's rmtree may still run
         assert foreign.is_dir()  # not Patio's: never touched
 
 

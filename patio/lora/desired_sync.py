@@ -228,6 +228,7 @@ class DesiredSync:
         if self.settings.resolver_dir and not self._swept:
             # Directories an earlier Patio installed for adapters the file no longer names.
             self._swept = True
+            await self.context.run_download(resolver_dir.tidy, self.settings.resolver_dir, sorted(keep))
             for name in await self.context.run_blocking(resolver_dir.ours, self.settings.resolver_dir):
                 if name not in keep:
                     wanted[name] = None

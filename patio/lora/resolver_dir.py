@@ -14,7 +14,7 @@ directory belongs to someone else and is left alone.
 """
 
 import os
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from patio.artifacts.fetch.manifest import META_DIR, Layout, fsync_dir, write_error
 from patio.errors import BadRequest
@@ -90,6 +90,23 @@ def ours(resolver_dir: str) -> List[str]:
     except FileNotFoundError:
         return []
     return [n for n in names if not n.startswith(".") and marker_of(os.path.join(resolver_dir, n)) is not None]
+
+
+def tidy(resolver_dir: str, keep: Iterable[str]) -> None:
+    """At start: empty the trash, and drop staged downloads of names no longer wanted."""
+    import shutil  # worker thread only
+
+    shutil.rmtree(os.path.join(resolver_dir, TRASH), ignore_errors=True)
+    staging = staging_dir(resolver_dir)
+    wanted = set(keep)
+    try:
+        names = os.listdir(staging)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(staging, name)
+        if name.split("~", 1)[0] not in wanted and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _discard(resolver_dir: str, target: str) -> None:
