@@ -134,6 +134,20 @@ def vllm_model(vllm):
     return next(m["id"] for m in json.loads(raw)["data"] if not m.get("parent"))
 
 
+def test_3b_dashboard_and_alert_engine_names_in_a_real_vllm_scrape(vllm, patio_factory):
+    """Every engine family (``patio:``) the dashboard and alert rules under deploy/ read is in
+    Patio's /metrics in front of this real vLLM (tests/test_deploy_metrics.py checks every name
+    against vLLM 0.33's and SGLang's own metric bodies)."""
+    from deploy_support import queries, selectors
+
+    for prompt in ("Hello world", "The quick brown fox"):
+        complete(vllm, vllm_model(vllm), prompt)
+    text = _scrape(patio_factory(vllm.url))
+    names = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    used = {s.name for _, expr in queries() for s in selectors(expr) if s.name.startswith("patio:")}
+    assert len(used) >= 8 and used <= names, sorted(used - names)
+
+
 def test_5_patio_restart_rebuilds_its_view_without_reloading(vllm, assets, patio_factory, tmp_path):
     state = tmp_path / "shared-state"
     first = patio_factory(vllm.url, state_dir=state)
