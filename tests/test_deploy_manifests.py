@@ -63,6 +63,8 @@ def merged_profile_pods() -> Iterator[Tuple[str, Doc]]:
             for runtime in role.get("engineRuntimes", []):
                 profile = profiles[runtime["profileName"]]["spec"]
                 overrides = {c["name"]: c for c in runtime.get("containers", [])}
+                # rbgs api/workloads/v1alpha1 EngineRuntime: "only support command,args overridden".
+                assert all(set(c) <= {"name", "command", "args"} for c in overrides.values()), overrides
                 for container in copy.deepcopy(profile["containers"]):
                     container.update({k: v for k, v in overrides.get(container["name"], {}).items() if k != "name"})
                     spec["containers"].append(container)
