@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from patio.kvevents import events as ev
 from patio.kvevents import layout as lay
@@ -42,6 +42,8 @@ log = logging.getLogger("patio.kvevents")
 
 # Commands sent in one pipeline at most (a replay of 10 000 batches goes in slices).
 PIPELINE_COMMANDS = 2000
+# Replayed batches written per slice (the rest of a replay is still on the socket, not in memory).
+REPLAY_SLICE = 256
 # SCAN's COUNT hint when clearing a pod (bounds the server's work per round).
 SCAN_COUNT = 1000
 # Lag buckets: a healthy bridge writes within milliseconds of the engine's step.
@@ -390,7 +392,9 @@ class Bridge:
         self.sub = None
         self._note_error(why)
         self._backoff_after("sub")
-        # The publisher lives in the engine: its connection dropping means the engine (and its cache) went away.
+        # The publisher lives in the engine: its connection dropping means the engine (and its cache) went away,
+        # and what the backlog holds is that engine's history.
+        self.backlog.clear()
         self.need_resync = self.need_resync or "publisher_lost"
         self._guard_redis(lambda: self._clear_pod("publisher_lost"))
 
@@ -522,32 +526,31 @@ class Bridge:
         if not self.settings.replay_endpoint:
             return False
         replayed = [item for item in self._replay(first) if item.seq < upto]
-        if not replayed or replayed[0].seq != first or replayed[-1].seq != upto - 1:
-            return False
-        expected = list(range(first, upto))
-        if [item.seq for item in replayed] != expected:
+        if [item.seq for item in replayed] != list(range(first, upto)):
             return False
         self._flush_run(replayed)
         self.last_seq = upto - 1
         return True
 
-    def _replay(self, start: int) -> List[_Item]:
+    def _replay(self, start: int) -> Iterator[_Item]:
+        """Decoded batches from the replay endpoint, one at a time (a full buffer is 10 000 batches)."""
         settings = self.settings
         assert settings.replay_endpoint
-        items: List[_Item] = []
+        first: Optional[int] = None
         try:
             for seq, payload in net.replay(settings.replay_endpoint, start, settings.timeout, settings.max_frame_bytes):
                 if self._stop.is_set():
-                    break
+                    return
+                first = seq if first is None else first
                 item = self._decode_payload(seq, payload, live=False)
                 if item is not None:
-                    items.append(item)
+                    yield item
         except net.PeerDown as exc:
             self.metrics.replays.inc("error")
             self._note_error(f"replay from {start}: {exc}")
-            return items
-        self.metrics.replays.inc("complete" if not items or items[0].seq == start else "partial")
-        return items
+            return
+        # Partial: the publisher's buffer no longer reaches back to ``start``.
+        self.metrics.replays.inc("complete" if first is None or first == start else "partial")
 
     def _resync(self, reason: str) -> None:
         """Clear the pod, apply the engine's replay buffer, then the backlog: never a partial history."""
@@ -555,25 +558,34 @@ class Bridge:
         if not self._pod_clean:
             self._clear_pod(reason)
         self.last_seq = self.applied_seq = None
-        merged: List[_Item] = self._replay(0) if self.settings.replay_endpoint else []
-        for item in self.backlog:
-            if merged and item.seq != 0 and item.seq <= merged[-1].seq:
-                continue  # the replay already had it
-            merged.append(item)
+        last = self._apply_stream(self._replay(0) if self.settings.replay_endpoint else iter(()), None)
+        backlog = list(self.backlog)
         self.backlog.clear()
-        # Keep the last contiguous run: history before a hole could miss a removal.
-        start = len(merged) - 1 if merged else 0
-        while start > 0 and merged[start - 1].seq == merged[start].seq - 1:
-            start -= 1
-        for item in merged[:start]:
-            for event in item.batch.events:
-                self.metrics.skipped.inc(_label(event.type))
-        tail = merged[start:]
-        self._flush_run(tail)
-        if tail:
-            self.last_seq = tail[-1].seq
+        # The backlog holds what arrived from this same engine meanwhile: what the replay had is a duplicate.
+        self.last_seq = self._apply_stream((item for item in backlog if last is None or item.seq > last), last)
         self.need_resync = None
         self._update_state()
+
+    def _apply_stream(self, items: Iterator[_Item], last: Optional[int]) -> Optional[int]:
+        """Apply consecutive batches in slices; after a hole, history before it is dropped (cleared)."""
+        chunk: List[_Item] = []
+        for item in items:
+            if last is not None and item.seq != last + 1:
+                if item.seq <= last and item.seq != 0:
+                    for event in item.batch.events:
+                        self.metrics.skipped.inc(_label(event.type))
+                    continue
+                # A hole, or a new engine: what was applied may miss removals; start over from here.
+                self._flush_run(chunk)
+                chunk = []
+                self._clear_pod("gap" if item.seq > last else "engine_restart")
+            chunk.append(item)
+            last = item.seq
+            if len(chunk) >= REPLAY_SLICE:
+                self._flush_run(chunk)
+                chunk = []
+        self._flush_run(chunk)
+        return last
 
     # -- Redis writes ------------------------------------------------------------------------
     def _pipeline(self, commands: List[lay.Command]) -> List[object]:
