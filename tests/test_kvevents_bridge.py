@@ -12,6 +12,7 @@ import hashlib
 import json
 import signal
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -176,6 +177,19 @@ def test_gap_is_replayed_and_redis_equals_the_publishers_state(redis_server, red
     assert redis_state(redis) == expected.state()
     assert bridge.metrics.gaps.value() == 1 and publisher.replay_requests == [0, 1]
     assert bridge.metrics.lag.count() >= 3
+
+
+def test_removal_of_a_block_the_memory_forgot_reads_its_std_hash_back(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher, hash_cache=1)
+    bridges.append(bridge)
+    expected = Expected()
+    for h in (1, 2, 3):
+        expected.store([h], list(range(h * 32, h * 32 + 32)))
+        publisher.publish(batch([stored([h], list(range(h * 32, h * 32 + 32)))]))
+    expected.remove([1, 2])
+    seq = publisher.publish(batch([removed([1, 2])]))
+    settled(bridge, seq)
+    assert redis_state(redis) == expected.state()
 
 
 def test_gap_without_replay_clears_the_pod_rather_than_keep_stale_claims(redis_server, redis, publisher, bridges):
@@ -357,6 +371,9 @@ def test_patio_process_serves_state_and_clears_the_pod_on_sigterm(tmp_path):
             assert b'patio_kv_events_applied_total{type="BlockStored"} 1' in metrics
             assert b"patio_kv_events_connected 1" in metrics
             assert b"s3cret-pw" not in body + metrics
+            # std hashes use CPython's built-in SHA-256: a working bridge loads no OpenSSL either.
+            maps = Path(f"/proc/{patio.proc.pid}/maps").read_text()
+            assert "_socket." in maps and not [n for n in ("_hashlib.", "libcrypto", "_ssl.") if n in maps]
             assert patio.stop(signal.SIGTERM) == 0
             assert redis_state(client) == ({}, {})
             assert "s3cret-pw" not in patio.output()

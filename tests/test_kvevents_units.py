@@ -219,7 +219,7 @@ def test_std_hash_is_kthenas():
 
 def test_store_commands_follow_kthenas_layout():
     layout = lay.Layout("vllm", "pod-a.ns", "llama")
-    cache = lay.HashCache()
+    cache = lay.HashCache(4096)
     event = ev.decode_batch(FIXTURE).events[0]
     commands = lay.store_commands(layout, event, cache, 1700000000)
     h0, h1 = FIXTURE_HASHES

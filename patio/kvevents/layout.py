@@ -19,7 +19,7 @@ the bridge's own memory of what it wrote.
 
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from patio.kvevents.events import AllBlocksCleared, BlockRemoved, BlockStored, Event
 
@@ -27,8 +27,6 @@ MATRIX_PREFIX = "matrix:kv:block"
 MAPPING_PREFIXES = {"vllm": "vllm:kv:block", "sglang": "sglang:kv:block"}
 # Kthena's expiry of a mapping key (seconds).
 MAPPING_TTL = 86400
-# Engine hash -> std hash remembered in memory (about 100 bytes each); older ones are read back from Redis.
-HASH_CACHE_ENTRIES = 16384
 _MASK63 = 0x7FFFFFFFFFFFFFFF
 
 Command = Tuple[str, ...]
@@ -38,13 +36,24 @@ def std_hash(tokens: Sequence[int]) -> int:
     """Kthena's ``compute_standardized_hash`` (0 for no tokens); ``ValueError`` for a token outside uint32."""
     if not tokens:
         return 0
-    import hashlib  # only a bridge that is enabled pays for OpenSSL (the footprint test checks)
-
     try:
         packed = struct.pack(f">{len(tokens)}I", *tokens)
     except struct.error:
         raise ValueError("a token id outside 0..2**32-1") from None
-    return int.from_bytes(hashlib.sha256(packed).digest()[:8], "big") & _MASK63
+    return int.from_bytes(_sha256()(packed).digest()[:8], "big") & _MASK63
+
+
+def _sha256() -> Callable[[bytes], Any]:
+    """CPython's built-in SHA-256, which does not load OpenSSL (``hashlib`` does: about 3 MB
+    resident, and the footprint test forbids it while serving); hashlib only as a fallback."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.8-3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12+
+        except ImportError:  # pragma: no cover - other interpreters
+            from hashlib import sha256
+    return sha256
 
 
 def glob_escape(text: str) -> str:
@@ -94,7 +103,7 @@ class Layout:
 class HashCache:
     """Engine hash -> std hash, bounded; the oldest entry goes first (insertion order)."""
 
-    def __init__(self, limit: int = HASH_CACHE_ENTRIES) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._map: Dict[int, int] = {}
 

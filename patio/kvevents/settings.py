@@ -20,6 +20,9 @@ from patio.errors import ConfigError
 DEFAULT_ENDPOINT = "tcp://localhost:5557"
 DEFAULT_TOPICS = {"vllm": "kv-events", "sglang": ""}
 DEFAULT_REDIS_PORT = 6379
+# Engine hash -> std hash pairs kept in memory (about 150 bytes each); BlockRemoved for an older
+# block reads the std hash back from its mapping key (one more pipelined round trip).
+HASH_CACHE_ENTRIES = 4096
 # Batches held while Redis is unreachable; past it they are dropped and a resync follows.
 DEFAULT_BACKLOG = 10_000
 
@@ -44,7 +47,7 @@ class KvEventsSettings:
     backlog: int = DEFAULT_BACKLOG
     mapping_ttl: int = 86400
     max_frame_bytes: int = 16 * 1024 * 1024
-    hash_cache: int = 16384
+    hash_cache: int = HASH_CACHE_ENTRIES
 
     def __repr__(self) -> str:  # never print the Redis password
         return (
@@ -148,7 +151,7 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
             env,
             "kv_events_hash_cache",
             ("PATIO_KV_EVENTS_HASH_CACHE",),
-            16384,
+            HASH_CACHE_ENTRIES,
             count(0),
         ),
     )
