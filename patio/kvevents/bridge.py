@@ -458,9 +458,9 @@ class Bridge:
             self.metrics.malformed.inc(exc.reason)
             self._note_error(f"message {seq}: {exc.message}")
             return None
-        if live:
-            for event in batch.events:
-                self.metrics.received.inc(_label(event.type))
+        # Replayed events count too: received = decoded from the engine, by either path.
+        for event in batch.events:
+            self.metrics.received.inc(_label(event.type))
         return _Item(seq, batch, live)
 
     def _on_live(self, items: List[_Item]) -> None:
