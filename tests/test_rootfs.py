@@ -102,7 +102,10 @@ def test_rootfs_is_the_image_packages_and_files(rootfs):
 WRITE_PROBE = """
 import errno, json, os
 result = {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "env": sorted(os.environ)}
-for path in ("/etc/patio-probe", "/app/patio-probe", "/tmp/patio-probe", "/usr/patio-probe", "/tmp/patio/probe"):
+app = os.stat("/app/patio.pyz")
+result["app"] = [app.st_uid, app.st_gid, oct(app.st_mode & 0o7777), app.st_size]
+for path in ("/etc/patio-probe", "/app/patio-probe", "/app/patio.pyz", "/tmp/patio-probe", "/usr/patio-probe",
+             "/tmp/patio/probe"):
     try:
         open(path, "w").close()
         result[path] = "written"
@@ -121,7 +124,10 @@ def test_sandbox_runs_as_nonroot_with_a_read_only_root(rootfs):
     assert result["env"] == ["HOME", "LANG", "PATH", "SSL_CERT_FILE"]
     for path in ("/etc/patio-probe", "/app/patio-probe", "/tmp/patio-probe", "/usr/patio-probe"):
         assert result[path] == "EROFS", (path, result[path])
+    assert result["/app/patio.pyz"] in ("EROFS", "EACCES"), result["/app/patio.pyz"]
     assert result["/tmp/patio/probe"] == "written"
+    # Copied in as the Dockerfile's COPY does: root's, 0644, the pyz itself.
+    assert result["app"] == [0, 0, "0o644", build_pyz().stat().st_size]
 
 
 class AdapterServer:

@@ -12,8 +12,8 @@
 # about a minute, later runs return at once.  Run it with deploy/rootfs/run.sh.
 #
 # Beyond the image: the empty mount points /tmp/patio (the writable state and adapter
-# directory, an emptyDir in the manifests) and /app/patio.pyz (run.sh binds the pyz there,
-# read-only, where the Dockerfile COPYs it), and /proc and /dev, which a container runtime creates.
+# directory, an emptyDir in the manifests) and /app (run.sh copies the pyz there, as the
+# Dockerfile does, on a read-only mount), and /proc and /dev, which a container runtime creates.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 list="$here/packages.txt"
@@ -108,7 +108,6 @@ ln -sf python3.11 "$root/usr/bin/python"
 
 # Mount points (see the header).
 install -d -m 0755 "$root/proc" "$root/dev" "$root/app" "$root/tmp/patio"
-: >"$root/app/patio.pyz"
 
 for forbidden in bin/sh bin/bash usr/bin/sh usr/bin/bash bin/busybox; do
   if [ -e "$root/$forbidden" ] || [ -L "$root/$forbidden" ]; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command in the distroless-equivalent root filesystem (assemble.sh) the way Kubernetes
 # runs the image with deploy/kubernetes' security context: as UID/GID 65532, the root
-# read-only, only /tmp/patio writable (a fresh tmpfs, as the emptyDir), the pyz at
-# /app/patio.pyz (read-only, where the Dockerfile COPYs it), the image's environment
+# read-only, only /tmp/patio writable (a fresh tmpfs, as the emptyDir), the pyz copied to
+# /app/patio.pyz (root-owned, 0644, read-only, as the Dockerfile COPYs it), the image's environment
 # (PATH, LANG, SSL_CERT_FILE) plus -e settings, and a PID namespace of its own in which the
 # command is PID 1, as in a container.  The network is the host's, so 127.0.0.1 reaches
 # the engine and the caller reaches Patio.  Needs root (mount and PID namespaces, chroot).
@@ -27,12 +27,12 @@ rootfs="$(cd "$1" && pwd)"
 pyz="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
 shift 2
 [ $# -gt 0 ] || set -- python3 /app/patio.pyz --port 9091
-[ -f "$rootfs/app/patio.pyz" ] && [ -d "$rootfs/tmp/patio" ] || { echo "not an assembled rootfs: $rootfs" >&2; exit 2; }
+[ -d "$rootfs/app" ] && [ -d "$rootfs/tmp/patio" ] || { echo "not an assembled rootfs: $rootfs" >&2; exit 2; }
 [ -f "$pyz" ] || { echo "no pyz at $pyz (bash build_pyz.sh)" >&2; exit 2; }
 
 # Inside new mount and PID namespaces (private propagation: nothing leaks to the host):
-# bind the rootfs onto itself, put the pyz and a tmpfs in place, mount /proc and a minimal
-# /dev, make the root read-only, then chroot as 65532 with only the image's environment.
+# bind the rootfs onto itself, copy the pyz in, put a tmpfs at /tmp/patio, mount /proc and a
+# minimal /dev, make the root read-only, then chroot as 65532 with only the image's environment.
 # shellcheck disable=SC2016
 exec unshare --mount --pid --fork --propagation private bash -c '
   set -euo pipefail
@@ -41,8 +41,10 @@ exec unshare --mount --pid --fork --propagation private bash -c '
   envs=("${@:1:$count}")
   shift "$count"
   mount --bind "$root" "$root"
-  mount --bind "$pyz" "$root/app/patio.pyz"
-  mount -o remount,bind,ro "$root/app/patio.pyz"
+  # COPY --from=build .../patio.pyz /app/patio.pyz: a copy owned by root, 0644, read-only.
+  mount -t tmpfs -o size=64m,mode=0755,nosuid,nodev app "$root/app"
+  install -m 0644 -o 0 -g 0 "$pyz" "$root/app/patio.pyz"
+  mount -o remount,ro "$root/app"
   mount -t tmpfs -o size=256m,mode=0755,uid=65532,gid=65532,nosuid,nodev patio-state "$root/tmp/patio"
   mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
   mount -t tmpfs -o size=64k,mode=0755,nosuid dev "$root/dev"
