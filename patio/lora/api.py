@@ -15,6 +15,7 @@ validates requests and renders their OpenAPI schemas.
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
@@ -25,6 +26,8 @@ from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
 from patio.lora.manager import FAILED, LoraManager
 from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source
+
+log = logging.getLogger("patio.lora")
 
 NAME_PATTERN = f"^{ADAPTER_NAME.pattern}$"  # matched whole (fullmatch): see patio.validate
 MAX_WORKERS = 256
@@ -229,9 +232,9 @@ class LoraApi:
                         "last_error": exc.message,
                         "error": {"type": exc.error_type, "code": exc.status},
                     }
-            except Exception as exc:  # a bug: still visible, never lost
+            except Exception as exc:  # a bug: logged with its trace, and still visible in the listing
+                log.exception("background load of LoRA adapter %s crashed", name)
                 self._background[name] = {"name": name, "source": shown, "state": FAILED, "last_error": repr(exc)}
-                raise
             else:
                 self._background.pop(name, None)
 
