@@ -273,6 +273,41 @@ def row_kthena_sync_load_config_string(w: Dict[str, Any]) -> None:
     assert tree(out) == ADAPTER and w["engine"].adapters == {"k1": str(out)}
 
 
+def curl_request(port: int, path: str, body: str) -> bytes:
+    """What ``curl -X POST URL -H "Content-Type: application/json" -d '...'`` writes."""
+    data = body.encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def row_kthena_documented_curl_example(w: Dict[str, Any]) -> None:
+    # Kthena's runtime docs ("Model Configuration APIs (LoRA)"), the synchronous HF example, verbatim
+    # but for the repo, the directory and the token value.
+    _engine_open(w)
+    out = w["models"] / "lora" / "qwen"
+    body = (
+        "{\n"
+        '    "lora_name": "qwen-lora",\n'
+        '    "source": "acme/adapter",\n'
+        f'    "output_dir": "{out}",\n'
+        f'    "config": "{{\\"hf_token\\":\\"{HF_TOKEN}\\",\\"hf_revision\\":\\"main\\"}}",\n'
+        '    "max_workers": 8,\n'
+        '    "async_download": false\n'
+        "  }"
+    )
+    status, _, raw = replay(w["patio"].port, curl_request(w["patio"].port, "/v1/load_lora_adapter", body))
+    assert status == 200, raw
+    assert tree(out) == ADAPTER and w["engine"].adapters == {"qwen-lora": str(out)}
+    status, _, raw = replay(
+        w["patio"].port,
+        curl_request(w["patio"].port, "/v1/unload_lora_adapter", '{\n    "lora_name": "qwen-lora"\n  }'),
+    )
+    assert status == 200, raw
+
+
 def row_kthena_sync_load_config_object(w: Dict[str, Any]) -> None:
     _engine_open(w)
     out = w["adapters"] / "k2"
@@ -403,6 +438,7 @@ def test_kthena_download_model_requires_source_and_output_dir(world: Dict[str, A
 KTHENA_RUNTIME_ROWS = [
     ("sync_load_config_string", row_kthena_sync_load_config_string),
     ("sync_load_config_object", row_kthena_sync_load_config_object),
+    ("documented_curl_example", row_kthena_documented_curl_example),
     ("modelscope_source", row_kthena_modelscope_source),
     ("pvc_source_is_copied", row_kthena_pvc_source_is_copied),
     ("async_load_is_followed", row_kthena_async_load_is_followed),
