@@ -11,11 +11,14 @@ python/kthena/runtime/kv_cache_manager.py) computed independently here.
 import hashlib
 import json
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
+import redis as redis_lib
 from fakes.engine import FakeEngine
 from kvevents_peers import Publisher, RedisServer, batch, cleared, removed, sglang_batch, stored
 from kvevents_peers import SglangBlockStored as SgStored
@@ -392,3 +395,97 @@ def test_off_without_redis_host_says_why_and_loads_nothing():
         }
         patio.stop()
         assert "kv events to redis: off (not configured: REDIS_HOST, --model unset)" in patio.output()
+
+
+class _Silent:
+    """A TCP listener that accepts and then answers ``reply`` (or nothing) forever: a hung or foreign peer."""
+
+    def __init__(self, reply: bytes = b"") -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.conns = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.reply:
+                conn.sendall(self.reply)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_a_foreign_publisher_and_a_hung_redis_are_survived(redis_server, bridges):
+    http = _Silent(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    hung = _Silent()
+    try:
+        settings = KvEventsSettings(
+            enabled=True,
+            pod=POD,
+            model=MODEL,
+            endpoint=f"tcp://127.0.0.1:{http.port}",
+            redis_host="127.0.0.1",
+            redis_port=hung.port,
+            timeout=0.3,
+            retry_max=0.2,
+        )
+        bridge = Bridge(settings, Registry())
+        bridges.append(bridge)
+        bridge.start()
+        wait_for(lambda: "not a ZeroMQ peer" in bridge.last_error or "redis" in bridge.last_error, what="errors")
+        wait_for(lambda: bridge.metrics.redis_errors.value() >= 2, what="redis timeouts counted")
+        time.sleep(1.0)
+        assert bridge._thread.is_alive() and bridge.state in ("connecting_publisher", "redis_down")
+        assert len(http.conns) >= 2  # it kept retrying, with backoff
+    finally:
+        http.close()
+        hung.close()
+
+
+@pytest.mark.parametrize("password,ok", [("right-pw", True), ("wrong-pw", False)], ids=["auth", "wrong_password"])
+def test_redis_auth_with_an_acl_user_and_a_database(password, ok, bridges):
+    server = RedisServer()
+    publisher = Publisher()
+    try:
+        admin = server.client()
+        admin.execute_command("ACL", "SETUSER", "kthena", "on", ">right-pw", "~*", "+@all")
+        settings = KvEventsSettings(
+            enabled=True,
+            pod=POD,
+            model=MODEL,
+            endpoint=publisher.endpoint,
+            replay_endpoint=publisher.replay_endpoint,
+            redis_host="127.0.0.1",
+            redis_port=server.port,
+            redis_db=3,
+            redis_username="kthena",
+            redis_password=password,
+            timeout=2.0,
+            retry_max=0.2,
+        )
+        publisher.publish(FIXTURE)
+        bridge = Bridge(settings, Registry())
+        bridges.append(bridge)
+        bridge.start()
+        if ok:
+            settled(bridge, 0)
+            db3 = redis_lib.Redis(host="127.0.0.1", port=server.port, db=3)
+            assert len(redis_state(db3)[0]) == 2 and admin.dbsize() == 0
+            db3.close()
+        else:
+            wait_for(lambda: "WRONGPASS" in bridge.last_error, what="the refusal reported")
+            assert "wrong-pw" not in bridge.last_error and bridge.state == "redis_down"
+    finally:
+        publisher.close()
+        server.close()

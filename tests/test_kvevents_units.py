@@ -16,8 +16,9 @@ import msgspec
 import pytest
 import zmq
 from kvevents_peers import SglangBlockRemoved, SglangBlockStored, removed, sglang_batch
-from support import shared_path
+from support import make_settings, shared_path
 
+from patio.errors import ConfigError
 from patio.kvevents import events as ev
 from patio.kvevents import layout as lay
 from patio.kvevents import resp, zmtp
@@ -461,3 +462,94 @@ def test_zmtp_against_a_real_libzmq_router(how):
     events = feed(zmtp.ZmtpClient("DEALER"), captured, how)
     assert events[0].properties["socket-type"] == b"ROUTER"
     assert events[1].frames == [b"", b"kv-events", (7).to_bytes(8, "big"), FIXTURE]
+
+
+# -- settings (Kthena's names: python/kthena/runtime/{redis_client,vllm_config,sglang_config}.py) --
+KTHENA = {"REDIS_HOST": "redis-server", "POD_NAME": "vllm-0.ns", "MODEL_NAME": "llama"}
+SETTINGS = [
+    ("off_by_default", [], {}, {"enabled": False, "reason": "not configured: REDIS_HOST, --pod, --model unset"}),
+    (
+        "off_without_model",
+        ["-I", "p"],
+        {"REDIS_HOST": "r"},
+        {"enabled": False, "reason": "not configured: --model unset"},
+    ),
+    (
+        "kthena_vllm_defaults",
+        ["-E", "vllm"],
+        KTHENA,
+        {
+            "enabled": True,
+            "pod": "vllm-0.ns",
+            "model": "llama",
+            "redis_host": "redis-server",
+            "redis_port": 6379,
+            "redis_db": 0,
+            "endpoint": "tcp://localhost:5557",
+            "replay_endpoint": None,
+            "topic": "kv-events",
+        },
+    ),
+    ("flags_as_kthena", ["-E", "vllm", "-I", "a", "-N", "m"], {"REDIS_HOST": "h"}, {"pod": "a", "model": "m"}),
+    (
+        "vllm_env",
+        ["-E", "vllm"],
+        {
+            **KTHENA,
+            "REDIS_PORT": "6380",
+            "REDIS_DB": "2",
+            "REDIS_PASSWORD": "pw",
+            "VLLM_ZMQ_ENDPOINT": "tcp://127.0.0.1:6000",
+            "VLLM_ZMQ_REPLAY_ENDPOINT": "tcp://127.0.0.1:6001",
+            "VLLM_ZMQ_TOPIC_FILTER": "",
+            "SGLANG_ZMQ_ENDPOINT": "tcp://ignored:1",
+        },
+        {
+            "redis_port": 6380,
+            "redis_db": 2,
+            "redis_password": "pw",
+            "endpoint": "tcp://127.0.0.1:6000",
+            "replay_endpoint": "tcp://127.0.0.1:6001",
+            "topic": "",
+        },
+    ),
+    (
+        "sglang_env",
+        ["-E", "sglang"],
+        {**KTHENA, "SGLANG_ZMQ_ENDPOINT": "ipc:///tmp/kv", "VLLM_ZMQ_ENDPOINT": "tcp://ignored:1"},
+        {"engine": "sglang", "endpoint": "ipc:///tmp/kv", "topic": ""},
+    ),
+    (
+        "flags_win",
+        ["-E", "vllm", "--redis-host", "f", "--redis-port", "7000", "--kv-events-endpoint", "tcp://*:5557"],
+        {**KTHENA, "REDIS_PORT": "6380"},
+        {"redis_host": "f", "redis_port": 7000, "endpoint": "tcp://*:5557"},
+    ),
+    ("switched_off", ["-E", "vllm"], {**KTHENA, "PATIO_KV_EVENTS": "false"}, {"enabled": False}),
+]
+
+
+@pytest.mark.parametrize("argv,env,expected", [(a, e, x) for _, a, e, x in SETTINGS], ids=[n for n, *_ in SETTINGS])
+def test_kvevents_settings(argv, env, expected):
+    settings = make_settings(argv, env).kvevents
+    assert {key: getattr(settings, key) for key in expected} == expected
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "env,setting",
+    [
+        ({"VLLM_ZMQ_ENDPOINT": "http://x:1"}, "VLLM_ZMQ_ENDPOINT"),
+        ({"VLLM_ZMQ_ENDPOINT": "tcp://nohost"}, "VLLM_ZMQ_ENDPOINT"),
+        ({"VLLM_ZMQ_REPLAY_ENDPOINT": "tcp://h:99999"}, "VLLM_ZMQ_REPLAY_ENDPOINT"),
+        ({"REDIS_PORT": "0"}, "REDIS_PORT"),
+        ({"REDIS_DB": "-1"}, "REDIS_DB"),
+        ({"PATIO_KV_EVENTS_BACKLOG": "0"}, "PATIO_KV_EVENTS_BACKLOG"),
+        ({"PATIO_KV_EVENTS": "maybe"}, "PATIO_KV_EVENTS"),
+    ],
+    ids=["not_zmq", "no_port", "port_range", "redis_port", "redis_db", "backlog", "switch"],
+)
+def test_kvevents_bad_settings_name_the_setting(env, setting):
+    with pytest.raises(ConfigError) as info:
+        make_settings(["-E", "vllm"], {**KTHENA, **env})
+    assert info.value.setting == setting
