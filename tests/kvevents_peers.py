@@ -160,6 +160,12 @@ class Publisher:
         self._thread = threading.Thread(target=self._serve_replay, daemon=True)
         self._thread.start()
 
+    def reset_sequence(self) -> None:
+        """Numbering from 0 again on the same sockets (a publisher restarted behind a proxy)."""
+        with self._lock:
+            self.seq = itertools.count()
+            self.buffer.clear()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

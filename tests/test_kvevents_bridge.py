@@ -241,6 +241,20 @@ def test_engine_restart_clears_then_new_blocks_arrive(redis_server, redis, publi
     assert bridge.metrics.clears.value("publisher_lost") >= 1
 
 
+def test_sequence_restarting_at_zero_clears_the_pod(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher)
+    bridges.append(bridge)
+    for h in (1, 2, 3):
+        seq = publisher.publish(batch([stored([h], list(range(h * 32, h * 32 + 32)))]))
+    settled(bridge, seq)
+    publisher.reset_sequence()  # same connection, numbering from 0: a new engine, an empty cache
+    publisher.publish(batch([stored([9], list(range(900, 932)))]))
+    expected = Expected()
+    expected.store([9], list(range(900, 932)))
+    wait_for(lambda: redis_state(redis) == expected.state(), what="only the new engine's block")
+    assert bridge.metrics.clears.value("engine_restart") == 1
+
+
 def test_redis_killed_and_restarted_mid_stream_is_consistent_after_resync(redis_server, redis, publisher, bridges):
     bridge = make_bridge(redis_server, publisher)
     bridges.append(bridge)
