@@ -32,6 +32,8 @@ done
 
 mapfile -t packages < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$list" | grep -v '^$')
 mkdir -p "$cache"
+# Roots of older package lists or scripts, and builds a killed run left, older than a week.
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 work="$(mktemp -d "$cache/.build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/root"
