@@ -399,6 +399,19 @@ def row_kthena_unload(w: Dict[str, Any]) -> None:
     assert not out.exists() and (w["models"]).exists()
 
 
+def row_kthena_callers_directory_is_never_deleted(w: Dict[str, Any]) -> None:
+    _engine_open(w)
+    out = w["models"] / "shared"
+    out.mkdir()
+    (out / "README.md").write_text("the caller's own file")
+    payload = {"lora_name": "k6", "source": "acme/adapter", "output_dir": str(out), "config": {"hf_token": HF_TOKEN}}
+    assert _kthena(w, "/v1/load_lora_adapter", payload)[0] == 200
+    status, _, body = _kthena(w, "/v1/unload_lora_adapter", {"lora_name": "k6", "cleanup_local": True})
+    assert status == 200, body
+    # Patio did not create that directory, so even cleanup_local leaves it (and the caller's file) alone.
+    assert (out / "README.md").read_text() == "the caller's own file"
+
+
 def row_kthena_download_model_sync(w: Dict[str, Any]) -> None:
     out = w["models"] / "base"
     payload = {
@@ -444,6 +457,7 @@ KTHENA_RUNTIME_ROWS = [
     ("async_load_is_followed", row_kthena_async_load_is_followed),
     ("async_failure_stays_visible", row_kthena_async_failure_stays_visible),
     ("unload", row_kthena_unload),
+    ("callers_directory_is_never_deleted", row_kthena_callers_directory_is_never_deleted),
     ("download_model_sync", row_kthena_download_model_sync),
     ("download_model_async", row_kthena_download_model_async),
 ]

@@ -49,6 +49,8 @@ from patio.validate import check_name as _check_name
 REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, *MS_SCHEMES, "http", "https", "pvc"))
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
+# Name of the file in DIR/.patio/ that says Patio created DIR (a named target): only then may it delete it.
+CREATED_MARKER = "created-by-patio"
 # Seconds cleanup waits for a cancelled download to stop before deleting.
 CANCEL_WAIT = 30.0
 # Separates a name from the token of a replacement download's directory; never in a name.
@@ -313,8 +315,11 @@ class AdapterArtifacts:
         held = _read_marker(marker)
         if held is not None and held != spec.display:
             raise Conflict(f"{target} holds a download of {held}; name another directory", param="output_dir")
+        existed = os.path.lexists(target)
         try:
             layout.ensure()
+            if not existed:
+                atomic_write(os.path.join(layout.meta, CREATED_MARKER), b"")
             atomic_write(marker, spec.display.encode("utf-8"))
         except OSError as exc:
             raise write_error(target, exc) from None
@@ -348,8 +353,9 @@ class AdapterArtifacts:
     def _delete_path(self, name: str, path: str) -> None:
         if owned_by(self.settings.adapter_dir, name, path):
             self._delete(os.path.basename(os.path.abspath(path)))
-        elif self._named(path) and not os.path.islink(path) and _read_marker(_marker_of(path)) is not None:
-            # A named target Patio downloaded into (its marker says so); nothing else is ever deleted.
+        elif self._named(path) and not os.path.islink(path) and os.path.isfile(_created_marker_of(path)):
+            # A named target Patio created for its download (its marker says so); a directory the
+            # caller had before, and anything else, is never deleted.
             try:
                 import shutil
 
@@ -406,8 +412,8 @@ def _read_marker(path: str) -> Optional[str]:
         return None
 
 
-def _marker_of(path: str) -> str:
-    return os.path.join(Layout(path).meta, SOURCE_MARKER)
+def _created_marker_of(path: str) -> str:
+    return os.path.join(Layout(path).meta, CREATED_MARKER)
 
 
 def _holds(path: str, spec: SourceSpec) -> bool:
