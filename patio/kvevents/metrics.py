@@ -1,0 +1,88 @@
+"""The KV-event bridge's metrics: the team's fixed names (TEAM.md, issue 14), one place.
+
+Every label set is created at zero so dashboards and alerts see the families before
+the first event.
+"""
+
+from typing import Callable
+
+from patio.kvevents import events as ev
+from patio.metrics.registry import Registry
+
+# Lag buckets: a healthy bridge writes within milliseconds of the engine's step.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+EVENT_TYPES = (*ev.KNOWN_TYPES, "other")
+MALFORMED_REASONS = ("frames", "seq", "payload", "batch", "event", "oversize")
+REPLAY_RESULTS = ("complete", "partial", "error")
+CLEAR_REASONS = (
+    "start",
+    "publisher_lost",
+    "engine_down",
+    "engine_restart",
+    "gap",
+    "redis_reconnect",
+    "backlog_overflow",
+    "all_blocks_cleared",
+    "shutdown",
+)
+
+
+class BridgeMetrics:
+    """The team's fixed metric names (TEAM.md, issue 14), created on the shared registry."""
+
+    def __init__(self, registry: Registry, backlog: Callable[[], float], connected: Callable[[], float]) -> None:
+        self.received = registry.counter(
+            "patio_kv_events_received_total", "KV-cache events received from the engine, by type.", ("type",)
+        )
+        self.applied = registry.counter(
+            "patio_kv_events_applied_total", "KV-cache events written to Redis, by type.", ("type",)
+        )
+        self.skipped = registry.counter(
+            "patio_kv_events_skipped_total",
+            "KV-cache events not applied (unknown type, duplicate, engine down), by type.",
+            ("type",),
+        )
+        self.malformed = registry.counter(
+            "patio_kv_events_malformed_total", "Messages or events that could not be decoded, by reason.", ("reason",)
+        )
+        self.gaps = registry.counter(
+            "patio_kv_events_sequence_gaps_total", "Holes in the engine's sequence numbers (lost messages)."
+        )
+        self.replays = registry.counter(
+            "patio_kv_events_replays_total", "Replay requests to the engine, by result.", ("result",)
+        )
+        self.redis_errors = registry.counter(
+            "patio_kv_events_redis_errors_total", "Redis connection failures and error replies."
+        )
+        registry.gauge(
+            "patio_kv_events_backlog",
+            "Event batches waiting for Redis (bounded; overflow means resync).",
+            func=backlog,
+        )
+        self.lag = registry.histogram(
+            "patio_kv_events_lag_seconds",
+            "Seconds from an event batch's engine timestamp to its Redis write (live batches).",
+            buckets=LAG_BUCKETS,
+        )
+        self.clears = registry.counter(
+            "patio_kv_events_pod_clears_total",
+            "Times this pod was cleared from Redis, by reason.",
+            ("reason",),
+        )
+        registry.gauge(
+            "patio_kv_events_connected", "1 while both the engine's publisher and Redis are connected.", func=connected
+        )
+        for kind in EVENT_TYPES:
+            for counter in (self.received, self.applied, self.skipped):
+                counter.inc(kind, amount=0.0)
+        for reason in MALFORMED_REASONS:
+            self.malformed.inc(reason, amount=0.0)
+        for result in REPLAY_RESULTS:
+            self.replays.inc(result, amount=0.0)
+        for reason in CLEAR_REASONS:
+            self.clears.inc(reason, amount=0.0)
+
+
+def label(kind: str) -> str:
+    """The ``type`` label: a known event type, else ``other`` (an engine's name never becomes a label)."""
+    return kind if kind in ev.KNOWN_TYPES else "other"
