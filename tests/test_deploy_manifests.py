@@ -1,16 +1,20 @@
 """The Kubernetes manifests under deploy/kubernetes: each object validates with kubernetes-validate
-(strict: unknown fields are errors) against the newest Kubernetes it knows; the pod specs inside
-custom resources (RoleBasedGroup, ClusterEngineRuntimeProfile, Kthena's ModelServing) validate as
-core/v1 Pods; and every Patio container is one Patio itself accepts (its args and env go through
-Patio's own settings loader) with probes, resources, a locked-down security context and writable
-volumes exactly where Patio writes."""
+(strict: unknown fields are errors) against the newest Kubernetes it knows; custom resources
+(RoleBasedGroup, ClusterEngineRuntimeProfile, Kthena's ModelServing, the Prometheus Operator's
+PodMonitor) validate against their controllers' own CRD schemas (tests/deploy_crd_schemas.json,
+strict), and the pod specs inside them as core/v1 Pods; every Patio container is one Patio
+itself accepts (its args and env go through Patio's own settings loader) with probes, resources,
+a locked-down security context and writable volumes exactly where Patio writes; the PodMonitor
+selects the pods it must scrape."""
 
 import copy
+import json
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -22,9 +26,6 @@ from patio.config import load_settings
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 K8S_VERSION = latest_version()
 
-# Custom resources: where their pod specs are, and the fields their spec may have (from the
-# projects' Go types, e.g. rbgs api/workloads/v1alpha1 ClusterEngineRuntimeProfileSpec).
-PROFILE_SPEC_FIELDS = {"initContainers", "containers", "volumes", "updateStrategy"}
 PATIO_IMAGE = re.compile(r"^patio(:|@)")
 # The container names each controller expects for its sidecar.
 SIDECAR_NAMES = {"vllm-patio.yaml": "patio", "aibrix.yaml": "aibrix-runtime", "kthena.yaml": "runtime"}
@@ -116,18 +117,67 @@ def test_there_are_manifests_for_each_shape():
     assert {p.name for p in MANIFESTS} == {"vllm-patio.yaml", "aibrix.yaml", "kthena.yaml", "rbg-profile.yaml"}
 
 
+CRD_SCHEMAS = json.loads((Path(__file__).parent / "deploy_crd_schemas.json").read_text(encoding="utf-8"))["schemas"]
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD schema as `kubectl apply --validate=strict` reads it: unknown fields are errors
+    (unless the schema preserves them); core/v1 subtrees are checked separately as Pods."""
+    if not isinstance(schema, dict):
+        return schema
+    if "x-patio-core-type" in schema:
+        return {"type": "object"}
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: _strict(sub) for name, sub in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = _strict(out[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_strict(sub) for sub in out[key]]
+    return out
+
+
+def validate_custom(doc: Doc) -> None:
+    group, version = doc["apiVersion"].split("/")
+    schema = CRD_SCHEMAS[f"{group}/{version}/{doc['kind']}"]
+    jsonschema.validate(doc, _strict(schema))
+
+
 @pytest.mark.parametrize("item", documents(), ids=_id)
 def test_object_validates(item):
     _, doc = item
     kind = doc["kind"]
     if kind in ("ClusterEngineRuntimeProfile", "RoleBasedGroup", "ModelServing", "PodMonitor"):
+        # kubernetes-validate knows only Kubernetes' own kinds.
         with pytest.raises(kubernetes_validate.utils.SchemaNotFoundError):
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        if kind == "ClusterEngineRuntimeProfile":
-            assert set(doc["spec"]) <= PROFILE_SPEC_FIELDS
-            assert doc["spec"]["updateStrategy"] in ("NoUpdate", "RollingUpdate")
-        return  # their pod specs are validated below as Pods
+        validate_custom(doc)  # the controller's own CRD schema; pod specs are checked below as Pods
+        return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value"),
+    [
+        ("ModelServing", ("spec", "template", "roles", 0, "workerReplica"), 0),
+        ("RoleBasedGroup", ("spec", "roles", 1, "engineRuntimes", 0, "profile"), "x"),
+        ("ClusterEngineRuntimeProfile", ("spec", "updateStrategy"), "Sometimes"),
+        ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "scrapeInterval"), "15s"),
+    ],
+    ids=["misspelt-field", "unknown-field", "bad-enum", "podmonitor-unknown-field"],
+)
+def test_custom_resource_schemas_catch_mistakes(kind, path, value):
+    doc = copy.deepcopy(next(d for _, d in documents() if d["kind"] == kind))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(doc)
 
 
 @pytest.mark.parametrize(("file", "name", "pod"), pod_specs(), ids=[f"{f}:{n}" for f, n, _ in pod_specs()])
