@@ -12,6 +12,8 @@ import hashlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import msgspec
 import pytest
 import redis as redis_lib
 from fakes.engine import FakeEngine
-from kvevents_peers import Publisher, RedisServer, batch, cleared, removed, sglang_batch, stored
+from kvevents_peers import Publisher, RedisServer, batch, cleared, free_port, removed, sglang_batch, stored
 from kvevents_peers import SglangBlockStored as SgStored
 from support import PatioProcess, http_call, shared_path
 
@@ -503,3 +505,51 @@ def test_redis_auth_with_an_acl_user_and_a_database(password, ok, bridges):
     finally:
         publisher.close()
         server.close()
+
+
+def test_an_idle_publisher_answers_pings_and_stays_connected(redis_server, redis, publisher, bridges):
+    bridge = make_bridge(redis_server, publisher, heartbeat=0.2)
+    bridges.append(bridge)
+    bridge.sub.timeout = 0.5  # an unanswered PING would drop the connection after 0.7 s
+    time.sleep(1.5)  # idle: several PING/PONG rounds with the real libzmq PUB
+    assert bridge.state == "live" and bridge.metrics.clears.value("publisher_lost") == 0
+    assert time.monotonic() - bridge.sub.last_rx < 0.5  # the PONGs arrived
+    seq = publisher.publish(batch([stored([1], list(range(32)))]))
+    settled(bridge, seq)
+
+
+def test_a_frozen_engine_is_detected_by_its_unanswered_ping(redis_server, redis, bridges, caplog):
+    """A real libzmq PUB in a process we SIGSTOP: TCP stays up, nothing answers (a hung engine)."""
+    port = free_port()
+    script = (
+        "import sys, time, zmq\n"
+        "pub = zmq.Context().socket(zmq.PUB)\n"
+        f"pub.bind('tcp://127.0.0.1:{port}')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        settings = KvEventsSettings(
+            enabled=True,
+            pod=POD,
+            model=MODEL,
+            endpoint=f"tcp://127.0.0.1:{port}",
+            redis_host="127.0.0.1",
+            redis_port=redis_server.port,
+            timeout=0.5,
+            retry_max=0.2,
+            heartbeat=0.2,
+        )
+        bridge = Bridge(settings, Registry())
+        bridges.append(bridge)
+        bridge.start()
+        wait_for(lambda: bridge.state == "live", what="connected")
+        proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: bridge.metrics.clears.value("publisher_lost") >= 1, what="the pod cleared")
+        assert "did not answer a PING" in caplog.text
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)

@@ -216,7 +216,10 @@ class Bridge:
             self._guard_redis(lambda: self._resync(self.need_resync or "start"))
         self._update_state()
         waits = [self._retry[k] - time.monotonic() for k, c in (("sub", self.sub), ("redis", self.redis)) if c is None]
-        timeout = min([self.settings.timeout, *waits]) if waits else self.settings.timeout
+        limits = [self.settings.timeout, *waits]
+        if self.settings.heartbeat > 0:
+            limits.append(self.settings.heartbeat / 2)
+        timeout = min(limits)
         readers: List[Any] = [self._wake_r]
         if self.sub is not None:
             readers.append(self.sub)
@@ -232,6 +235,11 @@ class Bridge:
                 pass
         if self.sub is not None and self.sub in ready:
             self._read_sub()
+        if self.sub is not None:
+            try:
+                self.sub.heartbeat(self.settings.heartbeat)
+            except net.PeerDown as exc:  # a half-open connection: the engine is gone
+                self._drop_sub(str(exc))
 
     def _update_state(self) -> None:
         if self.engine_down:

@@ -120,6 +120,8 @@ class ZmtpConnection:
         self.sock = connect(endpoint, timeout, f"ZMQ {socket_type} peer")
         self.proto = zmtp.ZmtpClient(socket_type, max_frame_bytes=max_frame_bytes)
         self.pending: List[zmtp.Event] = []
+        self.last_rx = time.monotonic()  # when the peer last sent anything
+        self.ping_sent: Optional[float] = None  # when our unanswered PING went out
         try:
             self.flush()
             deadline = time.monotonic() + timeout
@@ -158,6 +160,8 @@ class ZmtpConnection:
             raise PeerDown(f"ZMQ peer {self.endpoint}: {exc}") from None
         if not data:
             raise PeerDown(f"ZMQ peer {self.endpoint} closed the connection")
+        self.last_rx = time.monotonic()
+        self.ping_sent = None
         try:
             self.proto.receive_data(data)
         except zmtp.ZmtpError as exc:
@@ -165,6 +169,20 @@ class ZmtpConnection:
         self.pending.extend(self.proto.events())
         self.flush()  # PONGs
         return True
+
+    def heartbeat(self, idle: float) -> None:
+        """After ``idle`` silent seconds send a ZMTP 3.1 PING; no answer within the timeout is a
+        dead peer (a publisher is silent when the engine is idle, so silence alone proves nothing,
+        but libzmq answers a PING whatever its own heartbeat options)."""
+        if idle <= 0 or self.proto.version is None or self.proto.version < (3, 1):
+            return
+        now = time.monotonic()
+        if self.ping_sent is not None:
+            if now - self.ping_sent > self.timeout:
+                raise PeerDown(f"ZMQ peer {self.endpoint} did not answer a PING within {self.timeout:g}s")
+        elif now - self.last_rx > idle:
+            self.send(self.proto.ping())
+            self.ping_sent = now
 
     def take(self) -> List[zmtp.Event]:
         out, self.pending = self.pending, []

@@ -44,6 +44,7 @@ class KvEventsSettings:
     redis_password: str = ""
     timeout: float = 5.0  # connect/read/write timeout of every socket
     retry_max: float = 5.0  # longest wait between two reconnect attempts
+    heartbeat: float = 10.0  # idle seconds before a ZMTP PING to the publisher (0: never)
     backlog: int = DEFAULT_BACKLOG
     mapping_ttl: int = 86400
     max_frame_bytes: int = 16 * 1024 * 1024
@@ -137,6 +138,14 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         redis_password=env.get("REDIS_PASSWORD", ""),
         timeout=pick(args, env, "kv_events_timeout", ("PATIO_KV_EVENTS_TIMEOUT",), 5.0, positive),
         retry_max=pick(args, env, "kv_events_retry_max", ("PATIO_KV_EVENTS_RETRY_MAX",), 5.0, positive),
+        heartbeat=pick(
+            args,
+            env,
+            "kv_events_heartbeat",
+            ("PATIO_KV_EVENTS_HEARTBEAT",),
+            10.0,
+            lambda s, r: parse_float(s, r, minimum=0.0),
+        ),
         backlog=pick(
             args,
             env,
