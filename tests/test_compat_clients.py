@@ -545,6 +545,9 @@ def test_gcs_scheme_alias_and_aibrix_key_names() -> None:
         [("credentials_secret", {"TOS_ACCESS_KEY": "ak", "TOS_SECRET_KEY": "sk", "TOS_SESSION_KEY": "st"}, False)]
     )
     assert (tos.access_key_id, tos.secret_access_key, tos.session_token) == ("ak", "sk", "st")
+    # The request's own credentials are strict, yet take every key AIBrix's TOS downloader reads.
+    dashed = merge_credentials([("credentials", {"access-key": "ak", "secret-key": "sk", "enable_crc": "true"}, True)])
+    assert (dashed.access_key_id, dashed.secret_access_key) == ("ak", "sk")
     http = merge_credentials(
         [("additional_config", {"headers": {"Authorization": "Bearer x"}, "api-key": "engine"}, False)]
     )

@@ -47,6 +47,8 @@ _ALIASES: Dict[str, str] = {
     "headers": "headers",
     # AIBrix's runtime downloaders (python/aibrix/aibrix/runtime/downloaders.py).
     "huggingface_token": "token",
+    "access-key": "access_key_id",
+    "secret-key": "secret_access_key",
     "gcp_service_account_json": "service_account_json",
     "tos_session_key": "session_token",
     "session_key": "session_token",
@@ -111,6 +113,11 @@ def parse_config(raw: Any, param: str = "config") -> Optional[Dict[str, Any]]:
     return raw
 
 
+# Keys AIBrix's downloaders accept that change nothing here: Patio verifies every file it can
+# whatever they say (TOS's enable_crc).  Accepted, so AIBrix requests keep working, and ignored.
+_NO_EFFECT = frozenset(("enable_crc", "tos_enable_crc"))
+
+
 def merge_credentials(layers: Sequence[Tuple[str, Any, bool]]) -> RequestCredentials:
     """``(param, object, strict)`` layers, later ones winning key by key.
 
@@ -133,6 +140,8 @@ def _fields(raw: Mapping[str, Any], param: str, strict: bool) -> Dict[str, Any]:
     values: Dict[str, Any] = {}
     for key, value in raw.items():
         name = _ALIASES.get(str(key).lower())
+        if name is None and str(key).lower() in _NO_EFFECT:
+            continue
         if name is None:
             if strict:
                 accepted = ", ".join(sorted(set(_ALIASES)))
