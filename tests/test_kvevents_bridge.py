@@ -500,8 +500,10 @@ def test_redis_auth_with_an_acl_user_and_a_database(password, ok, bridges):
             assert len(redis_state(db3)[0]) == 2 and admin.dbsize() == 0
             db3.close()
         else:
-            wait_for(lambda: "WRONGPASS" in bridge.last_error, what="the refusal reported")
-            assert "wrong-pw" not in bridge.last_error and bridge.state == "redis_down"
+            wait_for(
+                lambda: "WRONGPASS" in bridge.last_error and bridge.state == "redis_down", what="the refusal reported"
+            )
+            assert "wrong-pw" not in bridge.last_error
     finally:
         publisher.close()
         server.close()
