@@ -300,7 +300,7 @@ def test_engine_health_down_clears_and_up_resyncs(redis_server, redis, publisher
     settled(bridge, seq)
     bridge.engine_health(False)
     wait_for(lambda: redis_state(redis) == ({}, {}), what="cleared on engine down")
-    assert bridge.snapshot()["state"] == "engine_down"
+    wait_for(lambda: bridge.snapshot()["state"] == "engine_down", what="the state shown")
     bridge.engine_health(True)
     wait_for(lambda: len(redis_state(redis)[0]) == 1, what="resynced from the replay buffer")
     assert bridge.metrics.clears.value("engine_down") >= 1
@@ -326,8 +326,8 @@ def test_patio_process_clears_the_pod_when_the_engine_health_goes_down(tmp_path)
             wait_for(lambda: len(redis_state(client)[0]) == 2, what="fixture applied by the process")
             engine.health_status = 503  # the publisher (a separate peer here) stays up
             wait_for(lambda: redis_state(client) == ({}, {}), what="pod cleared after the health watch saw it down")
-            state = json.loads(http_call("GET", patio.url + "/v1/kv-events")[2])
-            assert state["state"] == "engine_down"
+            kv_state = lambda: json.loads(http_call("GET", patio.url + "/v1/kv-events")[2])["state"]  # noqa: E731
+            wait_for(lambda: kv_state() == "engine_down", what="the state shown")
             engine.health_status = 200
             wait_for(lambda: len(redis_state(client)[0]) == 2, what="resynced after the engine came back")
             patio.stop()
