@@ -58,7 +58,7 @@ def _accepts_gzip(request: Request) -> bool:
 class EngineMetricsSource(Protocol):
     """The seam for engine metrics in ``/metrics`` (the unified-metrics component fills it)."""
 
-    async def exposition(self, request: Request) -> Tuple[Sequence[Family], bytes]:
+    async def exposition(self, request: Request) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
         """Patio's own families, collected once for this scrape on the event loop, and the
         engine's share of ``/metrics`` (UTF-8) written after them (shared: do not modify)."""
 
@@ -200,11 +200,11 @@ class CoreComponent(Component):
         if source is not None:
             own, engine = await source.exposition(request)
         else:
-            own, engine = self.context.registry.collect(), b""
+            own, engine = self.context.registry.collect(), ()
         body = render(own).encode("utf-8")
         headers = []
-        if len(body) + len(engine) >= GZIP_MIN_BYTES and _accepts_gzip(request):
-            body, engine = await self.context.run_blocking(gzip_compress, body, engine), b""
+        if len(body) + sum(map(len, engine)) >= GZIP_MIN_BYTES and _accepts_gzip(request):
+            body, engine = await self.context.run_blocking(gzip_compress, body, *engine), ()
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Vary", "Accept-Encoding"))
         # The engine's share is one bytes object for every concurrent scrape: sent, never copied.

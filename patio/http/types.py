@@ -91,15 +91,15 @@ class Response:
     # Sent after ``body`` without being copied into it: one object shared by every concurrent
     # answer (the engine's share of /metrics), so a thousand slow scrapers hold one copy, not a
     # thousand (issue 13, row 3).
-    shared_tail: bytes = b""
+    shared_tail: Tuple[bytes, ...] = ()
 
     @property
     def content_length(self) -> int:
-        return len(self.body) + len(self.shared_tail)
+        return len(self.body) + sum(len(part) for part in self.shared_tail)
 
     def parts(self) -> Tuple[bytes, ...]:
-        """The body as written: ``body`` then ``shared_tail``."""
-        return tuple(part for part in (self.body, self.shared_tail) if part)
+        """The body as written: ``body`` then the ``shared_tail`` pieces."""
+        return tuple(part for part in (self.body, *self.shared_tail) if part)
 
     @classmethod
     def json(cls, value: Any, status: int = 200, headers: Optional[List[Header]] = None) -> "Response":

@@ -8,11 +8,11 @@ no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 """
 
 import re
-from typing import Any, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from patio.metrics.model import Family, Sample
 from patio.metrics.rules import RuleSet
-from patio.metrics.write import render
+from patio.metrics.write import render_chunks
 
 MODES = ("standard", "both", "raw")
 
@@ -25,10 +25,18 @@ _LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class Assembled(NamedTuple):
-    text: str
+    chunks: Tuple[bytes, ...]  # the composed exposition, UTF-8, in pieces (see write.render_chunks)
     clashes: int  # engine families dropped because a family of that name was already written
     duplicate_series: int  # samples dropped because the same series was already written
     utf8_names: int = 0  # engine samples dropped because a metric or label name is not legacy-valid
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8")
 
 
 def _legacy(sample: Sample) -> bool:
@@ -50,6 +58,15 @@ def assemble(
         groups.append(rules.apply(by_name))
     if mode in ("both", "raw"):
         groups.append(engine)
+    # Only sample names held by more than one family can repeat a series (the parser already
+    # dropped the engine's own repeats): only their series are remembered, so a payload of a
+    # million series does not build a second million-entry set here (issue 13, row 10).
+    holders: Dict[str, int] = {}
+    for group in groups:
+        for family in group:
+            for sample_name in {sample.name for sample in family.samples}:
+                holders[sample_name] = holders.get(sample_name, 0) + 1
+    shared = {name for name, count in holders.items() if count > 1}
     names: Set[str] = set()
     series: Set[Tuple[str, Any, Optional[int]]] = set()
     out: List[Family] = []
@@ -68,15 +85,16 @@ def assemble(
                 if group_index > 0 and not _legacy(sample):
                     utf8_names += 1
                     continue
-                key = (sample.name, sample.label_key, sample.timestamp)
-                if key in series:
-                    duplicates += 1
-                    continue
-                series.add(key)
+                if sample.name in shared:
+                    key = (sample.name, sample.label_key, sample.timestamp)
+                    if key in series:
+                        duplicates += 1
+                        continue
+                    series.add(key)
                 kept.append(sample)
             if group_index == 0 and not render_own:
                 continue
             if group_index > 0 and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)
-    return Assembled(render(out), clashes, duplicates, utf8_names)
+    return Assembled(tuple(render_chunks(out)), clashes, duplicates, utf8_names)

@@ -104,11 +104,11 @@ class EngineMetrics(Component):
         """
         result = assemble(own, outcome.families, self.rules, self.settings.mode, render_own=False)
         outcome.families = []
-        outcome.rendered = result.text.encode("utf-8")
+        outcome.rendered = result.chunks
         outcome.clashes, outcome.assembly_duplicates = result.clashes, result.duplicate_series
         outcome.utf8_names = result.utf8_names
 
-    async def exposition(self, request: Request) -> Tuple[Sequence[Family], bytes]:
+    async def exposition(self, request: Request) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
         """Patio's own families (collected once for this scrape, on the event loop) and the
         engine's share of ``/metrics`` (one object shared by concurrent scrapes; do not modify)."""
         outcome, fresh = await self.scraper.scrape()

@@ -20,7 +20,7 @@ Prometheus scrape.
 
 import math
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from patio.metrics.model import FAMILY_TYPES, Family, Labels, Sample, decode_label_text
 
@@ -272,7 +272,10 @@ class _Builder:
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
-        self.series: Set[Tuple[str, Any, Optional[int]]] = set()
+        # Series seen, per sample name: label keys (with the timestamp when there is one).  The key
+        # strings are the samples' own, and one name is held once (interned below).
+        self.series: Dict[str, Set[Any]] = {}
+        self.names: Dict[str, str] = {}
         self.dropped: List[DroppedLine] = []
         self.type_conflicts = 0
         self.duplicates = 0
@@ -323,11 +326,17 @@ class _Builder:
         elif kind == "summary" and sample.name == family.name and sample.bad_bound == "quantile":
             raise LineError("quantile label is not a number")
         # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
-        key = (sample.name, sample.label_key, sample.timestamp)
-        if key in self.series:
+        key = sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
+        seen = self.series.get(sample.name)
+        if seen is None:
+            seen = self.series[sample.name] = set()
+            self.names[sample.name] = sample.name
+        elif key in seen:
             self.duplicates += 1
             return
-        self.series.add(key)
+        else:
+            sample.name = self.names[sample.name]  # one string per name, not one per sample
+        seen.add(key)
         family.samples.append(sample)
         self.sampled.add(family.name)
 
@@ -387,7 +396,7 @@ def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
     builder = _Builder()
     check_utf8 = _SURROGATE.search(text) is not None
     parse_line = cache.parse if cache is not None else parse_sample_line
-    for number, line in enumerate(text.split("\n"), 1):
+    for number, line in enumerate(_iter_lines(text), 1):
         if line.endswith("\r"):
             line = line[:-1]
         try:
@@ -414,6 +423,18 @@ def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _iter_lines(text: str) -> Iterator[str]:
+    """``text.split("\\n")`` one line at a time: a large payload is never a list of a million lines."""
+    start, end = 0, len(text)
+    while start <= end:
+        stop = text.find("\n", start)
+        if stop == -1:
+            yield text[start:]
+            return
+        yield text[start:stop]
+        start = stop + 1
 
 
 def _has_surrogate(text: str) -> bool:

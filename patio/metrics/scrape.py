@@ -41,7 +41,7 @@ class ScrapeOutcome:
     duration: float = 0.0
     finished_at: float = 0.0
     # Set by the scraper's ``finish`` step in the same worker thread (the engine's share of /metrics).
-    rendered: bytes = b""
+    rendered: Tuple[bytes, ...] = ()
     # The snapshot of Patio's own families taken on the loop for this fetch (handed to the
     # request that ran it, then dropped).
     own: Optional[Sequence[Family]] = None
@@ -114,8 +114,10 @@ class EngineScraper:
             return ScrapeOutcome(error_reason="oversize", error_message=exc.message)
         if result.status != 200:
             return ScrapeOutcome(error_reason="http_status", error_message=f"engine answered {result.status}")
+        gzipped = (result.header("content-encoding") or "").lower() == "gzip"
         body = result.body
-        if (result.header("content-encoding") or "").lower() == "gzip":
+        del result  # the body is let go once decoded (below)
+        if gzipped:
             try:
                 body = _gunzip(body, limit)
             except ValueError as exc:
@@ -123,7 +125,9 @@ class EngineScraper:
                 return ScrapeOutcome(error_reason=reason, error_message=str(exc))
             except zlib.error as exc:
                 return ScrapeOutcome(error_reason="bad_encoding", error_message=f"bad gzip body: {exc}")
-        parsed = parse(decode_payload(body), self._lines)
+        text = decode_payload(body)
+        del body  # the text is parsed alone: the payload's bytes are not kept beside it (issue 13, row 10)
+        parsed = parse(text, self._lines)
         return ScrapeOutcome(
             families=parsed.families,
             dropped=parsed.dropped,

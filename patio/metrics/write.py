@@ -9,7 +9,7 @@ are written in the quoted UTF-8 form of text 1.0.0.  No I/O.
 
 import math
 import re
-from typing import Iterable, List, Optional
+from typing import Iterable, Iterator, List, Optional
 
 from patio.metrics.model import FAMILY_TYPES, Family, Labels
 
@@ -70,18 +70,42 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
     return line
 
 
-def render(families: Iterable[Family]) -> str:
-    """Families -> text.  Each family is written once, HELP and TYPE first."""
-    out: List[str] = []
+# Lines joined and encoded at a time by ``render_bytes``: a large exposition never exists as one
+# list of a million line strings plus their joined copy (issue 13, row 10).
+RENDER_BATCH = 4096
+
+
+def _lines(families: Iterable[Family]) -> Iterator[str]:
     for family in families:
         name = metric_name_text(family.name)
         if family.help is not None:
-            out.append(f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}")
+            yield f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}"
         # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
-        out.append(f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}")
+        yield f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}"
         for sample in family.samples:
             if sample.text is not None:
-                out.append(sample.name + sample.text)  # canonical already: verbatim
+                yield sample.name + sample.text  # canonical already: verbatim
             else:
-                out.append(sample_line(sample.name, sample.labels, sample.value, sample.timestamp))
+                yield sample_line(sample.name, sample.labels, sample.value, sample.timestamp)
+
+
+def render(families: Iterable[Family]) -> str:
+    """Families -> text.  Each family is written once, HELP and TYPE first."""
+    out = list(_lines(families))
     return "\n".join(out) + "\n" if out else ""
+
+
+def render_chunks(families: Iterable[Family]) -> List[bytes]:
+    """``render(families)`` as UTF-8 pieces of ``RENDER_BATCH`` lines (written as they are, never joined)."""
+    chunks: List[bytes] = []
+    batch: List[str] = []
+    for line in _lines(families):
+        batch.append(line)
+        if len(batch) >= RENDER_BATCH:
+            batch.append("")
+            chunks.append("\n".join(batch).encode("utf-8"))
+            batch = []
+    if batch:
+        batch.append("")
+        chunks.append("\n".join(batch).encode("utf-8"))
+    return chunks
