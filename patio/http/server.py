@@ -40,8 +40,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # transport's buffer is below WRITE_BUFFER_HIGH: a client that does not read holds at most
 # WRITE_CHUNK + WRITE_BUFFER_HIGH bytes of output of its own (plus a reference to a shared
 # response body, e.g. the engine's share of /metrics), never a whole copy of a large answer.
-WRITE_CHUNK = 64 * 1024
-WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_CHUNK = 16 * 1024
+WRITE_BUFFER_HIGH = 16 * 1024
 # Bytes of buffered output per connection, at most (the bound stated in docs and tested).
 MAX_BUFFERED_OUTPUT = WRITE_CHUNK + WRITE_BUFFER_HIGH
 # Refusals and write timeouts are logged at most once per this many seconds (with a count), so a

@@ -9,6 +9,7 @@ from typing import Sequence, Tuple
 from patio.app import AppContext, Component
 from patio.http.types import Request
 from patio.metrics.assemble import assemble
+from patio.metrics.memory import RELEASE_AFTER_BYTES, release_free_memory
 from patio.metrics.model import Family
 from patio.metrics.rules import RuleSet
 from patio.metrics.scrape import REASONS, EngineScraper, ScrapeOutcome
@@ -107,6 +108,8 @@ class EngineMetrics(Component):
         outcome.rendered = result.chunks
         outcome.clashes, outcome.assembly_duplicates = result.clashes, result.duplicate_series
         outcome.utf8_names = result.utf8_names
+        if outcome.payload_bytes >= RELEASE_AFTER_BYTES:
+            release_free_memory()
 
     async def exposition(self, request: Request) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
         """Patio's own families (collected once for this scrape, on the event loop) and the

@@ -48,6 +48,7 @@ class ScrapeOutcome:
     clashes: int = 0
     assembly_duplicates: int = 0
     utf8_names: int = 0
+    payload_bytes: int = 0  # the engine's payload as parsed (decompressed)
 
     @property
     def up(self) -> bool:
@@ -125,6 +126,7 @@ class EngineScraper:
                 return ScrapeOutcome(error_reason=reason, error_message=str(exc))
             except zlib.error as exc:
                 return ScrapeOutcome(error_reason="bad_encoding", error_message=f"bad gzip body: {exc}")
+        size = len(body)
         text = decode_payload(body)
         del body  # the text is parsed alone: the payload's bytes are not kept beside it (issue 13, row 10)
         parsed = parse(text, self._lines)
@@ -133,6 +135,7 @@ class EngineScraper:
             dropped=parsed.dropped,
             type_conflicts=parsed.type_conflicts,
             duplicate_series=parsed.duplicate_series,
+            payload_bytes=size,
         )
 
     async def scrape(self) -> Tuple[ScrapeOutcome, bool]:
@@ -143,6 +146,9 @@ class EngineScraper:
             return last, False
         if self._inflight is not None:
             return await asyncio.shield(self._inflight), False
+        # The previous outcome is let go before the new one is built: two rendered payloads are
+        # never held at once (answers still being written keep their own reference).
+        self._last = None
         self._inflight = asyncio.ensure_future(self._cycle())
         try:
             outcome = await asyncio.shield(self._inflight)
