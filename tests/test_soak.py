@@ -235,6 +235,7 @@ def test_soak_everything_at_once(tmp_path: Path) -> None:
         print(report)
 
         assert storm.counts.get("engine restarts") == 1, report
+        assert storm.counts.get("download completed", 0) >= 5, report
         assert storm.counts.get("non-reader rounds", 0) >= 3 and storm.counts.get("flood rounds", 0) >= 3, report
         assert set(KEEP) <= set(engine.adapters), f"adapters lost: {set(KEEP) - set(engine.adapters)}; {report}"
         assert after["fds"] <= baseline["fds"] + FD_SLACK, report
