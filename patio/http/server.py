@@ -56,15 +56,22 @@ REFUSE_REASONS = ("max_connections", "shutting_down", "first_byte_timeout")
 # evicted.
 NEW, IDLE, READING, BUSY = "new", "idle", "reading", "busy"
 EVICTABLE = (NEW, IDLE, READING)
+# A connection that has said nothing yet is evictable only after this long: a client that just
+# connected is about to send its request (a burst of new connections must not evict it).  A
+# newcomer that finds no connection to evict waits up to this long for one to become evictable
+# before it is refused; at most MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
+NEW_GRACE = 0.5
+MAX_ADMISSION_WAITERS = 64
 
 
 class _Connection:
-    __slots__ = ("state", "task", "writer")
+    __slots__ = ("since", "state", "task", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.task: Optional[asyncio.Task[None]] = None
         self.writer = writer
         self.state = NEW
+        self.since = time.monotonic()  # when it entered its state
 
     @property
     def busy(self) -> bool:
@@ -103,6 +110,7 @@ class HttpServer:
         self._waiting: Dict[str, "OrderedDict[_Connection, None]"] = {state: OrderedDict() for state in EVICTABLE}
         self._server: Optional[asyncio.AbstractServer] = None
         self._closing = False
+        self._admission_waiters = 0
         registry = app.context.registry
         self._requests = registry.counter(
             "patio_http_requests_total", "HTTP requests answered, by route template.", ("method", "route", "code")
@@ -168,6 +176,7 @@ class HttpServer:
         if waiting is not None:
             waiting.pop(conn, None)
         conn.state = state
+        conn.since = time.monotonic()
         waiting = self._waiting.get(state)
         if waiting is not None:
             waiting[conn] = None
@@ -179,11 +188,15 @@ class HttpServer:
             waiting.pop(conn, None)
 
     def _evict_one(self) -> bool:
-        """Close the oldest connection that owes nothing (no byte yet, idle, then mid-request)."""
+        """Close the oldest connection that owes nothing (silent past NEW_GRACE, idle, then mid-request)."""
+        now = time.monotonic()
         for state in EVICTABLE:
             waiting = self._waiting[state]
             if waiting:
-                victim, _ = waiting.popitem(last=False)
+                victim = next(iter(waiting))
+                if state == NEW and now - victim.since < NEW_GRACE:
+                    continue
+                del waiting[victim]
                 self._connections.discard(victim)
                 _abort(victim.writer)
                 if victim.task is not None:
@@ -193,6 +206,24 @@ class HttpServer:
                 return True
         return False
 
+    async def _admit(self) -> bool:
+        """Room for one more connection: now, by evicting one, or within NEW_GRACE."""
+        limit = self.limits.max_connections
+        if len(self._connections) < limit or self._evict_one():
+            return True
+        if self._admission_waiters >= MAX_ADMISSION_WAITERS:
+            return False
+        self._admission_waiters += 1
+        try:
+            deadline = time.monotonic() + NEW_GRACE
+            while time.monotonic() < deadline and not self._closing:
+                await asyncio.sleep(NEW_GRACE / 5)
+                if len(self._connections) < limit or self._evict_one():
+                    return True
+            return False
+        finally:
+            self._admission_waiters -= 1
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(writer)
         conn.task = asyncio.current_task()
@@ -201,7 +232,7 @@ class HttpServer:
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=0)
         peer = writer.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
-        if self._closing or (len(self._connections) >= self.limits.max_connections and not self._evict_one()):
+        if self._closing or not await self._admit():
             reason = "shutting_down" if self._closing else "max_connections"
             await self._refuse(writer, reason, client)
             return
