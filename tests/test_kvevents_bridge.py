@@ -8,6 +8,7 @@ and compared with Kthena's layout (volcano-sh/kthena
 python/kthena/runtime/kv_cache_manager.py) computed independently here.
 """
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -555,3 +556,16 @@ def test_a_frozen_engine_is_detected_by_its_unanswered_ping(redis_server, redis,
         proc.send_signal(signal.SIGCONT)
         proc.kill()
         proc.wait(5)
+
+
+def test_shutdown_with_a_hung_redis_stays_inside_its_budget(redis_server, publisher):
+    bridge = make_bridge(redis_server, publisher)
+    hung = _Silent()
+    try:
+        bridge.settings = dataclasses.replace(bridge.settings, redis_port=hung.port)
+        started = time.monotonic()
+        assert bridge.shutdown(1.0) is False  # nothing answered: reported, not waited on forever
+        assert time.monotonic() - started < 2.5
+        assert bridge.state == "stopped"
+    finally:
+        hung.close()

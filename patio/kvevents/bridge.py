@@ -128,7 +128,14 @@ class Bridge:
     def shutdown(self, budget: float) -> bool:
         """Stop, then clear this pod from Redis on a fresh connection, within ``budget`` seconds."""
         deadline = time.monotonic() + budget
-        self.stop(budget / 2)
+        try:
+            self.stop(budget / 2)
+            return self._clear_on_shutdown(deadline)
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _clear_on_shutdown(self, deadline: float) -> bool:
         settings = self.settings
         try:
             conn = net.RedisConnection(
@@ -152,8 +159,6 @@ class Bridge:
             return False
         finally:
             conn.close()
-            self._wake_r.close()
-            self._wake_w.close()
 
     def snapshot(self) -> Dict[str, Any]:
         settings = self.settings
