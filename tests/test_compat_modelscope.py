@@ -18,7 +18,7 @@ from artifacts_fakes import FakeCdn
 from compat_fakes import FakeModelScope, tree
 
 from patio.artifacts.auth.credentials import parse_credentials
-from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
+from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
@@ -107,6 +107,16 @@ def test_a_corrupted_body_of_the_right_size_is_caught(hub: Dict[str, Any], tmp_p
     hub["cdn"].blobs[hashlib.sha256(data).hexdigest()] = bytes([data[0] ^ 0xFF]) + data[1:]
     with pytest.raises(ArtifactCorrupt):
         _patio("ms://acme/lora", tmp_path / "out", {"MODELSCOPE_ENDPOINT": hub["ms"].url, "MS_TOKEN": TOKEN})
+
+
+@pytest.mark.parametrize("cdn_url", ["file:///etc", "ftp://example.com"], ids=["file", "ftp"])
+def test_a_redirect_off_http_is_refused(hub: Dict[str, Any], tmp_path: Path, cdn_url: str) -> None:
+    # The hub's Location is the server's word (issue 13 row 18): the same check as the HF store's.
+    hub["cdn"].url = cdn_url
+    with pytest.raises(ArtifactError) as caught:
+        _patio("ms://acme/lora", tmp_path / "out", {"MODELSCOPE_ENDPOINT": hub["ms"].url, "MS_TOKEN": TOKEN})
+    assert "non-HTTP" in caught.value.message
+    assert not (tmp_path / "out" / ".patio" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,7 @@ REDIRECTS = [
 
 @pytest.mark.parametrize("location,expected", [c[1:] for c in REDIRECTS], ids=[c[0] for c in REDIRECTS])
 def test_row18_redirect_targets(location: str, expected: Any) -> None:
-    # The one check both redirect loops (stores/http.py, stores/hf.py) and HF's Link pagination use.
+    # The one check both redirect loops (stores/http.py, stores/hub.py: HF, ModelScope) and HF's Link paging use.
     from patio.artifacts.errors import ArtifactError
     from patio.artifacts.fetch.net import redirect_target
 

@@ -18,24 +18,13 @@ import threading
 import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
-from patio.artifacts.errors import ArtifactError, ArtifactNotFound, Transient
+from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.listing import RemoteFile
-from patio.artifacts.fetch.net import (
-    MAX_ERROR_BODY,
-    BodyStream,
-    HttpClient,
-    Response,
-    error_for_status,
-    origin,
-    range_start,
-    redact,
-    redirect_target,
-)
-from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
+from patio.artifacts.fetch.net import MAX_ERROR_BODY, HttpClient, Response, error_for_status, redirect_target
+from patio.artifacts.fetch.retry import DownloadRetry
+from patio.artifacts.stores.hub import HubSource
 
 HF_ENDPOINT = "https://huggingface.co"
-# Redirects followed for one download (the Hub uses one or two: resolve -> CDN).
-MAX_REDIRECTS = 10
 # Tree pages followed (1000 entries each).
 MAX_TREE_PAGES = 500
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -44,7 +33,7 @@ _TYPE_PATHS = {"model": "models", "dataset": "datasets", "space": "spaces"}
 _RESOLVE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
-class HfSource:
+class HfSource(HubSource):
     def __init__(
         self,
         http: HttpClient,
@@ -57,25 +46,11 @@ class HfSource:
         retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
-        self.http = http
-        self.endpoint = endpoint.rstrip("/")
-        self.repo_id = repo_id
+        super().__init__(http, endpoint, repo_id, revision, subpath, token, retry, cancel)
         self.repo_type = repo_type
-        self.revision = revision
-        self.subpath = subpath.strip("/")
-        self._token = token
-        self._token_origin = origin(self.endpoint)
-        self.retry = retry
-        self.cancel = cancel
         self.commit: Optional[str] = None
-        shown = self.repo_id + (f"@{revision}" if revision != "main" else "") + (f"/{self.subpath}" if subpath else "")
-        self.display = f"hf://{'' if repo_type == 'model' else _TYPE_PATHS[repo_type] + '/'}{shown}"
-
-    def _auth(self, url: str) -> List[Tuple[str, str]]:
-        # The token only ever goes to the origin it was configured for.
-        if self._token and origin(url) == self._token_origin:
-            return [("Authorization", f"Bearer {self._token}")]
-        return []
+        kind = "" if repo_type == "model" else _TYPE_PATHS[repo_type] + "/"
+        self.display = f"hf://{kind}{self._shown(subpath, 'main')}"
 
     def _fail(self, response: Response, what: str) -> Exception:
         code = response.header("x-error-code") or ""
@@ -98,24 +73,12 @@ class HfSource:
             return ArtifactNotFound(f"{what} not found (HTTP {response.status}){': ' + detail if detail else ''}")
         return error_for_status(response, what, detail)
 
-    def _get_json(self, url: str, what: str) -> Tuple[Any, Optional[str]]:
-        def call() -> Tuple[Any, Optional[str]]:
-            response = self.http.request("GET", url, [*self._auth(url), ("Accept", "application/json")])
-            if response.status != 200:
-                raise self._fail(response, what)
-            link = response.header("link")
-            try:
-                data = json.loads(response.read_all())
-            except ValueError:
-                raise ArtifactError(f"{what}: answer is not JSON") from None
-            next_url = None
-            if link:
-                match = _LINK_NEXT.search(link)
-                if match:
-                    next_url = redirect_target(url, match.group(1), what)  # the server's word: http(s) only
-            return data, next_url
-
-        return call_with_retries(call, what, self.retry, self.cancel)
+    def _get_page(self, url: str, what: str) -> Tuple[Any, Optional[str]]:
+        """One JSON answer and the next page's URL (``Link: rel="next"``), if any."""
+        data, link = self._get_json(url, what)
+        match = _LINK_NEXT.search(link) if link else None
+        next_url = redirect_target(url, match.group(1), what) if match else None  # the server's word: http(s) only
+        return data, next_url
 
     def _api(self, *parts: str) -> str:
         return f"{self.endpoint}/api/{_TYPE_PATHS[self.repo_type]}/{self.repo_id}/" + "/".join(parts)
@@ -124,7 +87,7 @@ class HfSource:
         if _COMMIT.match(self.revision):
             return self.revision
         url = self._api("revision", urllib.parse.quote(self.revision, safe=""))
-        data, _ = self._get_json(url, f"{self.display} revision {self.revision}")
+        data, _ = self._get_page(url, f"{self.display} revision {self.revision}")
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not _COMMIT.match(sha):
             raise ArtifactError(f"{self.display}: revision {self.revision} did not resolve to a commit sha")
@@ -139,11 +102,10 @@ class HfSource:
             pages += 1
             if pages > MAX_TREE_PAGES:
                 raise ArtifactError(f"{self.display}: tree has more than {MAX_TREE_PAGES} pages")
-            data, url = self._get_json(url, f"{self.display} file list")
+            data, url = self._get_page(url, f"{self.display} file list")
             if not isinstance(data, list):
                 raise ArtifactError(f"{self.display}: file list is not a JSON array")
             entries.extend(e for e in data if isinstance(e, dict))
-        folder = self.subpath + "/" if self.subpath else ""
         files = []
         for entry in entries:
             if entry.get("type") != "file":
@@ -151,7 +113,8 @@ class HfSource:
             path, size, oid = entry.get("path"), entry.get("size"), entry.get("oid")
             if not isinstance(path, str) or not isinstance(size, int) or not isinstance(oid, str):
                 raise ArtifactError(f"{self.display}: tree entry without path/size/oid: {str(entry)[:200]}")
-            if folder and not path.startswith(folder):
+            relative = self._in_subpath(path)
+            if relative is None:
                 continue
             lfs = entry.get("lfs")
             sha256 = None
@@ -159,7 +122,7 @@ class HfSource:
                 sha256 = lfs["oid"].lower()
             files.append(
                 RemoteFile(
-                    path=path[len(folder) :],
+                    path=relative,
                     size=size,
                     etag=sha256 or oid,
                     sha256=sha256,
@@ -170,30 +133,7 @@ class HfSource:
             )
         return files
 
-    def resolve_url(self, repo_path: str) -> str:
+    def file_url(self, repo_path: str) -> str:
         assert self.commit is not None
         quoted = urllib.parse.quote(repo_path, safe="/")
         return f"{self.endpoint}/{_RESOLVE_PREFIX[self.repo_type]}{self.repo_id}/resolve/{self.commit}/{quoted}"
-
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
-        url = self.resolve_url(file.ref)
-        what = f"{self.display} {file.ref}"
-        range_header: List[Tuple[str, str]] = []
-        if start or end is not None:
-            range_header = [("Range", f"bytes={start}-" + ("" if end is None else str(end)))]
-        for _hop in range(MAX_REDIRECTS + 1):
-            response = self.http.request("GET", url, self._auth(url) + range_header)
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.header("location")
-                response.read_all(MAX_ERROR_BODY)
-                if not location:
-                    raise ArtifactError(f"{what}: redirect without Location")
-                url = redirect_target(url, location, what)
-                continue
-            if response.status not in (200, 206):
-                raise self._fail(response, what)
-            return BodyStream(response, range_start(response, file.size, what))
-        raise Transient(f"{what}: more than {MAX_REDIRECTS} redirects (last {redact(url)})")
-
-    def close(self) -> None:
-        self.http.close()

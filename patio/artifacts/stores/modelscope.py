@@ -23,32 +23,22 @@ configured endpoint's origin, never across a redirect to another one.
 import json
 import threading
 import urllib.parse
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from patio.artifacts.errors import ArtifactError, ArtifactNotFound, Transient
+from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.listing import RemoteFile
-from patio.artifacts.fetch.net import (
-    MAX_ERROR_BODY,
-    BodyStream,
-    HttpClient,
-    Response,
-    error_for_status,
-    origin,
-    range_start,
-    redact,
-)
-from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
+from patio.artifacts.fetch.net import MAX_ERROR_BODY, HttpClient, Response, error_for_status
+from patio.artifacts.fetch.retry import DownloadRetry
+from patio.artifacts.stores.hub import HubSource
 
 MS_ENDPOINT = "https://www.modelscope.cn"
 # The hub answers at most this many entries to one recursive listing (modelscope_hub constants.py).
 TRUNCATION_LIMIT = 3000
-# Redirects followed for one download (the hub sends one, to object storage).
-MAX_REDIRECTS = 10
 # Largest listing answer read (3000 entries of a few hundred bytes each).
 MAX_LISTING_BYTES = 16 * 1024 * 1024
 
 
-class ModelScopeSource:
+class ModelScopeSource(HubSource):
     def __init__(
         self,
         http: HttpClient,
@@ -60,22 +50,12 @@ class ModelScopeSource:
         retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
-        self.http = http
-        self.endpoint = endpoint.rstrip("/")
-        self.repo_id = repo_id
-        self.revision = revision
-        self.subpath = subpath.strip("/")
-        self._token = token
-        self._token_origin = origin(self.endpoint)
-        self.retry = retry
-        self.cancel = cancel
-        shown = repo_id + (f"@{revision}" if revision != "master" else "") + (f"/{self.subpath}" if subpath else "")
-        self.display = f"ms://{shown}"
+        super().__init__(http, endpoint, repo_id, revision, subpath, token, retry, cancel)
+        self.display = f"ms://{self._shown(subpath, 'master')}"
 
-    def _auth(self, url: str) -> List[Tuple[str, str]]:
-        if self._token and origin(url) == self._token_origin:
-            return [("Authorization", f"Bearer {self._token}"), ("Cookie", f"m_session_id={self._token}")]
-        return []
+    def _token_headers(self, token: str) -> List[Tuple[str, str]]:
+        # The modelscope client sends both.
+        return [("Authorization", f"Bearer {token}"), ("Cookie", f"m_session_id={token}")]
 
     def _base(self) -> str:
         return f"{self.endpoint}/api/v1/models/{self.repo_id}"
@@ -97,16 +77,7 @@ class ModelScopeSource:
         url = f"{self._base()}/repo/files?{query}"
         what = f"{self.display} file list"
 
-        def call() -> Any:
-            response = self.http.request("GET", url, [*self._auth(url), ("Accept", "application/json")])
-            if response.status != 200:
-                raise self._fail(response, what)
-            try:
-                return json.loads(response.read_all(MAX_LISTING_BYTES))
-            except ValueError:
-                raise ArtifactError(f"{what}: answer is not JSON") from None
-
-        body = call_with_retries(call, what, self.retry, self.cancel)
+        body, _ = self._get_json(url, what, MAX_LISTING_BYTES)
         if isinstance(body, dict) and body.get("Success") is False:
             raise ArtifactError(f"{what}: the hub said {str(body.get('Message'))[:300]!r}")
         data = body.get("Data", body) if isinstance(body, dict) else body
@@ -117,7 +88,6 @@ class ModelScopeSource:
             raise ArtifactError(
                 f"{what}: the hub cut the listing at {TRUNCATION_LIMIT} entries; refusing to download part of it"
             )
-        folder = self.subpath + "/" if self.subpath else ""
         files = []
         for entry in entries:
             if not isinstance(entry, dict) or (entry.get("Type") or "blob") == "tree":
@@ -125,12 +95,13 @@ class ModelScopeSource:
             path, size, sha256 = entry.get("Path") or entry.get("Name"), entry.get("Size"), entry.get("Sha256")
             if not isinstance(path, str) or not isinstance(size, int) or isinstance(size, bool):
                 raise ArtifactError(f"{what}: entry without Path/Size: {str(entry)[:200]}")
-            if folder and not path.startswith(folder):
+            relative = self._in_subpath(path)
+            if relative is None:
                 continue
             digest = sha256.lower() if isinstance(sha256, str) and len(sha256) == 64 else None
             files.append(
                 RemoteFile(
-                    path=path[len(folder) :],
+                    path=relative,
                     size=size,
                     etag=digest or str(entry.get("Revision") or entry.get("Id") or ""),
                     sha256=digest,
@@ -143,26 +114,3 @@ class ModelScopeSource:
     def file_url(self, repo_path: str) -> str:
         query = f"Revision={urllib.parse.quote_plus(self.revision)}&FilePath={urllib.parse.quote_plus(repo_path)}"
         return f"{self._base()}/repo?{query}"
-
-    def open(self, file: RemoteFile, start: int, end: Optional[int]) -> BodyStream:
-        url = self.file_url(file.ref)
-        what = f"{self.display} {file.ref}"
-        range_header: List[Tuple[str, str]] = []
-        if start or end is not None:
-            range_header = [("Range", f"bytes={start}-" + ("" if end is None else str(end)))]
-        for _hop in range(MAX_REDIRECTS + 1):
-            response = self.http.request("GET", url, self._auth(url) + range_header)
-            if response.status in (301, 302, 303, 307, 308):
-                location = response.header("location")
-                response.read_all(MAX_ERROR_BODY)
-                if not location:
-                    raise ArtifactError(f"{what}: redirect without Location")
-                url = urllib.parse.urljoin(url, location)
-                continue
-            if response.status not in (200, 206):
-                raise self._fail(response, what)
-            return BodyStream(response, range_start(response, file.size, what))
-        raise Transient(f"{what}: more than {MAX_REDIRECTS} redirects (last {redact(url)})")
-
-    def close(self) -> None:
-        self.http.close()
