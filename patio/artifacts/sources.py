@@ -8,7 +8,7 @@ also brings its own credentials.
 
 import re
 import threading
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from patio.artifacts.auth.aws import CredentialsProvider, StaticProvider, resolve_provider
 from patio.artifacts.auth.credentials import RequestCredentials
@@ -90,18 +90,28 @@ def _gs(
     return GcsSource(http, gcs_endpoint(settings.env), spec.bucket, spec.prefix, tokens, retry, cancel)
 
 
-def _hf(
-    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
-) -> Source:
-    endpoint = (creds.endpoint or settings.hf_endpoint).rstrip("/")
+def _hub_endpoint(
+    creds: RequestCredentials, configured: str, configured_token: Optional[str]
+) -> Tuple[str, Optional[str]]:
+    """The hub endpoint a request uses and the token it may send there.
+
+    The configured token goes only to the configured endpoint: a request that names
+    another one gets anonymous access there unless it brings its own token.
+    """
+    endpoint = (creds.endpoint or configured).rstrip("/")
     if not (endpoint.startswith("http://") or endpoint.startswith("https://")):
         raise BadRequest("credentials.endpoint must be an http:// or https:// URL", param="credentials")
     if creds.token:
-        token: Optional[str] = creds.token
-    elif endpoint == settings.hf_endpoint.rstrip("/"):
-        token = settings.hf_token
-    else:
-        token = None  # never hand the configured token to an endpoint a request chose
+        return endpoint, creds.token
+    if endpoint == configured.rstrip("/"):
+        return endpoint, configured_token
+    return endpoint, None  # never hand the configured token to an endpoint a request chose
+
+
+def _hf(
+    spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
+) -> Source:
+    endpoint, token = _hub_endpoint(creds, settings.hf_endpoint, settings.hf_token)
     revision = spec.revision or creds.revision or settings.hf_revision
     http = HttpClient(settings.net_config())
     return HfSource(
@@ -112,15 +122,7 @@ def _hf(
 def _ms(
     spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
 ) -> Source:
-    endpoint = (creds.endpoint or settings.ms_endpoint).rstrip("/")
-    if not (endpoint.startswith("http://") or endpoint.startswith("https://")):
-        raise BadRequest("credentials.endpoint must be an http:// or https:// URL", param="credentials")
-    if creds.token:
-        token: Optional[str] = creds.token
-    elif endpoint == settings.ms_endpoint.rstrip("/"):
-        token = settings.ms_token
-    else:
-        token = None  # never hand the configured token to an endpoint a request chose
+    endpoint, token = _hub_endpoint(creds, settings.ms_endpoint, settings.ms_token)
     revision = spec.revision or creds.revision or settings.ms_revision
     http = HttpClient(settings.net_config())
     return ModelScopeSource(
