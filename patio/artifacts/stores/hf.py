@@ -34,6 +34,8 @@ _RESOLVE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
 class HfSource(HubSource):
+    default_revision = "main"
+
     def __init__(
         self,
         http: HttpClient,
@@ -46,11 +48,12 @@ class HfSource(HubSource):
         retry: DownloadRetry,
         cancel: Optional[threading.Event] = None,
     ) -> None:
-        super().__init__(http, endpoint, repo_id, revision, subpath, token, retry, cancel)
-        self.repo_type = repo_type
+        self.repo_type = repo_type  # before the base builds ``display`` from ``_scheme``
         self.commit: Optional[str] = None
-        kind = "" if repo_type == "model" else _TYPE_PATHS[repo_type] + "/"
-        self.display = f"hf://{kind}{self._shown(subpath, 'main')}"
+        super().__init__(http, endpoint, repo_id, revision, subpath, token, retry, cancel)
+
+    def _scheme(self) -> str:
+        return "hf://" + ("" if self.repo_type == "model" else _TYPE_PATHS[self.repo_type] + "/")
 
     def _fail(self, response: Response, what: str) -> Exception:
         code = response.header("x-error-code") or ""

@@ -31,9 +31,10 @@ MAX_REDIRECTS = 10
 
 
 class HubSource:
-    """A hub repository as a ``Source``; subclasses supply ``file_url``, ``list_files`` and ``_fail``."""
+    """A hub repository as a ``Source``; subclasses supply ``_scheme``, ``file_url``, ``list_files``, ``_fail``."""
 
-    display: str  # set by the subclass: its scheme, then ``_shown``
+    # The revision a URI without ``@rev`` means; left out of ``display``.
+    default_revision = ""
 
     def __init__(
         self,
@@ -44,7 +45,7 @@ class HubSource:
         subpath: str,
         token: Optional[str],
         retry: DownloadRetry,
-        cancel: Optional[threading.Event],
+        cancel: Optional[threading.Event] = None,
     ) -> None:
         self.http = http
         self.endpoint = endpoint.rstrip("/")
@@ -55,14 +56,12 @@ class HubSource:
         self._token_origin = origin(self.endpoint)
         self.retry = retry
         self.cancel = cancel
+        shown = repo_id + (f"@{revision}" if revision != self.default_revision else "")
+        self.display = self._scheme() + shown + (f"/{self.subpath}" if subpath else "")
 
-    def _shown(self, subpath: str, default_revision: str) -> str:
-        """``org/name[@rev][/sub]`` for messages; the hub's default revision is left out."""
-        return (
-            self.repo_id
-            + (f"@{self.revision}" if self.revision != default_revision else "")
-            + (f"/{self.subpath}" if subpath else "")
-        )
+    def _scheme(self) -> str:
+        """The URI prefix ``display`` starts with, e.g. ``hf://datasets/``."""
+        raise NotImplementedError
 
     def _token_headers(self, token: str) -> List[Tuple[str, str]]:
         return [("Authorization", f"Bearer {token}")]

@@ -21,14 +21,12 @@ configured endpoint's origin, never across a redirect to another one.
 """
 
 import json
-import threading
 import urllib.parse
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.listing import RemoteFile
-from patio.artifacts.fetch.net import MAX_ERROR_BODY, HttpClient, Response, error_for_status
-from patio.artifacts.fetch.retry import DownloadRetry
+from patio.artifacts.fetch.net import MAX_ERROR_BODY, Response, error_for_status
 from patio.artifacts.stores.hub import HubSource
 
 MS_ENDPOINT = "https://www.modelscope.cn"
@@ -39,19 +37,10 @@ MAX_LISTING_BYTES = 16 * 1024 * 1024
 
 
 class ModelScopeSource(HubSource):
-    def __init__(
-        self,
-        http: HttpClient,
-        endpoint: str,
-        repo_id: str,
-        revision: str,
-        subpath: str,
-        token: Optional[str],
-        retry: DownloadRetry,
-        cancel: Optional[threading.Event] = None,
-    ) -> None:
-        super().__init__(http, endpoint, repo_id, revision, subpath, token, retry, cancel)
-        self.display = f"ms://{self._shown(subpath, 'master')}"
+    default_revision = "master"
+
+    def _scheme(self) -> str:
+        return "ms://"
 
     def _token_headers(self, token: str) -> List[Tuple[str, str]]:
         # The modelscope client sends both.
