@@ -186,6 +186,14 @@ def list_models(models_root: str) -> List[Dict[str, Any]]:
     return found
 
 
+def _download_source(uri: str, param: str) -> SourceSpec:
+    """The source a download request names: remote, or ``pvc://``; never an arbitrary local path."""
+    spec = parse_uri(uri, param=param)
+    if spec.kind == "local" and not spec.pvc:
+        raise BadRequest(f"{param}: local sources must be pvc:// paths", param=param)
+    return spec
+
+
 class DownloadApi:
     def __init__(self, context: AppContext, settings: ArtifactSettings, downloads: Downloads) -> None:
         self.context = context
@@ -268,9 +276,7 @@ class DownloadApi:
         for field in ("local_dir", "model_name"):
             if body.get(field) is not None:
                 check_text(body[field], field)  # no control characters or lone surrogates (issue 13 rows 12, 13)
-        spec = parse_uri(body.get("model_uri", ""), param="model_uri")
-        if spec.kind == "local" and not spec.pvc:
-            raise BadRequest("model_uri: local sources must be pvc:// paths", param="model_uri")
+        spec = _download_source(body.get("model_uri", ""), "model_uri")
         creds = parse_credentials(
             body.get("credentials", body.get("download_extra_config")),
             param="credentials" if "credentials" in body else "download_extra_config",
@@ -290,9 +296,7 @@ class DownloadApi:
 
     async def kthena_download(self, request: Request) -> Response:
         body = KTHENA_BODY.check(request.json_object())
-        spec = parse_uri(body["source"], param="source")
-        if spec.kind == "local" and not spec.pvc:
-            raise BadRequest("source: local sources must be pvc:// paths", param="source")
+        spec = _download_source(body["source"], "source")
         creds = parse_credentials(parse_config(body.get("config")), param="config")
         roots = (self.settings.models_root, self.settings.adapter_dir)
         target = await self.context.run_blocking(confine, body["output_dir"], roots, "output_dir", roots[0])
