@@ -10,8 +10,9 @@ Standard library only.  Layout, outside in:
     sources.py      URI kind -> Source (dispatch table over ``stores/``)
     uri.py, settings.py, errors.py
 
-    stores/         one module per remote store: s3.py (+ TOS/OBS dialects), gcs.py, hf.py,
-                    http.py (single files), local.py (absolute paths and pvc://)
+    stores/         one module per remote store: s3.py (+ TOS/OBS dialects), gcs.py, hf.py and
+                    modelscope.py (over hub.py, what the hubs share), http.py (single files),
+                    local.py (absolute paths and pvc://)
     auth/           where credentials come from and how requests are signed: credentials.py
                     (request credentials, captured environment), aws.py (the S3 credentials
                     chain, STS web identity), sigv4.py, rs256.py (JWT for GCS service accounts)
