@@ -60,7 +60,7 @@ EVICTABLE = (NEW, IDLE, READING)
 # connected is about to send its request (a burst of new connections must not evict it).  A
 # newcomer that finds no connection to evict waits up to this long for one to become evictable
 # before it is refused; at most MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
-NEW_GRACE = 0.5
+NEW_GRACE = 0.25
 MAX_ADMISSION_WAITERS = 64
 
 
