@@ -82,8 +82,8 @@ def test_configured_engine_key_wins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "answer",
-    [b"<html><body>OK</body></html>", b"", b'{"status": "ok"}', b'{"success": "yes"}'],
-    ids=["html_page", "empty", "other_json", "success_not_bool"],
+    [b"<html><body>OK</body></html>", b"", b'{"status": "ok"}', b'{"success": "yes"}', b"[" * 100_000],
+    ids=["html_page", "empty", "other_json", "success_not_bool", "deeply_nested"],
 )
 def test_sglang_200_that_is_not_sglang_json_is_a_502(tmp_path: Path, answer: bytes) -> None:
     with FakeEngine("sglang") as engine, _patio(engine, tmp_path) as patio:

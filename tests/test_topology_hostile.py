@@ -37,6 +37,9 @@ HOSTILE = [
     ("reset_on_post", "sglang", {("POST", "/workers"): "reset"}, "router"),
     ("not_http", "sglang", {("POST", "/workers"): "garbage"}, "malformed"),
     ("listing_is_html", "sglang", {("GET", "/workers"): (200, b"<html>login</html>")}, "not JSON"),
+    # 100,000 nested '[': json.loads recursed into a RecursionError that killed the heartbeat thread.
+    ("deeply_nested_json_on_post", "sglang", {("POST", "/workers"): (200, b"[" * 100_000)}, "not JSON"),
+    ("deeply_nested_listing", "sglang", {("GET", "/workers"): (200, b"[" * 100_000)}, "not JSON"),
     ("listing_without_list", "sglang", {("GET", "/workers"): (200, {"workers": "many"})}, "no worker list"),
     ("lookup_hangs", "vllm", {("GET", "/workers/"): "hang"}, "did not answer GET"),
     (

@@ -6,9 +6,10 @@ answer is read (success, duplicate, not found, validation, internal).
 No I/O.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, FrozenSet, Mapping, NamedTuple, Optional
+
+from patio import jsontext
 
 # Outcome kinds of a LoRA call, engine-neutral.
 OK = "ok"
@@ -56,7 +57,7 @@ def by_status(status: int, message: str) -> Outcome:
 
 def json_or_none(text: str) -> Optional[Any]:
     try:
-        return json.loads(text)
+        return jsontext.loads(text)
     except ValueError:
         return None
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from patio import jsontext
 from patio.engines import sglang, vllm
 from patio.engines.base import UNAVAILABLE, EngineSpec, Outcome
 from patio.engines.transport import HttpResult, PeerUnavailable, bearer, http_request
@@ -111,7 +112,7 @@ class EngineClient:
         if result.status != 200:
             raise EngineError(f"engine {self.spec.models_path} answered {result.status}", engine_status=result.status)
         try:
-            data = json.loads(result.body)
+            data = jsontext.loads(result.body)
             cards: List[Any] = data["data"]
         except (ValueError, KeyError, TypeError):
             raise EngineError(f"engine {self.spec.models_path} answer is not a model list") from None

@@ -5,40 +5,15 @@ touches sockets; the server (``patio.http.server``) moves bytes.
 """
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from patio.errors import BadRequest, UnsupportedMediaType
+from patio.jsontext import JsonTooDeep, loads
 
 Header = Tuple[str, str]
 
 JSON_TYPE = "application/json"
-
-# Deepest nesting of arrays and objects accepted in a request body: management bodies are flat
-# (depth 2-3); json.loads recurses per level, and 100,000 '[' ended in a RecursionError and a 500
-# (issue 13, row 17).  Checked before parsing.
-MAX_JSON_DEPTH = 64
-# JSON strings (with escapes), removed before the brackets are counted.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?')
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-
-
-def json_depth(data: bytes) -> int:
-    """The deepest nesting of ``[``/``{`` in ``data`` (brackets inside strings do not count).
-
-    Malformed input gets some number; ``json.loads`` reports the real problem afterwards.
-    """
-    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
-    depth = deepest = 0
-    for byte in brackets:
-        if byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        else:
-            depth = max(depth - 1, 0)
-    return deepest
 
 
 @dataclass(frozen=True)
@@ -71,11 +46,11 @@ class Request:
         ctype = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype != JSON_TYPE:
             raise UnsupportedMediaType("Content-Type must be application/json", param="Content-Type")
-        if json_depth(self.body) > MAX_JSON_DEPTH:
-            raise BadRequest(f"body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels", param="body")
         try:
-            value = json.loads(self.body.decode("utf-8")) if self.body else None
-        except (UnicodeDecodeError, ValueError) as exc:
+            value = loads(self.body.decode("utf-8")) if self.body else None
+        except JsonTooDeep as exc:
+            raise BadRequest(f"body {exc}", param="body") from None
+        except ValueError as exc:  # UnicodeDecodeError included
             raise BadRequest(f"body is not valid JSON: {exc}", param="body") from None
         if not isinstance(value, dict):
             raise BadRequest("body must be a JSON object", param="body")

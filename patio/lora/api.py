@@ -14,11 +14,11 @@ validates requests and renders their OpenAPI schemas.
 """
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
+from patio import jsontext
 from patio.artifacts.uri import display_uri
 from patio.engines.base import EngineSpec
 from patio.errors import BadRequest, EngineError, NotFound, PatioError
@@ -299,7 +299,7 @@ class LoraApi:
         )
         if result.status == 200:
             try:
-                json.loads(result.body)
+                jsontext.loads(result.body)
             except ValueError:
                 raise EngineError("engine /v1/models answer is not JSON") from None
             return Response(status=200, body=result.body)

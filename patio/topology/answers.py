@@ -19,11 +19,11 @@ its restart.  Everything here takes a status and body bytes and returns a
 value or raises one of the ``RouterError`` family; it never touches a socket.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
+from patio import jsontext
 from patio.errors import PatioError
 
 # How much of a bad router answer is quoted in an error (the rest is noise in logs).
@@ -108,7 +108,7 @@ def quote_body(body: bytes) -> str:
 
 def _json(status: int, body: bytes, what: str) -> Any:
     try:
-        return json.loads(body.decode("utf-8"))
+        return jsontext.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         message = f"router answered {status} to {what} with a body that is not JSON: {quote_body(body)}"
         raise RouterError(message) from None

@@ -51,6 +51,7 @@ class FakeEngine:
         # stays in the engine as long as the test wants.
         self.lora_gate: Optional[threading.Event] = None
         self.models_delay = 0.0
+        self.models_body: Optional[bytes] = None  # set: GET /v1/models answers these bytes as they are
         self.health_delay = 0.0
         self.fail_next: List[Tuple[int, Any]] = []  # queued (status, body) answers for LoRA calls
         self.internal_error_paths: set = set()  # load of these paths -> 500
@@ -237,7 +238,8 @@ def _make_handler(engine: FakeEngine) -> type:
             if path == "/v1/models" and self.command == "GET":
                 if engine.models_delay:
                     time.sleep(engine.models_delay)
-                return self._send(200, {"Content-Type": "application/json"}, json.dumps(engine.models()).encode())
+                answer = engine.models_body if engine.models_body is not None else json.dumps(engine.models()).encode()
+                return self._send(200, {"Content-Type": "application/json"}, answer)
             if self.command == "POST" and path in (engine.load_path(), engine.unload_path()):
                 if engine.kind == "vllm" and self.headers.get("Content-Type", "").split(";")[0] != "application/json":
                     return self._send(*_vllm_error("Unsupported Media Type", "Bad Request", 400))

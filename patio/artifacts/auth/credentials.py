@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+from patio import jsontext
 from patio.errors import BadRequest
 
 # Request key (lower-case) -> field.  Spellings of boto3, AIBrix, Kthena and the HF/GCS clients.
@@ -105,7 +106,7 @@ def parse_config(raw: Any, param: str = "config") -> Optional[Dict[str, Any]]:
         if len(raw) > MAX_CONFIG_LENGTH:
             raise BadRequest(f"{param} is longer than {MAX_CONFIG_LENGTH} characters", param=param)
         try:
-            raw = json.loads(raw)
+            raw = jsontext.loads(raw)
         except ValueError as exc:
             raise BadRequest(f"{param} is a string but not valid JSON: {exc}", param=param) from None
     if not isinstance(raw, dict):

@@ -11,12 +11,12 @@ generation pins the version, and ``md5Hash`` (when the object has one) is verifi
 """
 
 import base64
-import json
 import threading
 import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
+from patio import jsontext
 from patio.artifacts.auth.credentials import RequestCredentials, SourceEnv
 from patio.artifacts.auth.rs256 import InvalidKey, encode_jwt, parse_pem_private_key
 from patio.artifacts.errors import (
@@ -97,7 +97,7 @@ def _token_answer(response: Response, what: str) -> Tuple[str, float]:
     if response.status != 200:
         detail = ""
         try:
-            data = json.loads(body)
+            data = jsontext.loads(body)
             detail = ": ".join(str(data.get(k)) for k in ("error", "error_description") if data.get(k))
         except (ValueError, AttributeError):
             pass
@@ -105,7 +105,7 @@ def _token_answer(response: Response, what: str) -> Tuple[str, float]:
             raise ArtifactAccessDenied(f"{what} refused (HTTP {response.status}){': ' + detail if detail else ''}")
         raise error_for_status(response, what, detail)
     try:
-        data = json.loads(body)
+        data = jsontext.loads(body)
         token = data["access_token"]
         lifetime = float(data.get("expires_in", 3600))
     except (ValueError, KeyError, TypeError):
@@ -230,7 +230,7 @@ class MetadataToken(_CachedToken):
 
 def _load_json(text: str, what: str) -> Dict[str, Any]:
     try:
-        data = json.loads(text)
+        data = jsontext.loads(text)
     except ValueError:
         raise ArtifactAccessDenied(f"{what} is not valid JSON") from None
     if not isinstance(data, dict):
@@ -277,7 +277,7 @@ def gcs_endpoint(env: SourceEnv) -> str:
 
 def _gcs_error(response: Response) -> str:
     try:
-        data = json.loads(response.read_all(MAX_ERROR_BODY))
+        data = jsontext.loads(response.read_all(MAX_ERROR_BODY))
         return str(data["error"]["message"])
     except Exception:
         return ""
@@ -322,7 +322,7 @@ class GcsSource:
                     raise ArtifactNotFound(f"{what} not found (HTTP 404){': ' + detail if detail else ''}")
                 raise error_for_status(response, what, detail)
             try:
-                data = json.loads(response.read_all())
+                data = jsontext.loads(response.read_all())
             except ValueError:
                 raise ArtifactError(f"{what}: answer is not JSON") from None
             if not isinstance(data, dict):

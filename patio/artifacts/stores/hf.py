@@ -12,12 +12,12 @@ Two things the official client does not do, and Patio does:
   another endpoint never gets the configured token, and no redirect carries it to another origin.
 """
 
-import json
 import re
 import threading
 import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
+from patio import jsontext
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.listing import RemoteFile
 from patio.artifacts.fetch.net import MAX_ERROR_BODY, HttpClient, Response, error_for_status, redirect_target
@@ -60,7 +60,7 @@ class HfSource(HubSource):
         message = response.header("x-error-message") or ""
         if not message:
             try:
-                body = json.loads(response.read_all(MAX_ERROR_BODY))
+                body = jsontext.loads(response.read_all(MAX_ERROR_BODY))
                 message = str(body.get("error", "")) if isinstance(body, dict) else ""
             except Exception:
                 message = ""

@@ -7,10 +7,10 @@ JSON shape, the auth headers the hub's own client sends and how its error answer
 This module must not know any hub's URLs.
 """
 
-import json
 import threading
 from typing import Any, List, Optional, Tuple
 
+from patio import jsontext
 from patio.artifacts.errors import ArtifactError, Transient
 from patio.artifacts.fetch.listing import RemoteFile
 from patio.artifacts.fetch.net import (
@@ -87,7 +87,7 @@ class HubSource:
                 raise self._fail(response, what)
             link = response.header("link")
             try:
-                return json.loads(response.read_all(limit)), link
+                return jsontext.loads(response.read_all(limit)), link
             except ValueError:
                 raise ArtifactError(f"{what}: answer is not JSON") from None
 

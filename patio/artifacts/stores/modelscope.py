@@ -20,10 +20,10 @@ Like the HF store, every file is verified (its ``Sha256``), and the token goes o
 configured endpoint's origin, never across a redirect to another one.
 """
 
-import json
 import urllib.parse
 from typing import List, Tuple
 
+from patio import jsontext
 from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.listing import RemoteFile
 from patio.artifacts.fetch.net import MAX_ERROR_BODY, Response, error_for_status
@@ -52,7 +52,7 @@ class ModelScopeSource(HubSource):
     def _fail(self, response: Response, what: str) -> Exception:
         message = ""
         try:
-            body = json.loads(response.read_all(MAX_ERROR_BODY))
+            body = jsontext.loads(response.read_all(MAX_ERROR_BODY))
             if isinstance(body, dict):
                 message = str(body.get("Message") or body.get("message") or "")
         except Exception:
