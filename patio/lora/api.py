@@ -195,6 +195,7 @@ class LoraApi:
             cleanup_local=cleanup_local,
             plan=plan,
             engine_key=engine_key,
+            credentials_secret=body.get("credentials_secret") if remote else None,
         )
         if body.get("async_download"):
             return self._start_background(name, source, extra, kwargs, getattr(plan, "target", None))

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
 
+from patio.artifacts.auth.secrets import SECRET_NAME
 from patio.artifacts.uri import display_uri
 from patio.engines.base import (
     BAD_ANSWER,
@@ -123,6 +124,10 @@ class Adapter:
     # Patio has no engine key of its own; a reload after an engine restart needs it.  Kept only in the
     # 0600 state file, never in views, logs or metrics.
     engine_key: Optional[str] = field(default=None, repr=False)
+    # AIBrix's credentials_secret: the NAME of a secret mounted under --credentials-dir, never its
+    # values.  A reload that must download again (the local copy is gone) reads the secret anew:
+    # the kubelet rotates its files, so the keys of the first load may be stale.
+    credentials_secret: Optional[str] = None
 
     def persisted(self) -> Dict[str, Any]:
         """What a reload needs and no more: the source without secrets (issue 13 row 15)."""
@@ -140,6 +145,8 @@ class Adapter:
         }
         if self.engine_key:
             saved["engine_key"] = self.engine_key
+        if self.credentials_secret:
+            saved["credentials_secret"] = self.credentials_secret
         return saved
 
 
@@ -330,6 +337,7 @@ class LoraManager:
         origin: str = ORIGIN_API,
         plan: Any = None,
         engine_key: Optional[str] = None,
+        credentials_secret: Optional[str] = None,
     ) -> Tuple[str, Adapter]:
         """Load (or confirm) an adapter; returns a message and the record.  Raises PatioError.
 
@@ -367,7 +375,7 @@ class LoraManager:
             adapter = Adapter(
                 name, source, "", remote=remote, extra=dict(extra), cleanup_local=cleanup_local, origin=origin
             )
-            adapter.engine_key = engine_key
+            adapter.engine_key, adapter.credentials_secret = engine_key, credentials_secret
             if previous is None:
                 self.adapters[name] = adapter  # listed as "loading" while it downloads and loads
             try:
@@ -572,8 +580,12 @@ class LoraManager:
             if adapter.remote and service is not None:
                 # The engine lost the adapter, so its directory is free to reuse or complete;
                 # a source read back from the state file has no secrets left: local copy only.
+                # A mounted secret is read again now (plan() raises a clear error if it is gone).
+                plan = None
+                if adapter.credentials_secret is not None:
+                    plan = await service.plan(name, credentials_secret=adapter.credentials_secret)
                 path = await service.materialize(
-                    name, adapter.source, None, current=adapter.path, reuse_only=adapter.source_redacted
+                    name, adapter.source, None, current=adapter.path, reuse_only=adapter.source_redacted, plan=plan
                 )
             payload = {"lora_name": name, "lora_path": path, **adapter.extra}
             outcome = await self._engine_call("load", payload, adapter.engine_key)
@@ -679,6 +691,7 @@ def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
     extra = item.get("extra") or {}
     loaded_at = item.get("loaded_at")
     key = item.get("engine_key")
+    secret = item.get("credentials_secret")
     if not (isinstance(name, str) and ADAPTER_NAME.fullmatch(name)):
         return None
     if not (isinstance(path, str) and isinstance(source, str) and path and is_clean(path) and is_clean(source)):
@@ -700,4 +713,10 @@ def _restored(item: Mapping[str, Any]) -> Optional[Adapter]:
         source_redacted=bool(item.get("source_redacted")),
         origin=str(item.get("origin")) if item.get("origin") in (ORIGIN_API, ORIGIN_FILE) else ORIGIN_API,
         engine_key=key if isinstance(key, str) and key and is_clean(key) else None,
+        credentials_secret=secret if _secret_name(secret) else None,
     )
+
+
+def _secret_name(value: Any) -> bool:
+    """A name read_secret() would accept (it checks again, and confines the path, at reload)."""
+    return isinstance(value, str) and is_clean(value) and bool(SECRET_NAME.match(value)) and ".." not in value

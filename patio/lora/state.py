@@ -23,7 +23,8 @@ NOTE = (
     "Patio's desired LoRA adapters, reloaded when the engine loses them. Sources are stored without "
     "userinfo or query strings (signatures); download credentials are never stored; a source stored "
     "that way is reloaded from its local copy at path. engine_key (mode 0600 file) is the engine's own API "
-    "key a caller gave for an adapter (AIBrix's additional_config api-key), for reloads after an engine restart."
+    "key a caller gave for an adapter (AIBrix's additional_config api-key), for reloads after an engine restart. "
+    "credentials_secret is the NAME of a mounted secret (never its values), read again when a reload downloads."
 )
 
 
