@@ -177,3 +177,26 @@ def test_adapter_sources_are_shown_without_credentials(tmp_path):
         status, _, raw = http_call("GET", patio.url + "/v1/lora_adapters")
     assert status == 200 and b"sekrit" not in raw and b"user:pw" not in raw
     assert json.loads(raw)["data"][0]["source"] == "https://host/a.bin?…"
+
+
+def reconcile_failures(patio):
+    _, _, body = http_call("GET", patio.url + "/metrics")
+    prefix = "patio_lora_reconcile_failures_total{"
+    lines = [line for line in body.decode().splitlines() if line.startswith(prefix)]
+    return {line.split('"')[1]: float(line.split()[-1]) for line in lines}
+
+
+def test_a_refused_reconcile_reload_counts_as_a_reconcile_failure(tmp_path):
+    """patio_lora_reconcile_failures_total{adapter} counted only adapters-file failures (issue 15)."""
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0.2") as patio:
+        load(patio, "a", "/models/a")
+        load(patio, "b", "/models/b")
+        engine.fail_next.append((500, {"error": {"message": "out of memory", "type": "InternalServerError"}}))
+        engine.restart(forget=True)
+        # Reloads go in name order: the engine refuses a's first reload, takes b, then a's next.
+        assert wait_for(lambda: engine.adapters == {"a": "/models/a", "b": "/models/b"})
+        assert reconcile_failures(patio) == {"a": 1.0}
+        # Bounded: the series goes with the adapter.
+        status, body = http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": "a"})
+        assert status == 200, body
+        assert reconcile_failures(patio) == {}

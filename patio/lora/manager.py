@@ -223,6 +223,9 @@ class LoraManager:
         self._reloads = registry.counter(
             "patio_lora_reconcile_reloads_total", "Adapters loaded again because the engine had lost them."
         )
+        # name -> failed reconcile reloads, exported in patio_lora_reconcile_failures_total{adapter}
+        # (patio.lora.residency).  Only adapters Patio holds: bounded by --max-adapters.
+        self._reload_failures: Dict[str, float] = {}
 
     # -- helpers ----------------------------------------------------------------------
     def lock(self, name: str) -> "contextlib.AbstractAsyncContextManager[None]":
@@ -266,6 +269,17 @@ class LoraManager:
             return (await self.engine_adapters()).get(name) == path
         except PatioError:
             return False
+
+    def _reload_failed(self, adapter: Adapter, message: str) -> None:
+        adapter.engine_confirmed, adapter.last_error = False, _short(message)
+        for gone in [n for n in self._reload_failures if n not in self.adapters]:
+            del self._reload_failures[gone]
+        self._reload_failures[adapter.name] = self._reload_failures.get(adapter.name, 0.0) + 1
+
+    def reload_failures(self) -> Dict[str, float]:
+        """Failed reconcile reloads by adapter, for the adapters Patio still holds."""
+        held = self.adapters
+        return {name: count for name, count in list(self._reload_failures.items()) if name in held}
 
     def _record(self, op: str, result: str, started: float) -> None:
         self._ops.inc(op, result)
@@ -590,11 +604,11 @@ class LoraManager:
             payload = {"lora_name": name, "lora_path": path, **adapter.extra}
             outcome = await self._engine_call("load", payload, adapter.engine_key)
         except PatioError as exc:
-            adapter.engine_confirmed, adapter.last_error = False, _short(exc.message)
+            self._reload_failed(adapter, exc.message)
             log.warning("LoRA reconcile: reloading %s failed: %s", name, exc.message)
             return False
         if outcome.kind not in (OK, DUPLICATE):
-            adapter.engine_confirmed, adapter.last_error = False, _short(outcome.message)
+            self._reload_failed(adapter, outcome.message)
             log.warning("LoRA reconcile: engine refused to reload %s: %s", name, outcome.message)
             return False
         adapter.engine_confirmed, adapter.last_error = True, None

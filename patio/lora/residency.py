@@ -77,7 +77,8 @@ def families(residents: Iterable[Resident], failures: Dict[str, float]) -> List[
     failed = Family(
         "patio_lora_reconcile_failures_total",
         "counter",
-        "Failed attempts to bring an adapter named by the adapters file to its desired state.",
+        "Failed attempts to bring an adapter to its desired state: adapters-file loads and unloads, and "
+        "reconcile reloads of an adapter the engine lost.",
     )
     for name in sorted(failures):
         failed.samples.append(Sample(failed.name, (("adapter", name),), float(failures[name])))
@@ -104,4 +105,6 @@ class ResidencyMetrics:
 
     def collect(self) -> List[Family]:
         failures = self.desired.failures() if self.desired is not None else {}
+        for name, count in self.manager.reload_failures().items():
+            failures[name] = failures.get(name, 0.0) + count
         return families(self.residents(), failures)
