@@ -228,7 +228,8 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
             ),
             (
                 "Adapters: failed attempts to reach the desired state",
-                "Failed attempts to bring an adapter to its desired state (adapters file, or a reload after the engine lost it), by adapter.",
+                "Failed attempts to bring an adapter to its desired state "
+                "(adapters file, or a reload after the engine lost it), by adapter.",
                 (
                     (
                         f"sum by (adapter) (increase(patio_lora_reconcile_failures_total{{{SEL}}}[$__rate_interval]))",
