@@ -56,7 +56,7 @@ def big_sglang() -> str:
 
 
 def patio_transform(text: str, engine: str, cache=None) -> str:
-    parsed = parse(text, cache)
+    parsed = parse(text, cache, verbatim=True)  # as the scrape path does
     return assemble([], parsed.families, RuleSet.for_scheme("patio", engine), "both").text
 
 

@@ -10,7 +10,8 @@ no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from patio.metrics.model import Family, Sample
+from patio.metrics.model import Family, Item, item_name
+from patio.metrics.parse import parse_sample_line
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 
@@ -39,7 +40,9 @@ class Assembled(NamedTuple):
         return self.data.decode("utf-8")
 
 
-def _legacy(sample: Sample) -> bool:
+def _legacy(sample: Item) -> bool:
+    if isinstance(sample, str):  # a canonical line: legacy names by construction
+        return True
     if not _LEGACY_METRIC_NAME.fullmatch(sample.name):
         return False
     if sample.text is not None:  # a canonical line: its label names are legacy by construction
@@ -64,7 +67,7 @@ def assemble(
     holders: Dict[str, int] = {}
     for group in groups:
         for family in group:
-            for sample_name in {sample.name for sample in family.samples}:
+            for sample_name in {item_name(sample) for sample in family.samples}:
                 holders[sample_name] = holders.get(sample_name, 0) + 1
     shared = {name for name, count in holders.items() if count > 1}
     names: Set[str] = set()
@@ -80,13 +83,16 @@ def assemble(
                 clashes += 1
                 continue
             names.add(family.name)
-            kept = []
+            kept: List[Item] = []
             for sample in family.samples:
                 if group_index > 0 and not _legacy(sample):
                     utf8_names += 1
                     continue
-                if sample.name in shared:
-                    key = (sample.name, sample.label_key, sample.timestamp)
+                name = item_name(sample) if shared else ""
+                if name in shared:
+                    # Rare (a name that more than one family holds): a line is parsed again here.
+                    full = parse_sample_line(sample) if isinstance(sample, str) else sample
+                    key = (name, full.label_key, full.timestamp)
                     if key in series:
                         duplicates += 1
                         continue

@@ -3,13 +3,14 @@
 The core component's ``/metrics`` route calls ``exposition`` (``build_app`` wires it).
 """
 
+import asyncio
 import logging
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from patio.app import AppContext, Component
 from patio.http.types import Request
 from patio.metrics.assemble import assemble
-from patio.metrics.memory import RELEASE_AFTER_BYTES, release_free_memory
+from patio.metrics.memory import RELEASE_AFTER_BYTES, RELEASE_DELAY_SECONDS, release_free_memory
 from patio.metrics.model import Family
 from patio.metrics.rules import RuleSet
 from patio.metrics.scrape import REASONS, EngineScraper, ScrapeOutcome
@@ -50,6 +51,7 @@ class EngineMetrics(Component):
             "patio_engine_metrics_utf8_names_dropped_total",
             "Engine samples left out of /metrics: a quoted UTF-8 metric or label name has no text 0.0.4 form.",
         )
+        self._release: "Optional[asyncio.Future[bool]]" = None
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
@@ -84,6 +86,9 @@ class EngineMetrics(Component):
         outcome.own = own
         if outcome.families:
             await self.context.run_blocking(self._prerender, outcome, own)
+            if outcome.payload_bytes >= RELEASE_AFTER_BYTES:
+                # Most answers sharing this render are written within a second; then it is freed.
+                asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_later)
             if outcome.clashes:
                 self._clashes.inc(amount=float(outcome.clashes))
             if outcome.assembly_duplicates:
@@ -110,6 +115,11 @@ class EngineMetrics(Component):
         outcome.utf8_names = result.utf8_names
         if outcome.payload_bytes >= RELEASE_AFTER_BYTES:
             release_free_memory()
+
+    def _release_later(self) -> None:
+        """On the loop, after a large scrape's answers had time to be written (their render is
+        freed then, nothing else holds it): trim again in a worker thread."""
+        self._release = asyncio.ensure_future(self.context.run_blocking(release_free_memory))
 
     async def exposition(self, request: Request) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
         """Patio's own families (collected once for this scrape, on the event loop) and the

@@ -8,7 +8,7 @@ if someone asks for them.
 """
 
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -114,18 +114,45 @@ class Sample:
         return f"Sample({self.name!r}, {self.labels!r}, {self.value!r}, {self.timestamp!r})"
 
 
+# A family's sample: a ``Sample``, or (engine families parsed with ``verbatim=True``) a whole
+# canonical line kept as its text.  A line costs its characters alone, where a ``Sample`` with its
+# copies costs about four times more: a 27 MB payload of 1.5 M series is held as lines (issue 13, row 10).
+Item = Union[Sample, str]
+
+_NAME_END = re.compile(r"[{ ]")
+
+
+def item_name(item: Item) -> str:
+    """The sample name of an item (a canonical line's name ends at its first ``{`` or blank)."""
+    if isinstance(item, str):
+        match = _NAME_END.search(item)
+        return item[: match.start()] if match is not None else item
+    return item.name
+
+
+def renamed_item(item: Item, source: str, target: str) -> Item:
+    """The item with its name's ``source`` prefix replaced by ``target``."""
+    if isinstance(item, str):
+        return target + item[len(source) :]
+    return item.renamed(target + item.name[len(source) :])
+
+
 class Family:
     """One metric family: the name as written in `# TYPE` and its samples, in order."""
 
     __slots__ = ("help", "name", "samples", "type")
 
     def __init__(
-        self, name: str, type: str = "untyped", help: Optional[str] = None, samples: Optional[List[Sample]] = None
+        self,
+        name: str,
+        type: str = "untyped",
+        help: Optional[str] = None,
+        samples: Optional[List[Item]] = None,
     ) -> None:
         self.name = name
         self.type = type
         self.help = help
-        self.samples: List[Sample] = samples if samples is not None else []
+        self.samples: List[Item] = samples if samples is not None else []
 
     def __repr__(self) -> str:
         return f"Family({self.name!r}, {self.type!r}, {len(self.samples)} samples)"

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
-from patio.metrics.model import FAMILY_TYPES, Family, Labels, Sample, decode_label_text
+from patio.metrics.model import FAMILY_TYPES, Family, Item, Labels, Sample, decode_label_text
 
 # Longest excerpt of a dropped line kept for the log.
 EXCERPT_CHARS = 80
@@ -272,9 +272,12 @@ class _Builder:
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
-        # Series seen, per sample name: label keys (with the timestamp when there is one).  The key
-        # strings are the samples' own, and one name is held once (interned below).
-        self.series: Dict[str, Set[Any]] = {}
+        # Series seen, per sample name: the hash of the series key -> the first item with it.  A
+        # hash and a slot cost far less than the key's text (issue 13, row 10: the key sets were
+        # the largest part of a scrape); a hash seen before is checked exactly against that item,
+        # and the rare true collision is settled in ``collided`` by the full key.
+        self.series: Dict[str, Dict[int, Item]] = {}
+        self.collided: Set[Tuple[str, Any]] = set()
         self.names: Dict[str, str] = {}
         self.dropped: List[DroppedLine] = []
         self.type_conflicts = 0
@@ -315,7 +318,8 @@ class _Builder:
         if family.help is None:
             family.help = _unescape_help(text)
 
-    def on_sample(self, sample: Sample) -> None:
+    def on_sample(self, sample: Sample, line: Optional[str] = None) -> None:
+        """Add a sample; with ``line`` (a verbatim parse of a canonical line) the line is kept instead."""
         family = self.owner(sample.name)
         kind = family.type
         if kind in ("histogram", "gaugehistogram") and (sample.name.endswith("_bucket") or sample.name == family.name):
@@ -327,18 +331,32 @@ class _Builder:
             raise LineError("quantile label is not a number")
         # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
         key = sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
+        item: Item = line if line is not None and sample.text is not None else sample
+        digest = hash(key)
         seen = self.series.get(sample.name)
         if seen is None:
-            seen = self.series[sample.name] = set()
+            seen = self.series[sample.name] = {}
             self.names[sample.name] = sample.name
-        elif key in seen:
-            self.duplicates += 1
-            return
         else:
             sample.name = self.names[sample.name]  # one string per name, not one per sample
-        seen.add(key)
-        family.samples.append(sample)
+            first = seen.get(digest)
+            if first is not None:
+                if key == _series_key(first) or (sample.name, key) in self.collided:
+                    self.duplicates += 1
+                    return
+                self.collided.add((sample.name, key))
+                family.samples.append(item)
+                self.sampled.add(family.name)
+                return
+        seen[digest] = item
+        family.samples.append(item)
         self.sampled.add(family.name)
+
+
+def _series_key(item: Item) -> Any:
+    """What ``_Builder.on_sample`` keys a series by (a kept line is parsed again: only on a hash hit)."""
+    sample = parse_sample_line(item) if isinstance(item, str) else item
+    return sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
 
 
 def _excerpt(line: str) -> str:
@@ -385,15 +403,34 @@ class LineCache:
             raise LineError(hit)
         return hit
 
+    def holds(self, text: str) -> bool:
+        """Whether every line of ``text`` would fit.  A payload far past the budget gains little
+        from a partial cache and would keep up to ``max_bytes`` alive after it (issue 13, row 10)."""
+        return self.cost_of(text) <= self.max_bytes
+
+    def cost_of(self, text: str) -> int:
+        return 3 * len(text) + text.count("\n") * LINE_COST_OVERHEAD
+
+    def clear(self) -> None:
+        self.lines, self.bytes = {}, 0
+        self._fresh, self._fresh_bytes = {}, 0
+
     def end_scrape(self) -> None:
         """The lines of the scrape that just ended become the cache; older ones are let go."""
         self.lines, self.bytes = self._fresh, self._fresh_bytes
         self._fresh, self._fresh_bytes = {}, 0
 
 
-def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
-    """Parse a whole exposition.  Never raises for bad content."""
+def parse(text: str, cache: Optional[LineCache] = None, verbatim: bool = False) -> ParseResult:
+    """Parse a whole exposition.  Never raises for bad content.
+
+    With ``verbatim`` a canonical sample is kept as its line (a ``str`` item, see ``model.Item``),
+    not as a ``Sample``: what the scrape path does, to hold a large payload in little memory.
+    """
     builder = _Builder()
+    if cache is not None and not cache.holds(text):
+        cache.clear()
+        cache = None
     check_utf8 = _SURROGATE.search(text) is not None
     parse_line = cache.parse if cache is not None else parse_sample_line
     for number, line in enumerate(_iter_lines(text), 1):
@@ -404,7 +441,7 @@ def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
             if first and first not in "# \t":
                 if check_utf8 and _has_surrogate(line):
                     raise LineError("invalid UTF-8")
-                builder.on_sample(parse_line(line))
+                builder.on_sample(parse_line(line), line if verbatim else None)
                 continue
             stripped = line.strip(" \t")
             if not stripped:
@@ -414,7 +451,7 @@ def parse(text: str, cache: Optional[LineCache] = None) -> ParseResult:
             else:
                 if check_utf8 and _has_surrogate(stripped):
                     raise LineError("invalid UTF-8")
-                builder.on_sample(parse_line(stripped))
+                builder.on_sample(parse_line(stripped), stripped if verbatim else None)
         except LineError as exc:
             builder.dropped.append(DroppedLine(number, str(exc), _excerpt(line)))
     if cache is not None:

@@ -11,7 +11,7 @@ import math
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from patio.metrics.model import Family, Labels, Sample
+from patio.metrics.model import Family, Item, Labels, Sample
 
 # Latency buckets for a sidecar: sub-millisecond probes up to slow engine calls.
 DEFAULT_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -154,7 +154,7 @@ class Histogram(_Metric):
     def family(self) -> Family:
         with self._lock:
             items = sorted((k, list(v)) for k, v in self._series.items())
-        samples: List[Sample] = []
+        samples: List[Item] = []
         bucket_name, sum_name, count_name = self.name + "_bucket", self.name + "_sum", self.name + "_count"
         for key, series in items:
             cumulative = 0.0

@@ -13,7 +13,7 @@ No I/O.
 
 from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from patio.metrics.model import Family, Sample
+from patio.metrics.model import Family, renamed_item
 
 SCHEMES = ("patio", "aibrix", "kthena")
 
@@ -144,12 +144,14 @@ def _first_present(rule: Rule, families: Mapping[str, Family]) -> Optional[Tuple
     return None
 
 
-def _rename_sample(sample: Sample, source: str, target: str) -> Sample:
-    return sample._replace(name=target + sample.name[len(source) :])
-
-
 def _renamed(family: Family, source: str, target: str) -> Family:
-    samples = [_rename_sample(s, source, target) for s in family.samples if s.name.startswith(source)]
+    # A canonical line starts with its name, and ``source`` is made of name characters: the line
+    # starts with ``source`` exactly when its name does.
+    samples = [
+        renamed_item(s, source, target)
+        for s in family.samples
+        if (s if isinstance(s, str) else s.name).startswith(source)
+    ]
     return Family(target, family.type, family.help, samples)
 
 

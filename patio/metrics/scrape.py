@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional, Sequence,
 
 from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
+from patio.metrics.memory import RELEASE_AFTER_BYTES, prefer_mmap
 from patio.metrics.model import Family
 from patio.metrics.parse import DroppedLine, LineCache, decode_payload, parse
 
@@ -127,9 +128,11 @@ class EngineScraper:
             except zlib.error as exc:
                 return ScrapeOutcome(error_reason="bad_encoding", error_message=f"bad gzip body: {exc}")
         size = len(body)
+        if size >= RELEASE_AFTER_BYTES:
+            prefer_mmap()  # this scrape's large blocks go back to the OS when freed, not after a trim
         text = decode_payload(body)
         del body  # the text is parsed alone: the payload's bytes are not kept beside it (issue 13, row 10)
-        parsed = parse(text, self._lines)
+        parsed = parse(text, self._lines, verbatim=True)
         return ScrapeOutcome(
             families=parsed.families,
             dropped=parsed.dropped,
@@ -154,5 +157,7 @@ class EngineScraper:
             outcome = await asyncio.shield(self._inflight)
         finally:
             self._inflight = None
-        self._last = outcome
+        # With no reuse (``cache_ttl`` 0, the default) the render is not kept: it lives only as
+        # long as the answers being written hold it (issue 13, row 10).
+        self._last = outcome if ttl > 0 else None
         return outcome, True

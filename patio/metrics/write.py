@@ -70,9 +70,11 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
     return line
 
 
-# Lines joined and encoded at a time by ``render_bytes``: a large exposition never exists as one
-# list of a million line strings plus their joined copy (issue 13, row 10).
-RENDER_BATCH = 4096
+# Characters joined and encoded at a time by ``render_chunks``: a large exposition never exists as
+# one list of a million line strings plus their joined copy, and each piece is large enough for
+# glibc to map it on its own (see ``memory.prefer_mmap``), so it goes back to the OS when the last
+# answer holding it is written (issue 13, row 10).
+RENDER_CHUNK_CHARS = 256 * 1024
 
 
 def _lines(families: Iterable[Family]) -> Iterator[str]:
@@ -83,7 +85,9 @@ def _lines(families: Iterable[Family]) -> Iterator[str]:
         # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
         yield f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}"
         for sample in family.samples:
-            if sample.text is not None:
+            if isinstance(sample, str):
+                yield sample  # a canonical line, verbatim
+            elif sample.text is not None:
                 yield sample.name + sample.text  # canonical already: verbatim
             else:
                 yield sample_line(sample.name, sample.labels, sample.value, sample.timestamp)
@@ -96,15 +100,17 @@ def render(families: Iterable[Family]) -> str:
 
 
 def render_chunks(families: Iterable[Family]) -> List[bytes]:
-    """``render(families)`` as UTF-8 pieces of ``RENDER_BATCH`` lines (written as they are, never joined)."""
+    """``render(families)`` as UTF-8 pieces of about ``RENDER_CHUNK_CHARS`` (written as they are, never joined)."""
     chunks: List[bytes] = []
     batch: List[str] = []
+    size = 0
     for line in _lines(families):
         batch.append(line)
-        if len(batch) >= RENDER_BATCH:
+        size += len(line) + 1
+        if size >= RENDER_CHUNK_CHARS:
             batch.append("")
             chunks.append("\n".join(batch).encode("utf-8"))
-            batch = []
+            batch, size = [], 0
     if batch:
         batch.append("")
         chunks.append("\n".join(batch).encode("utf-8"))
