@@ -50,6 +50,19 @@ def _legacy(sample: Item) -> bool:
     return all(_LEGACY_LABEL_NAME.fullmatch(key) for key, _ in sample.labels)
 
 
+def _sample_names(family: Family) -> Set[str]:
+    names: Set[str] = set()
+    last = "\n"  # no line starts with it
+    for sample in family.samples:
+        # A family's lines come grouped by name (buckets, then _sum, _count): most lines repeat
+        # the previous name, checked without a search.
+        if isinstance(sample, str) and sample.startswith(last) and sample[len(last) : len(last) + 1] in ("{", " "):
+            continue
+        last = item_name(sample)
+        names.add(last)
+    return names
+
+
 def assemble(
     own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str, render_own: bool = True
 ) -> Assembled:
@@ -67,7 +80,7 @@ def assemble(
     holders: Dict[str, int] = {}
     for group in groups:
         for family in group:
-            for sample_name in {item_name(sample) for sample in family.samples}:
+            for sample_name in _sample_names(family):
                 holders[sample_name] = holders.get(sample_name, 0) + 1
     shared = {name for name, count in holders.items() if count > 1}
     names: Set[str] = set()

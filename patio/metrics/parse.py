@@ -332,23 +332,21 @@ class _Builder:
         # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
         key = sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
         item: Item = line if line is not None and sample.text is not None else sample
-        digest = hash(key)
+        digest: Optional[int] = hash(key)
         seen = self.series.get(sample.name)
         if seen is None:
             seen = self.series[sample.name] = {}
             self.names[sample.name] = sample.name
-        else:
-            sample.name = self.names[sample.name]  # one string per name, not one per sample
-            first = seen.get(digest)
-            if first is not None:
-                if key == _series_key(first) or (sample.name, key) in self.collided:
-                    self.duplicates += 1
-                    return
-                self.collided.add((sample.name, key))
-                family.samples.append(item)
-                self.sampled.add(family.name)
+        elif digest in seen:
+            if key == _series_key(seen[digest]) or (sample.name, key) in self.collided:
+                self.duplicates += 1
                 return
-        seen[digest] = item
+            self.collided.add((sample.name, key))  # a true collision: the first keeps the slot
+            digest = None
+        elif item is sample:
+            sample.name = self.names[sample.name]  # one string per name, not one per sample
+        if digest is not None:
+            seen[digest] = item
         family.samples.append(item)
         self.sampled.add(family.name)
 
