@@ -14,20 +14,17 @@ never emits fails here.  Only the labels Prometheus itself attaches to a target
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 from deploy_support import Selector, grouping_labels, queries, selectors
 from fakes.engine import FakeEngine
 from kvevents_peers import Publisher, RedisServer, SglangBlockStored, batch, sglang_batch, stored
+from peers.routers import BY_NAME, RealRouter
 from prometheus_client.parser import text_string_to_metric_families
-from support import PatioProcess, free_port, http_call, http_json, shared_path
+from support import PatioProcess, http_call, http_json, shared_path
 
 # Labels the scrape does not carry: Prometheus adds them per target (kubernetes_sd relabeling
 # in a PodMonitor or ServiceMonitor), and histogram_quantile's bucket bound.
@@ -44,52 +41,6 @@ FAST_ADAPTERS_FILE = [
     "--adapter-apply-attempts",
     "2",
 ]
-
-
-class Router:
-    """The real SGLang router (sglang-router 0.3.2 from requirements-dev.txt) on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        args = [
-            sys.executable,
-            "-m",
-            "sglang_router.launch_router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--prometheus-host",
-            "127.0.0.1",
-            "--prometheus-port",
-            str(free_port()),
-            "--health-check-interval-secs",
-            "1",
-            "--log-level",
-            "warn",
-        ]
-        env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9")
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("sglang router did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def _wait(predicate, what: str, timeout: float = 20.0) -> None:
@@ -110,8 +61,9 @@ def _samples(text: str) -> Samples:
 
 
 @pytest.fixture(scope="module")
-def router() -> Iterator[Router]:
-    r = Router()
+def router() -> Iterator[RealRouter]:
+    """The real SGLang router (sglang-router 0.3.2, from its own venv under .venv-peers/)."""
+    r = RealRouter(BY_NAME["sglang-router-0.3.2"])
     yield r
     r.stop()
 
