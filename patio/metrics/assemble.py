@@ -10,7 +10,7 @@ no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
-from patio.metrics.model import Family, Item, item_name
+from patio.metrics.model import Family, Item, Lines, item_name
 from patio.metrics.parse import parse_sample_line
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
@@ -97,9 +97,17 @@ def assemble(
                 continue
             names.add(family.name)
             kept: List[Item] = []
-            for sample in family.samples:
+            skipped: Set[int] = set()  # positions left out of a ``Lines`` family (it is not copied)
+            lines = isinstance(family.samples, Lines)
+            # Kept lines are legacy by construction: a ``Lines`` family with no parsed sample and
+            # no shared name has nothing to check (its 1.5 M lines are not read twice).
+            checked = not (
+                isinstance(family.samples, Lines) and not shared and min(family.samples.refs, default=0) >= 0
+            )
+            for position, sample in enumerate(family.samples if checked else ()):
                 if group_index > 0 and not _legacy(sample):
                     utf8_names += 1
+                    skipped.add(position)
                     continue
                 name = item_name(sample) if shared else ""
                 if name in shared:
@@ -108,12 +116,16 @@ def assemble(
                     key = (name, full.label_key, full.timestamp)
                     if key in series:
                         duplicates += 1
+                        skipped.add(position)
                         continue
                     series.add(key)
-                kept.append(sample)
+                if not lines:
+                    kept.append(sample)
             if group_index == 0 and not render_own:
                 continue
-            if group_index > 0 and len(kept) != len(family.samples):
+            if skipped and isinstance(family.samples, Lines):
+                family = Family(family.name, family.type, family.help, family.samples.without(skipped))
+            elif group_index > 0 and not lines and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)
     return Assembled(tuple(render_chunks(out)), clashes, duplicates, utf8_names)

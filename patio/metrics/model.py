@@ -8,7 +8,8 @@ if someone asks for them.
 """
 
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from array import array
+from typing import Any, Container, Dict, Iterator, List, Optional, Tuple, Union
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -137,6 +138,97 @@ def renamed_item(item: Item, source: str, target: str) -> Item:
     return item.renamed(target + item.name[len(source) :])
 
 
+# A ``Lines`` ref at or above this is the start of a line in the payload text; below, it names an
+# item of the overflow list (``-1 - ref``).
+_OVERFLOW = -1
+
+
+class Lines:
+    """A large payload's samples for one family, held without one object per line (issue 13, row 10).
+
+    Each kept canonical line is two offsets into the payload text (``refs`` start, ``ends`` end, in
+    ``array('q')``); a line that had to be parsed (not canonical) is an item of the shared
+    ``overflow`` list, named by a negative ref.  Lines are materialised as ``str`` only while
+    iterated (one render piece at a time): a scrape of 1.5 M series leaves no small objects behind
+    that other requests' objects could pin in CPython's arenas (RSS stayed at 200 MB after one).
+    ``source``/``target``: a prefix rename applied as lines are read.
+    """
+
+    __slots__ = ("ends", "overflow", "refs", "source", "target", "text")
+
+    def __init__(
+        self,
+        text: str,
+        overflow: List["Sample"],
+        refs: "Optional[array[int]]" = None,
+        ends: "Optional[array[int]]" = None,
+        source: str = "",
+        target: str = "",
+    ) -> None:
+        self.text = text
+        self.overflow = overflow
+        self.refs = refs if refs is not None else array("q")
+        self.ends = ends if ends is not None else array("q")
+        self.source = source
+        self.target = target
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __iter__(self) -> Iterator[Item]:
+        text, overflow, skip, target = self.text, self.overflow, len(self.source), self.target
+        for ref, end in zip(self.refs, self.ends):
+            if ref >= 0:
+                yield target + text[ref + skip : end] if target else text[ref:end]
+            else:
+                sample = overflow[_OVERFLOW - ref]
+                yield sample.renamed(target + sample.name[skip:]) if target else sample
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Lines, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Lines({len(self)} lines)"
+
+    def add_line(self, start: int, end: int) -> None:
+        self.refs.append(start)
+        self.ends.append(end)
+
+    def append(self, sample: "Sample") -> None:
+        """Add a parsed sample (held in the overflow list)."""
+        self.refs.append(_OVERFLOW - len(self.overflow))
+        self.ends.append(0)
+        self.overflow.append(sample)
+
+    def renamed(self, source: str, target: str) -> "Lines":
+        """The items whose name starts with ``source``, renamed to start with ``target`` (read lazily)."""
+        if self.source or self.target:
+            raise ValueError("a renamed Lines is not renamed again")
+        text, overflow = self.text, self.overflow
+        refs, ends = array("q"), array("q")
+        for ref, end in zip(self.refs, self.ends):
+            if text.startswith(source, ref, end) if ref >= 0 else overflow[_OVERFLOW - ref].name.startswith(source):
+                refs.append(ref)
+                ends.append(end)
+        return Lines(text, overflow, refs, ends, source, target)
+
+    def without(self, positions: Container[int]) -> "Lines":
+        """A copy without the items at ``positions``."""
+        refs, ends = array("q"), array("q")
+        for position, (ref, end) in enumerate(zip(self.refs, self.ends)):
+            if position not in positions:
+                refs.append(ref)
+                ends.append(end)
+        return Lines(self.text, self.overflow, refs, ends, self.source, self.target)
+
+
+Samples = Union[List[Item], Lines]
+
+
 class Family:
     """One metric family: the name as written in `# TYPE` and its samples, in order."""
 
@@ -147,12 +239,12 @@ class Family:
         name: str,
         type: str = "untyped",
         help: Optional[str] = None,
-        samples: Optional[List[Item]] = None,
+        samples: Optional[Samples] = None,
     ) -> None:
         self.name = name
         self.type = type
         self.help = help
-        self.samples: List[Item] = samples if samples is not None else []
+        self.samples: Samples = samples if samples is not None else []
 
     def __repr__(self) -> str:
         return f"Family({self.name!r}, {self.type!r}, {len(self.samples)} samples)"

@@ -20,9 +20,10 @@ Prometheus scrape.
 
 import math
 import re
+from array import array
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
-from patio.metrics.model import FAMILY_TYPES, Family, Item, Labels, Sample, decode_label_text
+from patio.metrics.model import FAMILY_TYPES, Family, Item, Labels, Lines, Sample, decode_label_text
 
 # Longest excerpt of a dropped line kept for the log.
 EXCERPT_CHARS = 80
@@ -67,6 +68,11 @@ LINE_CACHE_BYTES = 16 * 1024 * 1024
 LINE_CACHE_ENTRIES = 65536
 # Per cached line, besides its characters: the key and Sample objects and the dict slot.
 LINE_COST_OVERHEAD = 400
+
+# A verbatim parse of a payload at least this long (characters) keeps its lines as offsets
+# (``model.Lines``) and its series in an open-addressing table of ``array('q')``: no object per
+# line or series outlives the parse (issue 13, row 10).  Smaller payloads keep one ``str`` per line.
+SPAN_PAYLOAD_CHARS = 4 * 1024 * 1024
 
 # Suffixes each declared type owns, for assigning sample names to families.
 _OWNED_SUFFIXES: Dict[str, Tuple[str, ...]] = {
@@ -267,8 +273,69 @@ def _float_label_ok(value: str) -> bool:
     return True
 
 
+_EMPTY = -(2**63)  # a free slot of ``_SeriesTable``
+
+
+class _SeriesTable:
+    """The series of a large payload, by hash, in two ``array('q')`` (open addressing, linear
+    probing): the hash of (name, key), and the item's ref (a line's start in the text, or a
+    negative overflow index as in ``model.Lines``).  Equal hashes are checked exactly."""
+
+    def __init__(self, text: str, overflow: List[Sample]) -> None:
+        self.text = text
+        self.overflow = overflow
+        self.used = 0
+        self.hashes = array("q", bytes(8 * 1024))
+        self.refs = array("q", [_EMPTY]) * 1024
+
+    def _key_of(self, ref: int) -> Tuple[str, Any]:
+        if ref >= 0:
+            end = self.text.find("\n", ref)
+            if end < 0:
+                end = len(self.text)
+            if self.text[end - 1 : end] == "\r":
+                end -= 1
+            sample = parse_sample_line(self.text[ref:end].rstrip(" \t"))
+        else:
+            sample = self.overflow[-1 - ref]
+        return sample.name, sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
+
+    def add(self, name: str, key: Any, ref: int) -> bool:
+        """Remember a series; False if it was already there."""
+        digest = hash((name, key))
+        hashes, refs = self.hashes, self.refs
+        mask = len(refs) - 1
+        slot = digest & mask
+        while refs[slot] != _EMPTY:
+            if hashes[slot] == digest and self._key_of(refs[slot]) == (name, key):
+                return False
+            slot = (slot + 1) & mask
+        hashes[slot], refs[slot] = digest, ref
+        self.used += 1
+        if self.used * 4 > len(refs) * 3:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old_hashes, old_refs = self.hashes, self.refs
+        size = 2 * len(old_refs)
+        self.hashes = hashes = array("q", bytes(8 * size))
+        self.refs = refs = array("q", [_EMPTY]) * size
+        mask = len(refs) - 1
+        for digest, ref in zip(old_hashes, old_refs):
+            if ref != _EMPTY:
+                slot = digest & mask
+                while refs[slot] != _EMPTY:
+                    slot = (slot + 1) & mask
+                hashes[slot], refs[slot] = digest, ref
+
+
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, text: Optional[str] = None) -> None:
+        # With ``text`` (a large verbatim parse): samples go into ``model.Lines``, series into a table.
+        self.text = text
+        self.overflow: List[Sample] = []
+        self.table = _SeriesTable(text, self.overflow) if text is not None else None
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
@@ -287,6 +354,8 @@ class _Builder:
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = Family(name)
+            if self.text is not None:
+                family.samples = Lines(self.text, self.overflow)
         return family
 
     def owner(self, sample_name: str) -> Family:
@@ -318,8 +387,9 @@ class _Builder:
         if family.help is None:
             family.help = _unescape_help(text)
 
-    def on_sample(self, sample: Sample, line: Optional[str] = None) -> None:
-        """Add a sample; with ``line`` (a verbatim parse of a canonical line) the line is kept instead."""
+    def on_sample(self, sample: Sample, line: Optional[str] = None, start: int = -1) -> None:
+        """Add a sample; with ``line`` (a verbatim parse of a canonical line) the line is kept instead
+        (with a ``text`` builder: as ``start``, its offset in the text)."""
         family = self.owner(sample.name)
         kind = family.type
         if kind in ("histogram", "gaugehistogram") and (sample.name.endswith("_bucket") or sample.name == family.name):
@@ -331,6 +401,20 @@ class _Builder:
             raise LineError("quantile label is not a number")
         # Same series with different explicit timestamps are distinct samples (Prometheus appends both).
         key = sample.label_key if sample.timestamp is None else (sample.label_key, sample.timestamp)
+        if self.table is not None:
+            samples = family.samples
+            assert isinstance(samples, Lines)
+            kept_line = line is not None and sample.text is not None
+            ref = start if kept_line else -1 - len(self.overflow)
+            if not self.table.add(sample.name, key, ref):
+                self.duplicates += 1
+                return
+            if line is not None and kept_line:
+                samples.add_line(start, start + len(line))
+            else:
+                samples.append(sample)
+            self.sampled.add(family.name)
+            return
         item: Item = line if line is not None and sample.text is not None else sample
         digest: Optional[int] = hash(key)
         seen = self.series.get(sample.name)
@@ -347,6 +431,7 @@ class _Builder:
             sample.name = self.names[sample.name]  # one string per name, not one per sample
         if digest is not None:
             seen[digest] = item
+        assert isinstance(family.samples, list)
         family.samples.append(item)
         self.sampled.add(family.name)
 
@@ -419,19 +504,25 @@ class LineCache:
         self._fresh, self._fresh_bytes = {}, 0
 
 
-def parse(text: str, cache: Optional[LineCache] = None, verbatim: bool = False) -> ParseResult:
+def parse(
+    text: str, cache: Optional[LineCache] = None, verbatim: bool = False, spans_from: int = SPAN_PAYLOAD_CHARS
+) -> ParseResult:
     """Parse a whole exposition.  Never raises for bad content.
 
     With ``verbatim`` a canonical sample is kept as its line (a ``str`` item, see ``model.Item``),
-    not as a ``Sample``: what the scrape path does, to hold a large payload in little memory.
+    not as a ``Sample``: what the scrape path does, to hold a large payload in little memory; a
+    text of ``spans_from`` characters or more is held as ``model.Lines`` (offsets, no object per line).
     """
-    builder = _Builder()
+    spans = verbatim and len(text) >= spans_from
+    builder = _Builder(text if spans else None)
     if cache is not None and not cache.holds(text):
         cache.clear()
         cache = None
     check_utf8 = _SURROGATE.search(text) is not None
     parse_line = cache.parse if cache is not None else parse_sample_line
+    start = 0
     for number, line in enumerate(_iter_lines(text), 1):
+        line_start, start = start, start + len(line) + 1
         if line.endswith("\r"):
             line = line[:-1]
         try:
@@ -439,7 +530,7 @@ def parse(text: str, cache: Optional[LineCache] = None, verbatim: bool = False) 
             if first and first not in "# \t":
                 if check_utf8 and _has_surrogate(line):
                     raise LineError("invalid UTF-8")
-                builder.on_sample(parse_line(line), line if verbatim else None)
+                builder.on_sample(parse_line(line), line if verbatim else None, line_start)
                 continue
             stripped = line.strip(" \t")
             if not stripped:
@@ -449,7 +540,8 @@ def parse(text: str, cache: Optional[LineCache] = None, verbatim: bool = False) 
             else:
                 if check_utf8 and _has_surrogate(stripped):
                     raise LineError("invalid UTF-8")
-                builder.on_sample(parse_line(stripped), stripped if verbatim else None)
+                offset = line_start + len(line) - len(line.lstrip(" \t"))
+                builder.on_sample(parse_line(stripped), stripped if verbatim else None, offset)
         except LineError as exc:
             builder.dropped.append(DroppedLine(number, str(exc), _excerpt(line)))
     if cache is not None:

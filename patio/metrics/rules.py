@@ -13,7 +13,7 @@ No I/O.
 
 from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from patio.metrics.model import Family, renamed_item
+from patio.metrics.model import Family, Lines, renamed_item
 
 SCHEMES = ("patio", "aibrix", "kthena")
 
@@ -147,6 +147,8 @@ def _first_present(rule: Rule, families: Mapping[str, Family]) -> Optional[Tuple
 def _renamed(family: Family, source: str, target: str) -> Family:
     # A canonical line starts with its name, and ``source`` is made of name characters: the line
     # starts with ``source`` exactly when its name does.
+    if isinstance(family.samples, Lines):
+        return Family(target, family.type, family.help, family.samples.renamed(source, target))
     samples = [
         renamed_item(s, source, target)
         for s in family.samples
