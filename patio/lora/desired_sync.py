@@ -127,6 +127,7 @@ class DesiredSync:
         self.manager = manager
         self.settings = settings
         self.path: str = settings.adapters_file
+        self._engine_up: Optional[bool] = None  # the health watch's last word (flips retry failures)
         self.staging = staging if settings.resolver_dir else None
         self.desired: Optional[DesiredState] = None
         self.file_state = "not read yet"
@@ -178,8 +179,13 @@ class DesiredSync:
             self._wake.clear()
 
     def on_engine_health(self, up: bool) -> None:
-        """The engine came back: adapters that failed get a fresh set of attempts."""
-        if not up:
+        """The engine came back: adapters that failed get a fresh set of attempts.
+
+        Only a flip from down to up counts: the watch also announces its first known state,
+        and an engine that was up all along has nothing new to offer a failed adapter.
+        """
+        previous, self._engine_up = self._engine_up, up
+        if not up or previous is not False:
             return
         for name, status in list(self._statuses.items()):
             if status.state == "failed":
