@@ -17,6 +17,7 @@ The router reads only ``matrix:kv:block:{model}@{std_hash}``; the mapping keys a
 the bridge's own memory of what it wrote.
 """
 
+import importlib
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -43,17 +44,21 @@ def std_hash(tokens: Sequence[int]) -> int:
     return int.from_bytes(_sha256()(packed).digest()[:8], "big") & _MASK63
 
 
+# CPython's built-in SHA-256 module: _sha256 on 3.8-3.11, _sha2 from 3.12 on.
+_BUILTIN_SHA256_MODULES = ("_sha256", "_sha2")
+
+
 def _sha256() -> Callable[[bytes], Any]:
     """CPython's built-in SHA-256, which does not load OpenSSL (``hashlib`` does: about 3 MB
     resident, and the footprint test forbids it while serving); hashlib only as a fallback."""
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython 3.8-3.11
-    except ImportError:
+    for name in _BUILTIN_SHA256_MODULES:
         try:
-            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython 3.12+
-        except ImportError:  # pragma: no cover - other interpreters
-            from hashlib import sha256
-    return sha256
+            return importlib.import_module(name).sha256
+        except ImportError:
+            continue
+    from hashlib import sha256  # pragma: no cover - other interpreters
+
+    return sha256  # pragma: no cover
 
 
 def glob_escape(text: str) -> str:
