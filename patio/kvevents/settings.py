@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from patio.config import CoreSettings, as_str, parse_bool, parse_float, parse_int, pick
+from patio.config import CoreSettings, as_str, parse_bool, parse_int, pick, positive_seconds, seconds
 from patio.errors import ConfigError
 
 # Kthena's defaults (vllm_config.py, sglang_config.py, redis_client.py).
@@ -103,12 +103,6 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
     def port(setting: str, raw: str) -> int:
         return parse_int(setting, raw, minimum=1, maximum=65535)
 
-    def positive(setting: str, raw: str) -> float:
-        value = parse_float(setting, raw, minimum=0.0)
-        if value <= 0:
-            raise ConfigError(setting, f"must be > 0, got {raw!r}")
-        return value
-
     redis_host = pick(args, env, "redis_host", ("REDIS_HOST",), "", as_str).strip()
     settings = KvEventsSettings(
         engine=core.engine,
@@ -136,15 +130,15 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         redis_db=pick(args, env, "redis_db", ("REDIS_DB",), 0, count(0)),
         redis_username=env.get("REDIS_USERNAME", ""),
         redis_password=env.get("REDIS_PASSWORD", ""),
-        timeout=pick(args, env, "kv_events_timeout", ("PATIO_KV_EVENTS_TIMEOUT",), 5.0, positive),
-        retry_max=pick(args, env, "kv_events_retry_max", ("PATIO_KV_EVENTS_RETRY_MAX",), 5.0, positive),
+        timeout=pick(args, env, "kv_events_timeout", ("PATIO_KV_EVENTS_TIMEOUT",), 5.0, positive_seconds),
+        retry_max=pick(args, env, "kv_events_retry_max", ("PATIO_KV_EVENTS_RETRY_MAX",), 5.0, positive_seconds),
         heartbeat=pick(
             args,
             env,
             "kv_events_heartbeat",
             ("PATIO_KV_EVENTS_HEARTBEAT",),
             10.0,
-            lambda s, r: parse_float(s, r, minimum=0.0),
+            seconds,
         ),
         backlog=pick(
             args,
