@@ -53,29 +53,66 @@ REFUSE_REASONS = ("max_connections", "shutting_down", "first_byte_timeout")
 # Connection states.  At the connection limit, a connection in one of EVICTABLE is closed to make
 # room for the new one, in this order and oldest first: it has no answer owed to it.  A
 # connection whose request is being handled or whose answer is being written ("busy") is never
-# evicted.
+# evicted, and neither is one whose bytes have arrived but not yet been parsed (the loop may be
+# late to read them: the client has spoken, and cutting it would lose its request unanswered).
 NEW, IDLE, READING, BUSY = "new", "idle", "reading", "busy"
 EVICTABLE = (NEW, IDLE, READING)
-# A connection that has said nothing yet is evictable only after this long: a client that just
-# connected is about to send its request (a burst of new connections must not evict it).  A
-# newcomer that finds no connection to evict waits up to this long for one to become evictable
-# before it is refused; at most MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
-NEW_GRACE = 0.25
+# A connection that has said nothing yet is evictable only after this long, and one mid-request
+# only after this long without a byte: a client that just connected is about to send its request
+# (a burst of new connections must not evict it).  A newcomer that finds no connection to evict
+# waits up to this long for one to become evictable before it is refused; at most
+# MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
+SILENCE_GRACE = 0.25
 MAX_ADMISSION_WAITERS = 64
+# Candidates looked at per state for one eviction: connections that spoke moments ago are skipped,
+# and a crowd of them must not make every newcomer scan every connection.
+MAX_EVICTION_SCAN = 64
+# A connection closed with an error answer (503 at the limit, 408, 413, 431) is half-closed and
+# what the client still sends is read and dropped, up to these bounds, before the socket is
+# closed: closing with unread input makes the kernel reset the connection, and a client still
+# sending its body (curl, http.client, a controller uploading) then fails on its send and never
+# reads the answer.  At most MAX_LINGERING connections linger at once; past that, or past the
+# bounds, the socket is closed as it is.  (nginx: lingering_close, bounded by time.)
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
+MAX_LINGERING = 64
 
 
 class _Connection:
-    __slots__ = ("since", "state", "task", "writer")
+    __slots__ = ("heard", "since", "state", "task", "writer")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self) -> None:
         self.task: Optional[asyncio.Task[None]] = None
-        self.writer = writer
+        self.writer: Optional[asyncio.StreamWriter] = None
         self.state = NEW
         self.since = time.monotonic()  # when it entered its state
+        self.heard = 0.0  # when bytes last arrived from the client (0: never)
 
     @property
     def busy(self) -> bool:
         return self.state == BUSY
+
+    def evictable(self, now: float) -> bool:
+        """Owes nothing and has not spoken lately (see EVICTABLE and SILENCE_GRACE)."""
+        if self.state == NEW:
+            return not self.heard and now - self.since >= SILENCE_GRACE
+        if self.state == IDLE:
+            return self.heard < self.since  # nothing arrived since the last answer
+        if self.state == READING:
+            return now - max(self.heard, self.since) >= SILENCE_GRACE
+        return False
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, noting when bytes arrive (before the connection's task reads them)."""
+
+    def __init__(self, reader: asyncio.StreamReader, conn: _Connection, server: "HttpServer") -> None:
+        super().__init__(reader, lambda r, w: server._on_connection(r, w, conn))
+        self._conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        self._conn.heard = time.monotonic()
+        super().data_received(data)
 
 
 class _ThrottledLog:
@@ -111,6 +148,7 @@ class HttpServer:
         self._server: Optional[asyncio.AbstractServer] = None
         self._closing = False
         self._admission_waiters = 0
+        self._lingering = 0
         registry = app.context.registry
         self._requests = registry.counter(
             "patio_http_requests_total", "HTTP requests answered, by route template.", ("method", "route", "code")
@@ -146,7 +184,11 @@ class HttpServer:
         return int(sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._on_connection, host, port, limit=READ_CHUNK, backlog=1024)
+        def protocol() -> _Protocol:  # what asyncio.start_server builds, plus the arrival note
+            return _Protocol(asyncio.StreamReader(limit=READ_CHUNK), _Connection(), self)
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(protocol, host, port, backlog=1024)
 
     def close_listener(self) -> None:
         """Stop accepting connections; idle keep-alive connections are closed, busy ones finish."""
@@ -188,17 +230,21 @@ class HttpServer:
             waiting.pop(conn, None)
 
     def _evict_one(self) -> bool:
-        """Close the oldest connection that owes nothing (silent past NEW_GRACE, idle, then mid-request)."""
+        """Close the oldest connection that owes nothing (silent new, idle, then stalled mid-request)."""
         now = time.monotonic()
         for state in EVICTABLE:
             waiting = self._waiting[state]
-            if waiting:
-                victim = next(iter(waiting))
-                if state == NEW and now - victim.since < NEW_GRACE:
+            for scanned, victim in enumerate(waiting):
+                if scanned >= MAX_EVICTION_SCAN:
+                    break
+                if not victim.evictable(now):
+                    if state == NEW and now - victim.since < SILENCE_GRACE:
+                        break  # oldest first: the rest are younger still
                     continue
                 del waiting[victim]
                 self._connections.discard(victim)
-                _abort(victim.writer)
+                if victim.writer is not None:
+                    _abort(victim.writer)
                 if victim.task is not None:
                     victim.task.cancel()
                 self._evicted.inc()
@@ -207,7 +253,7 @@ class HttpServer:
         return False
 
     async def _admit(self) -> bool:
-        """Room for one more connection: now, by evicting one, or within NEW_GRACE."""
+        """Room for one more connection: now, by evicting one, or within SILENCE_GRACE."""
         limit = self.limits.max_connections
         if len(self._connections) < limit or self._evict_one():
             return True
@@ -215,18 +261,21 @@ class HttpServer:
             return False
         self._admission_waiters += 1
         try:
-            deadline = time.monotonic() + NEW_GRACE
+            deadline = time.monotonic() + SILENCE_GRACE
             while time.monotonic() < deadline and not self._closing:
-                await asyncio.sleep(NEW_GRACE / 5)
+                await asyncio.sleep(SILENCE_GRACE / 5)
                 if len(self._connections) < limit or self._evict_one():
                     return True
             return False
         finally:
             self._admission_waiters -= 1
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(writer)
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection
+    ) -> None:
+        conn.writer = writer
         conn.task = asyncio.current_task()
+        conn.since = time.monotonic()
         # Bounded output per connection (see WRITE_CHUNK); low water 0: drain() returns once the
         # transport has handed everything to the kernel.
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=0)
@@ -234,7 +283,7 @@ class HttpServer:
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
         if self._closing or not await self._admit():
             reason = "shutting_down" if self._closing else "max_connections"
-            await self._refuse(writer, reason, client)
+            await self._refuse(reader, writer, reason, client)
             return
         self._connections.add(conn)
         self._set_state(conn, NEW)
@@ -248,18 +297,34 @@ class HttpServer:
             self._forget(conn)
             _close(writer)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, reason: str, client: str) -> None:
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str, client: str
+    ) -> None:
         self._refused.inc(reason)
         detail = "shutting down" if reason == "shutting_down" else f"more than {self.limits.max_connections} busy"
         self._refusal_log.emit(f"{client or 'a client'}: {detail}")
-        error = ServiceUnavailable(f"server busy: {detail}")
         try:
-            writer.write(serialize(error_response(error), keep_alive=False, head_only=False, date=self._dates.get()))
-            await asyncio.wait_for(writer.drain(), timeout=1.0)
-        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
-            pass
+            await self._answer_and_close(reader, writer, ServiceUnavailable(f"server busy: {detail}"), 1.0)
         finally:
             _close(writer)
+
+    async def _answer_and_close(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: PatioError, timeout: float
+    ) -> None:
+        """Write an error answer, then half-close and drop what the client still sends (see LINGER_*)."""
+        writer.write(serialize(error_response(error), keep_alive=False, head_only=False, date=self._dates.get()))
+        try:
+            await asyncio.wait_for(writer.drain(), timeout=timeout)
+            if self._lingering >= MAX_LINGERING or not writer.can_write_eof():
+                return
+            writer.write_eof()
+            self._lingering += 1
+            try:
+                await asyncio.wait_for(_discard(reader, LINGER_BYTES), timeout=LINGER_SECONDS)
+            finally:
+                self._lingering -= 1
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            pass
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection, client: str
@@ -271,7 +336,7 @@ class HttpServer:
             try:
                 parsed = parser.next_request()
             except PatioError as exc:
-                await self._send_error_and_close(writer, exc)
+                await self._send_error_and_close(reader, writer, exc)
                 return
             if parsed is None:
                 if parser.in_progress:
@@ -297,7 +362,9 @@ class HttpServer:
                 except asyncio.TimeoutError:
                     if parser.in_progress:
                         await self._send_error_and_close(
-                            writer, RequestTimeout(f"request not received within {self.limits.request_timeout:g}s")
+                            reader,
+                            writer,
+                            RequestTimeout(f"request not received within {self.limits.request_timeout:g}s"),
                         )
                     elif conn.state == NEW:
                         self._refused.inc("first_byte_timeout")
@@ -343,13 +410,11 @@ class HttpServer:
             return False
         return True
 
-    async def _send_error_and_close(self, writer: asyncio.StreamWriter, error: PatioError) -> None:
+    async def _send_error_and_close(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: PatioError
+    ) -> None:
         self._requests.inc("other", UNMATCHED, str(error.status))
-        writer.write(serialize(error_response(error), keep_alive=False, head_only=False, date=self._dates.get()))
-        try:
-            await asyncio.wait_for(writer.drain(), timeout=2.0)
-        except (asyncio.TimeoutError, OSError):
-            pass
+        await self._answer_and_close(reader, writer, error, 2.0)
 
     async def _respond(self, parsed: ParsedRequest, client: str) -> Tuple[bytes, Sequence[bytes], bool]:
         started = time.perf_counter()
@@ -408,6 +473,16 @@ class HttpServer:
         # Compare in constant time whatever the input.
         if not compare_digest(given.encode("utf-8"), self.api_key.encode("utf-8")):
             raise Unauthorized("missing or invalid API key (send Authorization: Bearer KEY)", param="Authorization")
+
+
+async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
+    """Read and drop input until the client closes or ``limit`` bytes have come."""
+    left = limit
+    while left > 0:
+        data = await reader.read(min(left, READ_CHUNK))
+        if not data:
+            return
+        left -= len(data)
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

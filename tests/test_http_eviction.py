@@ -1,0 +1,150 @@
+"""Who is closed at --max-connections, and how an error answer is closed.
+
+Found by the soak (tests/test_soak.py) on a slow CI machine: a LoRA request on a fresh connection
+got ``RemoteDisconnected``.  Its bytes had arrived, but the event loop, busy rendering a 1 MB
+scrape, had not parsed them yet; the connection still counted as "new and silent", and an
+idle-flood newcomer evicted it.  A connection that has spoken is never evicted now.
+
+And an error answer written just before close (503 at the limit, 413, 408) could be destroyed
+by the reset the kernel sends when unread input is left behind: the socket is half-closed and
+lingers now, reading and dropping what the client still sends (bounded).
+"""
+
+import asyncio
+import http.client
+import socket
+import time
+from typing import List, NamedTuple, Optional
+
+import pytest
+from support import RunningPatio, make_settings
+
+from patio.http import server as http_server
+
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+GRACE = http_server.SILENCE_GRACE
+
+
+class Case(NamedTuple):
+    state: str
+    since_ago: float  # seconds since it entered its state
+    heard_ago: Optional[float]  # seconds since bytes last arrived; None: never
+    evictable: bool
+
+
+CASES = {
+    "new, silent past the grace": Case(http_server.NEW, GRACE + 1, None, True),
+    "new, silent within the grace": Case(http_server.NEW, GRACE / 5, None, False),
+    "new, bytes arrived but not parsed yet": Case(http_server.NEW, GRACE + 1, GRACE + 0.5, False),
+    "idle since its last answer": Case(http_server.IDLE, 1.0, 2.0, True),
+    "idle, next request arrived": Case(http_server.IDLE, 1.0, 0.5, False),
+    "reading, stalled past the grace": Case(http_server.READING, 5.0, GRACE + 1, True),
+    "reading, a byte just arrived": Case(http_server.READING, 5.0, 0.01, False),
+    "reading, entered it just now": Case(http_server.READING, GRACE / 5, GRACE / 5, False),
+    "busy": Case(http_server.BUSY, 10.0, 10.0, False),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_eviction_policy(case: Case) -> None:
+    now = time.monotonic()
+    conn = http_server._Connection()
+    conn.state = case.state
+    conn.since = now - case.since_ago
+    conn.heard = 0.0 if case.heard_ago is None else now - case.heard_ago
+    assert conn.evictable(now) is case.evictable
+
+
+def _patio(*args: str) -> RunningPatio:
+    env = {"INFERENCE_ENGINE_ENDPOINT": "http://127.0.0.1:9"}
+    return RunningPatio(make_settings(["--scrape-engine-metrics", "false", *args], env))
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else -1
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class _HeldFirstConnection:
+    """The first connection's task waits before it parses: a loop late to read what arrived."""
+
+    def __init__(self, patio: RunningPatio) -> None:
+        self.patio = patio
+        self.server = patio.running.server
+        self.release = asyncio.Event()
+        self.held: List[object] = []
+        original = self.server._serve_connection
+
+        async def late(reader, writer, conn, client):  # type: ignore[no-untyped-def]
+            if not self.held:
+                self.held.append(conn)
+                await self.release.wait()
+            await original(reader, writer, conn, client)
+
+        self.server._serve_connection = late
+
+    def wait_heard(self) -> None:
+        deadline = time.monotonic() + 10
+        while not (self.held and self.held[0].heard) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.02)
+        assert self.held and self.held[0].heard, "the request never reached the server"  # type: ignore[attr-defined]
+
+    def let_go(self) -> None:
+        self.patio.loop.call_soon_threadsafe(self.release.set)
+
+
+def test_a_request_that_arrived_is_answered_even_when_the_loop_is_late_to_parse_it() -> None:
+    """The soak's lost request, made deterministic."""
+    with _patio("--max-connections", "1") as patio:
+        late = _HeldFirstConnection(patio)
+        with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
+            spoken.sendall(PROBE)
+            late.wait_heard()
+            time.sleep(GRACE + 0.2)  # "new" past the grace, by the clock
+            with socket.create_connection(("127.0.0.1", patio.port)) as newcomer:
+                newcomer.sendall(PROBE)
+                assert _status(_read_answer(newcomer)) == 503  # nobody to evict: refused, with an answer
+            late.let_go()
+            assert _status(_read_answer(spoken)) == 200
+
+
+def _post_large(port: int, size: int) -> int:
+    """http.client as a controller uses it: send the whole body, then read the answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("POST", "/v1/load_lora_adapter", body=b"{" + b" " * size + b"}")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_refused_connection_gets_its_503_even_while_still_sending() -> None:
+    """Closing with unread input resets the connection: the client failed on its send, never read the 503."""
+    with _patio("--max-connections", "1") as patio:
+        late = _HeldFirstConnection(patio)
+        with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
+            spoken.sendall(PROBE)
+            late.wait_heard()
+            for _ in range(2):
+                assert _post_large(patio.port, 20_000_000) == 503
+            late.let_go()
+            assert _status(_read_answer(spoken)) == 200
+
+
+def test_413_reaches_a_client_that_keeps_sending() -> None:
+    """An oversized body is answered 413 at its head; the client is still sending its 20 MB."""
+    with _patio("--max-body-bytes", "1024") as patio:
+        assert _post_large(patio.port, 20_000_000) == 413
+        with socket.create_connection(("127.0.0.1", patio.port)) as sock:  # and the server is fine afterwards
+            sock.sendall(PROBE)
+            assert _status(_read_answer(sock)) == 200
