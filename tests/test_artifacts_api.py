@@ -81,6 +81,7 @@ def test_download_job_lifecycle(env: Dict[str, Any]) -> None:
     done = _wait_job(url, job["id"])
     assert done["status"] == "completed" and done["files"] == 2 and done["error"] is None
     assert done["local_dir"] == str(env["models"].resolve() / "adapter")
+    assert done["threads"] == env["patio"].settings.artifacts.num_threads  # --download-threads
     assert _files(env["models"] / "adapter") == FILES
     status, listing = http_json("GET", url + "/v1/model/list")
     assert status == 200

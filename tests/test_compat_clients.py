@@ -321,6 +321,7 @@ def row_kthena_sync_load_config_object(w: Dict[str, Any]) -> None:
     status, _, body = _kthena(w, "/v1/load_lora_adapter", payload)
     assert status == 200, body
     assert w["engine"].adapters == {"k2": str(out)}
+    assert (adapter_view(w, "k2") or {})["download"]["threads"] == 2
 
 
 def row_kthena_modelscope_source(w: Dict[str, Any]) -> None:
@@ -361,6 +362,7 @@ def row_kthena_async_load_is_followed(w: Dict[str, Any]) -> None:
     assert headers["location"] == "/v1/lora_adapters/k3"
     view = wait_for(lambda: (adapter_view(w, "k3") or {}).get("state") == "loaded" and adapter_view(w, "k3"))
     assert view["path"] == str(out) and w["engine"].adapters == {"k3": str(out)}
+    assert view["download"]["threads"] == 8  # Kthena's default max_workers, not --download-threads (16)
 
 
 def row_kthena_async_failure_stays_visible(w: Dict[str, Any]) -> None:
@@ -423,7 +425,7 @@ def row_kthena_download_model_sync(w: Dict[str, Any]) -> None:
     status, _, body = _kthena(w, "/v1/download_model", payload)
     assert status == 200, body
     assert (body["status"], body["output_dir"]) == ("completed", str(out))
-    assert tree(out) == ADAPTER
+    assert tree(out) == ADAPTER and body["job"]["threads"] == 4
 
 
 def row_kthena_download_model_async(w: Dict[str, Any]) -> None:
@@ -437,6 +439,7 @@ def row_kthena_download_model_async(w: Dict[str, Any]) -> None:
         )
     )
     assert job["status"] == "completed" and tree(out) == MS_ADAPTER
+    assert job["threads"] == 8  # Kthena's default max_workers
 
 
 @pytest.mark.parametrize("missing", ["source", "output_dir"])

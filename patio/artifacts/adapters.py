@@ -391,6 +391,7 @@ class AdapterArtifacts:
         job = state.get("job")
         if job is not None:
             result["progress"] = job.progress.to_json()
+            result["threads"] = job.threads
             if job.error:
                 result["error"] = job.error
         for key in ("started_at", "finished_at"):

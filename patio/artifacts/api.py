@@ -22,7 +22,7 @@ from patio.app import AppContext
 from patio.artifacts.auth.credentials import parse_config, parse_credentials
 from patio.artifacts.fetch.manifest import META_DIR, Layout, within, write_error
 from patio.artifacts.jobs import ACTIVE, Downloads
-from patio.artifacts.settings import MAX_THREADS, ArtifactSettings, parse_suffixes
+from patio.artifacts.settings import KTHENA_MAX_WORKERS, MAX_THREADS, ArtifactSettings, parse_suffixes
 from patio.artifacts.targets import confine
 from patio.artifacts.uri import SourceSpec, parse_uri
 from patio.errors import BadRequest, ConfigError, NotFound
@@ -64,8 +64,6 @@ KTHENA_BODY = Body(
         Field("async_download", "boolean", "answer 202 at once with the job to poll", nullable=True),
     )
 )
-# Kthena's default max_workers (python/kthena/downloader/app.py).
-KTHENA_WORKERS = 8
 # How deep /v1/model/list looks for manifests below the models root (org/name/revision).
 LIST_DEPTH = 4
 # Models listed at most; a models root is a handful of directories.
@@ -300,7 +298,7 @@ class DownloadApi:
         creds = parse_credentials(parse_config(body.get("config")), param="config")
         roots = (self.settings.models_root, self.settings.adapter_dir)
         target = await self.context.run_blocking(confine, body["output_dir"], roots, "output_dir", roots[0])
-        options = self.settings.fetch_options(num_threads=body.get("max_workers", KTHENA_WORKERS))
+        options = self.settings.fetch_options(num_threads=body.get("max_workers") or KTHENA_MAX_WORKERS)
         job, _created = self.downloads.submit(spec, target, creds, options)
         location = f"/v1/model/download/{job.id}"
         answer: Dict[str, Any] = {"source": spec.display, "output_dir": target, "status_url": location}

@@ -43,6 +43,7 @@ class DownloadJob:
     kind: str
     source: str  # display form: no credentials, no query
     local_dir: str
+    threads: int = 1  # parallel transfers (the request's max_workers, else --download-threads)
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     started_at: Optional[float] = None
@@ -61,6 +62,7 @@ class DownloadJob:
             "status": self.status,
             "model_uri": self.source,
             "local_dir": self.local_dir,
+            "threads": self.threads,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -139,6 +141,7 @@ class Downloads:
             kind=spec.kind,
             source=spec.display,
             local_dir=local_dir,
+            threads=options.num_threads,
         )
         self.jobs[job.id] = job
         self._forget_old()

@@ -58,6 +58,9 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 # Largest part accepted: one part is one HTTP request, retried whole after a failure.
 MAX_PART_SIZE = 1024**3
 MAX_THREADS = 256
+# Kthena's default max_workers, for its request shapes when they leave it out (the downloader's
+# and the runtime's, python/kthena/downloader/app.py and runtime/app.py; incumbents.md).
+KTHENA_MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from patio import jsontext
+from patio.artifacts.settings import KTHENA_MAX_WORKERS
 from patio.artifacts.uri import display_uri
 from patio.engines.base import EngineSpec
 from patio.errors import BadRequest, EngineError, NotFound, PatioError
@@ -180,7 +181,8 @@ class LoraApi:
                     config=body.get("config"),
                     output_dir=body.get("output_dir"),
                     local_dir=body.get("local_dir"),
-                    num_threads=body.get("max_workers"),
+                    # Kthena's shape without max_workers: Kthena's default, as its runtime does.
+                    num_threads=body.get("max_workers") or (KTHENA_MAX_WORKERS if field == "source" else None),
                 )
         elif "output_dir" in body:
             raise BadRequest(
