@@ -149,6 +149,32 @@ def test_one_bad_entry_never_blocks_the_others(tmp_path):
             assert 'adapter="missing"' not in metrics  # gone with the adapter: bounded cardinality
 
 
+RETRY_CASES = {
+    "tried again after the interval": ("0.2", True),
+    "0 never tries again by itself": ("0", False),
+}
+
+
+@pytest.mark.parametrize("interval, heals", RETRY_CASES.values(), ids=RETRY_CASES.keys())
+def test_a_failed_adapter_is_tried_again_after_the_interval(tmp_path, interval, heals):
+    """The adapter's files arrive after the ConfigMap was applied (a GitOps race): it heals alone."""
+    adapters = tmp_path / "adapters.yaml"
+    with FakeEngine("vllm") as engine:
+        engine.valid_paths = {"/models/ok"}
+        syncer_file(adapters, {"late": "/models/late", "ok": "/models/ok"})
+        with patio_for(engine, tmp_path, adapters, "--adapter-failed-retry-interval", interval) as patio:
+            assert wait_for(lambda: desired(patio).get("late", {}).get("state") == "failed")
+            assert ("next_attempt_at" in desired(patio)["late"]) is heals
+            engine.valid_paths.add("/models/late")  # uploaded now; the file is not touched
+            if heals:
+                assert wait_for(lambda: engine.adapters.get("late") == "/models/late")
+                assert wait_for(lambda: desired(patio)["late"]["state"] == "ok")
+            else:
+                time.sleep(1.0)  # five times the other case's interval, twenty file rounds
+                assert desired(patio)["late"]["state"] == "failed" and "late" not in engine.adapters
+            assert engine.adapters.get("ok") == "/models/ok"
+
+
 def test_engine_down_then_back(tmp_path):
     adapters = tmp_path / "adapters.yaml"
     with FakeEngine("vllm") as engine:

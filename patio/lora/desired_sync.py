@@ -13,7 +13,9 @@ up to ``--adapter-apply-attempts``, then ``failed`` with the reason.  At most
 ``MAX_PARALLEL_APPLIES`` applies run at once; a worker sleeping between
 retries holds no slot, so one bad adapter never holds up the others (the
 syncer's open issue).  Failed adapters are tried again when the file changes,
-when the engine comes back, or when Patio restarts.
+when the engine comes back, when Patio restarts, and ``--adapter-failed-retry-interval``
+seconds after they failed (default 300; an object uploaded after the ConfigMap was
+applied, or a store that was down, heals without anyone touching the file).
 
 With ``--resolver-dir`` (vLLM's ``VLLM_LORA_RESOLVER_CACHE_DIR``), remote
 adapters are downloaded into that directory (``patio.lora.resolver_dir``) and
@@ -100,7 +102,7 @@ class Status:
     state: str = "pending"  # pending, applying, retrying, ok, failed
     attempts: int = 0
     last_error: Optional[str] = None
-    next_attempt_at: Optional[float] = None
+    next_attempt_at: Optional[float] = None  # retrying: the next attempt; failed: the next fresh set
 
     def view(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "action": self.action, "state": self.state}
@@ -108,7 +110,7 @@ class Status:
             out["source"] = self.source
         out["attempts"] = self.attempts
         out["last_error"] = self.last_error
-        if self.next_attempt_at is not None and self.state == "retrying":
+        if self.next_attempt_at is not None and self.state in ("retrying", "failed"):
             out["next_attempt_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.next_attempt_at))
         return out
 
@@ -170,6 +172,7 @@ class DesiredSync:
         while True:
             try:
                 await self.poll()
+                self._retry_failed()
             except Exception:  # the loop must outlive any one round
                 log.exception("adapters file round failed")
             try:
@@ -189,6 +192,15 @@ class DesiredSync:
             return
         for name, status in list(self._statuses.items()):
             if status.state == "failed":
+                self._spawn(name, reset=True)
+
+    def _retry_failed(self) -> None:
+        """Failed adapters whose --adapter-failed-retry-interval has passed get a fresh set of attempts."""
+        now = time.time()
+        for name, status in list(self._statuses.items()):
+            due = status.next_attempt_at
+            if status.state == "failed" and due is not None and now >= due and name in self._targets:
+                log.info("adapter %s: trying again %.0fs after it failed", name, self.settings.failed_retry_interval)
                 self._spawn(name, reset=True)
 
     # -- the file -----------------------------------------------------------------------
@@ -330,8 +342,10 @@ class DesiredSync:
                 self._failures[name] = self._failures.get(name, 0.0) + 1
                 status.last_error = error
                 if not again or attempt >= self.settings.apply_attempts:
-                    status.state = "failed"
-                    log.error("adapter %s: giving up after %d attempt(s): %s", name, attempt, error)
+                    retry_in = self.settings.failed_retry_interval
+                    status.state, status.next_attempt_at = "failed", (time.time() + retry_in if retry_in else None)
+                    later = f"; trying again in {retry_in:g}s" if retry_in else ""
+                    log.error("adapter %s: giving up after %d attempt(s): %s%s", name, attempt, error, later)
                     return
                 delay = min(MAX_BACKOFF, self.settings.apply_backoff * (2 ** (attempt - 1)))
                 status.state, status.next_attempt_at = "retrying", time.time() + delay

@@ -26,6 +26,9 @@ class LoraSettings:
     max_adapters: int = 256
     apply_attempts: int = 5
     apply_backoff: float = 1.0  # first retry delay of one adapter; doubles per attempt, capped at 60 s
+    # A failed adapter of the file gets a fresh set of attempts this long after it failed (the
+    # object may be uploaded after the ConfigMap, the store may be back); 0: only on a change.
+    failed_retry_interval: float = 300.0
 
 
 def add_flags(parser: Any) -> None:
@@ -46,6 +49,11 @@ def add_flags(parser: Any) -> None:
     add("--max-adapters", help="adapters Patio keeps track of; more are refused (default 256)")
     add("--adapter-apply-attempts", help="attempts to apply one adapter of the file before it is failed (default 5)")
     add("--adapter-apply-backoff", help="seconds before the first retry of one adapter; doubles (default 1)")
+    add(
+        "--adapter-failed-retry-interval",
+        help="seconds after which a failed adapter of the file is tried again; 0: only when the file "
+        "changes or the engine comes back (default 300)",
+    )
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> LoraSettings:
@@ -80,6 +88,14 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
             lambda s, r: parse_int(s, r, minimum=1, maximum=100),
         ),
         apply_backoff=pick(args, env, "adapter_apply_backoff", ("PATIO_ADAPTER_APPLY_BACKOFF",), 1.0, seconds),
+        failed_retry_interval=pick(
+            args,
+            env,
+            "adapter_failed_retry_interval",
+            ("PATIO_ADAPTER_FAILED_RETRY_INTERVAL",),
+            300.0,
+            seconds,
+        ),
     )
 
 
