@@ -148,3 +148,32 @@ def test_413_reaches_a_client_that_keeps_sending() -> None:
         with socket.create_connection(("127.0.0.1", patio.port)) as sock:  # and the server is fine afterwards
             sock.sendall(PROBE)
             assert _status(_read_answer(sock)) == 200
+
+
+def test_shutdown_cuts_a_lingering_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection is outside the connection table; drain must still cut its linger
+    (else the loop closes under it: "Event loop is closed" from a pending task, seen on CI)."""
+    monkeypatch.setattr(http_server, "LINGER_SECONDS", 60.0)  # only a cancellation can end it soon
+    with _patio("--max-connections", "1") as patio:
+        late = _HeldFirstConnection(patio)
+        server = late.server
+        with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
+            spoken.sendall(PROBE)
+            late.wait_heard()
+            with socket.create_connection(("127.0.0.1", patio.port)) as refused:
+                refused.sendall(PROBE)  # and keeps the socket open: the server lingers on it
+                assert _status(_read_answer(refused)) == 503
+                assert server._refusing
+
+                async def drained() -> bool:
+                    await server.drain(0.1)
+                    for _ in range(50):
+                        if not server._refusing:
+                            return True
+                        await asyncio.sleep(0.1)
+                    return False
+
+                assert patio.call(drained)
+                refused.settimeout(10)
+                assert refused.recv(65536) == b""  # closed by the server, not left for 60 s
+            late.let_go()

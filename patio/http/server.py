@@ -149,6 +149,10 @@ class HttpServer:
         self._closing = False
         self._admission_waiters = 0
         self._lingering = 0
+        # Refused connections being answered (outside _connections; they may linger), cut at drain:
+        # the socket is aborted, not only the task cancelled (asyncio.wait_for before 3.12 can
+        # swallow a cancellation that arrives as its inner future completes).
+        self._refusing: Dict["asyncio.Task[None]", asyncio.StreamWriter] = {}
         registry = app.context.registry
         self._requests = registry.counter(
             "patio_http_requests_total", "HTTP requests answered, by route template.", ("method", "route", "code")
@@ -205,8 +209,13 @@ class HttpServer:
         while any(c.busy for c in self._connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self._connections):
+            if conn.writer is not None:
+                _abort(conn.writer)  # as below: a swallowed cancellation must not keep it open
             if conn.task is not None:
                 conn.task.cancel()
+        for task, writer in list(self._refusing.items()):
+            _abort(writer)
+            task.cancel()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
@@ -283,7 +292,13 @@ class HttpServer:
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
         if self._closing or not await self._admit():
             reason = "shutting_down" if self._closing else "max_connections"
-            await self._refuse(reader, writer, reason, client)
+            task = conn.task
+            assert task is not None
+            self._refusing[task] = writer
+            try:
+                await self._refuse(reader, writer, reason, client)
+            finally:
+                self._refusing.pop(task, None)
             return
         self._connections.add(conn)
         self._set_state(conn, NEW)
