@@ -14,7 +14,7 @@ import asyncio
 import http.client
 import socket
 import time
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 import pytest
 from support import RunningPatio, make_settings
@@ -28,20 +28,20 @@ GRACE = http_server.SILENCE_GRACE
 class Case(NamedTuple):
     state: str
     since_ago: float  # seconds since it entered its state
-    heard_ago: Optional[float]  # seconds since bytes last arrived; None: never
+    arrived: int  # bytes received from the client
+    parsed: int  # bytes of those its task has taken in
     evictable: bool
 
 
 CASES = {
-    "new, silent past the grace": Case(http_server.NEW, GRACE + 1, None, True),
-    "new, silent within the grace": Case(http_server.NEW, GRACE / 5, None, False),
-    "new, bytes arrived but not parsed yet": Case(http_server.NEW, GRACE + 1, GRACE + 0.5, False),
-    "idle since its last answer": Case(http_server.IDLE, 1.0, 2.0, True),
-    "idle, next request arrived": Case(http_server.IDLE, 1.0, 0.5, False),
-    "reading, stalled past the grace": Case(http_server.READING, 5.0, GRACE + 1, True),
-    "reading, a byte just arrived": Case(http_server.READING, 5.0, 0.01, False),
-    "reading, entered it just now": Case(http_server.READING, GRACE / 5, GRACE / 5, False),
-    "busy": Case(http_server.BUSY, 10.0, 10.0, False),
+    "new, silent past the grace": Case(http_server.NEW, GRACE + 1, 0, 0, True),
+    "new, silent within the grace": Case(http_server.NEW, GRACE / 5, 0, 0, False),
+    "new, request arrived but not parsed yet": Case(http_server.NEW, GRACE + 1, 36, 0, False),
+    "idle since its last answer": Case(http_server.IDLE, 1.0, 36, 36, True),
+    "idle, next request arrived": Case(http_server.IDLE, 1.0, 72, 36, False),
+    "reading, everything sent so far parsed": Case(http_server.READING, 0.01, 10, 10, True),
+    "reading, more arrived, not parsed yet": Case(http_server.READING, 5.0, 11, 10, False),
+    "busy": Case(http_server.BUSY, 10.0, 36, 36, False),
 }
 
 
@@ -51,7 +51,7 @@ def test_eviction_policy(case: Case) -> None:
     conn = http_server._Connection()
     conn.state = case.state
     conn.since = now - case.since_ago
-    conn.heard = 0.0 if case.heard_ago is None else now - case.heard_ago
+    conn.arrived, conn.parsed = case.arrived, case.parsed
     assert conn.evictable(now) is case.evictable
 
 
@@ -95,9 +95,9 @@ class _HeldFirstConnection:
 
     def wait_heard(self) -> None:
         deadline = time.monotonic() + 10
-        while not (self.held and self.held[0].heard) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while not (self.held and self.held[0].arrived) and time.monotonic() < deadline:  # type: ignore[attr-defined]
             time.sleep(0.02)
-        assert self.held and self.held[0].heard, "the request never reached the server"  # type: ignore[attr-defined]
+        assert self.held and self.held[0].arrived, "the request never reached the server"  # type: ignore[attr-defined]
 
     def let_go(self) -> None:
         self.patio.loop.call_soon_threadsafe(self.release.set)

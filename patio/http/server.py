@@ -53,18 +53,17 @@ REFUSE_REASONS = ("max_connections", "shutting_down", "first_byte_timeout")
 # Connection states.  At the connection limit, a connection in one of EVICTABLE is closed to make
 # room for the new one, in this order and oldest first: it has no answer owed to it.  A
 # connection whose request is being handled or whose answer is being written ("busy") is never
-# evicted, and neither is one whose bytes have arrived but not yet been parsed (the loop may be
+# evicted, and neither is one holding bytes that arrived but are not parsed yet (the loop may be
 # late to read them: the client has spoken, and cutting it would lose its request unanswered).
 NEW, IDLE, READING, BUSY = "new", "idle", "reading", "busy"
 EVICTABLE = (NEW, IDLE, READING)
-# A connection that has said nothing yet is evictable only after this long, and one mid-request
-# only after this long without a byte: a client that just connected is about to send its request
-# (a burst of new connections must not evict it).  A newcomer that finds no connection to evict
-# waits up to this long for one to become evictable before it is refused; at most
-# MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
+# A connection that has said nothing yet is evictable only after this long: a client that just
+# connected is about to send its request (a burst of new connections must not evict it).  A
+# newcomer that finds no connection to evict waits up to this long for one to become evictable
+# before it is refused; at most MAX_ADMISSION_WAITERS wait at once (the rest are refused at once).
 SILENCE_GRACE = 0.25
 MAX_ADMISSION_WAITERS = 64
-# Candidates looked at per state for one eviction: connections that spoke moments ago are skipped,
+# Candidates looked at per state for one eviction: connections with unparsed bytes are skipped,
 # and a crowd of them must not make every newcomer scan every connection.
 MAX_EVICTION_SCAN = 64
 # A connection closed with an error answer (503 at the limit, 408, 413, 431) is half-closed and
@@ -79,39 +78,36 @@ MAX_LINGERING = 64
 
 
 class _Connection:
-    __slots__ = ("heard", "since", "state", "task", "writer")
+    __slots__ = ("arrived", "parsed", "since", "state", "task", "writer")
 
     def __init__(self) -> None:
         self.task: Optional[asyncio.Task[None]] = None
         self.writer: Optional[asyncio.StreamWriter] = None
         self.state = NEW
         self.since = time.monotonic()  # when it entered its state
-        self.heard = 0.0  # when bytes last arrived from the client (0: never)
+        self.arrived = 0  # bytes received from the client (counted as the transport hands them over)
+        self.parsed = 0  # bytes of those the connection's task has taken in
 
     @property
     def busy(self) -> bool:
         return self.state == BUSY
 
     def evictable(self, now: float) -> bool:
-        """Owes nothing and has not spoken lately (see EVICTABLE and SILENCE_GRACE)."""
-        if self.state == NEW:
-            return not self.heard and now - self.since >= SILENCE_GRACE
-        if self.state == IDLE:
-            return self.heard < self.since  # nothing arrived since the last answer
-        if self.state == READING:
-            return now - max(self.heard, self.since) >= SILENCE_GRACE
-        return False
+        """Owes nothing: not busy, nothing unparsed, and if new, silent past SILENCE_GRACE."""
+        if self.state not in EVICTABLE or self.arrived > self.parsed:
+            return False
+        return self.state != NEW or now - self.since >= SILENCE_GRACE
 
 
 class _Protocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, noting when bytes arrive (before the connection's task reads them)."""
+    """asyncio's stream protocol, counting bytes as they arrive (before the connection's task reads them)."""
 
     def __init__(self, reader: asyncio.StreamReader, conn: _Connection, server: "HttpServer") -> None:
         super().__init__(reader, lambda r, w: server._on_connection(r, w, conn))
         self._conn = conn
 
     def data_received(self, data: bytes) -> None:
-        self._conn.heard = time.monotonic()
+        self._conn.arrived += len(data)
         super().data_received(data)
 
 
@@ -239,7 +235,7 @@ class HttpServer:
             waiting.pop(conn, None)
 
     def _evict_one(self) -> bool:
-        """Close the oldest connection that owes nothing (silent new, idle, then stalled mid-request)."""
+        """Close the oldest connection that owes nothing (silent new, idle, then mid-request)."""
         now = time.monotonic()
         for state in EVICTABLE:
             waiting = self._waiting[state]
@@ -249,7 +245,7 @@ class HttpServer:
                 if not victim.evictable(now):
                     if state == NEW and now - victim.since < SILENCE_GRACE:
                         break  # oldest first: the rest are younger still
-                    continue
+                    continue  # its request is waiting to be parsed
                 del waiting[victim]
                 self._connections.discard(victim)
                 if victim.writer is not None:
@@ -389,6 +385,7 @@ class HttpServer:
                     return
                 if not data:
                     return  # client closed (mid-request or idle): nothing to answer
+                conn.parsed += len(data)
                 if conn.state == NEW:
                     self._set_state(conn, IDLE)
                 parser.feed(data)
