@@ -3,6 +3,7 @@ the Dockerfile passes hadolint; bad settings exit 2."""
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,17 @@ def test_pyz_holds_only_the_runtime():
     assert not any("test" in n or "__pycache__" in n for n in names)
     # Bytecode rides next to its source (for the building interpreter); every module has its source.
     assert all(n[:-1] in names for n in names if n.endswith(".pyc"))
+
+
+# The size the README states for patio.pyz, kept honest: within 10% of the real build.
+README_SIZE = re.compile(r"`patio\.pyz`, ≈(\d+) KiB")
+
+
+def test_pyz_size_is_what_the_readme_says():
+    stated = README_SIZE.search((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert stated, "README no longer states the pyz size"
+    actual = build_pyz().stat().st_size / 1024
+    assert abs(actual - int(stated.group(1))) <= 0.1 * actual, f"README says {stated.group(1)} KiB, pyz is {actual:.0f}"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
