@@ -82,7 +82,7 @@ class _HeldFirstConnection:
         self.patio = patio
         self.server = patio.running.server
         self.release = asyncio.Event()
-        self.held: List[object] = []
+        self.held: List[http_server._Connection] = []
         original = self.server._serve_connection
 
         async def late(reader, writer, conn, client):  # type: ignore[no-untyped-def]
@@ -93,11 +93,11 @@ class _HeldFirstConnection:
 
         self.server._serve_connection = late
 
-    def wait_heard(self) -> None:
+    def wait_arrived(self) -> None:
         deadline = time.monotonic() + 10
-        while not (self.held and self.held[0].arrived) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while not (self.held and self.held[0].arrived) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert self.held and self.held[0].arrived, "the request never reached the server"  # type: ignore[attr-defined]
+        assert self.held and self.held[0].arrived, "the request never reached the server"
 
     def let_go(self) -> None:
         self.patio.loop.call_soon_threadsafe(self.release.set)
@@ -109,7 +109,7 @@ def test_a_request_that_arrived_is_answered_even_when_the_loop_is_late_to_parse_
         late = _HeldFirstConnection(patio)
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
-            late.wait_heard()
+            late.wait_arrived()
             time.sleep(GRACE + 0.2)  # "new" past the grace, by the clock
             with socket.create_connection(("127.0.0.1", patio.port)) as newcomer:
                 newcomer.sendall(PROBE)
@@ -134,7 +134,7 @@ def test_refused_connection_gets_its_503_even_while_still_sending() -> None:
         late = _HeldFirstConnection(patio)
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
-            late.wait_heard()
+            late.wait_arrived()
             for _ in range(2):
                 assert _post_large(patio.port, 20_000_000) == 503
             late.let_go()
@@ -159,7 +159,7 @@ def test_shutdown_cuts_a_lingering_refusal(monkeypatch: pytest.MonkeyPatch) -> N
         server = late.server
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
-            late.wait_heard()
+            late.wait_arrived()
             with socket.create_connection(("127.0.0.1", patio.port)) as refused:
                 refused.sendall(PROBE)  # and keeps the socket open: the server lingers on it
                 assert _status(_read_answer(refused)) == 503

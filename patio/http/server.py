@@ -79,10 +79,10 @@ MAX_LINGERING = 64
 
 class _Connection:
     __slots__ = ("arrived", "parsed", "since", "state", "task", "writer")
+    writer: asyncio.StreamWriter  # set when asyncio hands the connection over, before it is tracked
 
     def __init__(self) -> None:
         self.task: Optional[asyncio.Task[None]] = None
-        self.writer: Optional[asyncio.StreamWriter] = None
         self.state = NEW
         self.since = time.monotonic()  # when it entered its state
         self.arrived = 0  # bytes received from the client (counted as the transport hands them over)
@@ -205,8 +205,7 @@ class HttpServer:
         while any(c.busy for c in self._connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self._connections):
-            if conn.writer is not None:
-                _abort(conn.writer)  # as below: a swallowed cancellation must not keep it open
+            _abort(conn.writer)  # as below: a swallowed cancellation must not keep it open
             if conn.task is not None:
                 conn.task.cancel()
         for task, writer in list(self._refusing.items()):
@@ -248,8 +247,7 @@ class HttpServer:
                     continue  # its request is waiting to be parsed
                 del waiting[victim]
                 self._connections.discard(victim)
-                if victim.writer is not None:
-                    _abort(victim.writer)
+                _abort(victim.writer)
                 if victim.task is not None:
                     victim.task.cancel()
                 self._evicted.inc()
@@ -280,7 +278,6 @@ class HttpServer:
     ) -> None:
         conn.writer = writer
         conn.task = asyncio.current_task()
-        conn.since = time.monotonic()
         # Bounded output per connection (see WRITE_CHUNK); low water 0: drain() returns once the
         # transport has handed everything to the kernel.
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=0)
@@ -288,13 +285,7 @@ class HttpServer:
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
         if self._closing or not await self._admit():
             reason = "shutting_down" if self._closing else "max_connections"
-            task = conn.task
-            assert task is not None
-            self._refusing[task] = writer
-            try:
-                await self._refuse(reader, writer, reason, client)
-            finally:
-                self._refusing.pop(task, None)
+            await self._refuse(reader, writer, reason, client)
             return
         self._connections.add(conn)
         self._set_state(conn, NEW)
@@ -314,9 +305,13 @@ class HttpServer:
         self._refused.inc(reason)
         detail = "shutting down" if reason == "shutting_down" else f"more than {self.limits.max_connections} busy"
         self._refusal_log.emit(f"{client or 'a client'}: {detail}")
+        task = asyncio.current_task()
+        assert task is not None
+        self._refusing[task] = writer
         try:
             await self._answer_and_close(reader, writer, ServiceUnavailable(f"server busy: {detail}"), 1.0)
         finally:
+            self._refusing.pop(task, None)
             _close(writer)
 
     async def _answer_and_close(

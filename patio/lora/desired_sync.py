@@ -199,7 +199,7 @@ class DesiredSync:
         now = time.time()
         for name, status in list(self._statuses.items()):
             due = status.next_attempt_at
-            if status.state == "failed" and due is not None and now >= due and name in self._targets:
+            if status.state == "failed" and due is not None and now >= due:
                 log.info("adapter %s: trying again %.0fs after it failed", name, self.settings.failed_retry_interval)
                 self._spawn(name, reset=True)
 
