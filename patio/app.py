@@ -1,194 +1,27 @@
-"""Assembly: settings -> context -> components -> route table, wired by hand.
+"""Assembly: settings -> context -> components, wired by hand, in start order.
 
-A *component* is one capability (probes, metrics, LoRA, topology, downloads).
-It contributes routes, readiness checks, metrics (on the shared registry) and
-takes part in the lifecycle:
-
-    start()         after the listener is bound, before serving
-    before_close()  shutdown phase 1, while the listener still serves
-                    (topology unregisters here, before the pod stops answering)
-    stop()          shutdown phase 3, after in-flight requests drained
-
-``build_app`` constructs every component explicitly and hands each one the
-objects it depends on as constructor arguments (the engine health watch, the
-LoRA manager, the adapter downloader): there is no service registry to look
-things up in by name, and the start order is the order written there.
+``build_app`` constructs every enabled component explicitly and hands each one the
+objects it depends on as constructor arguments (the engine health watch, the LoRA
+manager, the adapter downloader): there is no service registry to look things up in by
+name, and the start order is the order written there.  This module only assembles: the
+contracts the components are built against live in ``patio.component``.
 """
 
 import asyncio
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Awaitable, Callable, List, Optional, Sequence
 
+from patio.api.core import CoreComponent
+from patio.artifacts.component import ArtifactsComponent
+from patio.component import App, AppContext, Component, Pools
 from patio.config import Settings
-from patio.errors import PatioError
-from patio.http.types import Route
+from patio.engines.health import EngineHealth
+from patio.kvevents.component import KvEventsComponent
+from patio.lora.component import LoraComponent
+from patio.lora.desired_component import DesiredComponent
+from patio.metrics.component import EngineMetrics
 from patio.metrics.registry import Registry
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PoolLimits:
-    """Threads and queue depth of one purpose's pool (blocking calls never run on the loop)."""
-
-    threads: int
-    max_queued: int  # calls waiting for a thread; past it new work is refused (503), not queued forever
-
-
-# Latency-critical work: engine health, the metrics scrape (single flight), state saves, gzip.
-# Nothing long ever runs here, so probes and scrapes never wait behind a LoRA load or a download.
-CRITICAL_POOL = PoolLimits(threads=8, max_queued=256)
-# Engine calls that change state and may take long: LoRA load/unload (minutes on a cold disk).
-ENGINE_POOL = PoolLimits(threads=16, max_queued=512)
-# Engine reads: the /v1/models proxy and reconcile's adapter list; never behind a long load.
-ENGINE_QUERY_POOL = PoolLimits(threads=8, max_queued=128)
-# Artifact transfers (each job holds a thread for its whole download; files fan out below it).
-DOWNLOAD_POOL = PoolLimits(threads=8, max_queued=256)
-
-
-class Overloaded(PatioError):
-    status = 503
-    error_type = "overloaded"
-
-
-class BoundedPool:
-    """A thread pool whose waiting line has a named bound."""
-
-    def __init__(self, name: str, limits: PoolLimits) -> None:
-        self.name = name
-        self.limits = limits
-        self._executor = ThreadPoolExecutor(max_workers=limits.threads, thread_name_prefix=f"patio-{name}")
-        self._outstanding = 0  # running + queued; touched only on the event loop
-
-    @property
-    def outstanding(self) -> int:
-        return self._outstanding
-
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
-        if self._outstanding >= self.limits.threads + self.limits.max_queued:
-            raise Overloaded(
-                f"too much {self.name} work in flight ({self._outstanding} calls); try again later",
-                param=None,
-            )
-        loop = asyncio.get_running_loop()
-        self._outstanding += 1
-        try:
-            return await loop.run_in_executor(self._executor, lambda: func(*args))
-        finally:
-            self._outstanding -= 1
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False)
-
-
-@dataclass
-class Pools:
-    critical: BoundedPool
-    engine: BoundedPool
-    engine_queries: BoundedPool
-    downloads: BoundedPool
-
-    @classmethod
-    def create(cls) -> "Pools":
-        return cls(
-            critical=BoundedPool("critical", CRITICAL_POOL),
-            engine=BoundedPool("engine", ENGINE_POOL),
-            engine_queries=BoundedPool("engine-query", ENGINE_QUERY_POOL),
-            downloads=BoundedPool("download", DOWNLOAD_POOL),
-        )
-
-    def shutdown(self) -> None:
-        for pool in (self.critical, self.engine, self.engine_queries, self.downloads):
-            pool.shutdown()
-
-
-@dataclass(frozen=True)
-class ReadyCheck:
-    """One line of the readiness answer."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-class Component:
-    """Base class: override what the capability needs."""
-
-    name = "component"
-
-    def routes(self) -> Sequence[Route]:
-        return ()
-
-    async def start(self) -> None:
-        return None
-
-    async def before_close(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def ready(self) -> Optional[ReadyCheck]:
-        """``None`` when this component has no say in readiness."""
-        return None
-
-
-C = TypeVar("C", bound=Component)
-
-
-@dataclass
-class AppContext:
-    """What every component receives: settings, the shared registry, the thread pools.
-
-    Anything more specific (the engine health watch, the LoRA manager, ...) is a
-    constructor argument of the component that needs it.
-    """
-
-    settings: Settings
-    registry: Registry
-    pools: Pools
-    started_at: float = field(default_factory=time.time)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("patio"))
-
-    async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
-        """Short, latency-critical blocking work (health, scrape, state saves, gzip)."""
-        return await self.pools.critical.run(func, *args)
-
-    async def run_engine(self, func: Callable[..., T], *args: Any) -> T:
-        """Engine calls that change state and may take long (LoRA load/unload)."""
-        return await self.pools.engine.run(func, *args)
-
-    async def run_engine_query(self, func: Callable[..., T], *args: Any) -> T:
-        """Engine reads (/v1/models, reconcile's adapter list): never queued behind a load."""
-        return await self.pools.engine_queries.run(func, *args)
-
-    async def run_download(self, func: Callable[..., T], *args: Any) -> T:
-        """Artifact transfers."""
-        return await self.pools.downloads.run(func, *args)
-
-
-@dataclass
-class App:
-    context: AppContext
-    components: List[Component] = field(default_factory=list)
-    closing: bool = False  # set at SIGTERM: readiness answers 503 from then on
-
-    def routes(self) -> List[Route]:
-        return [route for component in self.components for route in component.routes()]
-
-    async def ready_checks(self) -> List[ReadyCheck]:
-        results = await asyncio.gather(*(c.ready() for c in self.components))
-        return [r for r in results if r is not None]
-
-    def find(self, kind: Type[C]) -> C:
-        """The one component of ``kind`` (tests and tools look components up by type)."""
-        for component in self.components:
-            if isinstance(component, kind):
-                return component
-        raise LookupError(f"no {kind.__name__} component is enabled")
+from patio.topology.component import TopologyComponent
 
 
 def build_app(
@@ -201,22 +34,12 @@ def build_app(
     Shutdown runs the components in reverse order.  ``extra_components`` lets a
     test add a component of its own after the built-in ones.
     """
-    # Imported here: each module imports ``patio.app`` for the base classes.
-    from patio.api.core import CoreComponent
-    from patio.artifacts.component import ArtifactsComponent
-    from patio.engines.health import EngineHealth
-    from patio.kvevents.component import KvEventsComponent
-    from patio.lora.component import LoraComponent
-    from patio.lora.desired_component import DesiredComponent
-    from patio.metrics.component import EngineMetrics
-    from patio.topology.component import TopologyComponent
-
-    context = AppContext(settings=settings, registry=registry or Registry(), pools=Pools.create())
+    context = AppContext(core=settings.core, registry=registry or Registry(), pools=Pools.create())
     app = App(context=context)
     health = EngineHealth(settings.core, context.run_blocking)
     engine_metrics = EngineMetrics(context, settings.metrics) if settings.core.scrape_engine_metrics else None
     artifacts = ArtifactsComponent(context, settings.artifacts)
-    lora = LoraComponent(context, health, artifacts.adapters)
+    lora = LoraComponent(context, settings.lora, health, artifacts.adapters)
     desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
     if desired.sync is not None:
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result

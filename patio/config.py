@@ -3,212 +3,46 @@
 Flags win over environment; environment wins over defaults.  A bad value raises
 ``ConfigError`` naming the setting; ``patio.cli`` turns it into exit status 2.
 
-Each capability owns a *section*: a module ``patio/<section>/settings.py`` with
-
-    add_flags(parser: argparse.ArgumentParser) -> None
-    from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> <frozen dataclass>
-
-listed in ``section_modules()``.  Nothing here runs at import time.
+The core section (``patio.core_settings``) and each capability's own section (a module
+``patio/<capability>/settings.py`` with ``add_flags(parser)`` and
+``from_sources(args, env, core)``) are composed here, in ``SECTIONS``; the sections read
+their values with ``patio.options`` and never import this module.  Nothing here runs at
+import time.
 """
 
 import argparse
 import functools
-import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from patio import __version__
-from patio.errors import ConfigError
-from patio.logs import redact_url
+from patio import __version__, core_settings
+from patio.artifacts import settings as artifacts_settings
+from patio.core_settings import CoreSettings
+from patio.kvevents import settings as kvevents_settings
+from patio.lora import settings as lora_settings
+from patio.metrics import settings as metrics_settings
+from patio.options import terminal_columns
+from patio.topology import settings as topology_settings
 
-if TYPE_CHECKING:  # pragma: no cover - imports for the type checker only
-    from patio.artifacts.settings import ArtifactSettings
-    from patio.kvevents.settings import KvEventsSettings
-    from patio.lora.settings import LoraSettings
-    from patio.metrics.settings import MetricsSettings
-    from patio.topology.settings import TopologySettings
-
-ENGINES = ("sglang", "vllm")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-LOG_FORMATS = ("text", "json")
-
-
-_TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
-_FALSE = frozenset(("0", "false", "no", "off", "n", "f", ""))
-
-T = TypeVar("T")
-
-# Flags whose argparse destination differs from their name (error messages name the flag).
-_FLAG_NAMES = {"metrics_path": "--engine-metrics-path", "engine_endpoint": "--engine-base-url"}
-
-
-def parse_bool(setting: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(setting, f"expected true or false, got {raw!r}")
-
-
-def parse_int(setting: str, raw: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-    try:
-        value = int(raw.strip())
-    except (TypeError, ValueError):
-        raise ConfigError(setting, f"expected an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(setting, f"must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(setting, f"must be <= {maximum}, got {value}")
-    return value
-
-
-def parse_float(setting: str, raw: str, *, minimum: Optional[float] = None) -> float:
-    try:
-        value = float(raw.strip())
-    except (TypeError, ValueError):
-        raise ConfigError(setting, f"expected a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(setting, f"expected a finite number, got {raw!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(setting, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def parse_choice(setting: str, raw: str, choices: Sequence[str], *, upper: bool = False) -> str:
-    value = raw.strip().upper() if upper else raw.strip().lower()
-    if value not in choices:
-        raise ConfigError(setting, f"must be one of {', '.join(choices)}, got {raw!r}")
-    return value
-
-
-def pick(
-    args: argparse.Namespace,
-    env: Mapping[str, str],
-    flag: str,
-    env_names: Sequence[str],
-    default: T,
-    convert: Callable[[str, str], T],
-) -> T:
-    """The value of one setting: the flag if given, else the first env var set, else ``default``.
-
-    ``convert(setting_name, raw)`` validates; the name it gets says where the value came from.
-    """
-    raw = getattr(args, flag, None)
-    if raw is not None:
-        if not isinstance(raw, str):
-            return raw
-        return convert(_FLAG_NAMES.get(flag, "--" + flag.replace("_", "-")), raw)
-    for name in env_names:
-        value = env.get(name)
-        if value is not None and value != "":
-            return convert(name, value)
-    return default
-
-
-def as_str(setting: str, raw: str) -> str:
-    return raw
-
-
-# The shared validators: every section converts with these, so one kind of value is
-# checked and worded the same way everywhere.
-def seconds(setting: str, raw: str) -> float:
-    """A duration, 0 allowed (0 usually means "off")."""
-    return parse_float(setting, raw, minimum=0.0)
-
-
-def positive_seconds(setting: str, raw: str) -> float:
-    value = parse_float(setting, raw, minimum=0.0)
-    if value <= 0:
-        raise ConfigError(setting, f"must be > 0, got {raw!r}")
-    return value
-
-
-def positive_int(setting: str, raw: str) -> int:
-    return parse_int(setting, raw, minimum=1)
-
-
-def port_number(setting: str, raw: str) -> int:
-    return parse_int(setting, raw, minimum=0, maximum=65535)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Named limits of the HTTP server; each guards one buffer or wait."""
-
-    max_header_bytes: int = 16 * 1024  # request line + headers; past it -> 431
-    max_body_bytes: int = 1024 * 1024  # request body; past it -> 413
-    idle_timeout: float = 75.0  # keep-alive wait for the next request (longer than LB idle timeouts)
-    request_timeout: float = 30.0  # first byte to complete request; slower clients get 408
-    max_connections: int = 1024  # open client connections; at the limit an idle one is evicted, else 503
-    # A new connection must send its first byte this soon: kubelet probes and Prometheus send at
-    # once, so a connection that says nothing is a flood, not a client (issue 13, row 1).
-    first_byte_timeout: float = 10.0
-    # Whole-response write deadline: a client that does not read is cut off after it (issue 13, row 3).
-    write_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class CoreSettings:
-    host: str = "0.0.0.0"
-    port: int = 9091
-    log_level: str = "INFO"
-    log_format: str = "text"
-    scrape_engine_metrics: bool = True
-    enable_docs: bool = False
-    instance_info: Optional[Mapping[str, Any]] = None
-    engine: str = "sglang"
-    engine_version: str = ""
-    engine_endpoint: str = "http://localhost:8000"
-    engine_api_key: Optional[str] = None
-    metrics_path: str = "/metrics"
-    pod: str = ""
-    model: str = ""
-    api_key: Optional[str] = None
-    limits: Limits = Limits()
-    shutdown_timeout: float = 10.0  # whole shutdown budget, well inside k8s' 30 s grace period
-    drain_timeout: float = 3.0  # of that, how long in-flight requests may run after the listener closes
-    ready_cache_ttl: float = 2.0  # engine health answer reused this long (SGLang /health generates a token)
-    engine_health_timeout: float = 2.0
-    engine_health_interval: float = 2.0  # Patio's own engine health watch (healing without probe traffic)
-    ready_timeout: float = 1.0  # /ready answers within this, whatever a check is waiting on (kubelet's default)
-    # Raw topology environment (names from the incumbents); the topology section interprets them.
-    topo_type: str = ""
-    heartbeat_interval: float = 30.0
-    group_name: str = ""
-    role_name: str = ""
-    role_index: str = ""
-    pod_ip: str = ""
-    router_role_name: str = ""
-    router_port: str = ""
-
-    def __repr__(self) -> str:  # never print credentials
-        return (
-            f"CoreSettings(host={self.host!r}, port={self.port}, engine={self.engine!r}, "
-            f"endpoint={redact_url(self.engine_endpoint)!r})"
-        )
+# Each capability's settings module, in the order their flags appear in --help.
+SECTIONS: Tuple[Tuple[str, Any], ...] = (
+    ("metrics", metrics_settings),
+    ("lora", lora_settings),
+    ("topology", topology_settings),
+    ("artifacts", artifacts_settings),
+    ("kvevents", kvevents_settings),
+)
 
 
 @dataclass(frozen=True)
 class Settings:
     core: CoreSettings
-    metrics: "MetricsSettings"
-    lora: "LoraSettings"
-    topology: "TopologySettings"
-    artifacts: "ArtifactSettings"
-    kvevents: "KvEventsSettings"
-
-
-def terminal_columns(environ: Mapping[str, str]) -> int:
-    """The width for ``--help``: ``COLUMNS``, else the terminal's, else 80."""
-    value = environ.get("COLUMNS", "")
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    try:
-        return os.get_terminal_size(2).columns
-    except OSError:  # not a terminal
-        return 80
+    metrics: metrics_settings.MetricsSettings
+    lora: lora_settings.LoraSettings
+    topology: topology_settings.TopologySettings
+    artifacts: artifacts_settings.ArtifactSettings
+    kvevents: kvevents_settings.KvEventsSettings
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -221,211 +55,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Patio: a sidecar for LLM inference engines (LoRA, metrics, topology, probes, downloads).",
         allow_abbrev=False,
     )
-    add = parser.add_argument
-    add("--version", action="version", version=f"patio {__version__}")
-    add("-H", "--host", help="listen address (default 0.0.0.0)")
-    add("-P", "--port", help="listen port (default 9091)")
-    add("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO; case-insensitive)")
-    add("--log-format", help="text or json (default text)")
-    add(
-        "--scrape-engine-metrics",
-        nargs="?",
-        const="true",
-        metavar="true|false",
-        help="add the engine's metrics to /metrics (default true)",
-    )
-    add(
-        "--enable-docs",
-        "--enable-fastapi-docs",
-        dest="enable_docs",
-        nargs="?",
-        const="true",
-        metavar="true|false",
-        help="serve /openapi.json and /docs",
-    )
-    add("--instance-info", help="JSON describing this worker, for topology")
-    add("-E", "--engine", help="sglang or vllm (env INFERENCE_ENGINE; default sglang)")
-    add("--engine-version", help="engine version label (env INFERENCE_ENGINE_VERSION)")
-    add(
-        "-B",
-        "--engine-base-url",
-        dest="engine_endpoint",
-        help="engine base URL (env INFERENCE_ENGINE_ENDPOINT; default http://localhost:8000)",
-    )
-    add(
-        "-M",
-        "--engine-metrics-path",
-        dest="metrics_path",
-        help="engine metrics path (env METRIC_SCRAPE_PATH; default /metrics)",
-    )
-    add("-I", "--pod", help="pod name, shown on patio_build_info")
-    add("-N", "--model", help="model name, shown on patio_build_info")
-    add("--api-key", help="require Authorization: Bearer KEY on management routes (env PATIO_API_KEY)")
-    add("--max-header-bytes", help="request line + headers limit (default 16384)")
-    add("--max-body-bytes", help="request body limit (default 1048576)")
-    add("--idle-timeout", help="keep-alive idle timeout in seconds (default 75)")
-    add("--request-timeout", help="seconds a client has to send a whole request (default 30)")
-    add("--max-connections", help="concurrent client connections; idle ones are evicted at the limit (default 1024)")
-    add("--first-byte-timeout", help="seconds a new connection has to send its first byte (default 10)")
-    add("--write-timeout", help="seconds a response may take to be written to the client (default 30)")
-    add("--shutdown-timeout", help="whole shutdown budget in seconds (default 10)")
-    add("--drain-timeout", help="seconds in-flight requests may finish after the listener closes (default 3)")
-    add("--ready-cache-ttl", help="seconds an engine health answer is reused by /ready (default 2)")
-    add("--ready-timeout", help="seconds /ready may take before answering from what it knows (default 1)")
-    add("--engine-health-interval", help="seconds between Patio's own engine health probes (default 2)")
-    for section, module in section_modules():
+    parser.add_argument("--version", action="version", version=f"patio {__version__}")
+    core_settings.add_flags(parser)
+    for section, module in SECTIONS:
         module.add_flags(parser.add_argument_group(section))
     return parser
-
-
-def section_modules() -> Tuple[Tuple[str, Any], ...]:
-    """Each section's settings module, in the order their flags appear in --help.
-
-    Imported here rather than at the top: each of them imports this module's parsers.
-    """
-    from patio.artifacts import settings as artifacts
-    from patio.kvevents import settings as kvevents
-    from patio.lora import settings as lora
-    from patio.metrics import settings as metrics
-    from patio.topology import settings as topology
-
-    return (
-        ("metrics", metrics),
-        ("lora", lora),
-        ("topology", topology),
-        ("artifacts", artifacts),
-        ("kvevents", kvevents),
-    )
-
-
-def _engine_endpoint(setting: str, raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    if not (value.startswith("http://") or value.startswith("https://")):
-        if "://" in value:
-            raise ConfigError(setting, f"must be an http:// or https:// URL, got {raw!r}")
-        value = "http://" + value
-    host = value.split("://", 1)[1]
-    if not host or host.startswith("/"):
-        raise ConfigError(setting, f"has no host: {raw!r}")
-    return value
-
-
-def _path(setting: str, raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith("/"):
-        raise ConfigError(setting, f"must start with '/', got {raw!r}")
-    return value
-
-
-def _instance_info(setting: str, raw: str) -> Mapping[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError(setting, f"is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(setting, "must be a JSON object")
-    return value
-
-
-def _secret_from_file(setting: str, path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError(setting, f"cannot read {path}: {exc.strerror}") from None
-    if not value:
-        raise ConfigError(setting, f"{path} is empty")
-    return value
-
-
-def _core_settings(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettings:
-    api_key: Optional[str] = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)
-    if api_key is None and "PATIO_API_KEY" in env and not env["PATIO_API_KEY"].strip():
-        # Set but empty is a mistake (a missing Secret key renders as ""), not "no key": refusing
-        # to start beats serving management routes open (issue 13, row 16).
-        raise ConfigError("PATIO_API_KEY", "is set but empty (unset it to run without an API key)")
-    if api_key is None and env.get("PATIO_API_KEY_FILE"):
-        api_key = _secret_from_file("PATIO_API_KEY_FILE", env["PATIO_API_KEY_FILE"])
-    if api_key is not None and not api_key.strip():
-        raise ConfigError("--api-key", "must not be empty")
-
-    engine_api_key = env.get("INFERENCE_ENGINE_API_KEY") or env.get("VLLM_API_KEY") or None
-
-    limits = Limits(
-        max_header_bytes=pick(
-            args, env, "max_header_bytes", ("PATIO_MAX_HEADER_BYTES",), Limits.max_header_bytes, positive_int
-        ),
-        max_body_bytes=pick(
-            args, env, "max_body_bytes", ("PATIO_MAX_BODY_BYTES",), Limits.max_body_bytes, positive_int
-        ),
-        idle_timeout=pick(args, env, "idle_timeout", ("PATIO_IDLE_TIMEOUT",), Limits.idle_timeout, positive_seconds),
-        request_timeout=pick(
-            args, env, "request_timeout", ("PATIO_REQUEST_TIMEOUT",), Limits.request_timeout, positive_seconds
-        ),
-        max_connections=pick(
-            args, env, "max_connections", ("PATIO_MAX_CONNECTIONS",), Limits.max_connections, positive_int
-        ),
-        first_byte_timeout=pick(
-            args,
-            env,
-            "first_byte_timeout",
-            ("PATIO_FIRST_BYTE_TIMEOUT",),
-            Limits.first_byte_timeout,
-            positive_seconds,
-        ),
-        write_timeout=pick(
-            args, env, "write_timeout", ("PATIO_WRITE_TIMEOUT",), Limits.write_timeout, positive_seconds
-        ),
-    )
-    core = CoreSettings(
-        host=pick(args, env, "host", ("PATIO_HOST",), "0.0.0.0", as_str),
-        port=pick(args, env, "port", ("PATIO_PORT",), 9091, port_number),
-        log_level=pick(
-            args,
-            env,
-            "log_level",
-            ("PATIO_LOG_LEVEL", "LOG_LEVEL"),
-            "INFO",
-            lambda s, r: parse_choice(s, r, LOG_LEVELS, upper=True),
-        ),
-        log_format=pick(
-            args, env, "log_format", ("PATIO_LOG_FORMAT",), "text", lambda s, r: parse_choice(s, r, LOG_FORMATS)
-        ),
-        scrape_engine_metrics=pick(
-            args, env, "scrape_engine_metrics", ("PATIO_SCRAPE_ENGINE_METRICS",), True, parse_bool
-        ),
-        enable_docs=pick(args, env, "enable_docs", ("PATIO_ENABLE_DOCS",), False, parse_bool),
-        instance_info=pick(args, env, "instance_info", ("INSTANCE_INFO",), None, _instance_info),
-        engine=pick(args, env, "engine", ("INFERENCE_ENGINE",), "sglang", lambda s, r: parse_choice(s, r, ENGINES)),
-        engine_version=pick(args, env, "engine_version", ("INFERENCE_ENGINE_VERSION",), "", as_str),
-        engine_endpoint=pick(
-            args, env, "engine_endpoint", ("INFERENCE_ENGINE_ENDPOINT",), "http://localhost:8000", _engine_endpoint
-        ),
-        engine_api_key=engine_api_key,
-        metrics_path=pick(args, env, "metrics_path", ("METRIC_SCRAPE_PATH",), "/metrics", _path),
-        pod=pick(args, env, "pod", ("POD_NAME",), "", as_str),
-        model=pick(args, env, "model", ("MODEL_NAME",), "", as_str),
-        api_key=api_key,
-        limits=limits,
-        shutdown_timeout=pick(args, env, "shutdown_timeout", ("PATIO_SHUTDOWN_TIMEOUT",), 10.0, positive_seconds),
-        drain_timeout=pick(args, env, "drain_timeout", ("PATIO_DRAIN_TIMEOUT",), 3.0, seconds),
-        ready_cache_ttl=pick(args, env, "ready_cache_ttl", ("PATIO_READY_CACHE_TTL",), 2.0, seconds),
-        ready_timeout=pick(args, env, "ready_timeout", ("PATIO_READY_TIMEOUT",), 1.0, positive_seconds),
-        engine_health_interval=pick(
-            args, env, "engine_health_interval", ("PATIO_ENGINE_HEALTH_INTERVAL",), 2.0, positive_seconds
-        ),
-        topo_type=env.get("TOPO_TYPE", ""),
-        heartbeat_interval=pick(args, env, "heartbeat_interval", ("HEARTBEAT_INTERVAL",), 30.0, positive_seconds),
-        group_name=env.get("RBG_GROUP_NAME") or env.get("GROUP_NAME") or "",
-        role_name=env.get("RBG_ROLE_NAME") or env.get("ROLE_NAME") or "",
-        role_index=env.get("RBG_ROLE_INDEX") or env.get("ROLE_INDEX") or "",
-        pod_ip=env.get("POD_IP", ""),
-        router_role_name=env.get("SGL_ROUTER_ROLE_NAME", ""),
-        router_port=env.get("SGL_ROUTER_PORT", ""),
-    )
-    if core.drain_timeout > core.shutdown_timeout:
-        raise ConfigError("--drain-timeout", "must not exceed --shutdown-timeout")
-    return core
 
 
 def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -435,8 +69,8 @@ def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) 
     """
     environ: Mapping[str, str] = dict(os.environ if env is None else env)
     args = build_arg_parser().parse_args(list(argv))
-    core = _core_settings(args, environ)
+    core = core_settings.from_sources(args, environ)
     sections: Dict[str, Any] = {}
-    for section, module in section_modules():
+    for section, module in SECTIONS:
         sections[section] = module.from_sources(args, environ, core)
     return Settings(core=core, **sections)

@@ -18,7 +18,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-from patio.app import App, build_app, gather_bounded
+from patio.app import build_app, gather_bounded
+from patio.component import App
 from patio.config import Settings
 from patio.http.server import HttpServer
 from patio.logs import redact_url
@@ -75,7 +76,7 @@ async def serve(
 
 
 async def shutdown(app: App, server: HttpServer) -> None:
-    core = app.context.settings.core
+    core = app.context.core
     started = time.monotonic()
     budget = core.shutdown_timeout
     log.info("shutting down (budget %.1fs)", budget)

@@ -12,7 +12,7 @@ from support import RunningPatio, http_call, make_settings, raw_exchange
 
 import patio.app
 import patio.lifecycle
-from patio.app import Component
+from patio.component import Component
 from patio.http.types import Request, Response, Route
 
 

@@ -15,9 +15,9 @@ from support import ROOT
 
 from patio.api.core import gzip_compress
 from patio.api.openapi import escape
-from patio.config import terminal_columns
 from patio.http.responses import REASONS, http_date
 from patio.lora.state import STATE_FILE, read_desired, write_desired
+from patio.options import terminal_columns
 
 INSTANTS = [0, 1, 951782400, 1700000000, 1767225599, 4102444800, 2147483647]
 

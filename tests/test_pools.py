@@ -16,7 +16,7 @@ import pytest
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_call, http_json, make_settings
 
-from patio.app import BoundedPool, Overloaded, PoolLimits
+from patio.component import BoundedPool, Overloaded, PoolLimits
 
 # How long the fast side may take while the slow side is held (the slow side holds 20+ s).
 FAST_CLIENT_TIMEOUT = 5.0

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from patio import __version__
 from patio.api.openapi import docs_html, openapi_document
-from patio.app import App, AppContext, Component, ReadyCheck
+from patio.component import App, AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.http.types import Request, Response, Route
 from patio.metrics.model import Family, Sample
@@ -77,7 +77,7 @@ class CoreComponent(Component):
         self.app = app  # readiness asks every component; the API docs list every route
         self.health = health
         self.engine_metrics = engine_metrics
-        core = context.settings.core
+        core = context.core
         registry = context.registry
         registry.add_collector(self._build_info)
         registry.add_collector(collect_process)
@@ -89,7 +89,7 @@ class CoreComponent(Component):
         self._docs = core.enable_docs
 
     def _build_info(self) -> List[Family]:
-        core = self.context.settings.core
+        core = self.context.core
         labels = (
             ("version", __version__),
             ("engine", core.engine),
@@ -146,7 +146,7 @@ class CoreComponent(Component):
         await self.health.stop()
 
     async def ready(self) -> Optional[ReadyCheck]:
-        deadline = self.context.settings.core.ready_timeout * ENGINE_SHARE_OF_READY_DEADLINE
+        deadline = self.context.core.ready_timeout * ENGINE_SHARE_OF_READY_DEADLINE
         ok, detail = await self.health.check(deadline=deadline)
         return ReadyCheck("engine", ok, detail)
 
@@ -154,14 +154,14 @@ class CoreComponent(Component):
         """Every component's check, answered within ``--ready-timeout`` whatever they wait on."""
         if self.app.closing:
             return [ReadyCheck("shutdown", False, "shutting down: this pod takes no new work")]
-        deadline = self.context.settings.core.ready_timeout
+        deadline = self.context.core.ready_timeout
         try:
             return await asyncio.wait_for(self.app.ready_checks(), timeout=deadline)
         except asyncio.TimeoutError:
             return [ReadyCheck("readiness", False, f"readiness checks did not finish within {deadline:g}s")]
 
     async def root(self, request: Request) -> Response:
-        core = self.context.settings.core
+        core = self.context.core
         return Response.json(
             {
                 "message": "Patio Server is running",
@@ -211,9 +211,9 @@ class CoreComponent(Component):
         return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE, headers=headers, shared_tail=engine)
 
     async def openapi(self, request: Request) -> Response:
-        document = openapi_document(self.app.routes(), self.context.settings)
+        document = openapi_document(self.app.routes(), self.context.core.api_key is not None)
         return Response(body=json.dumps(document, indent=1).encode("utf-8"))
 
     async def docs(self, request: Request) -> Response:
-        document = openapi_document(self.app.routes(), self.context.settings)
+        document = openapi_document(self.app.routes(), self.context.core.api_key is not None)
         return Response.text(docs_html(document), content_type="text/html; charset=utf-8")

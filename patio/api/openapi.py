@@ -3,13 +3,10 @@
 Generated, not written, so the documentation cannot drift from the routes.
 """
 
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from patio import __version__
 from patio.http.types import Route
-
-if TYPE_CHECKING:  # pragma: no cover
-    from patio.config import Settings
 
 ERROR_SCHEMA: Dict[str, Any] = {
     "type": "object",
@@ -90,9 +87,9 @@ def _operation(route: Route, api_key: bool) -> Dict[str, Any]:
     return op
 
 
-def openapi_document(routes: Sequence[Route], settings: "Settings") -> Dict[str, Any]:
+def openapi_document(routes: Sequence[Route], api_key: bool) -> Dict[str, Any]:
+    """``api_key``: the management routes require one (marked with ``security``)."""
     paths: Dict[str, Dict[str, Any]] = {}
-    api_key = settings.core.api_key is not None
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, api_key)
     return {

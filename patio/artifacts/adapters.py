@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from patio.app import AppContext
 from patio.artifacts.auth.credentials import RequestCredentials, merge_credentials, parse_config, parse_credentials
 from patio.artifacts.auth.secrets import read_secret
 from patio.artifacts.errors import DownloadCancelled
@@ -43,6 +42,7 @@ from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.stores.local import resolve_local
 from patio.artifacts.targets import confine
 from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, MS_SCHEMES, SourceSpec, parse_uri
+from patio.component import AppContext
 from patio.errors import BadRequest, Conflict, NotFound, PatioError
 from patio.validate import check_name as _check_name
 

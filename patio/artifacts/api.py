@@ -18,13 +18,13 @@ import asyncio
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from patio.app import AppContext
 from patio.artifacts.auth.credentials import parse_config, parse_credentials
 from patio.artifacts.fetch.manifest import META_DIR, Layout, within, write_error
 from patio.artifacts.jobs import ACTIVE, Downloads
 from patio.artifacts.settings import KTHENA_MAX_WORKERS, MAX_THREADS, ArtifactSettings, parse_suffixes
 from patio.artifacts.targets import confine
 from patio.artifacts.uri import SourceSpec, parse_uri
+from patio.component import AppContext
 from patio.errors import BadRequest, ConfigError, NotFound
 from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route

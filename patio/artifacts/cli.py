@@ -32,9 +32,10 @@ from patio.artifacts.fetch.progress import Progress, human_bytes
 from patio.artifacts.settings import from_sources, parse_size, parse_suffixes
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri
-from patio.config import LOG_LEVELS, parse_int
+from patio.core_settings import LOG_LEVELS
 from patio.errors import ConfigError, PatioError
 from patio.logs import configure
+from patio.options import parse_int
 
 EXIT_OK = 0
 EXIT_FAILED = 1

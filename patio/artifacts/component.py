@@ -7,11 +7,11 @@ are cancelled; what they wrote stays resumable.
 
 from typing import Sequence
 
-from patio.app import AppContext, Component
 from patio.artifacts.adapters import AdapterArtifacts
 from patio.artifacts.api import DownloadApi
 from patio.artifacts.jobs import Downloads
 from patio.artifacts.settings import ArtifactSettings
+from patio.component import AppContext, Component
 from patio.http.types import Route
 
 

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from patio.app import AppContext
 from patio.artifacts.auth.credentials import RequestCredentials
 from patio.artifacts.errors import DownloadCancelled
 from patio.artifacts.fetch.engine import FetchOptions, FetchResult, fetch
 from patio.artifacts.fetch.progress import Progress
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.uri import SourceSpec
+from patio.component import AppContext
 from patio.errors import Conflict, InternalError, PatioError
 
 log = logging.getLogger("patio.artifacts")

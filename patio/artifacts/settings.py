@@ -14,8 +14,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from patio.artifacts.auth.credentials import SourceEnv
 from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
-from patio.config import CoreSettings, parse_bool, parse_int, pick, positive_seconds, seconds
+from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
+from patio.options import parse_bool, parse_int, pick, positive_seconds, seconds
 
 # Environment variables the sources read (credentials, endpoints, regions).  Nothing else is kept.
 SOURCE_ENV_NAMES = (

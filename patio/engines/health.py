@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
-from patio.config import CoreSettings
+from patio.core_settings import CoreSettings
 from patio.engines.transport import http_request
 from patio.errors import PatioError
 

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - an interpreter without _operator
     from hmac import compare_digest  # type: ignore[no-redef]
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from patio.app import App
+from patio.component import App
 from patio.errors import InternalError, PatioError, RequestTimeout, ServiceUnavailable, Unauthorized
 from patio.http.protocol import ParsedRequest, RequestParser
 from patio.http.responses import DateCache, error_response, serialize
@@ -133,7 +133,7 @@ class HttpServer:
     def __init__(self, app: App) -> None:
         self.app = app
         self.context = app.context
-        core = app.context.settings.core
+        core = app.context.core
         self.limits = core.limits
         self.api_key = core.api_key
         self.router = RouteTable(app.routes())

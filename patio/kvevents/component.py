@@ -9,7 +9,7 @@ are removed from Redis within the budget left after the drain.
 
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from patio.app import AppContext, Component
+from patio.component import AppContext, Component
 from patio.http.types import Request, Response, Route
 from patio.kvevents.settings import KvEventsSettings
 
@@ -55,6 +55,6 @@ class KvEventsComponent(Component):
     async def before_close(self) -> None:
         if self.bridge is None:
             return
-        core = self.context.settings.core
+        core = self.context.core
         budget = max(core.shutdown_timeout - core.drain_timeout - 1.0, 1.0)
         await self.context.run_blocking(self.bridge.shutdown, budget)

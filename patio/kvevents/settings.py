@@ -13,8 +13,9 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from patio.config import CoreSettings, as_str, parse_bool, parse_int, pick, positive_seconds, seconds
+from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
+from patio.options import as_str, parse_bool, parse_int, pick, positive_seconds, seconds
 
 # Kthena's defaults (vllm_config.py, sglang_config.py, redis_client.py).
 DEFAULT_ENDPOINT = "tcp://localhost:5557"

@@ -2,20 +2,23 @@
 
 from typing import Sequence
 
-from patio.app import AppContext, Component
 from patio.artifacts.adapters import AdapterArtifacts
+from patio.component import AppContext, Component
 from patio.engines.client import SPECS, EngineCallRetry, EngineClient
 from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
 from patio.lora.manager import LoraManager
+from patio.lora.settings import LoraSettings
 
 
 class LoraComponent(Component):
     name = "lora"
 
-    def __init__(self, context: AppContext, health: EngineHealth, artifacts: AdapterArtifacts) -> None:
-        core, settings = context.settings.core, context.settings.lora
+    def __init__(
+        self, context: AppContext, settings: LoraSettings, health: EngineHealth, artifacts: AdapterArtifacts
+    ) -> None:
+        core = context.core
         spec = SPECS[core.engine]
         retry = EngineCallRetry(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
         client = EngineClient(spec, core.engine_endpoint, core.engine_api_key, retry)

@@ -9,8 +9,8 @@ into the resolver dir's staging area.
 import dataclasses
 from typing import Optional
 
-from patio.app import AppContext, Component
 from patio.artifacts.adapters import AdapterArtifacts
+from patio.component import AppContext, Component
 from patio.engines.health import EngineHealth
 from patio.lora import resolver_dir
 from patio.lora.desired_sync import DesiredSync

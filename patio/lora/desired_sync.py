@@ -52,7 +52,7 @@ from patio.lora.residency import Resident
 from patio.lora.settings import LoraSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from patio.app import AppContext
+    from patio.component import AppContext
 
 log = logging.getLogger("patio.lora.desired")
 

@@ -53,8 +53,8 @@ from patio.lora.state import read_desired, write_desired
 from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source, is_clean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from patio.app import AppContext
     from patio.artifacts.adapters import AdapterArtifacts
+    from patio.component import AppContext
 
 log = logging.getLogger("patio.lora")
 

@@ -9,13 +9,12 @@ Label values come from closed sets (state, scheme, origin) or from adapter
 names, which match ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``.
 """
 
-from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Protocol
 
 from patio.metrics.model import Family, Sample
 from patio.metrics.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from patio.lora.desired_sync import DesiredSync
     from patio.lora.manager import LoraManager
 
 # States always exported by patio_lora_adapters, so a dashboard sees zeros, not gaps.
@@ -33,6 +32,14 @@ class Resident(NamedTuple):
     pinned: bool
     origin: str
     load_seconds: Optional[float]
+
+
+class FileAdapters(Protocol):
+    """What the metrics read of the adapters file (``lora.desired_sync.DesiredSync``)."""
+
+    def unrecorded(self) -> List[Resident]: ...
+
+    def failures(self) -> Dict[str, float]: ...
 
 
 def source_scheme(source: str) -> str:
@@ -88,7 +95,7 @@ def families(residents: Iterable[Resident], failures: Dict[str, float]) -> List[
 class ResidencyMetrics:
     """The collector: the manager's records, plus the file's adapters that have none."""
 
-    def __init__(self, manager: "LoraManager", registry: Registry, desired: "Optional[DesiredSync]" = None) -> None:
+    def __init__(self, manager: "LoraManager", registry: Registry, desired: Optional[FileAdapters] = None) -> None:
         self.manager = manager
         self.desired = desired
         registry.add_collector(self.collect)

@@ -5,8 +5,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from patio.config import CoreSettings, parse_int, pick, positive_int, positive_seconds, seconds
+from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
+from patio.options import parse_int, pick, positive_int, positive_seconds, seconds
 
 
 @dataclass(frozen=True)

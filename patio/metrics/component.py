@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Optional, Sequence, Tuple
 
-from patio.app import AppContext, Component
+from patio.component import AppContext, Component
 from patio.http.types import Request
 from patio.metrics.assemble import assemble
 from patio.metrics.memory import RELEASE_AFTER_BYTES, RELEASE_DELAY_SECONDS, release_free_memory
@@ -25,7 +25,7 @@ class EngineMetrics(Component):
     def __init__(self, context: AppContext, settings: MetricsSettings) -> None:
         self.context = context
         self.settings = settings
-        self.rules = RuleSet.for_scheme(settings.scheme, context.settings.core.engine)
+        self.rules = RuleSet.for_scheme(settings.scheme, context.core.engine)
         self.scraper = EngineScraper(context, settings, finish=self._finish)
         registry = context.registry
         self._up = registry.gauge("patio_engine_up", "1 if the last scrape of the engine's metrics succeeded.")

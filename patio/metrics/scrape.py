@@ -20,7 +20,7 @@ from patio.metrics.model import Family
 from patio.metrics.parse import DroppedLine, LineCache, decode_payload, parse
 
 if TYPE_CHECKING:  # pragma: no cover
-    from patio.app import AppContext
+    from patio.component import AppContext
     from patio.metrics.settings import MetricsSettings
 
 # Ask for classic text: OpenMetrics from prometheus_client 0.23-0.26 declares
@@ -71,7 +71,7 @@ class EngineScraper:
         settings: "MetricsSettings",
         finish: Optional[Callable[[ScrapeOutcome], Awaitable[None]]] = None,
     ) -> None:
-        core = context.settings.core
+        core = context.core
         self._context = context
         self._settings = settings
         self._url = core.engine_endpoint + core.metrics_path

@@ -4,9 +4,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from patio.config import CoreSettings, parse_bool, parse_choice, parse_int, pick, positive_seconds, seconds
+from patio.core_settings import CoreSettings
 from patio.metrics.assemble import MODES
 from patio.metrics.rules import SCHEMES
+from patio.options import parse_bool, parse_choice, parse_int, pick, positive_seconds, seconds
 
 # Largest engine /metrics body Patio reads (after decompression); larger -> engine_up 0.
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024

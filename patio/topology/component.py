@@ -8,7 +8,7 @@ within the shutdown budget left after the drain.
 import logging
 from typing import Optional, Sequence
 
-from patio.app import AppContext, Component, ReadyCheck
+from patio.component import AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.http.types import Request, Response, Route
 from patio.topology.heartbeat import Heartbeat
@@ -107,7 +107,7 @@ class TopologyComponent(Component):
         return ReadyCheck("topology", False, f"not registered with {router}: {beat.last_error}")
 
     async def before_close(self) -> None:
-        core = self.context.settings.core
+        core = self.context.core
         # Readiness turns 503 first (the next probe sees it), then the router lets go of
         # the worker, then the listener drains: nothing new is routed here while it drains.
         self.heartbeat.stopping = True

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
-from patio.config import CoreSettings, parse_choice, parse_float, pick
+from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
+from patio.options import parse_choice, parse_float, pick
 
 # TOPO_TYPE (any case) -> router family.  "SGLang" covers sglang-router 0.3.x and smg 1.x
 # (told apart by their answers); "vLLM" is vLLM's router (vllm-project/router).
