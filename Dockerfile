@@ -1,16 +1,29 @@
 # Patio: one zipapp on a distroless Python.  Build: docker build -t patio .
-# Stage 1 builds dist/patio.pyz from the sources (standard library only: nothing to install).
+# Stage 1 builds dist/patio.pyz from the sources (standard library only: nothing to install) and
+# lays out the files of the final image under /out: the pyz (0755: the incumbents' commands run
+# it through its #!/usr/bin/python3 line), the incumbents' command names linked to it, and the
+# directory Kthena's documented output_dirs live in (/models, Patio's user's: no shell later).
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY build_pyz.sh ./
 COPY patio ./patio
-RUN bash build_pyz.sh
+COPY deploy/entrypoints ./deploy/entrypoints
+RUN bash build_pyz.sh \
+ && install -d /out/app /out/usr/local/bin \
+ && install -d -o 65532 -g 65532 /out/models \
+ && install -m 0755 dist/patio.pyz /out/app/patio.pyz \
+ && ln -s /app/patio.pyz /out/usr/local/bin/aibrix_runtime \
+ && ln -s /app/patio.pyz /out/usr/local/bin/aibrix_download
 
 # Stage 2 holds only the zipapp, on the distroless Python 3 image, as a non-root user.
 FROM gcr.io/distroless/python3-debian12:nonroot
 # deploy/rootfs/packages.txt lists this base's Debian 12 packages; tests/test_rootfs.py runs the same
-# root (assembled by deploy/rootfs/assemble.sh) read-only as 65532 with the pyz at /app/patio.pyz.
-COPY --from=build /src/dist/patio.pyz /app/patio.pyz
+# root (assembled by deploy/rootfs/assemble.sh, with these files) as 65532 with the pyz at /app/patio.pyz.
+COPY --from=build /out/ /
+# The incumbents' commands find Patio: `python -m patio.app` (RoleBasedGroup) and
+# `python -m aibrix.downloader` (AIBrix) import from the pyz; `aibrix_runtime` and
+# `aibrix_download` (AIBrix) are on PATH (/usr/local/bin is on distroless' PATH).
+ENV PYTHONPATH=/app/patio.pyz
 # 65532 is the "nonroot" user of the distroless image; numeric so the runtime can verify non-root.
 USER 65532:65532
 EXPOSE 9091

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build dist/patio.pyz: the patio package as one compressed zipapp, reproducibly.
 #
-# 1. stage the runtime package (no tests, no caches) with bytecode for the building
+# 1. stage the runtime package (no tests, no caches) and the incumbents' entry-point packages
+#    (deploy/entrypoints: `python -m aibrix.downloader`) with bytecode for the building
 #    interpreter (3.11, as in the distroless image) next to each source, in the `x.pyc`
 #    layout zipimport reads: that interpreter starts without compiling; the .pyc are
 #    hash-based and unchecked (PEP 552) so they do not depend on mtimes; other Python
 #    versions see a foreign magic number and compile the .py beside them;
-# 2. `python3 -m zipapp` (compressed, shebang /usr/bin/env python3, entry patio.cli:run);
+# 2. `python3 -m zipapp` (compressed, entry patio.cli:run, shebang /usr/bin/python3: the
+#    image's interpreter, which has no /usr/bin/env; the image links `aibrix_runtime` and
+#    `aibrix_download` on its PATH to the pyz and the kernel runs them through the shebang);
 # 3. normalise: zipapp adds files in directory order with their checkout mtimes, so its
 #    bytes differ between two clones of one commit; entries are rewritten in sorted order
 #    with a fixed timestamp.  Same sources -> same bytes.
@@ -21,6 +24,10 @@ find patio -name '*.py' -print | LC_ALL=C sort | while read -r f; do
   mkdir -p "$stage/app/$(dirname "$f")"
   cp "$f" "$stage/app/$f"
 done
+(cd deploy/entrypoints && find . -name '*.py' -print | LC_ALL=C sort) | while read -r f; do
+  mkdir -p "$stage/app/$(dirname "$f")"
+  cp "deploy/entrypoints/$f" "$stage/app/$f"
+done
 "$PYTHON" - "$stage/app" <<'PY'
 import os, py_compile, sys
 src = sys.argv[1]
@@ -31,7 +38,7 @@ for root, _dirs, names in os.walk(src):
             py_compile.compile(path, cfile=path + "c", dfile=os.path.relpath(path, src), doraise=True,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 PY
-"$PYTHON" -m zipapp "$stage/app" --compress --python "/usr/bin/env python3" --main "patio.cli:run" --output "$stage/raw.pyz"
+"$PYTHON" -m zipapp "$stage/app" --compress --python "/usr/bin/python3" --main "patio.cli:run" --output "$stage/raw.pyz"
 "$PYTHON" - "$stage/raw.pyz" "$out.tmp" <<'PY'
 import sys, zipfile
 raw, dest = sys.argv[1], sys.argv[2]

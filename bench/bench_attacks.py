@@ -264,9 +264,11 @@ def run_attack(pyz: str, number: str, args: argparse.Namespace) -> Dict[str, flo
     engine = Engine(payload)
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PATIO_STATE_DIR": f"/tmp/patio-bench-{port}"}
+    # The engine by environment: Kthena's --engine/--engine-base-url flags select Kthena's profile
+    # (its -I/-N required) since issue 26; every Patio version reads these variables.
+    env.update({"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": f"http://127.0.0.1:{engine.port}"})
     env.update(extra_env)
-    argv = [sys.executable, "-I", "-S", pyz, "--host", "127.0.0.1", "--port", str(port), "--engine", "vllm"]
-    argv += ["--engine-base-url", f"http://127.0.0.1:{engine.port}", *flags]
+    argv = [sys.executable, "-I", "-S", pyz, "--host", "127.0.0.1", "--port", str(port), *flags]
     proc, _ = start(argv, port, env=env, path="/healthz")
     try:
         time.sleep(0.5)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Type, TypeVar
 
 from patio.core_settings import CoreSettings
+from patio.engines.detect import EngineKind
 from patio.errors import PatioError
 from patio.http.types import Route
 from patio.metrics.registry import Registry
@@ -139,7 +140,8 @@ C = TypeVar("C", bound=Component)
 
 @dataclass
 class AppContext:
-    """What every component receives: settings, the shared registry, the thread pools.
+    """What every component receives: settings, the shared registry, the thread pools, and
+    which engine is there (``engine``: the setting, else what the engine answered as).
 
     Anything more specific (the engine health watch, the LoRA manager, ...) is a
     constructor argument of the component that needs it.
@@ -150,6 +152,10 @@ class AppContext:
     pools: Pools
     started_at: float = field(default_factory=time.time)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("patio"))
+    engine: EngineKind = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = EngineKind(self.core)
 
     async def run_blocking(self, func: Callable[..., T], *args: Any) -> T:
         """Short, latency-critical blocking work (health, scrape, state saves, gzip)."""

@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from patio import __version__, core_settings
+from patio import __version__, core_settings, profiles
 from patio.artifacts import settings as artifacts_settings
 from patio.core_settings import CoreSettings
+from patio.errors import ConfigError
 from patio.kvevents import settings as kvevents_settings
 from patio.lora import settings as lora_settings
 from patio.metrics import settings as metrics_settings
@@ -62,15 +63,41 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Settings:
+def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None, program: str = "") -> Settings:
     """Parse ``argv`` (without the program name) and ``env`` into ``Settings``.
 
-    argparse exits with status 2 on unknown flags; validation raises ``ConfigError``.
+    ``program`` is the command Patio was started as (``sys.argv[0]``): with the flags and the
+    environment it selects the start profile (``patio.profiles``), whose defaults apply where
+    the user set nothing.  argparse exits with status 2 on unknown flags; validation raises
+    ``ConfigError``.
     """
     environ: Mapping[str, str] = dict(os.environ if env is None else env)
     args = build_arg_parser().parse_args(list(argv))
-    core = core_settings.from_sources(args, environ)
+    recognised = profiles.recognise(program, argv, environ, args.profile or environ.get("PATIO_PROFILE"))
+    profile = recognised.profile
+    environ = profiles.with_defaults(profile, environ)
+    core = core_settings.from_sources(args, environ, profile, recognised.why)
+    missing = profiles.missing_required(
+        profile, {r.dest: getattr(args, r.dest, None) is not None for r in profile.required}, environ
+    )
+    if missing:
+        # Kthena's argparse: "the following arguments are required: -E/--engine, -I/--pod, -N/--model".
+        raise ConfigError(
+            ", ".join(missing),
+            f"missing: started as Kthena's runtime ({recognised.why}), whose parser requires -E/--engine, "
+            "-I/--pod and -N/--model (Patio also takes POD_NAME and MODEL_NAME); give them, or start with "
+            "--profile patio",
+        )
+    if not environ.get("PATIO_STATE_DIR"):
+        environ = dict(environ)
+        environ["PATIO_STATE_DIR"] = profiles.default_state_dir(environ, core.engine_endpoint, core.port, os.getuid())
     sections: Dict[str, Any] = {}
     for section, module in SECTIONS:
         sections[section] = module.from_sources(args, environ, core)
+    if sections["kvevents"].enabled and not core.engine_configured:
+        raise ConfigError(
+            "INFERENCE_ENGINE",
+            "the KV-event bridge needs the engine named (INFERENCE_ENGINE or -E): vLLM and SGLang publish "
+            "different event streams and Kthena's router reads different Redis keys for each",
+        )
     return Settings(core=core, **sections)

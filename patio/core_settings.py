@@ -21,6 +21,7 @@ from patio.options import (
     positive_seconds,
     seconds,
 )
+from patio.profiles import PROFILES, Profile
 
 ENGINES = ("sglang", "vllm")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,8 +53,15 @@ class CoreSettings:
     scrape_engine_metrics: bool = True
     enable_docs: bool = False
     instance_info: Optional[Mapping[str, Any]] = None
+    # How Patio was started (patio.profiles): the incumbent whose defaults apply, and why.
+    profile: str = "patio"
+    profile_reason: str = "Patio's own command"
+    # The engine: INFERENCE_ENGINE / -E when set (``engine_configured``), else the profile's
+    # default, used until the engine itself says which it is (patio.engines.detect).
     engine: str = "sglang"
-    engine_version: str = ""
+    engine_configured: bool = False
+    engine_version: str = ""  # INFERENCE_ENGINE_VERSION as set ("" when unset)
+    engine_version_default: str = ""  # shown when unset and the engine does not tell
     engine_endpoint: str = "http://localhost:8000"
     engine_api_key: Optional[str] = None
     metrics_path: str = "/metrics"
@@ -108,7 +116,12 @@ def add_flags(parser: Any) -> None:
         help="serve /openapi.json and /docs",
     )
     add("--instance-info", help="JSON describing this worker, for topology")
-    add("-E", "--engine", help="sglang or vllm (env INFERENCE_ENGINE; default sglang)")
+    add(
+        "--profile",
+        help="patio, aibrix or kthena: whose defaults apply (env PATIO_PROFILE; default: inferred from the "
+        "command, Kthena's flags or AIBrix's switches; see docs/migrating.md)",
+    )
+    add("-E", "--engine", help="sglang or vllm (env INFERENCE_ENGINE; default: what the engine answers as)")
     add("--engine-version", help="engine version label (env INFERENCE_ENGINE_VERSION)")
     add(
         "-B",
@@ -179,7 +192,14 @@ def _secret_from_file(setting: str, path: str) -> str:
     return value
 
 
-def from_sources(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettings:
+def from_sources(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    profile: Optional[Profile] = None,
+    profile_reason: str = "Patio's own command",
+) -> CoreSettings:
+    """The core section; ``profile`` supplies the start's engine defaults (``patio.profiles``)."""
+    profile = profile or PROFILES["patio"]
     api_key: Optional[str] = pick(args, env, "api_key", ("PATIO_API_KEY",), None, as_str)
     if api_key is None and "PATIO_API_KEY" in env and not env["PATIO_API_KEY"].strip():
         # Set but empty is a mistake (a missing Secret key renders as ""), not "no key": refusing
@@ -191,6 +211,9 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettin
         raise ConfigError("--api-key", "must not be empty")
 
     engine_api_key = env.get("INFERENCE_ENGINE_API_KEY") or env.get("VLLM_API_KEY") or None
+    engine: Optional[str] = pick(
+        args, env, "engine", ("INFERENCE_ENGINE",), None, lambda s, r: parse_choice(s, r, ENGINES)
+    )
 
     limits = Limits(
         max_header_bytes=pick(
@@ -237,8 +260,12 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str]) -> CoreSettin
         ),
         enable_docs=pick(args, env, "enable_docs", ("PATIO_ENABLE_DOCS",), False, parse_bool),
         instance_info=pick(args, env, "instance_info", ("INSTANCE_INFO",), None, _instance_info),
-        engine=pick(args, env, "engine", ("INFERENCE_ENGINE",), "sglang", lambda s, r: parse_choice(s, r, ENGINES)),
-        engine_version=pick(args, env, "engine_version", ("INFERENCE_ENGINE_VERSION",), "", as_str),
+        profile=profile.name,
+        profile_reason=profile_reason,
+        engine=engine or profile.engine or "sglang",
+        engine_configured=engine is not None,
+        engine_version=pick(args, env, "engine_version", ("INFERENCE_ENGINE_VERSION",), "", as_str).strip(),
+        engine_version_default=profile.engine_version,
         engine_endpoint=pick(
             args, env, "engine_endpoint", ("INFERENCE_ENGINE_ENDPOINT",), "http://localhost:8000", _engine_endpoint
         ),

@@ -28,7 +28,7 @@ CASES = [
     ),
     (
         "flag_wins_over_env",
-        ["--port", "1234", "-E", "sglang"],
+        ["--port", "1234", "-E", "sglang", "-I", "p", "-N", "m"],
         {"PATIO_PORT": "1", "INFERENCE_ENGINE": "vllm"},
         {"port": 1234, "engine": "sglang"},
     ),

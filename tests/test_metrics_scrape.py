@@ -93,8 +93,15 @@ def test_counters_equal_raw_counters_in_same_scrape():
         ([], {}, True, True),
         ([], {"METRICS_ENABLE_TRANSFORMATION": "0"}, False, True),
         ([], {"METRICS_RAW_PASSTHROUGH_MODE": "1"}, False, True),
-        ([], {"METRICS_RAW_PASSTHROUGH_MODE": "0", "METRICS_ENABLE_TRANSFORMATION": "1"}, True, True),
-        ([], {"METRICS_MODE": "standard", "METRICS_RAW_PASSTHROUGH_MODE": "1"}, True, False),
+        # AIBrix's switches also make aibrix: the default scheme (test_profiles.py); patio: is asked
+        # for here so the rows test the mode alone.
+        (
+            ["--metrics-scheme", "patio"],
+            {"METRICS_RAW_PASSTHROUGH_MODE": "0", "METRICS_ENABLE_TRANSFORMATION": "1"},
+            True,
+            True,
+        ),
+        (["--metrics-scheme", "patio"], {"METRICS_MODE": "standard", "METRICS_RAW_PASSTHROUGH_MODE": "1"}, True, False),
     ],
     ids=[
         "standard",

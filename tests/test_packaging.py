@@ -36,7 +36,9 @@ def test_build_is_reproducible():
         subprocess.run(["bash", str(ROOT / "build_pyz.sh")], check=True, capture_output=True)
         digests.append(hashlib.sha256(PYZ.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
-    assert PYZ.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    # The image's interpreter (distroless has no /usr/bin/env): `aibrix_runtime`, a link to the pyz
+    # on the image's PATH, is run by the kernel through this line.
+    assert PYZ.read_bytes().startswith(b"#!/usr/bin/python3\n")
 
 
 def test_pyz_holds_only_the_runtime():
@@ -44,7 +46,9 @@ def test_pyz_holds_only_the_runtime():
 
     names = zipfile.ZipFile(build_pyz()).namelist()
     assert "__main__.py" in names and "patio/cli.py" in names
-    assert all(n == "__main__.py" or n.startswith("patio/") for n in names)
+    # patio/, and the incumbents' entry-point packages from deploy/entrypoints (python -m aibrix.downloader).
+    assert all(n == "__main__.py" or n.startswith(("patio/", "aibrix/")) for n in names), names
+    assert "aibrix/downloader/__main__.py" in names
     assert not any("test" in n or "__pycache__" in n for n in names)
     # Bytecode rides next to its source (for the building interpreter); every module has its source.
     assert all(n[:-1] in names for n in names if n.endswith(".pyc"))

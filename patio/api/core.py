@@ -92,8 +92,8 @@ class CoreComponent(Component):
         core = self.context.core
         labels = (
             ("version", __version__),
-            ("engine", core.engine),
-            ("engine_version", core.engine_version),
+            ("engine", self.context.engine.name),
+            ("engine_version", self.context.engine.version),
             ("pod", core.pod),
             ("model", core.model),
         )
@@ -161,13 +161,12 @@ class CoreComponent(Component):
             return [ReadyCheck("readiness", False, f"readiness checks did not finish within {deadline:g}s")]
 
     async def root(self, request: Request) -> Response:
-        core = self.context.core
         return Response.json(
             {
                 "message": "Patio Server is running",
                 "version": __version__,
-                "engine": core.engine,
-                "engine_version": core.engine_version,
+                "engine": self.context.engine.name,
+                "engine_version": self.context.engine.version,
                 "uptime_seconds": round(uptime_since(self.context.started_at), 3),
             }
         )

@@ -7,7 +7,12 @@
 
 The flags are the AIBrix downloader's (plus ``--force``), and Kthena's downloader's
 (``-s/--source``, ``-o/--output-dir``, ``-w/--max-workers``, ``-c/--config``) so
-both projects' init containers can run Patio unchanged.  Exit status: 0 only
+both projects' init containers can run Patio unchanged.  ``patio download`` (and Kthena's
+flags) write the files into the named directory itself; started as AIBrix's downloader
+(``python -m aibrix.downloader``, ``aibrix_download``) the layout is AIBrix's: a
+sub-directory of ``--local-dir`` named after the model (``aibrix_model_dir``), default
+``--local-dir`` ``DOWNLOADER_LOCAL_DIR`` or ``/tmp/aibrix/models/``, and the model's
+directory printed on stdout as AIBrix's ``__main__`` prints it.  Exit status: 0 only
 when every file is on disk, verified, and the manifest is written; 1 when the
 download failed (the message names the object and the cause); 2 for bad usage;
 130/143 when interrupted (what was written stays resumable).
@@ -31,7 +36,7 @@ from patio.artifacts.fetch.engine import fetch
 from patio.artifacts.fetch.progress import Progress, human_bytes
 from patio.artifacts.settings import from_sources, parse_size, parse_suffixes
 from patio.artifacts.sources import open_source
-from patio.artifacts.uri import parse_uri
+from patio.artifacts.uri import BUCKET_SCHEMES, SourceSpec, parse_uri
 from patio.core_settings import LOG_LEVELS
 from patio.errors import ConfigError, PatioError
 from patio.logs import configure
@@ -41,6 +46,30 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 log = logging.getLogger("patio.artifacts")
+LAYOUTS = ("patio", "aibrix")
+# AIBrix's default --local-dir (python/aibrix/aibrix/envs.py DOWNLOADER_LOCAL_DIR).
+AIBRIX_LOCAL_DIR = "/tmp/aibrix/models/"
+
+
+def aibrix_model_dir(spec: SourceSpec, raw: str) -> str:
+    """The sub-directory of ``--local-dir`` AIBrix's downloader writes a model into.
+
+    vllm-project/aibrix python/aibrix/aibrix/downloader (at b36d2a46): ``download_model``
+    writes into ``Path(local_dir).joinpath(model_name)``; without ``--model-name`` the S3 and
+    TOS downloaders take ``infer_model_name(uri)`` = ``uri.strip().strip("/").split("/")[-1]``
+    (so a trailing slash changes nothing), and the HuggingFace downloader the repo id itself
+    (``org/name``: two levels).  Other stores, which AIBrix's CLI does not have, take their
+    last path component the same way.
+    """
+    if spec.kind == "hf":
+        return spec.repo_id
+    if spec.kind in BUCKET_SCHEMES.values():
+        name = raw.strip().strip("/").split("/")[-1]
+    else:
+        name = spec.default_name
+    if name in ("", ".", "..") or name.endswith(":"):
+        raise ConfigError("--model-uri", f"names no model directory in {spec.display}; pass --model-name")
+    return name
 
 
 class ProgressBar:
@@ -142,9 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None) -> int:
+def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None, layout: str = "patio") -> int:
+    """``layout``: ``"patio"`` writes into the directory named; ``"aibrix"`` as AIBrix's downloader."""
     err = stderr or sys.stderr
+    assert layout in LAYOUTS, layout
     parser = build_parser()
+    if layout == "aibrix":
+        parser.prog = "python -m aibrix.downloader"
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
@@ -177,12 +210,17 @@ def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None) -> i
                 config = parse_config(args.config, param="--config")
             except PatioError as exc:
                 raise ConfigError("--config", exc.message) from None
-        local_dir = os.path.abspath(os.path.expanduser(args.local_dir or settings.models_root))
+        default_dir = settings.models_root
+        if layout == "aibrix":
+            default_dir = os.environ.get("DOWNLOADER_LOCAL_DIR") or AIBRIX_LOCAL_DIR
+        local_dir = os.path.abspath(os.path.expanduser(args.local_dir or default_dir))
+        spec = parse_uri(args.model_uri, param="--model-uri")
         if args.model_name:
             if "/" in args.model_name or args.model_name in (".", ".."):
                 raise ConfigError("--model-name", "must be a single directory name")
             local_dir = os.path.join(local_dir, args.model_name)
-        spec = parse_uri(args.model_uri, param="--model-uri")
+        elif layout == "aibrix":
+            local_dir = os.path.join(local_dir, *aibrix_model_dir(spec, args.model_uri).split("/"))
         creds = merge_credentials([("--config", config, True), ("--download-extra-config", extra, True)])
     except ConfigError as exc:
         print(f"patio download: {exc}", file=err)
@@ -235,4 +273,11 @@ def main(argv: Optional[List[str]] = None, stderr: Optional[TextIO] = None) -> i
         f"{result.bytes_downloaded} bytes fetched in {result.seconds:.1f}s)",
         file=err,
     )
+    if layout == "aibrix":
+        print(result.local_dir)  # AIBrix's __main__ prints the model path "for easier scripting"
     return EXIT_OK
+
+
+def aibrix_main() -> int:
+    """``python -m aibrix.downloader`` in the image (its shim in deploy/entrypoints/aibrix)."""
+    return main(layout="aibrix")

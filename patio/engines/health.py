@@ -32,8 +32,13 @@ Subscriber = Callable[[bool], None]
 
 
 class EngineHealth:
-    def __init__(self, core: CoreSettings, run_blocking: RunBlocking) -> None:
+    def __init__(
+        self, core: CoreSettings, run_blocking: RunBlocking, identify: Optional[Callable[[], None]] = None
+    ) -> None:
         self._run_blocking = run_blocking
+        # Asked (blocking, in the probe's thread) after each healthy answer, before anyone is told
+        # the engine is up: which engine it is (patio.engines.detect.EngineKind.identify).
+        self._identify = identify
         self.url = core.engine_endpoint + HEALTH_PATH
         self._timeout = core.engine_health_timeout
         self._ttl = core.ready_cache_ttl
@@ -107,6 +112,11 @@ class EngineHealth:
         except PatioError as exc:
             return False, exc.message
         if result.status == 200:
+            if self._identify is not None:
+                try:
+                    self._identify()
+                except Exception:  # which engine it is must never cost the health answer
+                    log.exception("identifying the engine failed")
             return True, "engine healthy"
         return False, f"engine /health answered {result.status}"
 

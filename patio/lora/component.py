@@ -4,7 +4,7 @@ from typing import Sequence
 
 from patio.artifacts.adapters import AdapterArtifacts
 from patio.component import AppContext, Component
-from patio.engines.client import SPECS, EngineCallRetry, EngineClient
+from patio.engines.client import EngineCallRetry, EngineClient
 from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
@@ -19,7 +19,7 @@ class LoraComponent(Component):
         self, context: AppContext, settings: LoraSettings, health: EngineHealth, artifacts: AdapterArtifacts
     ) -> None:
         core = context.core
-        spec = SPECS[core.engine]
+        spec = context.engine.spec  # the engine set, else the one identified (patio.engines.detect)
         retry = EngineCallRetry(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
         client = EngineClient(spec, core.engine_endpoint, core.engine_api_key, retry)
         self.manager = LoraManager(context, settings, client, artifacts)

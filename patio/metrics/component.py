@@ -5,7 +5,7 @@ The core component's ``/metrics`` route calls ``exposition`` (``build_app`` wire
 
 import asyncio
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from patio.component import AppContext, Component
 from patio.http.types import Request
@@ -25,7 +25,9 @@ class EngineMetrics(Component):
     def __init__(self, context: AppContext, settings: MetricsSettings) -> None:
         self.context = context
         self.settings = settings
-        self.rules = RuleSet.for_scheme(settings.scheme, context.core.engine)
+        # One rule set per engine, compiled on first use: the engine is known once it answers
+        # (patio.engines.detect); until then the start profile's default.
+        self._rules: Dict[str, RuleSet] = {}
         self.scraper = EngineScraper(context, settings, finish=self._finish)
         registry = context.registry
         self._up = registry.gauge("patio_engine_up", "1 if the last scrape of the engine's metrics succeeded.")
@@ -55,6 +57,14 @@ class EngineMetrics(Component):
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
+
+    @property
+    def rules(self) -> RuleSet:
+        engine = self.context.engine.name
+        rules = self._rules.get(engine)
+        if rules is None:
+            rules = self._rules[engine] = RuleSet.for_scheme(self.settings.scheme, engine)
+        return rules
 
     def _account(self, outcome: ScrapeOutcome) -> None:
         self._up.set(1.0 if outcome.up else 0.0)

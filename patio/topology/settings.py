@@ -108,6 +108,11 @@ def derive(
         raise ConfigError(
             "TOPO_TYPE", f"unknown topology type {topo!r}; supported: SGLang, vLLM (any case), or empty to disable"
         )
+    if not info and not (env.get("SGL_ROUTER_ENDPOINT", "").strip() or core.router_role_name or core.router_port):
+        # RoleBasedGroup's runtime registers only when --instance-info is given; TOPO_TYPE alone (its
+        # README's profile sets it for every pod) only names the router family
+        # (rolebasedgroup/inference-engine-runtime app.py main, at a6acbfe4).
+        return TopologySettings(enabled=False, heartbeat_interval=core.heartbeat_interval)
 
     worker_type = str(data.get("worker_type") or env.get("WORKER_TYPE") or "regular").lower()
     if worker_type not in WORKER_TYPES:

@@ -42,6 +42,10 @@ class FakeEngine:
         self.calls: List[Call] = []
         self.lock = threading.Lock()
         self.health_status = 200
+        # What the engine says it is: vLLM's GET /version, SGLang's GET /server_info and
+        # /get_server_info (patio.engines.detect cites the sources).  None (the default, which
+        # tests written before identification rely on): those routes are a 404.
+        self.version: Optional[str] = None
         self.metrics_body: bytes = b""
         self.metrics_status = 200
         self.metrics_delay = 0.0
@@ -240,6 +244,14 @@ def _make_handler(engine: FakeEngine) -> type:
                 return self._send(engine.health_status, {}, b"")
             if path == "/metrics":
                 return self._metrics()
+            if self.command == "GET" and engine.version is not None:
+                if engine.kind == "vllm" and path == "/version":
+                    return self._send(
+                        200, {"Content-Type": "application/json"}, json.dumps({"version": engine.version}).encode()
+                    )
+                if engine.kind == "sglang" and path in ("/server_info", "/get_server_info"):
+                    info = {"model_path": BASE_MODEL, "tp_size": 1, "internal_states": [{}], "version": engine.version}
+                    return self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode())
             guarded = path.startswith("/v1") if engine.kind == "vllm" else path != "/health"
             if engine.api_key and guarded:
                 if self.headers.get("Authorization") != f"Bearer {engine.api_key}":

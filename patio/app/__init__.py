@@ -16,6 +16,7 @@ from patio.artifacts.component import ArtifactsComponent
 from patio.component import App, AppContext, Component, Pools
 from patio.config import Settings
 from patio.engines.health import EngineHealth
+from patio.engines.kind_check import EngineKindCheck
 from patio.kvevents.component import KvEventsComponent
 from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
@@ -36,14 +37,15 @@ def build_app(
     """
     context = AppContext(core=settings.core, registry=registry or Registry(), pools=Pools.create())
     app = App(context=context)
-    health = EngineHealth(settings.core, context.run_blocking)
+    health = EngineHealth(settings.core, context.run_blocking, identify=context.engine.identify)
+    health.subscribe(context.engine.on_health)
     engine_metrics = EngineMetrics(context, settings.metrics) if settings.core.scrape_engine_metrics else None
     artifacts = ArtifactsComponent(context, settings.artifacts)
     lora = LoraComponent(context, settings.lora, health, artifacts.adapters)
     desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
     if desired.sync is not None:
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
-    components: List[Component] = [CoreComponent(context, app, health, engine_metrics)]
+    components: List[Component] = [CoreComponent(context, app, health, engine_metrics), EngineKindCheck(context)]
     if engine_metrics is not None:
         components.append(engine_metrics)
     components += [artifacts, lora, desired]

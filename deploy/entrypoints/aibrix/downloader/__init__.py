@@ -1,0 +1,1 @@
+"""``aibrix.downloader``: see ``__main__``."""
