@@ -1,6 +1,10 @@
 """Directories a caller names (Kthena's ``output_dir``, AIBrix's ``local_dir``), confined to Patio's roots.
 
-Blocking (it looks at the disk); nothing here creates or deletes anything.
+Blocking (it looks at the disk); nothing here creates or deletes anything.  A directory that does
+not exist yet, below a root that may not exist yet either (Kthena's documented
+``"output_dir": "/models/my-lora"`` on a fresh pod), is a valid target: the download creates it.
+Containment is judged on the real path of the part that exists plus the rest as written, so only
+a symlink that really leads out is called one.
 """
 
 import os
@@ -34,12 +38,22 @@ def confine(raw: Any, roots: Sequence[str], param: str, base: str) -> str:
             raise BadRequest(f"{param} must be a directory below {root}, not the root itself", param=param)
         if META_DIR in candidate[len(real_root) :].split(os.sep):
             raise BadRequest(f"{param} must not use the name {META_DIR}", param=param)
-        probe = candidate
-        while not os.path.lexists(probe):
-            probe = os.path.dirname(probe)
-        if not within(real_root, os.path.realpath(probe)):
+        if not within(real_root, _resolved(candidate)):
             raise BadRequest(f"{param} {raw!r} resolves outside {root} through a symlink", param=param)
         if os.path.islink(candidate):
             raise BadRequest(f"{param} {raw!r} is a symlink; refusing to write through it", param=param)
         return candidate
     raise BadRequest(f"{param} {raw!r} must lie inside {' or '.join(roots)}; nothing was written", param=param)
+
+
+def _resolved(path: str) -> str:
+    """``path`` with the symlinks of its existing part resolved and the part not created yet appended."""
+    probe, rest = path, ""
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        rest = os.path.join(os.path.basename(probe), rest) if rest else os.path.basename(probe)
+        probe = parent
+    real = os.path.realpath(probe)
+    return os.path.normpath(os.path.join(real, rest)) if rest else real
