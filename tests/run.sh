@@ -37,6 +37,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# 1c. iproute2 (`ip netns`): the incumbents' manifests run in the image's root, each pod in a
+#     network namespace of its own (tests/pod_support.py), so their fixed ports meet nothing else.
+if ! command -v ip >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian package iproute2"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+  else
+    echo "tests need ip (iproute2): install the 'iproute2' package (apt-get install iproute2)" >&2
+    exit 1
+  fi
+fi
+
 # 2. The test virtualenv (dev tools and real peers; never imported by patio/).
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"

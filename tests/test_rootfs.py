@@ -50,7 +50,11 @@ def dockerfile_entrypoint() -> List[str]:
     text = DOCKERFILE.read_text(encoding="utf-8")
     final = text[text.rindex("\nFROM ") :]
     assert re.search(r"^FROM gcr\.io/distroless/python3-debian12:nonroot\s*$", final, re.M), final
-    assert re.search(r"^COPY --from=\S+ \S*patio\.pyz /app/patio\.pyz\s*$", final, re.M), final
+    # The build stage lays out /out: the pyz at /app/patio.pyz and the links assemble.sh makes too.
+    assert re.search(r"^COPY --from=build /out/ /\s*$", final, re.M), final
+    assert "install -m 0755 dist/patio.pyz /out/app/patio.pyz" in text
+    for name in ("aibrix_runtime", "aibrix_download"):
+        assert f"ln -s /app/patio.pyz /out/usr/local/bin/{name}" in text
     assert re.search(rf"^USER {NONROOT}:{NONROOT}\s*$", final, re.M), final
     match = re.search(r"^ENTRYPOINT (\[.*\])\s*$", final, re.M)
     assert match, final
@@ -64,18 +68,25 @@ def run_in_rootfs(rootfs: Path, command: List[str], env: Optional[List[str]] = N
     return subprocess.Popen([*argv, str(rootfs), str(build_pyz()), *command], **kwargs)
 
 
+def _children(pid: int) -> List[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def child_pid(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    """The command's host PID: unshare --fork's only child (once run.sh has exec'd unshare;
-    before that, run.sh's own subshells are children too)."""
+    """The command's host PID: the only child of run.sh's unshare (PID 1 of its namespace)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "unshare":
-                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-                if children:
-                    return int(children[0])
-        except OSError:
-            pass
+        for pid in _children(proc.pid):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "unshare":
+                    children = _children(pid)
+                    if children:
+                        return children[0]
+            except OSError:
+                pass
         time.sleep(0.02)
     raise AssertionError("run.sh started no command")
 
@@ -121,13 +132,14 @@ def test_sandbox_runs_as_nonroot_with_a_read_only_root(rootfs):
     assert proc.returncode == 0, err.decode()
     result = json.loads(out)
     assert (result["uid"], result["gid"], result["pid"]) == (NONROOT, NONROOT, 1)
-    assert result["env"] == ["HOME", "LANG", "PATH", "SSL_CERT_FILE"]
+    # distroless' environment plus the Dockerfile's ENV lines.
+    assert result["env"] == ["HOME", "LANG", "PATH", "PATIO_STATE_DIR", "PYTHONPATH", "SSL_CERT_FILE"]
     for path in ("/etc/patio-probe", "/app/patio-probe", "/tmp/patio-probe", "/usr/patio-probe"):
         assert result[path] == "EROFS", (path, result[path])
     assert result["/app/patio.pyz"] in ("EROFS", "EACCES"), result["/app/patio.pyz"]
     assert result["/tmp/patio/probe"] == "written"
-    # Copied in as the Dockerfile's COPY does: root's, 0644, the pyz itself.
-    assert result["app"] == [0, 0, "0o644", build_pyz().stat().st_size]
+    # Installed as the Dockerfile does: root's, 0755 (the incumbents' commands exec it), the pyz itself.
+    assert result["app"] == [0, 0, "0o755", build_pyz().stat().st_size]
 
 
 class AdapterServer:
@@ -224,3 +236,56 @@ def test_patio_serves_from_the_image_root(served):
     os.kill(pid, signal.SIGTERM)
     assert served["proc"].wait(20) == 0, _output(served)
     assert "shutdown complete" in _output(served)
+
+
+def test_sigterm_to_the_runner_reaches_patio(rootfs):
+    """run.sh forwards SIGTERM to the container's PID 1, as the kubelet signals it (before, the
+    runner exec'd unshare, which died of the signal and left Patio running)."""
+    engine = FakeEngine("vllm")
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    command = [*dockerfile_entrypoint(), "--host", "127.0.0.1", "--port", str(port)]
+    proc = run_in_rootfs(
+        rootfs, command, [f"INFERENCE_ENGINE_ENDPOINT={engine.url}"], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        pid = child_pid(proc)
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout=20)
+        proc.send_signal(signal.SIGTERM)  # the runner, not Patio
+        assert proc.wait(20) == 0
+        assert not Path(f"/proc/{pid}").exists()
+        log.seek(0)
+        output = log.read().decode("utf-8", "replace")
+        assert "received SIGTERM" in output and "shutdown complete" in output, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        engine.stop()
+        log.close()
+
+
+def test_localhost_resolves(rootfs):
+    """The root has an /etc/hosts as a container runtime writes it: before, `localhost` did not
+    resolve and a Patio started with the default INFERENCE_ENGINE_ENDPOINT answered /ready 503."""
+    code = "import socket; print(socket.gethostbyname('localhost'), open('/etc/hosts').readline().strip())"
+    proc = run_in_rootfs(rootfs, ["python3", "-I", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split(" ", 1) == ["127.0.0.1", "# Kubernetes-managed hosts file.\n"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["aibrix_runtime", "--version"],
+        ["python3", "-m", "patio.app", "--version"],
+        ["python", "-m", "patio", "--version"],
+    ],
+    ids=["aibrix_runtime_on_path", "rbg_python_m_patio_app", "python_m_patio"],
+)
+def test_incumbents_commands_are_patio_in_the_root(rootfs, command):
+    proc = run_in_rootfs(rootfs, command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("patio "), out

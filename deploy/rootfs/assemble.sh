@@ -11,9 +11,11 @@
 # complete only when .patio-rootfs-complete exists: the first run downloads ~30 MB and takes
 # about a minute, later runs return at once.  Run it with deploy/rootfs/run.sh.
 #
-# Beyond the image: the empty mount points /tmp/patio (the writable state and adapter
-# directory, an emptyDir in the manifests) and /app (run.sh copies the pyz there, as the
-# Dockerfile does, on a read-only mount), and /proc and /dev, which a container runtime creates.
+# The Dockerfile's own files: /app (run.sh copies the pyz there, as the Dockerfile installs it, on
+# a read-only mount), the incumbents' commands /usr/local/bin/aibrix_runtime and aibrix_download
+# linked to it, /tmp/patio (the state directory, the manifests' emptyDir) and /models (Kthena's
+# output_dirs), both 65532's.  And what a container runtime adds: the mount points /proc, /dev
+# and /etc/hosts (run.sh mounts the kubelet's hosts file there).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 list="$here/packages.txt"
@@ -108,8 +110,13 @@ find "$root/usr/share/ca-certificates" -name '*.crt' -print0 | sort -z | xargs -
 ln -sf python3.11 "$root/usr/bin/python3"
 ln -sf python3.11 "$root/usr/bin/python"
 
-# Mount points (see the header).
-install -d -m 0755 "$root/proc" "$root/dev" "$root/app" "$root/tmp/patio"
+# The Dockerfile's files and the runtime's mount points (see the header).
+install -d -m 0755 "$root/proc" "$root/dev" "$root/app" "$root/usr/local/bin"
+install -d -m 0755 -o 65532 -g 65532 "$root/tmp/patio" "$root/models"
+ln -s /app/patio.pyz "$root/usr/local/bin/aibrix_runtime"
+ln -s /app/patio.pyz "$root/usr/local/bin/aibrix_download"
+rm -f "$root/etc/hosts"
+: >"$root/etc/hosts"
 
 for forbidden in bin/sh bin/bash usr/bin/sh usr/bin/bash bin/busybox; do
   if [ -e "$root/$forbidden" ] || [ -L "$root/$forbidden" ]; then
