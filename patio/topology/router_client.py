@@ -93,7 +93,8 @@ class RouterClient:
         )
 
     def payload(self) -> Dict[str, Any]:
-        payload: Dict[str, Any] = {"url": self.settings.worker_url, "worker_type": self.settings.worker_type}
+        payload: Dict[str, Any] = dict(self.settings.extra)
+        payload.update({"url": self.settings.worker_url, "worker_type": self.settings.worker_type})
         if self.settings.bootstrap_port is not None:
             payload["bootstrap_port"] = self.settings.bootstrap_port
         return payload

@@ -6,7 +6,7 @@ missing or invalid is a ``ConfigError`` naming what to set (exit 2).
 
 import argparse
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -23,6 +23,10 @@ WORKER_TYPES = ("regular", "prefill", "decode")
 #                       flip readiness (a router restart must not take the fleet out of service)
 #   strict:             the router listed this worker at the last heartbeat
 READINESS_MODES = ("first-registration", "strict")
+# Fields of --instance-info's data that Patio itself turns into the registration; every other
+# field goes to the router as written (RoleBasedGroup's runtime posts the whole data object less
+# "port", plus "url": topo/client/sgl_topo_client.py register, at a6acbfe4), e.g. smg's priority.
+RESERVED_FIELDS = frozenset(("port", "url", "worker_type", "bootstrap_port", "topo_type"))
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class TopologySettings:
     # 0 disables all randomness (the bench's baseline).
     heartbeat_jitter: float = 0.2
     readiness: str = "first-registration"
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more registration fields (RESERVED_FIELDS)
 
     def __repr__(self) -> str:  # never print the router key
         return (
@@ -173,6 +178,7 @@ def derive(
         request_timeout=request_timeout,
         heartbeat_jitter=jitter,
         readiness=readiness,
+        extra={key: value for key, value in data.items() if key not in RESERVED_FIELDS},
     )
 
 
