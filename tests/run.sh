@@ -74,6 +74,20 @@ for spec in $ROUTER_PEERS; do
   fi
 done
 
+# 2c. checkov, the independent manifest scanner of tests/test_deploy_checkov.py, in a virtualenv of
+#     its own under ~/.cache (its pins would downgrade boto3/botocore/packaging in .venv); reused
+#     when its stamp names the same version, rebuilt when half-installed.
+CHECKOV_SPEC="checkov==3.3.30"
+CHECKOV_HOME="${XDG_CACHE_HOME:-$HOME/.cache}/patio-checkov/${CHECKOV_SPEC/==/-}"
+if [ "$(cat "$CHECKOV_HOME/.patio-stamp" 2>/dev/null)" != "$CHECKOV_SPEC" ]; then
+  log "building $CHECKOV_HOME ($CHECKOV_SPEC)"
+  rm -rf "$CHECKOV_HOME"
+  "$PY" -m venv "$CHECKOV_HOME"
+  "$CHECKOV_HOME/bin/python" -m pip install -q --disable-pip-version-check "$CHECKOV_SPEC"
+  echo "$CHECKOV_SPEC" > "$CHECKOV_HOME/.patio-stamp"
+fi
+export PATIO_CHECKOV="$CHECKOV_HOME/bin/checkov"
+
 # 3. Static checks.
 log "ruff check / ruff format --check / mypy / vermin"
 .venv/bin/ruff check patio tests bench deploy patio.py

@@ -12,105 +12,37 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Tuple
 
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
-from deploy_support import DEPLOY
 from kubernetes_validate.utils import latest_version
+from manifests_support import OWN, PATIO_IMAGE, Doc, documents, patio_containers, pod_specs
 
 from patio.config import load_settings
 
-MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+MANIFESTS = OWN
 K8S_VERSION = latest_version()
 
-PATIO_IMAGE = re.compile(r"^patio(:|@)")
 # The container names each controller expects for its sidecar.
 SIDECAR_NAMES = {"vllm-patio.yaml": "patio", "aibrix.yaml": "aibrix-runtime", "kthena.yaml": "runtime"}
 
-Doc = Dict[str, Any]
 SECRET_STAND_IN = Path(tempfile.mkdtemp(prefix="patio-manifest-")) / "secret"
 SECRET_STAND_IN.write_text("stand-in\n", encoding="utf-8")
-
-
-def documents() -> List[Tuple[str, Doc]]:
-    out = []
-    for path in MANIFESTS:
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if doc:
-                out.append((path.name, doc))
-    return out
 
 
 def _id(item: Tuple[str, Doc]) -> str:
     return f"{item[0]}:{item[1]['kind']}/{item[1]['metadata']['name']}"
 
 
-def as_pod(name: str, spec: Doc) -> Doc:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
-
-
-def merged_profile_pods() -> Iterator[Tuple[str, Doc]]:
-    """RBG roles with engineRuntimes: the role's pod plus the profile's containers and volumes,
-    with the role's per-container overrides applied (what RBG's injector produces)."""
-    profiles = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "ClusterEngineRuntimeProfile"}
+def test_profile_overrides_are_what_rbg_allows():
+    """rbgs api/workloads/v1alpha1 EngineRuntime: "only support command,args overridden"."""
     for _, doc in documents():
-        if doc["kind"] != "RoleBasedGroup":
-            continue
-        for role in doc["spec"]["roles"]:
-            spec = copy.deepcopy(role["template"]["spec"])
+        for role in doc["spec"]["roles"] if doc["kind"] == "RoleBasedGroup" else []:
             for runtime in role.get("engineRuntimes", []):
-                profile = profiles[runtime["profileName"]]["spec"]
-                overrides = {c["name"]: c for c in runtime.get("containers", [])}
-                # rbgs api/workloads/v1alpha1 EngineRuntime: "only support command,args overridden".
-                assert all(set(c) <= {"name", "command", "args"} for c in overrides.values()), overrides
-                for container in copy.deepcopy(profile["containers"]):
-                    container.update({k: v for k, v in overrides.get(container["name"], {}).items() if k != "name"})
-                    spec["containers"].append(container)
-                spec.setdefault("volumes", []).extend(copy.deepcopy(profile.get("volumes", [])))
-            for container in spec["containers"]:
-                # What RBG's injector adds to every container (shared/reference/incumbents.md).
-                container.setdefault("env", []).extend(
-                    {"name": key, "value": value}
-                    for key, value in (
-                        ("RBG_GROUP_NAME", doc["metadata"]["name"]),
-                        ("RBG_ROLE_NAME", role["name"]),
-                        ("RBG_ROLE_INDEX", "0"),
-                    )
-                )
-            name = f"{doc['metadata']['name']}-{role['name']}"
-            yield name, as_pod(name, spec)
-
-
-def pod_specs(runnable: bool = False) -> List[Tuple[str, str, Doc]]:
-    """(file, name, Pod) for every pod the manifests describe, built-in or inside a custom resource.
-    ``runnable``: only pods that run as such (a profile alone is merged into an RBG role first)."""
-    out: List[Tuple[str, str, Doc]] = []
-    for file, doc in documents():
-        kind, name = doc["kind"], doc["metadata"]["name"]
-        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
-            out.append((file, name, as_pod(name, doc["spec"]["template"]["spec"])))
-        elif kind == "ModelServing":
-            for role in doc["spec"]["template"]["roles"]:
-                out.append((file, f"{name}-{role['name']}", as_pod(name, role["entryTemplate"]["spec"])))
-        elif kind == "ClusterEngineRuntimeProfile" and not runnable:
-            spec = {"containers": doc["spec"]["containers"], "volumes": doc["spec"].get("volumes", [])}
-            out.append((file, name, as_pod(name, spec)))
-    for name, pod in merged_profile_pods():
-        out.append(("rbg-profile.yaml", name, pod))
-    return out
-
-
-def patio_containers() -> List[Tuple[str, str, Doc, Doc]]:
-    """(file, pod, container, pod spec) for every Patio container, after RBG's merge."""
-    found = []
-    for file, name, pod in pod_specs(runnable=True):
-        for container in pod["spec"]["containers"]:
-            if PATIO_IMAGE.match(container.get("image", "")):
-                found.append((file, name, container, pod["spec"]))
-    return found
+                for container in runtime.get("containers", []):
+                    assert set(container) <= {"name", "command", "args"}, container
 
 
 def test_there_are_manifests_for_each_shape():
