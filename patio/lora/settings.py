@@ -35,7 +35,11 @@ class LoraSettings:
 def add_flags(parser: Any) -> None:
     add = parser.add_argument
     add("--lora-reconcile-interval", help="seconds between LoRA reconciliations; 0 disables (default 30)")
-    add("--state-dir", help="where Patio keeps its desired adapter set (default /tmp/patio)")
+    add(
+        "--state-dir",
+        help="where Patio keeps its desired adapter set (env PATIO_STATE_DIR; default per user, engine and port: "
+        "$TMPDIR/patio-UID/HOST_PORT-LISTENPORT)",
+    )
     add("--lora-load-timeout", help="seconds one engine LoRA load may take (default 1800)")
     add("--lora-unload-timeout", help="seconds one engine LoRA unload may take (default 60)")
     add("--lora-retry-attempts", help="attempts for a LoRA call the engine could not have acted on (default 5)")

@@ -53,6 +53,25 @@ def test_1_load_through_every_path_then_complete(vllm, assets, patio_factory):
         assert engine_adapters(vllm) == {}
 
 
+def test_1b_engine_unset_is_learned_from_the_real_vllm(vllm, assets, patio_factory):
+    """Issue 26: INFERENCE_ENGINE unset (RoleBasedGroup's default engine is SGLang) in front of a real
+    vLLM: Patio asks GET /version (vllm/entrypoints/serve/instrumentator/basic.py), speaks vLLM's
+    LoRA API and shows vLLM's own version.  Before, the load went to SGLang's /load_lora_adapter
+    and came back 404 Not Found."""
+    status, raw = get(vllm.url + "/version")
+    assert status == 200
+    version = json.loads(raw)["version"]
+    patio = patio_factory(vllm.url, env={"INFERENCE_ENGINE": ""})
+    assert wait_until(lambda: patio.get_json("/")[1]["engine"] == "vllm", 20)
+    assert patio.get_json("/")[1]["engine_version"] == version
+    path_a = str(assets / "adapters" / "a")
+    status, body = patio.post("/load_lora_adapter", {"lora_name": "a", "lora_path": path_a})
+    assert (status, body["status"]) == (200, "success"), body
+    assert engine_adapters(vllm) == {"a": path_a}
+    assert patio.post("/unload_lora_adapter", {"lora_name": "a"})[0] == 200
+    assert engine_adapters(vllm) == {}
+
+
 def test_2_duplicates_bad_path_unknown_unload(vllm, assets, patio_factory, tmp_path):
     patio = patio_factory(vllm.url)
     path_a, path_b = str(assets / "adapters" / "a"), str(assets / "adapters" / "b")
