@@ -23,7 +23,10 @@ class MetricsSettings:
 
 
 def add_flags(parser: Any) -> None:
-    parser.add_argument("--metrics-scheme", help="patio, aibrix or kthena (env METRICS_SCHEME; default patio)")
+    parser.add_argument(
+        "--metrics-scheme",
+        help="patio, aibrix or kthena (env METRICS_SCHEME; default patio, or the start profile's: aibrix, kthena)",
+    )
     parser.add_argument("--metrics-mode", help="standard, both or raw (env METRICS_MODE; default both)")
     parser.add_argument("--metrics-scrape-timeout", help="seconds for one engine scrape (default 2)")
     parser.add_argument("--metrics-cache-ttl", help="seconds an engine scrape is reused (default 0: never)")
