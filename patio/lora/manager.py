@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
 
 from patio.artifacts.auth.secrets import SECRET_NAME
-from patio.artifacts.uri import display_uri
+from patio.artifacts.uri import display_uri, is_materialized
 from patio.engines.base import (
     BAD_ANSWER,
     DUPLICATE,
@@ -61,8 +61,6 @@ log = logging.getLogger("patio.lora")
 LOADING, LOADED, UNLOADING, FAILED = "loading", "loaded", "unloading", "failed"
 # Who asked for an adapter: an API call, the adapters file, or the file through vLLM's resolver dir.
 ORIGIN_API, ORIGIN_FILE, ORIGIN_RESOLVER = "api", "file", "resolver"
-# URI schemes that name a remote artifact Patio must download first.
-REMOTE_SCHEMES = ("s3://", "gs://", "tos://", "obs://", "hf://", "huggingface://", "http://", "https://", "pvc://")
 # Failed-load records kept for the listing; a client looping over fresh names must not grow memory.
 MAX_FAILED_RECORDS = 256
 # Seconds a failed-load record stays listed: long enough for an operator to read last_error.
@@ -239,7 +237,7 @@ class LoraManager:
         service = self._artifacts()
         if service is not None:
             return bool(service.is_remote(source))
-        return source.lower().startswith(REMOTE_SCHEMES)
+        return is_materialized(source)
 
     async def _persist(self) -> None:
         async with self._persist_lock:
