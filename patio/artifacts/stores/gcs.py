@@ -203,8 +203,11 @@ class MetadataToken(_CachedToken):
     def __init__(self, host: str, net: NetConfig, retry: DownloadRetry) -> None:
         super().__init__()
         self.base = host if "://" in host else "http://" + host
-        # Its own short timeout and no proxy: the metadata server is link-local.
-        self.http = HttpClient(NetConfig(timeout=min(net.timeout, METADATA_PROBE_TIMEOUT)))
+        # Its own short timeout and no proxy: the metadata server is link-local.  The egress
+        # policy refuses metadata addresses to everything a request names; this client, which
+        # only ever asks the configured metadata host for a token, is the one exception.
+        allowed = net.egress.allowing(urllib.parse.urlsplit(self.base).hostname or host)
+        self.http = HttpClient(NetConfig(timeout=min(net.timeout, METADATA_PROBE_TIMEOUT), egress=allowed))
         self.retry = retry
         self.absent = False
         self.description = "metadata server"
