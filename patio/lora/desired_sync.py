@@ -228,6 +228,11 @@ class DesiredSync:
             self.file_state, self.file_error = "invalid", exc.message + "; nothing of it was applied"
             log.error("%s", self.file_error)
             return
+        except Exception as exc:  # a bug in the parser: the status must say so, not "applied"
+            log.exception("adapters file %s could not be read", self.path)
+            self.file_state = "invalid"
+            self.file_error = f"{self.path} could not be read ({type(exc).__name__}); nothing of it was applied"
+            return
         self.file_state, self.file_error = "applied", refused_message(desired, self.settings.max_adapters)
         if self.file_error:
             log.error("adapters file %s: %s", self.path, self.file_error)
