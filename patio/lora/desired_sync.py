@@ -62,6 +62,8 @@ MAX_PARALLEL_APPLIES = 4
 MAX_BACKOFF = 60.0
 # State of an adapter made available through vLLM's resolver directory (not yet loaded by vLLM).
 AVAILABLE = "available"
+# Seconds between looks at a name's fill lock held by another Patio sharing the resolver dir.
+RESOLVER_LOCK_POLL = 0.2
 
 Signature = Tuple[str, int, int, int, int]
 
@@ -408,17 +410,41 @@ class DesiredSync:
                 self._track(name, target, os.path.join(directory, name), None)
             return
         started = time.monotonic()
-        staged = await self.staging.materialize(name, target.source, None)
-        replaced = record is not None or await self.context.run_blocking(
-            lambda: os.path.lexists(os.path.join(directory, name))
-        )
-        async with manager.lock(name):
-            path = await self.context.run_download(resolver_dir.install, directory, name, staged)
-            self._track(name, target, path, time.monotonic() - started)
+        # A planted DIR/.patio-staging symlink must not receive the download (nor trash a delete).
+        await self.context.run_blocking(resolver_dir.ready_for_downloads, directory)
+        fd = await self._resolver_lock(directory, name)
+        try:
+            if await self.context.run_blocking(resolver_dir.holds, directory, name, shown):
+                # Another Patio sharing the directory installed this very copy while we waited.
+                self._track(name, target, os.path.join(directory, name), time.monotonic() - started)
+                if record is not None:
+                    await self._engine_unload(name)
+                return
+            staged = await self.staging.materialize(name, target.source, None)
+            replaced = record is not None or await self.context.run_blocking(
+                lambda: os.path.lexists(os.path.join(directory, name))
+            )
+            async with manager.lock(name):
+                path = await self.context.run_download(resolver_dir.install, directory, name, staged)
+                self._track(name, target, path, time.monotonic() - started)
+        finally:
+            resolver_dir.unlock(fd)
         if replaced:
             # vLLM keeps a resolved adapter by name: unload so the next request reads the new copy.
             await self._engine_unload(name)
         log.info("adapter %s from %s is in %s for vLLM's resolver", name, shown, path)
+
+    async def _resolver_lock(self, directory: str, name: str) -> int:
+        """The name's fill lock (``resolver_dir.try_lock``), waiting while another process holds it."""
+        waited = False
+        while True:
+            fd = await self.context.run_blocking(resolver_dir.try_lock, directory, name)
+            if fd is not None:
+                return fd
+            if not waited:
+                log.info("adapter %s: another Patio is filling %s; waiting for it", name, directory)
+                waited = True
+            await asyncio.sleep(RESOLVER_LOCK_POLL)
 
     def _track(self, name: str, target: DesiredAdapter, path: str, seconds: Optional[float]) -> None:
         adapter = Adapter(name, target.source, path, remote=True, state=AVAILABLE, origin=ORIGIN_RESOLVER)
@@ -431,7 +457,11 @@ class DesiredSync:
         if directory:
             if self.staging is not None:
                 await self.staging.cleanup(name)  # a download still under way, or its leftovers
-            removed = await self.context.run_download(resolver_dir.remove, directory, name)
+            fd = await self._resolver_lock(directory, name)
+            try:
+                removed = await self.context.run_download(resolver_dir.remove, directory, name)
+            finally:
+                resolver_dir.unlock(fd)
             if removed or (record is not None and record.origin == ORIGIN_RESOLVER):
                 # Deleting the directory does not free the engine's memory: unload too.
                 await self._engine_unload(name)
