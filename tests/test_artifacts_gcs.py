@@ -22,7 +22,13 @@ from support import PEERS_ALLOWED, ROOT, RunningPatio, http_call, http_json, mak
 
 from patio.artifacts.auth import rs256
 from patio.artifacts.auth.credentials import parse_credentials
-from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactNotFound
+from patio.artifacts.errors import (
+    ArtifactAccessDenied,
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    CredentialsInvalid,
+    CredentialsMisconfigured,
+)
 from patio.artifacts.fetch.egress import EgressRefused
 from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
@@ -378,3 +384,29 @@ def test_gcs_scheme_is_accepted_wherever_gs_is(gcs: FakeGcs, tmp_path: Path, ent
             target = ENTRY_POINTS[entry](patio, f"{scheme}://bucket/llama", dirs)
     expected = {k[len("llama/") :]: v for k, v in FILES.items() if k.startswith("llama/")}
     assert _tree(target) == expected
+
+
+# Malformed service-account JSON is a configuration error, never a 403 that blames the store
+# (issue 28 item 11): the caller's credentials -> 400, the operator's file -> 500.
+MALFORMED = [
+    ("not_json", "{not json"),
+    ("not_an_object", "[1, 2]"),
+    ("unknown_type", json.dumps({"type": "external_account"})),
+    ("missing_fields", json.dumps({"type": "service_account", "client_email": "x@p"})),
+    ("unusable_key", json.dumps({"type": "service_account", "client_email": "x@p", "private_key": "nope"})),
+    ("user_missing_fields", json.dumps({"type": "authorized_user", "client_id": "c"})),
+]
+
+
+@pytest.mark.parametrize("text", [t for _n, t in MALFORMED], ids=[n for n, _t in MALFORMED])
+def test_malformed_service_account_json_is_a_configuration_error(gcs: FakeGcs, tmp_path: Path, text: str) -> None:
+    env = {"STORAGE_EMULATOR_HOST": gcs.url}
+    with pytest.raises(CredentialsInvalid) as caught:
+        _download("gs://bucket/llama", tmp_path / "r", env, {"service_account_json": text})
+    assert caught.value.status == 400 and caught.value.param == "credentials"
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(text)
+    with pytest.raises(CredentialsMisconfigured) as operator:
+        _download("gs://bucket/llama", tmp_path / "e", {**env, "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
+    assert operator.value.status == 500 and str(key_file) in operator.value.message
+    assert not any(s.path.startswith("/storage") for s in gcs.seen)  # nothing was asked of the store
