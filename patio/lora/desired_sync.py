@@ -64,6 +64,8 @@ MAX_BACKOFF = 60.0
 AVAILABLE = "available"
 # Seconds between looks at a name's fill lock held by another Patio sharing the resolver dir.
 RESOLVER_LOCK_POLL = 0.2
+# The manager's answer when --max-adapters is reached (patio.lora.manager.LoraManager.load).
+NO_ROOM = "too_many_adapters"
 
 Signature = Tuple[str, int, int, int, int]
 
@@ -90,8 +92,9 @@ def _same(recorded: str, wanted: str) -> bool:
 
 
 def retryable(exc: PatioError) -> bool:
-    """Worth another attempt: the engine or a store may answer better later."""
-    return exc.status >= 500 or exc.status in (408, 429)
+    """Worth another attempt: the engine or a store may answer better later, or --max-adapters
+    has room again once the file's own removals are done (a swap of one set for another)."""
+    return exc.status >= 500 or exc.status in (408, 429) or exc.error_type == NO_ROOM
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Status:
     attempts: int = 0
     last_error: Optional[str] = None
     next_attempt_at: Optional[float] = None  # retrying: the next attempt; failed: the next fresh set
+    no_room: bool = False  # the last attempt found --max-adapters reached: a removal wakes it
 
     def view(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "action": self.action, "state": self.state}
@@ -312,6 +316,13 @@ class DesiredSync:
         self._kicks[name] = asyncio.Event()
         self._workers[name] = asyncio.ensure_future(self._worker(name))
 
+    def _room_freed(self) -> None:
+        """A removal finished: adapters that found --max-adapters reached try again now, with
+        fresh attempts (during a swap of sets their backoff would otherwise outlast it)."""
+        for name, status in list(self._statuses.items()):
+            if status.no_room and status.state in ("retrying", "failed"):
+                self._spawn(name, reset=True)
+
     def _drop(self, name: str) -> None:
         """Forget a name entirely (no worker runs for it): memory and metric series stay bounded."""
         for table in (self._statuses, self._targets, self._failures, self._versions, self._kicks):
@@ -327,6 +338,7 @@ class DesiredSync:
                 status.state, status.attempts, status.next_attempt_at = "applying", attempt, None
                 error: Optional[str] = None
                 again = True
+                status.no_room = False
                 try:
                     assert self._slots is not None
                     async with self._slots:
@@ -334,6 +346,7 @@ class DesiredSync:
                             await self._apply_one(name, target)
                 except PatioError as exc:
                     error, again = exc.message, retryable(exc)
+                    status.no_room = exc.error_type == NO_ROOM
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must fail this adapter, not the others
@@ -344,6 +357,8 @@ class DesiredSync:
                     continue
                 if error is None:
                     status.state, status.last_error = "ok", None
+                    if target is None:
+                        self._room_freed()
                     if target is None and self.desired is not None and name not in self.desired.absent:
                         self._workers.pop(name, None)
                         self._drop(name)  # removed because the file dropped it: nothing left to report
