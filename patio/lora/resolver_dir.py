@@ -14,10 +14,11 @@ directory belongs to someone else and is left alone.
 
 Several Patios may fill one directory (a shared volume across replicas): each
 name's fill, install and removal run under an exclusive ``flock`` on
-``DIR/.patio-staging/NAME.lock``, so one process never renames a copy another is
-still writing into vLLM's sight (two processes sharing a name showed vLLM an
-adapter with only some of its files), and a second filler finds the first one's
-complete copy instead of fetching its own.
+``DIR/.patio-staging/NAME.lock``.  Without it two processes wrote into the same
+``.patio-staging/NAME`` at once, one's preparation deleting the other's download
+when their sources differed, and one could rename a copy into vLLM's sight while
+the other still wrote into it; with it the second filler waits and finds the
+first one's complete copy instead of fetching its own.
 """
 
 import fcntl
