@@ -309,3 +309,15 @@ def test_the_log_tells_the_operator_and_holds_no_secret(world: Dict[str, Any]) -
     assert SECRET not in log
     assert "management routes" in log and "--api-key" in log  # the start warning (no key set)
     assert os.path.isdir(str(world["root"]))
+
+
+def test_the_start_warning_is_said_once_and_only_without_a_key() -> None:
+    with FakeEngine("vllm") as engine:
+        env = {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url}
+        for args, expected in (([], 1), (["--api-key", "k-123"], 0)):
+            patio = PatioProcess(args, env=env)
+            try:
+                time.sleep(0.2)
+                assert patio.output().count("no --api-key (PATIO_API_KEY) is set") == expected, patio.output()
+            finally:
+                patio.kill()

@@ -87,6 +87,7 @@ CASES = [
     ("line_separator", KTHENA, {"source": "s3://bk/m", "output_dir": "a\u2028b"}, 400, "control characters"),
     ("lone_surrogate", KTHENA, {"source": "s3://bk/m", "output_dir": "a\ud800b"}, 400, "surrogate"),
     ("path_5000_chars", KTHENA, {"source": "s3://bk/m", "output_dir": "{models}/" + "a/" * 2500}, 400, "at most 4096"),
+    ("long_path_elsewhere", KTHENA, {"source": "s3://bk/m", "output_dir": "/" + "a/" * 1900}, 400, "characters)"),
     ("component_300", KTHENA, {"source": "s3://bk/m", "output_dir": "{models}/" + "a" * 300}, 400, "255 bytes"),
     ("newline_local_dir", AIBRIX_DOWNLOAD, {"model_uri": "s3://bk/m", "local_dir": "a\nb"}, 400, "control"),
     ("long_model_name", AIBRIX_DOWNLOAD, {"model_uri": "s3://bk/m", "model_name": "n" * 5000}, 400, "4096"),
