@@ -126,7 +126,9 @@ def patio_fetch(uri: str, env: Dict[str, str], threads: int) -> Callable[[Path],
     from patio.artifacts.sources import open_source
     from patio.artifacts.uri import parse_uri
 
-    settings = from_sources(argparse.Namespace(), {**env, "DOWNLOADER_NUM_THREADS": str(threads)}, None)
+    # The bench's stores listen on loopback, which the egress policy allows only when told to.
+    allow = {"PATIO_EGRESS_ALLOW": "127.0.0.0/8,::1"}
+    settings = from_sources(argparse.Namespace(), {**allow, **env, "DOWNLOADER_NUM_THREADS": str(threads)}, None)
 
     def run(target: Path) -> None:
         source = open_source(parse_uri(uri), settings)

@@ -34,6 +34,16 @@ _AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+# Longest path accepted in a request field, in UTF-8 bytes: Linux's PATH_MAX.  Longer could
+# never be created; the OS would answer ENAMETOOLONG deep inside a download (a 507 that echoed
+# the whole path).
+MAX_PATH_BYTES = 4096
+# Longest component of a path: NAME_MAX.
+MAX_NAME_BYTES = 255
+# How much of a refused value a message quotes; the rest is counted, not echoed.
+MAX_SHOWN_CHARS = 80
+
+
 def is_clean(value: str) -> bool:
     """True when ``value`` holds no control character and no lone surrogate."""
     return _CONTROL.search(value) is None and _SURROGATE.search(value) is None
@@ -50,15 +60,41 @@ def check_text(value: Any, field: str) -> str:
     return value
 
 
+def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``value`` as a message may quote it: ``repr`` of at most ``limit`` characters (with the
+    length when cut), or a description when it holds control characters or is not text."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    if not is_clean(value):
+        return "the value given"
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def check_path(value: Any, field: str) -> str:
+    """A path field (``output_dir``, ``local_dir``, ``model_name``): clean text (no control
+    characters, so no forged log lines), at most ``MAX_PATH_BYTES``, no component longer than
+    ``MAX_NAME_BYTES``.  Refusals never echo the value."""
+    text = check_text(value, field)
+    if not text.strip():
+        raise BadRequest(f"{field} must be a non-empty path", param=field)
+    size = len(text.encode("utf-8"))
+    if size > MAX_PATH_BYTES:
+        raise BadRequest(f"{field} is {size} bytes long; a path holds at most {MAX_PATH_BYTES}", param=field)
+    if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in text.split("/")):
+        raise BadRequest(f"{field} has a component longer than {MAX_NAME_BYTES} bytes", param=field)
+    return text
+
+
 def check_name(value: Any, field: str = "lora_name") -> str:
     """An adapter name: the whole string matches ``ADAPTER_NAME`` (it becomes a directory name)."""
     if not isinstance(value, str):
         raise BadRequest(f"{field} must be a string", param=field)
     if ADAPTER_NAME.fullmatch(value) is None:
         # Quoting a clean value helps; a dirty one is described, never echoed into logs.
-        shown = repr(value) if is_clean(value) and len(value) <= 200 else "the value given"
         raise BadRequest(
-            f"{field} {shown} must match {ADAPTER_NAME.pattern} (it becomes a directory name)", param=field
+            f"{field} {shown(value)} must match {ADAPTER_NAME.pattern} (it becomes a directory name)", param=field
         )
     return value
 

@@ -175,7 +175,7 @@ class _Server(http.server.ThreadingHTTPServer):
 class BaseFake:
     """A threaded HTTP/1.1 server; subclasses implement ``handle(handler, method)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -203,9 +203,9 @@ class BaseFake:
                 self._do("POST")
 
         self.seen: List[Seen] = []
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = _Server((host, 0), Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host if host != '0.0.0.0' else '127.0.0.1'}:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -286,7 +286,7 @@ def send_bytes(
 class FileServer(BaseFake):
     """Static files with ETag/Range, and scripted faults per path."""
 
-    def __init__(self, files: Dict[str, bytes]) -> None:
+    def __init__(self, files: Dict[str, bytes], host: str = "127.0.0.1") -> None:
         self.files = dict(files)
         self.faults: Dict[str, List[Tuple[int, Dict[str, str]]]] = {}
         self.cut: Dict[str, int] = {}  # path -> drop the connection after N body bytes (once)
@@ -294,7 +294,7 @@ class FileServer(BaseFake):
         self.no_ranges: set = set()
         self.redirect: Dict[str, str] = {}
         self.delay = 0.0
-        super().__init__()
+        super().__init__(host)
 
     def handle(self, h: Any, method: str) -> None:
         path = urllib.parse.urlsplit(h.path).path
@@ -463,14 +463,16 @@ class FakeHub(BaseFake):
 class FakeGcs(BaseFake):
     """``/storage/v1`` listing + ``/download`` media, and ``/token`` (JWT bearer grant, verified)."""
 
-    def __init__(self, verify_jwt: Optional[Callable[[str], Optional[str]]] = None, page_size: int = 2) -> None:
+    def __init__(
+        self, verify_jwt: Optional[Callable[[str], Optional[str]]] = None, page_size: int = 2, host: str = "127.0.0.1"
+    ) -> None:
         self.buckets: Dict[str, Dict[str, Tuple[bytes, int]]] = {}
         self.verify_jwt = verify_jwt  # assertion -> client email or None
         self.tokens: Dict[str, str] = {}
         self.page_size = page_size
         self.require_token = verify_jwt is not None
         self.bad_md5: set = set()
-        super().__init__()
+        super().__init__(host)
 
     def put(self, bucket: str, name: str, data: bytes) -> None:
         objects = self.buckets.setdefault(bucket, {})

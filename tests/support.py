@@ -25,6 +25,10 @@ from patio.lifecycle import Running, serve
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 PYZ = ROOT / "dist" / "patio.pyz"
+# The suite's peers (moto, the fake hubs and stores, the fake engine) listen on loopback, which
+# the download egress policy refuses.  Tests allow it through the setting a deployment uses for
+# an in-cluster mirror (patio/artifacts/fetch/egress.py); tests of the policy set their own.
+PEERS_ALLOWED = {"PATIO_EGRESS_ALLOW": "127.0.0.0/8,::1"}
 
 
 def shared_path(*parts: str) -> Path:
@@ -51,7 +55,7 @@ def make_settings(argv: Sequence[str] = (), env: Optional[Mapping[str, str]] = N
         args += ["--host", "127.0.0.1"]
     if "--port" not in args and "-P" not in args:
         args += ["--port", "0"]
-    base = {"PATIO_STATE_DIR": tempfile.mkdtemp(prefix="patio-state-")}
+    base = {"PATIO_STATE_DIR": tempfile.mkdtemp(prefix="patio-state-"), **PEERS_ALLOWED}
     base.update(env or {})
     return load_settings(args, base)
 
@@ -225,6 +229,7 @@ class PatioProcess:
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PATIO_STATE_DIR": tempfile.mkdtemp(prefix="patio-state-"),
+            **PEERS_ALLOWED,
         }
         full_env.update(env or {})
         self.log_path = Path(tempfile.mkstemp(prefix="patio-log-", suffix=".txt")[1])

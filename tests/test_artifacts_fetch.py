@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 from artifacts_fakes import FileServer
-from support import ROOT
+from support import PEERS_ALLOWED, ROOT
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import (
@@ -51,7 +51,7 @@ def files() -> Iterator[FileServer]:
 
 def _http(url: str, target: Path, credentials: Optional[dict] = None, **options: Any) -> FetchResult:
     env = {"DOWNLOADER_PART_SIZE": "1MiB", "DOWNLOADER_MAX_RETRIES": "3", "DOWNLOADER_BACKOFF_BASE": "0.01"}
-    settings = from_sources(argparse.Namespace(), env, None)
+    settings = from_sources(argparse.Namespace(), {**PEERS_ALLOWED, **env}, None)
     source = open_source(parse_uri(url), settings, parse_credentials(credentials))
     opts = FetchOptions(**{"part_size": MiB, "num_threads": 4, "retry": FAST, **options})
     try:
@@ -210,6 +210,7 @@ def test_file_size_limit_in_a_subprocess(files: FileServer, tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **PEERS_ALLOWED},
     )
     assert run.returncode == 1
     assert "file size limit exceeded" in run.stderr and "big.bin.part" in run.stderr
@@ -232,6 +233,7 @@ def test_cli_progress_bar_and_summary(files: FileServer, tmp_path: Path) -> None
             "bin",
         ],
         capture_output=True,
+        env={**os.environ, **PEERS_ALLOWED},
         text=True,
         timeout=60,
     )

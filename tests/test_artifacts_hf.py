@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
-from support import build_pyz
+from support import PEERS_ALLOWED, build_pyz
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactCorrupt, ArtifactNotFound
@@ -59,12 +59,13 @@ def hub() -> Iterator[Tuple[FakeHub, FakeCdn]]:
 
 def _env(hub: FakeHub, **extra: str) -> Dict[str, str]:
     env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "DOWNLOADER_PART_SIZE": "1MiB", "DOWNLOADER_MAX_RETRIES": "2"}
+    env.update(PEERS_ALLOWED)
     env.update(extra)
     return env
 
 
 def _download(uri: str, target: Path, env: Mapping[str, str], credentials: Optional[dict] = None) -> FetchResult:
-    settings = from_sources(argparse.Namespace(), env, None)
+    settings = from_sources(argparse.Namespace(), {**PEERS_ALLOWED, **env}, None)
     source = open_source(parse_uri(uri), settings, parse_credentials(credentials))
     try:
         return fetch(source, str(target), settings.fetch_options())

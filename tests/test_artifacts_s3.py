@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import pytest
 from artifacts_fakes import FileServer, MotoServer, ThrottleProxy
-from support import ROOT
+from support import PEERS_ALLOWED, ROOT
 
 from patio.artifacts.auth.aws import WebIdentityProvider
 from patio.artifacts.auth.credentials import parse_credentials
@@ -78,6 +78,7 @@ def _env(moto: Mapping[str, Any], **extra: str) -> Dict[str, str]:
         "DOWNLOADER_PART_SIZE": "1MiB",
         "DOWNLOADER_NUM_THREADS": "4",
         "DOWNLOADER_MAX_RETRIES": "2",
+        **PEERS_ALLOWED,
     }
     env.update(extra)
     return {k: v for k, v in env.items() if v != ""}
@@ -86,7 +87,7 @@ def _env(moto: Mapping[str, Any], **extra: str) -> Dict[str, str]:
 def _download(
     uri: str, target: Path, env: Mapping[str, str], credentials: Optional[dict] = None, **opts: Any
 ) -> FetchResult:
-    settings = from_sources(argparse.Namespace(), env, None)
+    settings = from_sources(argparse.Namespace(), {**PEERS_ALLOWED, **env}, None)
     source = open_source(parse_uri(uri), settings, parse_credentials(credentials))
     try:
         return fetch(source, str(target), settings.fetch_options(**opts))
@@ -280,7 +281,7 @@ def test_web_identity_through_sts(tmp_path: Path) -> None:
         token = tmp_path / "token"
         token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpwYXRpbyJ9.c2ln")
         provider = WebIdentityProvider(
-            HttpClient(NetConfig(timeout=10)),
+            HttpClient(NetConfig(timeout=10, egress=from_sources(argparse.Namespace(), PEERS_ALLOWED, None).egress)),
             server.endpoint,
             "arn:aws:iam::123456789012:role/patio",
             str(token),

@@ -16,7 +16,7 @@ from patio.artifacts.fetch.retry import parse_retry_after
 from patio.artifacts.settings import from_sources, parse_size
 from patio.artifacts.sources import tos_s3_endpoint
 from patio.artifacts.stores.s3 import S3Client, S3Endpoint, parse_list_page
-from patio.artifacts.uri import display_uri, parse_uri
+from patio.artifacts.uri import display_uri, is_materialized, parse_uri, scheme_label
 from patio.errors import BadRequest, ConfigError
 
 URI_CASES = [
@@ -136,6 +136,9 @@ SETTINGS_ERRORS = [
     ({"PATIO_ADAPTER_DIR": "relative"}, "PATIO_ADAPTER_DIR"),
     ({"HF_ENDPOINT": "ftp://x"}, "HF_ENDPOINT"),
     ({"PATIO_S3_ADDRESSING_STYLE": "odd"}, "PATIO_S3_ADDRESSING_STYLE"),
+    ({"PATIO_EGRESS_ALLOW": "10.0.0.0/33"}, "PATIO_EGRESS_ALLOW"),
+    ({"PATIO_EGRESS_ALLOW": "a..b"}, "PATIO_EGRESS_ALLOW"),
+    ({"PATIO_EGRESS_PRIVATE": "maybe"}, "PATIO_EGRESS_PRIVATE"),
 ]
 
 
@@ -265,3 +268,37 @@ def test_cli_usage_errors_exit_2(argv: list, message: str, capsys: Any) -> None:
 def test_cli_help_exits_0(capsys: Any) -> None:
     assert cli.main(["--help"]) == 0
     assert "--allow-file-suffix" in capsys.readouterr().out
+
+
+# The one scheme table (patio.artifacts.uri.SCHEMES): every spelling, what the LoRA manager and
+# the adapters seam make of it (materialized first or read in place), and its metrics label.
+SCHEME_CASES = [
+    ("s3://b/p", True, "s3"),
+    ("tos://b/p", True, "tos"),
+    ("obs://b/p", True, "obs"),
+    ("gs://b/p", True, "gs"),
+    ("gcs://b/p", True, "gs"),
+    ("GCS://b/p", True, "gs"),
+    ("hf://org/name", True, "hf"),
+    ("huggingface://org/name", True, "hf"),
+    ("ms://org/name", True, "ms"),
+    ("modelscope://org/name", True, "ms"),
+    ("http://host/f", True, "http"),
+    ("https://host/f", True, "https"),
+    ("pvc://loras/a", True, "pvc"),
+    ("file:///models/a", False, "file"),
+    ("/models/a", False, "local"),
+    ("org/name", False, "hf"),
+    ("ftp://host/f", False, "other"),
+]
+
+
+@pytest.mark.parametrize("source,materialized,label", SCHEME_CASES, ids=[c[0] for c in SCHEME_CASES])
+def test_one_scheme_table(source: str, materialized: bool, label: str) -> None:
+    from patio.lora.manager import LoraManager
+
+    assert is_materialized(source) is materialized
+    assert scheme_label(source) == label
+    manager = LoraManager.__new__(LoraManager)  # the fallback used when no artifacts seam is wired
+    manager.artifacts = None
+    assert manager.is_remote(source) is materialized

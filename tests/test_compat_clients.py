@@ -30,7 +30,7 @@ import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
 from compat_fakes import FakeModelScope, go_request, httpx_request, kubernetes_secret, replay, tree
 from fakes.engine import BASE_MODEL, FakeEngine
-from support import ROOT, RunningPatio, http_json, make_settings
+from support import PEERS_ALLOWED, ROOT, RunningPatio, http_json, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -506,6 +506,7 @@ def test_kthena_downloader_flags(
     """Replays volcano-sh/kthena python/kthena/downloader/app.py's flags, as its init containers pass them."""
     out = tmp_path / "dl"
     env = {"PATH": os.environ.get("PATH", ""), "HF_ENDPOINT": world["hub"].url, "MODELSCOPE_ENDPOINT": world["ms"].url}
+    env.update(PEERS_ALLOWED)
     env.update(extra)
     args = [a.replace("{out}", str(out)) for a in argv]
     done = subprocess.run(

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 from artifacts_fakes import FakeCdn
 from compat_fakes import FakeModelScope, tree
+from support import PEERS_ALLOWED
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactError, ArtifactNotFound
@@ -54,7 +55,7 @@ def _requests(ms: FakeModelScope) -> List[str]:
 
 
 def _patio(uri: str, target: Path, env: Dict[str, str], credentials: Optional[dict] = None) -> FetchResult:
-    settings = from_sources(argparse.Namespace(), env, None)
+    settings = from_sources(argparse.Namespace(), {**PEERS_ALLOWED, **env}, None)
     source = open_source(parse_uri(uri), settings, parse_credentials(credentials))
     try:
         return fetch(source, str(target), settings.fetch_options())

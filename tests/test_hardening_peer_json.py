@@ -68,3 +68,24 @@ def test_models_proxy_bomb_is_a_502(tmp_path: Path) -> None:
             assert "not JSON" in body["message"]
             engine.models_body = None
             assert http_json("GET", patio.url + "/v1/models")[0] == 200  # and Patio is still fine
+
+
+def test_measuring_the_depth_of_a_long_string_costs_no_memory() -> None:
+    """A 1 MiB JSON string (a request body at the limit, a 500 KB key in the adapters file) made
+    the string-skipping regex keep ~115 bytes of backtracking state per character: 120 MB of RSS
+    to learn the depth was 1.  Measured in a fresh interpreter so nothing else counts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from patio import jsontext\n"
+        "data = b'{\"' + b'k' * (1024 * 1024) + b'\": [[1]]}'\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert jsontext.json_depth(data) == 3\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 8, f"{out.stdout.strip()} MB to measure one string's depth"

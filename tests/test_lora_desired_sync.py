@@ -349,3 +349,18 @@ def test_patio_stopped_during_a_load_and_started_again(kind, tmp_path):
         with patio_for(engine, tmp_path, adapters) as patio:
             assert wait_for(lambda: settled(patio) and engine.adapters == {"a": "/models/a", "b": "/models/b"})
             assert {a["name"]: a["state"] for a in desired(patio).values()} == {"a": "ok", "b": "ok"}
+
+
+def test_swapping_a_full_set_for_another_converges(tmp_path):
+    """At --max-adapters, the file swaps three adapters for three others: the additions find no
+    room until the removals are done.  They used to fail for --adapter-failed-retry-interval
+    (300 s) with too_many_adapters; a finished removal now wakes them."""
+    adapters = tmp_path / "adapters.yaml"
+    syncer_file(adapters, {"a": "/m/a", "b": "/m/b", "c": "/m/c"})
+    args = ("--max-adapters", "3", "--adapter-apply-attempts", "1", "--adapter-failed-retry-interval", "0")
+    with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, adapters, *args) as patio:
+        assert wait_for(lambda: set(engine.adapters) == {"a", "b", "c"})
+        engine.lora_delay = 0.3  # removals take a while; additions are refused at once meanwhile
+        syncer_file(adapters, {"d": "/m/d", "e": "/m/e", "f": "/m/f"})
+        assert wait_for(lambda: set(engine.adapters) == {"d", "e", "f"}, timeout=20), desired(patio)
+        assert wait_for(lambda: all(s["state"] == "ok" for s in desired(patio).values()))

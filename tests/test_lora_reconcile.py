@@ -152,12 +152,12 @@ def test_unwritable_state_dir_fails_the_load_clearly():
 def test_full_disk_is_507(tmp_path, monkeypatch):
     import errno
 
-    import patio.lora.manager as manager
+    import patio.lora.state as state
 
-    def full(*args):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(manager, "write_desired", full)
+    monkeypatch.setattr(state, "atomic_write", full)
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
         status, body = http_json("POST", patio.url + "/load_lora_adapter", {"lora_name": "a", "lora_path": "/p"})
         assert (status, body["type"]) == (507, "state_not_saved")

@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional
 
 import pytest
 from fakes.engine import FakeEngine
-from support import ROOT, build_pyz, free_port, http_call, http_json, wait_http_ok
+from support import PEERS_ALLOWED, ROOT, build_pyz, free_port, http_call, http_json, wait_http_ok
 
 ROOTFS_DIR = ROOT / "deploy" / "rootfs"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -171,6 +171,7 @@ def served(rootfs) -> Iterator[dict]:
     log = tempfile.TemporaryFile()
     command = [*dockerfile_entrypoint(), "--host", "127.0.0.1", "--port", str(port)]
     env = ["INFERENCE_ENGINE=vllm", f"INFERENCE_ENGINE_ENDPOINT={engine.url}"]
+    env += [f"{name}={value}" for name, value in PEERS_ALLOWED.items()]
     proc = run_in_rootfs(rootfs, command, env, stdout=log, stderr=subprocess.STDOUT)
     state = {"proc": proc, "engine": engine, "adapters": adapters, "url": f"http://127.0.0.1:{port}", "log": log}
     try:

@@ -41,12 +41,11 @@ from patio.artifacts.jobs import Downloads
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.stores.local import resolve_local
 from patio.artifacts.targets import confine
-from patio.artifacts.uri import BUCKET_SCHEMES, HF_SCHEMES, MAX_URI_LENGTH, MS_SCHEMES, SourceSpec, parse_uri
+from patio.artifacts.uri import MAX_URI_LENGTH, SourceSpec, is_materialized, parse_uri
 from patio.component import AppContext
 from patio.errors import BadRequest, Conflict, NotFound, PatioError
 from patio.validate import check_name as _check_name
 
-REMOTE_SCHEMES = frozenset((*BUCKET_SCHEMES, *HF_SCHEMES, *MS_SCHEMES, "http", "https", "pvc"))
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
 # Name of the file in DIR/.patio/ that says Patio created DIR (a named target): only then may it delete it.
@@ -105,8 +104,7 @@ class AdapterArtifacts:
             spec = parse_uri(source, param="lora_path", bare_hub=False)
         except PatioError:
             # A malformed s3:// (or other remote) URI still belongs here: materialize() explains what is wrong.
-            scheme = source.split("://", 1)[0].lower() if isinstance(source, str) and "://" in source else ""
-            return scheme in REMOTE_SCHEMES
+            return isinstance(source, str) and is_materialized(source)
         return spec.remote or spec.pvc
 
     async def plan(

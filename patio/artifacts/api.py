@@ -28,7 +28,7 @@ from patio.component import AppContext
 from patio.errors import BadRequest, ConfigError, NotFound
 from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
-from patio.validate import check_text, is_clean
+from patio.validate import check_path, is_clean
 
 DOWNLOAD_BODY = Body(
     (
@@ -273,7 +273,7 @@ class DownloadApi:
         body = DOWNLOAD_BODY.check(request.json_object())
         for field in ("local_dir", "model_name"):
             if body.get(field) is not None:
-                check_text(body[field], field)  # no control characters or lone surrogates (issue 13 rows 12, 13)
+                check_path(body[field], field)  # no control characters, no path longer than the OS allows
         spec = _download_source(body.get("model_uri", ""), "model_uri")
         creds = parse_credentials(
             body.get("credentials", body.get("download_extra_config")),
@@ -294,6 +294,7 @@ class DownloadApi:
 
     async def kthena_download(self, request: Request) -> Response:
         body = KTHENA_BODY.check(request.json_object())
+        check_path(body["output_dir"], "output_dir")  # "a\nb" would forge a log line; 5000 bytes never exists
         spec = _download_source(body["source"], "source")
         creds = parse_credentials(parse_config(body.get("config")), param="config")
         roots = (self.settings.models_root, self.settings.adapter_dir)

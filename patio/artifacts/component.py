@@ -5,6 +5,7 @@ Owns ``adapters`` (``AdapterArtifacts``, handed to the LoRA component by
 are cancelled; what they wrote stays resumable.
 """
 
+import logging
 from typing import Sequence
 
 from patio.artifacts.adapters import AdapterArtifacts
@@ -27,6 +28,16 @@ class ArtifactsComponent(Component):
 
     def routes(self) -> Sequence[Route]:
         return self.api.routes()
+
+    async def start(self) -> None:
+        if self.context.core.api_key is None:
+            # Said once, at start: downloads (and every other management route) answer anyone who
+            # can reach the port, and a download is a request Patio makes on the caller's behalf.
+            logging.getLogger("patio").warning(
+                "no --api-key (PATIO_API_KEY) is set: the management routes (downloads, LoRA loads and "
+                "unloads, ...) are open to anyone who can reach port %d; set a key in production",
+                self.context.core.port,
+            )
 
     async def stop(self) -> None:
         await self.adapters.stop()

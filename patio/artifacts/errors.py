@@ -8,7 +8,7 @@ the retry loop consumes it, and only when retries run out does it surface as
 
 from typing import Optional
 
-from patio.errors import NotFound, PatioError, ServiceUnavailable
+from patio.errors import BadRequest, NotFound, PatioError, ServiceUnavailable
 
 
 class ArtifactError(PatioError):
@@ -29,6 +29,20 @@ class ArtifactAccessDenied(PatioError):
 
     status = 403
     error_type = "artifact_access_denied"
+
+
+class CredentialsInvalid(BadRequest):
+    """Credentials a request brought (or a mounted secret it named) are malformed: not JSON, a
+    key that is not a key.  The caller's to fix; never a 403, which would blame the store."""
+
+    error_type = "invalid_credentials"
+
+
+class CredentialsMisconfigured(PatioError):
+    """Credentials the operator configured (``GOOGLE_APPLICATION_CREDENTIALS``) are malformed."""
+
+    status = 500
+    error_type = "credentials_misconfigured"
 
 
 class ArtifactUnavailable(ServiceUnavailable):

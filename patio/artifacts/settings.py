@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from patio.artifacts.auth.credentials import SourceEnv
+from patio.artifacts.fetch.egress import DEFAULT_POLICY, PRIVATE_MODES, EgressPolicy, parse_allow
 from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.core_settings import CoreSettings
@@ -88,9 +89,16 @@ class ArtifactSettings:
     no_proxy: str = ""
     ca_file: Optional[str] = None
     env: SourceEnv = field(default_factory=SourceEnv)
+    egress: EgressPolicy = DEFAULT_POLICY  # where downloads may connect (fetch/egress.py)
 
     def net_config(self) -> NetConfig:
-        return NetConfig(timeout=self.timeout, proxies=self.proxies, no_proxy=self.no_proxy, ca_file=self.ca_file)
+        return NetConfig(
+            timeout=self.timeout,
+            proxies=self.proxies,
+            no_proxy=self.no_proxy,
+            ca_file=self.ca_file,
+            egress=self.egress,
+        )
 
     def retry_policy(self) -> DownloadRetry:
         return DownloadRetry(attempts=self.max_attempts, base_delay=self.backoff_base)
@@ -144,6 +152,26 @@ def _url(setting: str, raw: str) -> str:
     return value
 
 
+def _allow_list(setting: str, raw: str) -> Tuple[Any, Any]:
+    try:
+        return parse_allow(raw.replace(" ", ",").split(","))
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
+
+
+def _private_mode(setting: str, raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in PRIVATE_MODES:
+        raise ConfigError(setting, f"must be allow or refuse, got {raw!r}")
+    return mode
+
+
+def _egress(args: argparse.Namespace, env: Mapping[str, str]) -> EgressPolicy:
+    networks, hosts = pick(args, env, "egress_allow", ("PATIO_EGRESS_ALLOW",), ((), ()), _allow_list)
+    mode = pick(args, env, "egress_private", ("PATIO_EGRESS_PRIVATE",), "allow", _private_mode)
+    return EgressPolicy(networks, hosts, refuse_private=mode == "refuse")
+
+
 def add_flags(parser: Any) -> None:
     add = parser.add_argument
     add("--adapter-dir", help="where remote LoRA adapters are downloaded (env PATIO_ADAPTER_DIR; /tmp/patio/adapters)")
@@ -156,6 +184,16 @@ def add_flags(parser: Any) -> None:
     add("--download-retries", help="attempts per request before giving up (env DOWNLOADER_MAX_RETRIES; default 5)")
     add("--download-timeout", help="seconds per network read before it counts as stalled (default 60)")
     add("--hf-endpoint", help="HuggingFace endpoint (env HF_ENDPOINT; default https://huggingface.co)")
+    add(
+        "--egress-allow",
+        help="destinations downloads may reach although the egress policy refuses their class: "
+        "networks, addresses, host names or .suffixes, comma-separated (env PATIO_EGRESS_ALLOW)",
+    )
+    add(
+        "--egress-private",
+        help="allow or refuse downloads from private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) "
+        "(env PATIO_EGRESS_PRIVATE; default allow)",
+    )
     add(
         "--credentials-dir",
         help="where credentials_secret names are mounted (env PATIO_CREDENTIALS_DIR; default /var/run/secrets/aibrix)",
@@ -247,4 +285,5 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optiona
         no_proxy=env.get("no_proxy") or env.get("NO_PROXY") or "",
         ca_file=env.get("REQUESTS_CA_BUNDLE") or env.get("AWS_CA_BUNDLE") or None,
         env=SourceEnv({name: env[name] for name in SOURCE_ENV_NAMES if env.get(name)}),
+        egress=_egress(args, env),
     )

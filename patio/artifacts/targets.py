@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from patio.artifacts.fetch.manifest import META_DIR, within
 from patio.errors import BadRequest
+from patio.validate import shown
 
 
 def confine(raw: Any, roots: Sequence[str], param: str, base: str) -> str:
@@ -39,11 +40,11 @@ def confine(raw: Any, roots: Sequence[str], param: str, base: str) -> str:
         if META_DIR in candidate[len(real_root) :].split(os.sep):
             raise BadRequest(f"{param} must not use the name {META_DIR}", param=param)
         if not within(real_root, _resolved(candidate)):
-            raise BadRequest(f"{param} {raw!r} resolves outside {root} through a symlink", param=param)
+            raise BadRequest(f"{param} {shown(raw)} resolves outside {root} through a symlink", param=param)
         if os.path.islink(candidate):
-            raise BadRequest(f"{param} {raw!r} is a symlink; refusing to write through it", param=param)
+            raise BadRequest(f"{param} {shown(raw)} is a symlink; refusing to write through it", param=param)
         return candidate
-    raise BadRequest(f"{param} {raw!r} must lie inside {' or '.join(roots)}; nothing was written", param=param)
+    raise BadRequest(f"{param} {shown(raw)} must lie inside {' or '.join(roots)}; nothing was written", param=param)
 
 
 def _resolved(path: str) -> str:

@@ -2,9 +2,9 @@
 
 Accepted forms (the incumbents' spellings):
 
-    s3://bucket/prefix   tos://bucket/prefix   obs://bucket/prefix   gs://bucket/prefix
+    s3://bucket/prefix   tos://bucket/prefix   obs://bucket/prefix   gs:// (or gcs://) bucket/prefix
     hf://org/name  huggingface://org/name  hf://datasets/org/name@rev/sub/dir  org/name[@rev]
-    ms://org/name[@rev][/sub/dir]   (ModelScope, as Kthena names it)
+    ms:// (or modelscope://) org/name[@rev][/sub/dir]   (ModelScope, as Kthena names it)
     http(s)://host/path/file
     pvc://path/under/the/mount   /absolute/local/path   file:///absolute/local/path
 
@@ -23,14 +23,36 @@ relative path there is refused (row 22).
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional, Tuple
 
 from patio.errors import BadRequest
 from patio.validate import check_source
 
-BUCKET_SCHEMES = {"s3": "s3", "tos": "tos", "obs": "obs", "gs": "gs", "gcs": "gs"}
-HF_SCHEMES = ("hf", "huggingface")
-MS_SCHEMES = ("ms", "modelscope")
+# The one scheme table: spelling -> (kind, label).  ``kind`` picks the parser and the store
+# (``gcs`` is AIBrix's downloader's other name for ``gs``, ``modelscope`` Kthena's for ``ms``);
+# ``label`` is what metrics show (``patio_lora_adapter_info{source_scheme}``).  Every other
+# list of schemes (the LoRA manager's, the adapters seam's, the metrics') is derived from it.
+SCHEMES: Mapping[str, Tuple[str, str]] = {
+    "s3": ("s3", "s3"),
+    "tos": ("tos", "tos"),
+    "obs": ("obs", "obs"),
+    "gs": ("gs", "gs"),
+    "gcs": ("gs", "gs"),
+    "hf": ("hf", "hf"),
+    "huggingface": ("hf", "hf"),
+    "ms": ("ms", "ms"),
+    "modelscope": ("ms", "ms"),
+    "http": ("http", "http"),
+    "https": ("http", "https"),
+    "pvc": ("pvc", "pvc"),
+    "file": ("file", "file"),
+}
+BUCKET_SCHEMES = {s: kind for s, (kind, _label) in SCHEMES.items() if kind in ("s3", "tos", "obs", "gs")}
+HF_SCHEMES = tuple(s for s, (kind, _label) in SCHEMES.items() if kind == "hf")
+MS_SCHEMES = tuple(s for s, (kind, _label) in SCHEMES.items() if kind == "ms")
+# Spellings whose sources Patio materializes before an engine reads them: remote stores, and
+# pvc:// (resolved under --pvc-root).  file:// and plain paths are the engine's to read.
+MATERIALIZED_SCHEMES = frozenset(s for s, (kind, _label) in SCHEMES.items() if kind != "file")
 REMOTE_KINDS = frozenset(("s3", "tos", "obs", "gs", "hf", "ms", "http"))
 HF_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
@@ -79,6 +101,31 @@ class SourceSpec:
         else:
             base = self.prefix.rstrip("/").split("/")[-1] or self.bucket
         return base or "model"
+
+
+def scheme_of(source: str) -> Optional[str]:
+    """The table's spelling ``source`` starts with (lower-cased), or None (a path, or an unknown scheme)."""
+    match = _SCHEME_RE.match(source.strip()) if isinstance(source, str) else None
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    return scheme if scheme in SCHEMES else None
+
+
+def is_materialized(source: str) -> bool:
+    """True when ``source`` names something Patio fetches or resolves first (a store, or pvc://)."""
+    return scheme_of(source) in MATERIALIZED_SCHEMES
+
+
+def scheme_label(source: str) -> str:
+    """The metrics label of a source: the table's label, ``hf`` for a bare ``org/name``, ``local``
+    for a path, ``other`` for a scheme Patio does not know."""
+    scheme = scheme_of(source)
+    if scheme is not None:
+        return SCHEMES[scheme][1]
+    if "://" in source:
+        return "other"
+    return "hf" if source and not source.startswith("/") and source.count("/") == 1 else "local"
 
 
 def display_uri(uri: str) -> str:
@@ -134,11 +181,8 @@ def parse_uri(raw: str, *, param: str = "model_uri", bare_hub: bool = True) -> S
         if parts.netloc not in ("", "localhost"):
             raise BadRequest(f"{param} file:// must be local, got host {parts.netloc!r}", param=param)
         return SourceSpec(kind="local", uri=uri, path=urllib.parse.unquote(parts.path))
-    raise BadRequest(
-        f"{param} scheme {scheme!r} is not supported "
-        "(s3, tos, obs, gs, gcs, hf, huggingface, ms, http, https, pvc, file)",
-        param=param,
-    )
+    shown = repr(scheme) if len(scheme) <= 32 else "given"
+    raise BadRequest(f"{param} scheme {shown} is not supported ({', '.join(SCHEMES)})", param=param)
 
 
 def _parse_schemeless(uri: str, param: str, bare_hub: bool) -> SourceSpec:

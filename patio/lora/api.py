@@ -26,7 +26,7 @@ from patio.errors import BadRequest, EngineError, NotFound, PatioError
 from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
 from patio.lora.manager import FAILED, LoraManager
-from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source
+from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_path, check_source
 
 log = logging.getLogger("patio.lora")
 
@@ -149,9 +149,12 @@ class LoraApi:
     async def load(self, request: Request) -> Response:
         body = LOAD_BODY.check(request.json_object(), self.spec.name)
         name = check_name(body["lora_name"], "lora_name")
-        for text_field in (*SOURCE_FIELDS, "output_dir", "local_dir", "credentials_secret"):
+        for text_field in (*SOURCE_FIELDS, "credentials_secret"):
             if text_field in body:
                 check_source(body[text_field], text_field)
+        for path_field in ("output_dir", "local_dir"):
+            if path_field in body:
+                check_path(body[path_field], path_field)
         given = [f for f in SOURCE_FIELDS if f in body]
         if len(given) > 1:
             raise BadRequest(

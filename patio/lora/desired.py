@@ -26,19 +26,22 @@ metrics' cardinality) stays bounded.  Unknown keys are errors: a typo such as
 Sans-IO: callers read the file (at most ``MAX_FILE_BYTES``) and pass the bytes.
 """
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from patio import jsontext
 from patio.errors import BadRequest
 from patio.lora.yaml_subset import YamlError, parse
-from patio.validate import ADAPTER_NAME, check_source, is_clean
+from patio.validate import ADAPTER_NAME, check_source, shown
 
 # A ConfigMap holds at most 1 MiB; an adapters file larger than that is not one.
 MAX_FILE_BYTES = 1024 * 1024
 # Problems listed in one error; past this the message says how many more.
 MAX_REPORTED_PROBLEMS = 20
+# One problem's text at most: what it quotes of the file is cut (a 500 KB key was echoed whole
+# into the status and the log).
+MAX_PROBLEM_CHARS = 300
 # Refused names listed in the status (the count is always exact).
 MAX_REPORTED_REFUSED = 10
 # Longest source accepted (a URI or a path), as the artifacts parser allows.
@@ -87,7 +90,8 @@ class _Problems:
         self.items: List[str] = []
 
     def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
+        text = f"{where}: {message}"
+        self.items.append(text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…")
 
     def raise_if_any(self, path: str) -> None:
         if not self.items:
@@ -109,7 +113,11 @@ def parse_document(raw: bytes, path: str) -> Any:
     stripped = text.lstrip("\ufeff \t\r\n")
     if path.endswith(".json") or stripped.startswith("{") or stripped.startswith("["):
         try:
-            return json.loads(stripped)
+            # The API bodies' depth bound: json.loads recurses once per level, and 1,000 nested
+            # '[' (a 2 KB file) raised a RecursionError no caller caught.
+            return jsontext.loads(stripped)
+        except jsontext.JsonTooDeep as exc:
+            raise AdaptersFileError(f"{path}: {exc}") from None
         except ValueError as exc:
             line, column = getattr(exc, "lineno", 0), getattr(exc, "colno", 0)
             reason = getattr(exc, "msg", str(exc))
@@ -159,7 +167,7 @@ def _kind(value: Any) -> str:
 def _unknown_keys(value: Mapping[str, Any], allowed: Sequence[str], where: str, problems: _Problems) -> None:
     for key in value:
         if key not in allowed:
-            problems.add(where, f"unknown key {key!r} (allowed: {', '.join(allowed)})")
+            problems.add(where, f"unknown key {shown(key)} (allowed: {', '.join(allowed)})")
 
 
 def _string(value: Any, where: str, problems: _Problems, *, required: bool = True) -> Optional[str]:
@@ -176,8 +184,7 @@ def _string(value: Any, where: str, problems: _Problems, *, required: bool = Tru
 def _name(value: Any, where: str, problems: _Problems) -> Optional[str]:
     name = _string(value, where, problems)
     if name is not None and ADAPTER_NAME.fullmatch(name) is None:
-        shown = repr(name) if is_clean(name) and len(name) <= 200 else "the value given"
-        problems.add(where, f"{shown} must match {ADAPTER_NAME.pattern} (it names a directory and a model)")
+        problems.add(where, f"{shown(name)} must match {ADAPTER_NAME.pattern} (it names a directory and a model)")
         return None
     return name
 

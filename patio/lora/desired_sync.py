@@ -62,6 +62,10 @@ MAX_PARALLEL_APPLIES = 4
 MAX_BACKOFF = 60.0
 # State of an adapter made available through vLLM's resolver directory (not yet loaded by vLLM).
 AVAILABLE = "available"
+# Seconds between looks at a name's fill lock held by another Patio sharing the resolver dir.
+RESOLVER_LOCK_POLL = 0.2
+# The manager's answer when --max-adapters is reached (patio.lora.manager.LoraManager.load).
+NO_ROOM = "too_many_adapters"
 
 Signature = Tuple[str, int, int, int, int]
 
@@ -88,8 +92,9 @@ def _same(recorded: str, wanted: str) -> bool:
 
 
 def retryable(exc: PatioError) -> bool:
-    """Worth another attempt: the engine or a store may answer better later."""
-    return exc.status >= 500 or exc.status in (408, 429)
+    """Worth another attempt: the engine or a store may answer better later, or --max-adapters
+    has room again once the file's own removals are done (a swap of one set for another)."""
+    return exc.status >= 500 or exc.status in (408, 429) or exc.error_type == NO_ROOM
 
 
 @dataclass
@@ -103,6 +108,7 @@ class Status:
     attempts: int = 0
     last_error: Optional[str] = None
     next_attempt_at: Optional[float] = None  # retrying: the next attempt; failed: the next fresh set
+    no_room: bool = False  # the last attempt found --max-adapters reached: a removal wakes it
 
     def view(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"name": self.name, "action": self.action, "state": self.state}
@@ -223,10 +229,17 @@ class DesiredSync:
         self._raw = raw
         self.read_at = time.time()
         try:
-            desired = load_desired(raw, self.path, self.settings.max_adapters)
+            # In a worker thread: validating a 1 MiB file of 20,000 entries takes a third of a
+            # second, which the event loop (and every probe on it) must not wait for.
+            desired = await self.context.run_blocking(load_desired, raw, self.path, self.settings.max_adapters)
         except AdaptersFileError as exc:
             self.file_state, self.file_error = "invalid", exc.message + "; nothing of it was applied"
             log.error("%s", self.file_error)
+            return
+        except Exception as exc:  # a bug in the parser: the status must say so, not "applied"
+            log.exception("adapters file %s could not be read", self.path)
+            self.file_state = "invalid"
+            self.file_error = f"{self.path} could not be read ({type(exc).__name__}); nothing of it was applied"
             return
         self.file_state, self.file_error = "applied", refused_message(desired, self.settings.max_adapters)
         if self.file_error:
@@ -303,6 +316,13 @@ class DesiredSync:
         self._kicks[name] = asyncio.Event()
         self._workers[name] = asyncio.ensure_future(self._worker(name))
 
+    def _room_freed(self) -> None:
+        """A removal finished: adapters that found --max-adapters reached try again now, with
+        fresh attempts (during a swap of sets their backoff would otherwise outlast it)."""
+        for name, status in list(self._statuses.items()):
+            if status.no_room and status.state in ("retrying", "failed"):
+                self._spawn(name, reset=True)
+
     def _drop(self, name: str) -> None:
         """Forget a name entirely (no worker runs for it): memory and metric series stay bounded."""
         for table in (self._statuses, self._targets, self._failures, self._versions, self._kicks):
@@ -318,6 +338,7 @@ class DesiredSync:
                 status.state, status.attempts, status.next_attempt_at = "applying", attempt, None
                 error: Optional[str] = None
                 again = True
+                status.no_room = False
                 try:
                     assert self._slots is not None
                     async with self._slots:
@@ -325,6 +346,7 @@ class DesiredSync:
                             await self._apply_one(name, target)
                 except PatioError as exc:
                     error, again = exc.message, retryable(exc)
+                    status.no_room = exc.error_type == NO_ROOM
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must fail this adapter, not the others
@@ -335,6 +357,8 @@ class DesiredSync:
                     continue
                 if error is None:
                     status.state, status.last_error = "ok", None
+                    if target is None:
+                        self._room_freed()
                     if target is None and self.desired is not None and name not in self.desired.absent:
                         self._workers.pop(name, None)
                         self._drop(name)  # removed because the file dropped it: nothing left to report
@@ -403,17 +427,41 @@ class DesiredSync:
                 self._track(name, target, os.path.join(directory, name), None)
             return
         started = time.monotonic()
-        staged = await self.staging.materialize(name, target.source, None)
-        replaced = record is not None or await self.context.run_blocking(
-            lambda: os.path.lexists(os.path.join(directory, name))
-        )
-        async with manager.lock(name):
-            path = await self.context.run_download(resolver_dir.install, directory, name, staged)
-            self._track(name, target, path, time.monotonic() - started)
+        # A planted DIR/.patio-staging symlink must not receive the download (nor trash a delete).
+        await self.context.run_blocking(resolver_dir.ready_for_downloads, directory)
+        fd = await self._resolver_lock(directory, name)
+        try:
+            if await self.context.run_blocking(resolver_dir.holds, directory, name, shown):
+                # Another Patio sharing the directory installed this very copy while we waited.
+                self._track(name, target, os.path.join(directory, name), time.monotonic() - started)
+                if record is not None:
+                    await self._engine_unload(name)
+                return
+            staged = await self.staging.materialize(name, target.source, None)
+            replaced = record is not None or await self.context.run_blocking(
+                lambda: os.path.lexists(os.path.join(directory, name))
+            )
+            async with manager.lock(name):
+                path = await self.context.run_download(resolver_dir.install, directory, name, staged)
+                self._track(name, target, path, time.monotonic() - started)
+        finally:
+            resolver_dir.unlock(fd)
         if replaced:
             # vLLM keeps a resolved adapter by name: unload so the next request reads the new copy.
             await self._engine_unload(name)
         log.info("adapter %s from %s is in %s for vLLM's resolver", name, shown, path)
+
+    async def _resolver_lock(self, directory: str, name: str) -> int:
+        """The name's fill lock (``resolver_dir.try_lock``), waiting while another process holds it."""
+        waited = False
+        while True:
+            fd = await self.context.run_blocking(resolver_dir.try_lock, directory, name)
+            if fd is not None:
+                return fd
+            if not waited:
+                log.info("adapter %s: another Patio is filling %s; waiting for it", name, directory)
+                waited = True
+            await asyncio.sleep(RESOLVER_LOCK_POLL)
 
     def _track(self, name: str, target: DesiredAdapter, path: str, seconds: Optional[float]) -> None:
         adapter = Adapter(name, target.source, path, remote=True, state=AVAILABLE, origin=ORIGIN_RESOLVER)
@@ -426,7 +474,11 @@ class DesiredSync:
         if directory:
             if self.staging is not None:
                 await self.staging.cleanup(name)  # a download still under way, or its leftovers
-            removed = await self.context.run_download(resolver_dir.remove, directory, name)
+            fd = await self._resolver_lock(directory, name)
+            try:
+                removed = await self.context.run_download(resolver_dir.remove, directory, name)
+            finally:
+                resolver_dir.unlock(fd)
             if removed or (record is not None and record.origin == ORIGIN_RESOLVER):
                 # Deleting the directory does not free the engine's memory: unload too.
                 await self._engine_unload(name)

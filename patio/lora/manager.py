@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
 
 from patio.artifacts.auth.secrets import SECRET_NAME
-from patio.artifacts.uri import display_uri
+from patio.artifacts.uri import display_uri, is_materialized
 from patio.engines.base import (
     BAD_ANSWER,
     DUPLICATE,
@@ -49,7 +49,7 @@ from patio.engines.base import (
 from patio.engines.client import EngineClient
 from patio.errors import BadRequest, Conflict, EngineError, EngineUnavailable, NotFound, PatioError
 from patio.lora.settings import LoraSettings
-from patio.lora.state import read_desired, write_desired
+from patio.lora.state import StateFile
 from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_source, is_clean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,8 +61,6 @@ log = logging.getLogger("patio.lora")
 LOADING, LOADED, UNLOADING, FAILED = "loading", "loaded", "unloading", "failed"
 # Who asked for an adapter: an API call, the adapters file, or the file through vLLM's resolver dir.
 ORIGIN_API, ORIGIN_FILE, ORIGIN_RESOLVER = "api", "file", "resolver"
-# URI schemes that name a remote artifact Patio must download first.
-REMOTE_SCHEMES = ("s3://", "gs://", "tos://", "obs://", "hf://", "huggingface://", "http://", "https://", "pvc://")
 # Failed-load records kept for the listing; a client looping over fresh names must not grow memory.
 MAX_FAILED_RECORDS = 256
 # Seconds a failed-load record stays listed: long enough for an operator to read last_error.
@@ -150,6 +148,36 @@ class Adapter:
         return saved
 
 
+class AdapterTable(Dict[str, Adapter]):
+    """The adapters Patio holds, by name, indexing those that carry an engine key.
+
+    Listing the engine's adapters needs *a* key when Patio has none of its own; finding one
+    by scanning every record made each load cost the size of the set (10,000 adapters).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keyed: Dict[str, str] = {}
+
+    def __setitem__(self, name: str, adapter: Adapter) -> None:
+        super().__setitem__(name, adapter)
+        if adapter.engine_key:
+            self._keyed[name] = adapter.engine_key
+        else:
+            self._keyed.pop(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self._keyed.pop(name, None)
+
+    def pop(self, name: str, *default: Any) -> Any:
+        self._keyed.pop(name, None)
+        return super().pop(name, *default)
+
+    def any_engine_key(self) -> Optional[str]:
+        return next(iter(self._keyed.values()), None)
+
+
 def outcome_error(outcome: Outcome, op: str, name: str, lora_hint: str) -> PatioError:
     """An engine refusal as the error the caller hears."""
     kind, message = outcome.kind, outcome.message
@@ -196,7 +224,8 @@ class LoraManager:
         self.settings = settings
         self.client = client
         self.artifacts = artifacts  # downloads remote sources; None: only local paths
-        self.adapters: Dict[str, Adapter] = {}
+        self.adapters = AdapterTable()
+        self._state = StateFile(settings.state_dir)
         self._locks = NamedLocks()
         # name -> (when it failed, the record): the eviction order of failed-load records.
         self._failed: "OrderedDict[str, Tuple[float, Adapter]]" = OrderedDict()
@@ -239,13 +268,23 @@ class LoraManager:
         service = self._artifacts()
         if service is not None:
             return bool(service.is_remote(source))
-        return source.lower().startswith(REMOTE_SCHEMES)
+        return is_materialized(source)
 
-    async def _persist(self) -> None:
+    async def _persist(self, *names: str, scrub: bool = False) -> None:
+        """Save what changed for ``names`` (patio.lora.state: one journal line each, or the whole
+        set when it is small, the journal long, or ``scrub``: an engine key must leave the disk)."""
         async with self._persist_lock:
-            desired = [a.persisted() for a in sorted(self.adapters.values(), key=lambda a: a.name) if a.state == LOADED]
+            store = self._state
             try:
-                await self.context.run_blocking(write_desired, self.settings.state_dir, desired)
+                if store.needs_snapshot(len(self.adapters), scrub):
+                    held = sorted((a for a in self.adapters.values() if a.state == LOADED), key=lambda a: a.name)
+                    await self.context.run_blocking(store.write_snapshot, [a.persisted() for a in held])
+                else:
+                    changes = {}
+                    for name in names:
+                        record = self.adapters.get(name)
+                        changes[name] = record.persisted() if record is not None and record.state == LOADED else None
+                    await self.context.run_blocking(store.append, changes)
             except OSError as exc:
                 # The engine has already acted; say so, and say why the set was not saved.
                 raise PatioError(
@@ -261,7 +300,7 @@ class LoraManager:
 
     async def engine_adapters(self) -> Dict[str, str]:
         # An engine that demands a key Patio was not given answers to an adapter's own key.
-        key = next((a.engine_key for a in self.adapters.values() if a.engine_key), None)
+        key = self.adapters.any_engine_key()
         return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout, key)
 
     async def _confirmed(self, name: str, path: str) -> bool:
@@ -393,7 +432,7 @@ class LoraManager:
             if previous is None:
                 self.adapters[name] = adapter  # listed as "loading" while it downloads and loads
             try:
-                path = await self._load_into_engine(adapter, previous, load_inplace, credentials, plan)
+                await self._load_into_engine(adapter, previous, load_inplace, credentials, plan)
             except BaseException as exc:  # cancellation included: the old adapter must survive it
                 message = exc.message if isinstance(exc, PatioError) else f"interrupted ({type(exc).__name__})"
                 if previous is not None:
@@ -408,8 +447,11 @@ class LoraManager:
             adapter.load_seconds = time.monotonic() - started
             self.adapters[name] = adapter
             self._failed.pop(name, None)
-            adapter.engine_confirmed = await self._confirmed(name, path)
-            await self._persist()
+            # The engine's own answer confirms it (or its listing did, after a failed call): asking
+            # /v1/models again here cost the size of the set per load.  Reconciliation re-checks.
+            adapter.engine_confirmed = True
+            scrub = previous is not None and bool(previous.engine_key) and previous.engine_key != adapter.engine_key
+            await self._persist(name, scrub=scrub)
             if previous is not None:
                 # Only now, with the engine on the new directory and the state file saying so.
                 await self._discard(previous, keep=adapter)
@@ -504,7 +546,7 @@ class LoraManager:
                 raise outcome_error(outcome, "unload", name, self.client.spec.lora_hint)
             self.adapters.pop(name, None)
             self._failed.pop(name, None)
-            await self._persist()
+            await self._persist(name, scrub=existing is not None and bool(existing.engine_key))
             cleanup = (
                 existing is not None
                 and existing.remote
@@ -525,7 +567,7 @@ class LoraManager:
     async def restore(self) -> None:
         """Take over the desired set persisted by an earlier Patio (confirmed by the next reconcile)."""
         try:
-            saved = await self.context.run_blocking(read_desired, self.settings.state_dir)
+            saved = await self.context.run_blocking(self._state.read)
         except (OSError, ValueError) as exc:
             log.error("cannot read the LoRA state in %s: %s", self.settings.state_dir, exc)
             return
@@ -544,6 +586,8 @@ class LoraManager:
 
     async def reconcile(self, reason: str) -> int:
         """Load again what the engine lost; returns how many were reloaded."""
+        # What the engine's listing can speak for: records loaded (at their path) before it was asked.
+        asked = {n: (a, a.path) for n, a in self.adapters.items() if a.state == LOADED}
         try:
             engine = await self.engine_adapters()
         except PatioError as exc:
@@ -569,11 +613,16 @@ class LoraManager:
                 locked = self.adapters.get(name)
                 if locked is None or locked.state != LOADED:
                     continue
-                # The snapshot above may predate a load that finished meanwhile: look again.
-                try:
-                    root = (await self.engine_adapters()).get(name)
-                except PatioError:
-                    continue
+                # The listing above may predate a load that finished meanwhile: then look again (once
+                # per changed adapter; after an engine restart with 10,000 adapters, not 10,000 times).
+                seen = asked.get(name)
+                if seen is not None and seen[0] is locked and seen[1] == locked.path:
+                    root = engine.get(name)
+                else:
+                    try:
+                        root = (await self.engine_adapters()).get(name)
+                    except PatioError:
+                        continue
                 if root == locked.path:
                     locked.engine_confirmed = True
                     continue
@@ -615,7 +664,7 @@ class LoraManager:
         if path != adapter.path:
             adapter.path = path
             try:
-                await self._persist()
+                await self._persist(name)
             except PatioError as exc:
                 adapter.last_error = _short(exc.message)
                 log.error("LoRA reconcile: %s", exc.message)
@@ -672,7 +721,7 @@ class LoraManager:
         if adapter is not None and adapter.origin != origin:
             adapter.origin = origin
             if adapter.state == LOADED:
-                await self._persist()
+                await self._persist(name)
 
     def views(self) -> List[Dict[str, Any]]:
         self._prune_failed()

@@ -11,6 +11,7 @@ names, which match ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``.
 
 from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Protocol
 
+from patio.artifacts.uri import scheme_label
 from patio.metrics.model import Family, Sample
 from patio.metrics.registry import Registry
 
@@ -19,8 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # States always exported by patio_lora_adapters, so a dashboard sees zeros, not gaps.
 STATES = ("pending", "loading", "loaded", "available", "unloading", "failed")
-# Schemes shown as they are; anything else is "other", a plain path is "local".
-SCHEMES = frozenset(("s3", "gs", "gcs", "tos", "obs", "hf", "huggingface", "http", "https", "pvc", "file"))
 
 
 class Resident(NamedTuple):
@@ -42,17 +41,6 @@ class FileAdapters(Protocol):
     def failures(self) -> Dict[str, float]: ...
 
 
-def source_scheme(source: str) -> str:
-    if "://" not in source:
-        return "hf" if source and not source.startswith("/") and source.count("/") == 1 else "local"
-    scheme = source.split("://", 1)[0].lower()
-    if scheme == "gcs":
-        return "gs"
-    if scheme == "huggingface":
-        return "hf"
-    return scheme if scheme in SCHEMES else "other"
-
-
 def families(residents: Iterable[Resident], failures: Dict[str, float]) -> List[Family]:
     rows = sorted(residents, key=lambda r: r.name)
     info = Family(
@@ -70,7 +58,7 @@ def families(residents: Iterable[Resident], failures: Dict[str, float]) -> List[
         labels = (
             ("adapter", row.name),
             ("state", row.state),
-            ("source_scheme", source_scheme(row.source)),
+            ("source_scheme", scheme_label(row.source)),  # the one scheme table (artifacts.uri)
             ("pinned", "true" if row.pinned else "false"),
             ("origin", row.origin),
         )

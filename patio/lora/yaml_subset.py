@@ -19,6 +19,7 @@ import re
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from patio.errors import BadRequest
+from patio.validate import shown
 
 # Nesting deeper than this is not an adapter file; it also bounds the recursion.
 MAX_DEPTH = 32
@@ -220,7 +221,7 @@ class _Parser:
                 raise YamlError(line.number, start + 1, "expected 'key: value' at this indentation")
             key, colon = found
             if key in result:
-                raise YamlError(line.number, start + 1, f"duplicate key {key!r} (first at line {where[key]})")
+                raise YamlError(line.number, start + 1, f"duplicate key {shown(key)} (first at line {where[key]})")
             where[key] = line.number
             after = colon + 1
             while after < len(line.text) and line.text[after] == " ":

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import free_port  # noqa: E402
+from support import PEERS_ALLOWED, free_port  # noqa: E402
 
 VENV = os.environ.get("PATIO_E2E_VLLM_VENV")
 ASSETS = Path(os.environ.get("PATIO_E2E_ASSETS", "/nonexistent"))
@@ -183,6 +183,7 @@ class Patio:
             "PATIO_STATE_DIR": str(state_dir),
             "PATIO_ADAPTER_DIR": str(adapter_dir),
             "PATIO_LORA_RECONCILE_INTERVAL": "2",
+            **PEERS_ALLOWED,  # moto and the fake hubs listen on loopback, which downloads may not reach unasked
         }
         full.update(env or {})
         argv = [

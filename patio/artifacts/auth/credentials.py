@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from patio import jsontext
 from patio.errors import BadRequest
+from patio.validate import is_clean, shown
 
 # Request key (lower-case) -> field.  Spellings of boto3, AIBrix, Kthena and the HF/GCS clients.
 _ALIASES: Dict[str, str] = {
@@ -146,7 +147,7 @@ def _fields(raw: Mapping[str, Any], param: str, strict: bool) -> Dict[str, Any]:
         if name is None:
             if strict:
                 accepted = ", ".join(sorted(set(_ALIASES)))
-                raise BadRequest(f"{param} has an unknown key {key!r}; accepted: {accepted}", param=param)
+                raise BadRequest(f"{param} has an unknown key {shown(key)}; accepted: {accepted}", param=param)
             continue
         if value is None:
             continue
@@ -159,6 +160,9 @@ def _fields(raw: Mapping[str, Any], param: str, strict: bool) -> Dict[str, Any]:
             raise BadRequest(f"{param}.{key} must be a non-empty string", param=param)
         if len(value) > MAX_VALUE_LENGTH:
             raise BadRequest(f"{param}.{key} is longer than {MAX_VALUE_LENGTH} characters", param=param)
+        if name != "service_account_json" and not is_clean(value):
+            # Keys and tokens end up in request headers: a CR/LF there would split the request.
+            raise BadRequest(f"{param}.{key} holds control characters (not shown)", param=param)
         if name == "addressing_style" and value not in ("auto", "path", "virtual"):
             raise BadRequest(f"{param}.{key} must be auto, path or virtual", param=param)
         values[name] = value.strip()

@@ -8,8 +8,10 @@ entries starting with ``..`` skipped (the kubelet's ``..data`` ->
 ``default``.  Patio reads the same layout, and also:
 
 - the name is a plain name (no ``/``, no ``..``), so it is one entry of the directory;
-- nothing outside the directory is read: every file is resolved (symlinks
-  followed) and must stay inside it, as the kubelet's own links do;
+- nothing outside the secret's own directory is read: every key is resolved
+  (symlinks followed) and must stay inside ``NAME/``, as the kubelet's own links
+  (``KEY -> ..data/KEY``, ``..data -> ..TIMESTAMP``) do; a key linking into
+  another secret mounted beside it is refused;
 - a missing secret, a file that is not readable text, or one larger than
   ``MAX_SECRET_FILE_BYTES`` is an error naming the secret and the key, never
   an empty set of credentials that fails later with a confusing 403.
@@ -23,6 +25,7 @@ import stat
 from typing import Dict
 
 from patio.errors import BadRequest, PatioError
+from patio.validate import shown
 
 # A secret's name: what AIBrix allows for adapter names (Kubernetes secret names fit in it).
 SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -68,9 +71,10 @@ def read_secret(directory: str, name: str, param: str = "credentials_secret") ->
             continue  # the kubelet's ..data and timestamped directories
         file_path = os.path.join(real, entry)
         target = os.path.realpath(file_path)
-        if not _within(root, target):
+        if not _within(real, target) or target == real:
             raise BadRequest(
-                f"{param} {name!r}: key {entry!r} is a link that leaves {directory}; refusing to read it",
+                f"{param} {name!r}: key {shown(entry)} is a link that leaves the secret's directory; "
+                "refusing to read it",
                 param=param,
             )
         try:

@@ -19,7 +19,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from patio.artifacts.errors import (
     ArtifactAccessDenied,
@@ -30,6 +30,7 @@ from patio.artifacts.errors import (
 )
 from patio.artifacts.fetch.retry import TRANSIENT_STATUSES, NetConfig, parse_retry_after
 from patio.artifacts.uri import display_uri as redact  # scheme://host/path, no userinfo or query
+from patio.errors import PatioError
 
 log = logging.getLogger("patio.artifacts")
 
@@ -176,13 +177,24 @@ class HttpClient:
         return proxy
 
     def _connect(self, key: Tuple[str, str, int]) -> http.client.HTTPConnection:
+        """A connection (not yet open) whose socket the egress policy opens: only to addresses
+        of the target it allowed, resolved once (``fetch/egress.py``)."""
         scheme, host, port = key
         proxy = self._proxy_for(scheme, host)
         timeout = self.config.timeout
+        egress = self.config.egress
+        direct: http.client.HTTPConnection
         if proxy is None:
             if scheme == "https":
-                return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl_context())
-            return http.client.HTTPConnection(host, port, timeout=timeout)
+                direct = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl_context())
+            else:
+                direct = http.client.HTTPConnection(host, port, timeout=timeout)
+
+            def pinned(address: Tuple[str, int], timeout: Optional[float], source: Any = None) -> socket.socket:
+                return egress.connect(host, port, timeout, source)
+
+            direct._create_connection = pinned  # type: ignore[attr-defined]
+            return direct
         pparts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
         pport = pparts.port or (443 if pparts.scheme == "https" else 80)
         tunnel_headers: Dict[str, str] = {}
@@ -199,6 +211,14 @@ class HttpClient:
             conn = http.client.HTTPConnection(pparts.hostname or "", pport, timeout=timeout)
             conn._patio_proxy_headers = tunnel_headers  # type: ignore[attr-defined]
         conn._patio_via_proxy = scheme == "http"  # type: ignore[attr-defined]
+
+        def checked(address: Tuple[str, int], timeout: Optional[float], source: Any = None) -> socket.socket:
+            # The proxy resolves the target itself; the policy still judges the target (the proxy's
+            # own address is the operator's choice).
+            egress.check_proxied(host, port)
+            return socket.create_connection(address, timeout, source)
+
+        conn._create_connection = checked  # type: ignore[attr-defined]
         return conn
 
     def _acquire(self, key: Tuple[str, str, int]) -> Tuple[http.client.HTTPConnection, bool]:
@@ -246,6 +266,8 @@ class HttpClient:
                 extra = []
             all_headers = list(headers or ()) + extra
             has_host = any(name.lower() == "host" for name, _ in all_headers)
+            if conn.sock is None:
+                self._open(conn, key, method, url)
             try:
                 # A signed request carries its own Host (the one it signed): send exactly one.
                 conn.putrequest(method, send_target, skip_host=has_host, skip_accept_encoding=True)
@@ -278,6 +300,24 @@ class HttpClient:
                 raise Transient(f"{method} {redact(url)}: {exc!r}") from None
             return Response(self, key, conn, raw, url)
         raise Transient(f"{method} {redact(url)}: connection dropped twice")
+
+    @staticmethod
+    def _open(conn: http.client.HTTPConnection, key: Tuple[str, str, int], method: str, url: str) -> None:
+        """Connect (DNS, the egress policy, TCP, TLS).  Refused, unreachable, timed out and unknown
+        names all read the same to the caller ("could not connect"), so a download request cannot
+        serve as a port scanner; the reason goes to Patio's log for the operator."""
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise ArtifactError(f"TLS verification failed for {redact(url)}: {exc.verify_message}") from None
+        except PatioError:  # EgressRefused: never retried, never detailed
+            conn.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            log.info("download connection to %s port %d failed: %r", key[1], key[2], exc)
+            raise Transient(f"{method} {redact(url)}: could not connect") from None
 
 
 class BodyStream:

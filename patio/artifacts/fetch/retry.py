@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, TypeVar
 
 from patio.artifacts.errors import ArtifactUnavailable, DownloadCancelled, Transient
+from patio.artifacts.fetch.egress import DEFAULT_POLICY, EgressPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     import random
@@ -29,6 +30,7 @@ class NetConfig:
     proxies: Mapping[str, str] = field(default_factory=dict)  # scheme -> proxy URL (from HTTP(S)_PROXY)
     no_proxy: str = ""
     ca_file: Optional[str] = None  # extra CA bundle (REQUESTS_CA_BUNDLE / SSL_CERT_FILE)
+    egress: EgressPolicy = DEFAULT_POLICY  # where connections may go (fetch/egress.py)
 
 
 @dataclass(frozen=True)

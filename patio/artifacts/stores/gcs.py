@@ -23,6 +23,8 @@ from patio.artifacts.errors import (
     ArtifactAccessDenied,
     ArtifactError,
     ArtifactNotFound,
+    CredentialsInvalid,
+    CredentialsMisconfigured,
     ObjectChanged,
     Transient,
 )
@@ -122,11 +124,11 @@ class ServiceAccountToken(_CachedToken):
         super().__init__(clock)
         missing = [k for k in ("client_email", "private_key") if not info.get(k)]
         if missing:
-            raise ArtifactAccessDenied(f"service account JSON lacks {', '.join(missing)}")
+            raise CredentialsInvalid(f"service account JSON lacks {', '.join(missing)}", param="credentials")
         try:
             self.key = parse_pem_private_key(str(info["private_key"]))
         except InvalidKey as exc:
-            raise ArtifactAccessDenied(f"service account private_key is unusable: {exc}") from None
+            raise CredentialsInvalid(f"service account private_key is unusable: {exc}", param="credentials") from None
         self.http = http
         self.email = str(info["client_email"])
         self.key_id = str(info.get("private_key_id") or "")
@@ -170,7 +172,7 @@ class UserToken(_CachedToken):
         super().__init__()
         missing = [k for k in ("client_id", "client_secret", "refresh_token") if not info.get(k)]
         if missing:
-            raise ArtifactAccessDenied(f"authorized_user credentials lack {', '.join(missing)}")
+            raise CredentialsInvalid(f"authorized_user credentials lack {', '.join(missing)}", param="credentials")
         self.http = http
         self.info = dict(info)
         self.retry = retry
@@ -203,8 +205,11 @@ class MetadataToken(_CachedToken):
     def __init__(self, host: str, net: NetConfig, retry: DownloadRetry) -> None:
         super().__init__()
         self.base = host if "://" in host else "http://" + host
-        # Its own short timeout and no proxy: the metadata server is link-local.
-        self.http = HttpClient(NetConfig(timeout=min(net.timeout, METADATA_PROBE_TIMEOUT)))
+        # Its own short timeout and no proxy: the metadata server is link-local.  The egress
+        # policy refuses metadata addresses to everything a request names; this client, which
+        # only ever asks the configured metadata host for a token, is the one exception.
+        allowed = net.egress.allowing(urllib.parse.urlsplit(self.base).hostname or host)
+        self.http = HttpClient(NetConfig(timeout=min(net.timeout, METADATA_PROBE_TIMEOUT), egress=allowed))
         self.retry = retry
         self.absent = False
         self.description = "metadata server"
@@ -232,9 +237,9 @@ def _load_json(text: str, what: str) -> Dict[str, Any]:
     try:
         data = jsontext.loads(text)
     except ValueError:
-        raise ArtifactAccessDenied(f"{what} is not valid JSON") from None
+        raise CredentialsInvalid(f"{what} is not valid JSON", param="credentials") from None
     if not isinstance(data, dict):
-        raise ArtifactAccessDenied(f"{what} is not a JSON object")
+        raise CredentialsInvalid(f"{what} is not a JSON object", param="credentials")
     return data
 
 
@@ -244,7 +249,8 @@ def _provider_from_info(http: HttpClient, info: Mapping[str, Any], retry: Downlo
         return ServiceAccountToken(http, info, retry)
     if kind == "authorized_user":
         return UserToken(http, info, retry)
-    raise ArtifactAccessDenied(f"{what} has type {kind!r}; need service_account or authorized_user")
+    shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "another"
+    raise CredentialsInvalid(f"{what} has type {shown}; need service_account or authorized_user", param="credentials")
 
 
 def resolve_token(
@@ -257,12 +263,19 @@ def resolve_token(
         return _provider_from_info(http, info, retry, "credentials.service_account_json")
     path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
     if path:
+        what = f"GOOGLE_APPLICATION_CREDENTIALS {path}"
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read(MAX_CREDENTIALS_FILE)
-        except OSError as exc:
-            raise ArtifactAccessDenied(f"cannot read GOOGLE_APPLICATION_CREDENTIALS {path}: {exc.strerror}") from None
-        return _provider_from_info(http, _load_json(text, path), retry, path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise CredentialsMisconfigured(f"cannot read {what}: {reason}") from None
+        try:
+            return _provider_from_info(http, _load_json(text, what), retry, what)
+        except CredentialsInvalid as exc:
+            # The operator's file, not the caller's request: a configuration error, said as one.
+            message = exc.message if what in exc.message else f"{what}: {exc.message}"
+            raise CredentialsMisconfigured(message) from None
     if (env.get("NO_GCE_CHECK") or "").lower() in ("1", "true", "yes"):
         return StaticToken(None, "anonymous")
     return MetadataToken(env.get("GCE_METADATA_HOST", "GCE_METADATA_ROOT") or METADATA_HOST, net, retry)
