@@ -19,10 +19,11 @@ from kvevents_peers import SglangBlockRemoved, SglangBlockStored, removed, sglan
 from support import make_settings, shared_path
 
 from patio.errors import ConfigError
+from patio.kvevents import compact, resp, zmtp
 from patio.kvevents import events as ev
 from patio.kvevents import layout as lay
-from patio.kvevents import resp, zmtp
 from patio.kvevents.msgpack import Ext, Limits, MsgpackError, unpackb
+from patio.kvevents.writer import unresolved_removals
 
 FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
 FIXTURE_HASHES = (1833370376425142648, 1881664714865506252)
@@ -218,26 +219,46 @@ def test_std_hash_is_kthenas():
         lay.std_hash([2**32])
 
 
+def sent_commands(data):
+    """The commands in a RESP request stream (what the bridge would send), as tuples of str."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i : i + 1] == b"*"
+        end = data.index(b"\r\n", i)
+        count, i = int(data[i + 1 : end]), end + 2
+        args = []
+        for _ in range(count):
+            end = data.index(b"\r\n", i)
+            length, i = int(data[i + 1 : end]), end + 2
+            args.append(data[i : i + length].decode())
+            i += length + 2
+        out.append(tuple(args))
+    return out
+
+
 def test_store_commands_follow_kthenas_layout():
     layout = lay.Layout("vllm", "pod-a.ns", "llama")
-    cache = lay.HashCache(4096)
+    item = compact.reduce(0, ev.decode_batch(FIXTURE), True, 0, compact.GroupKinds())
     event = ev.decode_batch(FIXTURE).events[0]
-    commands = lay.store_commands(layout, event, cache, 1700000000)
     h0, h1 = FIXTURE_HASHES
     s0, s1 = kthena_std_hash(event.token_ids[:32]), kthena_std_hash(event.token_ids[32:])
-    assert commands == [
+    ((op, model, words),) = compact.operations(item)
+    assert (op, model, list(words)) == (compact.OP_STORE, 0, [h0, s0, h1, s1])
+    stamp = lay.bulk("1700000000")
+    assert sent_commands(layout.store(h0, s0, None, stamp) + layout.store(h1, s1, None, stamp)) == [
         ("SET", f"vllm:kv:block:pod-a.ns@{h0}", str(s0), "EX", "86400"),
         ("HSET", f"matrix:kv:block:llama@{s0}", "pod-a.ns", "1700000000"),
         ("SET", f"vllm:kv:block:pod-a.ns@{h1}", str(s1), "EX", "86400"),
         ("HSET", f"matrix:kv:block:llama@{s1}", "pod-a.ns", "1700000000"),
     ]
-    assert lay.remove_commands(layout, ev.BlockRemoved((h1, 99)), cache, {}) == [
-        ("HDEL", f"matrix:kv:block:llama@{s1}", "pod-a.ns"),
-        ("DEL", f"vllm:kv:block:pod-a.ns@{h1}"),
-    ]
-    assert lay.unresolved_removals([ev.BlockRemoved((h0, h1))], cache) == [h1]
-    with pytest.raises(lay.BlockSplitError):
-        lay.store_commands(layout, ev.BlockStored((1, 2), [1, 2, 3]), cache, 0)
+    assert sent_commands(layout.unclaim(s1, None)) == [("HDEL", f"matrix:kv:block:llama@{s1}", "pod-a.ns")]
+    cache = lay.HashCache(4096)
+    cache.put(h0, s0)
+    removal = compact.reduce(1, ev.Batch(1.0, [ev.BlockRemoved((h0, h1))]), True, 0, compact.GroupKinds())
+    assert unresolved_removals(removal, cache) == [h1]
+    problems = []
+    bad = compact.reduce(2, ev.Batch(1.0, [ev.BlockStored((1, 2), [1, 2, 3])]), True, 0, compact.GroupKinds(), problems)
+    assert bad.applied == (0, 0, 0) and bad.skipped[0] == 1 and "do not split into 2 blocks" in problems[0]
 
 
 def test_layout_patterns_escape_glob_characters():
@@ -250,7 +271,7 @@ def test_hash_cache_is_bounded():
     cache = lay.HashCache(3)
     for i in range(10):
         cache.put(i, i * 10)
-    assert len(cache) == 3 and cache.get(9) == 90 and cache.get(0) is None
+    assert len(cache) == 3 and cache.get(9) == (90, None) and cache.get(0) is None
 
 
 # -- RESP -------------------------------------------------------------------------------------

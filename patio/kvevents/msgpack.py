@@ -2,8 +2,9 @@
 
 Sans-IO and bounded: a payload comes from a socket we do not control, so every
 length is checked against what is left of the buffer *before* anything is
-allocated, nesting is capped, and every failure is a ``MsgpackError`` naming the
-offset.  Covers the whole format (spec: https://github.com/msgpack/msgpack/blob/master/spec.md):
+allocated, nesting is capped, what one message decodes to is budgeted (values and
+estimated bytes of objects, charged before they are built), and every failure is a
+``MsgpackError`` naming the offset.  Covers the whole format (spec: https://github.com/msgpack/msgpack/blob/master/spec.md):
 vLLM's msgspec encoder sends fixarray/array16, fixmap, float64, uint8..uint64,
 fixstr/str8, nil; SGLang's the same with arrays for events.  Ext values (none
 are sent today) decode to ``Ext`` so an unknown field never fails the batch.
@@ -24,6 +25,18 @@ MAX_DEPTH = 16
 MAX_CONTAINER_ITEMS = 1 << 20
 # One str/bin may be at most this long (names and medium strings are a few bytes).
 MAX_BYTES_ITEM = 1 << 20
+# What one message may decode to, in estimated bytes of Python objects (``_COST``): the
+# frame limit bounds the wire size, but one byte on the wire (an empty array) becomes a
+# 56-byte list, so a 1 MiB payload of empty arrays decoded to 60 MB.  A real batch of
+# 1M token ids (the largest array allowed) costs about 36 MB.
+MAX_DECODED_BYTES = 48 * 1024 * 1024
+# ... and at most this many times its own size (plus DECODED_FLOOR_BYTES): real payloads
+# decode to 5-14x (uint16 token ids: 3 bytes -> a 40-byte int in a list), so a payload
+# built to amplify (1-byte empty arrays, 64x) is refused at a sixteenth of its cost.
+MAX_DECODED_RATIO = 16
+DECODED_FLOOR_BYTES = 1024 * 1024
+# Decoded values of one message (every level): a second bound, independent of the estimate.
+MAX_OBJECTS = 2_000_000
 
 
 class MsgpackError(ValueError):
@@ -46,6 +59,22 @@ class Limits:
     max_depth: int = MAX_DEPTH
     max_container_items: int = MAX_CONTAINER_ITEMS
     max_bytes_item: int = MAX_BYTES_ITEM
+    max_decoded_bytes: int = MAX_DECODED_BYTES
+    max_decoded_ratio: int = MAX_DECODED_RATIO
+    max_objects: int = MAX_OBJECTS
+
+
+# Estimated CPython (64-bit) sizes of what the decoder builds; small ints (-5..256), None
+# and booleans are shared objects and cost nothing.
+_COST_LIST = 56
+_COST_SLOT = 8
+_COST_DICT = 64
+_COST_DICT_ENTRY = 40
+_COST_INT = 32
+_COST_FLOAT = 24
+_COST_STR = 49
+_COST_BYTES = 33
+_COST_EXT = 56
 
 
 _U8 = struct.Struct(">B").unpack_from
@@ -93,12 +122,24 @@ _LENGTH_READERS = {1: _U8, 2: _U16, 4: _U32}
 
 
 class _Decoder:
-    __slots__ = ("data", "end", "limits")
+    __slots__ = ("budget", "cost", "data", "end", "limits", "objects")
 
     def __init__(self, data: bytes, limits: Limits) -> None:
         self.data = data
         self.end = len(data)
         self.limits = limits
+        self.cost = 0
+        self.objects = 0
+        self.budget = min(limits.max_decoded_bytes, limits.max_decoded_ratio * len(data) + DECODED_FLOOR_BYTES)
+
+    def charge(self, cost: int, objects: int, offset: int) -> None:
+        """Account for what is about to be built; refuse before building past a limit."""
+        self.cost += cost
+        self.objects += objects
+        if self.cost > self.budget:
+            raise MsgpackError(f"decodes to more than {self.budget} bytes of objects", offset)
+        if self.objects > self.limits.max_objects:
+            raise MsgpackError(f"decodes to more than {self.limits.max_objects} values", offset)
 
     def need(self, offset: int, size: int) -> None:
         if offset + size > self.end:
@@ -130,7 +171,10 @@ class _Decoder:
         if scalar is not None:
             size, reader = scalar
             self.need(offset, size)
-            return reader(data, offset)[0], offset + size
+            value = reader(data, offset)[0]
+            if not -5 <= value <= 256:
+                self.charge(_COST_FLOAT if first in (0xCA, 0xCB) else _COST_INT, 1, offset)
+            return value, offset + size
         sized = _SIZED.get(first)
         if sized is not None:
             width, kind = sized
@@ -155,10 +199,12 @@ class _Decoder:
         if length > self.limits.max_bytes_item:
             raise MsgpackError(f"bin of {length} bytes exceeds the limit of {self.limits.max_bytes_item}", offset)
         self.need(offset, length)
+        self.charge(_COST_BYTES + length, 1, offset)
         return bytes(self.data[offset : offset + length]), offset + length
 
     def text(self, offset: int, length: int) -> Tuple[str, int]:
         raw, end = self.binary(offset, length)
+        self.cost += _COST_STR - _COST_BYTES
         try:
             return raw.decode("utf-8"), end
         except UnicodeDecodeError:
@@ -168,6 +214,7 @@ class _Decoder:
         self.need(offset, 1)
         code = _I8(self.data, offset)[0]
         raw, end = self.binary(offset + 1, length)
+        self.charge(_COST_EXT, 1, offset)
         return Ext(code, raw), end
 
     def items(self, offset: int, count: int, depth: int, per_item: int) -> None:
@@ -181,9 +228,11 @@ class _Decoder:
 
     def array(self, offset: int, count: int, depth: int) -> Tuple[List[Any], int]:
         self.items(offset, count, depth, 1)
+        self.charge(_COST_LIST + _COST_SLOT * count, 1, offset)
         out: List[Any] = []
         append = out.append
         data = self.data
+        wide = 0  # uint16 items taken on the fast path (ints past 256 are objects of their own)
         for _ in range(count):
             # Inline the two cases that fill token_ids and block_hashes.
             if offset < self.end:
@@ -195,13 +244,17 @@ class _Decoder:
                 if first == 0xCD and offset + 3 <= self.end:
                     append((data[offset + 1] << 8) | data[offset + 2])
                     offset += 3
+                    wide += 1
                     continue
             item, offset = self.value(offset, depth + 1)
             append(item)
+        if wide:
+            self.charge(_COST_INT * wide, wide, offset)
         return out, offset
 
     def map(self, offset: int, count: int, depth: int) -> Tuple[Dict[Any, Any], int]:
         self.items(offset, count, depth, 2)
+        self.charge(_COST_DICT + _COST_DICT_ENTRY * count, 1, offset)
         out: Dict[Any, Any] = {}
         for _ in range(count):
             key_at = offset
