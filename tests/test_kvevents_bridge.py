@@ -9,7 +9,6 @@ python/kthena/runtime/kv_cache_manager.py) computed independently here.
 """
 
 import dataclasses
-import hashlib
 import json
 import signal
 import socket
@@ -23,7 +22,21 @@ import msgspec
 import pytest
 import redis as redis_lib
 from fakes.engine import FakeEngine
-from kvevents_peers import Publisher, RedisServer, batch, cleared, free_port, removed, sglang_batch, stored
+from kvevents_peers import (
+    POD,
+    Expected,
+    Publisher,
+    RedisServer,
+    batch,
+    cleared,
+    free_port,
+    redis_state,
+    removed,
+    sglang_batch,
+    std_hash,
+    stored,
+    wait_for,
+)
 from kvevents_peers import SglangBlockStored as SgStored
 from support import PatioProcess, http_call, shared_path
 
@@ -32,60 +45,7 @@ from patio.kvevents.settings import KvEventsSettings
 from patio.metrics.registry import Registry
 
 FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
-POD, MODEL = "pod-a.ns", "tiny"
-WAIT = 10.0
-
-
-def std_hash(tokens):
-    digest = hashlib.sha256(b"".join(t.to_bytes(4, "big") for t in tokens)).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
-
-
-class Expected:
-    """Kthena's layout for one pod, applied event by event (the oracle)."""
-
-    def __init__(self, pod=POD, model=MODEL, prefix="vllm"):
-        self.pod, self.model, self.prefix = pod, model, prefix
-        self.blocks = {}  # engine hash -> std hash
-
-    def store(self, hashes, tokens):
-        size = len(tokens) // len(hashes)
-        for i, h in enumerate(hashes):
-            self.blocks[h] = std_hash(tokens[i * size : (i + 1) * size])
-
-    def remove(self, hashes):
-        for h in hashes:
-            self.blocks.pop(h, None)
-
-    def state(self):
-        keys = {f"{self.prefix}:kv:block:{self.pod}@{h}": str(s) for h, s in self.blocks.items()}
-        matrix = {f"matrix:kv:block:{self.model}@{s}": {self.pod} for s in self.blocks.values()}
-        return keys, matrix
-
-
-def redis_state(client, pod=POD):
-    """(mapping keys -> value, matrix keys -> pods) as the router would read them."""
-    keys, matrix = {}, {}
-    for raw in client.scan_iter(count=1000):
-        key = raw.decode()
-        if key.startswith("matrix:"):
-            fields = {f.decode() for f in client.hkeys(key)}
-            if fields:
-                matrix[key] = fields
-        else:
-            value = client.get(key)
-            if value is not None:  # not deleted since the SCAN
-                keys[key] = value.decode()
-    return keys, matrix
-
-
-def wait_for(predicate, timeout=WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,9 @@ RETRY_MIN = 0.1
 STABLE_SECONDS = 30.0
 # Sequence numbers are 8 bytes: a replay cannot start past this.
 MAX_SEQ = (1 << 64) - 1
+# A replay may answer this many times the engine's buffer (PATIO_KV_EVENTS_REPLAY_BUFFER)
+# plus what arrives while it answers; more is a flood, cut off.
+REPLAY_SLACK = 2
 
 
 class Bridge:
@@ -516,7 +519,14 @@ class Bridge:
         first: Optional[int] = None
         settings = self.settings
         try:
-            for seq, payload in replay(endpoint, start, settings.timeout, settings.max_frame_bytes):
+            answers = replay(
+                endpoint,
+                start,
+                settings.timeout,
+                settings.max_frame_bytes,
+                max_messages=REPLAY_SLACK * settings.replay_buffer + 1000,
+            )
+            for seq, payload in answers:
                 if self._stop.is_set():
                     return
                 first = seq if first is None else first

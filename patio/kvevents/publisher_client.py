@@ -13,7 +13,8 @@ from patio.kvevents.sockets import PeerDown, connect
 
 _READ_CHUNK = 256 * 1024
 END_SEQ = b"\xff" * 8  # the publishers' end-of-replay marker: (-1).to_bytes(8, "big", signed=True)
-# A replay answers at most the publisher's buffer (vLLM and SGLang keep 10 000 batches by default).
+# A replay answers at most the publisher's buffer (vLLM and SGLang keep 10 000 batches by
+# default); one that goes on past this is flooding, not replaying.
 MAX_REPLAY_MESSAGES = 100_000
 
 
@@ -105,7 +106,12 @@ class ZmtpConnection:
 
 
 def replay(
-    endpoint: str, start: int, timeout: float, max_frame_bytes: int, wait: Optional[float] = None
+    endpoint: str,
+    start: int,
+    timeout: float,
+    max_frame_bytes: int,
+    wait: Optional[float] = None,
+    max_messages: int = MAX_REPLAY_MESSAGES,
 ) -> Iterator[Tuple[int, bytes]]:
     """(seq, payload) from the publisher's replay ROUTER, starting at ``start``, until its end marker.
 
@@ -131,8 +137,8 @@ def replay(
                 if frames[0] == END_SEQ:
                     return
                 count += 1
-                if count > MAX_REPLAY_MESSAGES:
-                    raise PeerDown(f"replay from {endpoint} passed {MAX_REPLAY_MESSAGES} messages")
+                if count > max_messages:
+                    raise PeerDown(f"replay from {endpoint} passed {max_messages} messages (its buffer is smaller)")
                 yield int.from_bytes(frames[0], "big"), frames[1]
             if not conn.read(wait if wait is not None else timeout):
                 raise PeerDown(f"replay from {endpoint} stalled for {wait or timeout:g}s")

@@ -29,7 +29,7 @@ No sockets here: the replay is a callable (start -> reduced batches) the bridge 
 
 import logging
 from contextlib import closing
-from typing import Callable, Generator, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from patio.kvevents.backlog import Backlog
 from patio.kvevents.compact import Compact
@@ -72,6 +72,7 @@ class StreamSync:
         self.last_live: Optional[int] = None  # last seq the live connection delivered
         self.need_resync: Optional[str] = "start"
         self.resume = False  # after a publisher loss: try to continue from last_seq first
+        self.duplicates = 0  # live batches skipped in a row as already applied
 
     # -- connection events ------------------------------------------------------------------------
     def new_connection(self) -> None:
@@ -122,6 +123,13 @@ class StreamSync:
                     self._take(item)
                     continue
                 if item.seq <= last:
+                    # Batches a replay brought in arrive again live, for a while.  Longer than the
+                    # engine's whole buffer means the replay's numbering is not the live stream's.
+                    self.duplicates += 1
+                    if self.duplicates > self.replay_window:
+                        self._restart("replay_mismatch", f"{self.duplicates} live batches behind the replay")
+                        self.hold((item,))
+                        continue
                     self.skip(item)
                     continue
                 self.metrics.gaps.inc()
@@ -145,6 +153,7 @@ class StreamSync:
     def _take(self, item: Compact) -> None:
         self.last_seq = item.seq
         self.last_fp = item.fingerprint
+        self.duplicates = 0
 
     def skip(self, item: Compact) -> None:
         for kind, applied, skipped in zip(_TYPES, (*item.applied, 0), item.skipped):
@@ -207,7 +216,7 @@ class StreamSync:
             resumed_after = self.last_seq
             if self._fill(resumed_after, None, verify=True):
                 held = [item for item in self.backlog.take() if self.last_seq is None or item.seq > self.last_seq]
-                self.last_seq = self._apply_stream(iter(held), self.last_seq)
+                self.last_seq = self._apply_stream(iter(held), self.last_seq)[0]
                 self.need_resync = None
                 self.note(
                     "resync", f"publisher back: the same stream, continued after batch {resumed_after}", logging.INFO
@@ -221,15 +230,22 @@ class StreamSync:
         self.last_seq = self.last_fp = self.writer.applied_seq = None
         last: Optional[int] = None
         if self.has_replay():
-            last = self._apply_stream(self.replay(0), None)
+            last, complete = self._apply_stream(self.replay(0), None)
+            if not complete:
+                # A replay that broke off (or flooded and was cut) vouches for nothing: what it gave
+                # goes again, and the stream starts from what arrives live.
+                self.writer.clear_pod("gap")
+                last = self.last_seq = self.last_fp = None
         # The backlog holds what arrived from this same engine meanwhile: what the replay had is a duplicate.
         held = [item for item in self.backlog.take() if last is None or item.seq > last]
-        self.last_seq = self._apply_stream(iter(held), last)
+        self.last_seq = self._apply_stream(iter(held), last)[0]
         self.need_resync = None
 
-    def _apply_stream(self, items: Iterator[Compact], last: Optional[int]) -> Optional[int]:
-        """Apply consecutive batches in slices; after a hole, history before it is dropped (cleared)."""
+    def _apply_stream(self, items: Iterator[Compact], last: Optional[int]) -> Tuple[Optional[int], bool]:
+        """Apply consecutive batches in slices; after a hole, history before it is dropped (cleared).
+        Returns the last sequence applied and whether ``items`` ran to their end."""
         chunk: List[Compact] = []
+        complete = True
         try:
             for item in items:
                 if last is not None and item.seq != last + 1:
@@ -247,6 +263,6 @@ class StreamSync:
                     self.writer.flush(chunk)
                     chunk = []
         except ReplayFailed:
-            pass  # what the replay gave applies; the rest is what arrives next
+            complete = False
         self.writer.flush(chunk)
-        return last
+        return last, complete
