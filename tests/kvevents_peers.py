@@ -61,6 +61,13 @@ class VllmEvent(msgspec.Struct, omit_defaults=True, gc=False, tag=True):  # type
     pass
 
 
+# vLLM at 0181ea3 (vllm/distributed/kv_events.py): EventBatch lost array_like, so the batch is a map.
+class VllmMapEventBatch(msgspec.Struct, omit_defaults=True, gc=False):  # type: ignore[call-arg]
+    ts: float
+    events: List[Any]
+    data_parallel_rank: Optional[int] = None
+
+
 class BlockStored(VllmEvent):
     block_hashes: List[Union[int, bytes]]
     parent_block_hash: Optional[Union[int, bytes]]
@@ -128,6 +135,10 @@ def cleared() -> AllBlocksCleared:
 
 def batch(events: List[Any], ts: Optional[float] = None) -> bytes:
     return _ENCODER.encode(VllmEventBatch(time.time() if ts is None else ts, events, 0))
+
+
+def map_batch(events: List[Any], ts: Optional[float] = None, rank: Optional[int] = 0) -> bytes:
+    return _ENCODER.encode(VllmMapEventBatch(time.time() if ts is None else ts, events, rank))
 
 
 def sglang_batch(events: List[Any], ts: Optional[float] = None) -> bytes:
