@@ -247,6 +247,7 @@ def test_std_hash_is_kthenas():
     for block in (tokens[:32], tokens[32:], [0], [2**32 - 1, 5], list(range(1000))):
         assert lay.std_hash(block) == kthena_std_hash(block)
     assert lay.std_hash([]) == 0
+    assert lay.block_std_hashes(tokens, 2) == [kthena_std_hash(tokens[:32]), kthena_std_hash(tokens[32:])]
     with pytest.raises(ValueError):
         lay.std_hash([2**32])
 

@@ -34,7 +34,7 @@ from array import array
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from patio.kvevents import events as ev
-from patio.kvevents.layout import BlockSplitError, split_blocks, std_hash
+from patio.kvevents.layout import BlockSplitError, block_std_hashes
 
 OP_STORE = 1
 OP_REMOVE = 2
@@ -208,13 +208,13 @@ def _word(engine_hash: int) -> int:
 
 
 def _store_pairs(event: ev.BlockStored) -> List[Tuple[int, int]]:
-    out: List[Tuple[int, int]] = []
-    for engine_hash, tokens in split_blocks(event):
-        if not tokens:
-            continue  # Kthena skips an empty block (a snapshot batch carries hashes only)
+    hashes = event.block_hashes
+    if not event.token_ids:
+        return []  # Kthena skips empty blocks (a snapshot batch carries hashes only)
+    stds = block_std_hashes(event.token_ids, len(hashes))
+    for engine_hash in hashes:
         _word(engine_hash)
-        out.append((engine_hash, std_hash(tokens)))
-    return out
+    return list(zip(hashes, stds))
 
 
 def operations(item: Compact) -> "List[Tuple[int, int, Sequence[int]]]":

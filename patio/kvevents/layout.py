@@ -22,11 +22,10 @@ own memory of what it wrote, and expire unless refreshed.
 
 import importlib
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-from patio.kvevents.events import BlockStored
+from functools import cached_property, lru_cache
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 MATRIX_PREFIX = "matrix:kv:block"
 MAPPING_PREFIXES = {"vllm": "vllm:kv:block", "sglang": "sglang:kv:block"}
@@ -42,16 +41,23 @@ def std_hash(tokens: Sequence[int]) -> int:
     if not tokens:
         return 0
     try:
-        packed = struct.pack(f">{len(tokens)}I", *tokens)
+        packed = _packer(len(tokens)).pack(*tokens)
     except struct.error:
         raise ValueError("a token id outside 0..2**32-1") from None
     return int.from_bytes(_sha256()(packed).digest()[:8], "big") & _MASK63
+
+
+@lru_cache(maxsize=64)
+def _packer(count: int) -> struct.Struct:
+    """``count`` big-endian uint32 (blocks have one size per engine: a handful of formats)."""
+    return struct.Struct(f">{count}I")
 
 
 # CPython's built-in SHA-256 module: _sha256 on 3.8-3.11, _sha2 from 3.12 on.
 _BUILTIN_SHA256_MODULES = ("_sha256", "_sha2")
 
 
+@lru_cache(maxsize=1)
 def _sha256() -> Callable[[bytes], Any]:
     """CPython's built-in SHA-256, which does not load OpenSSL (``hashlib`` does: about 3 MB
     resident, and the footprint test forbids it while serving); hashlib only as a fallback."""
@@ -74,15 +80,24 @@ class BlockSplitError(ValueError):
     pass
 
 
-def split_blocks(event: BlockStored) -> List[Tuple[int, Sequence[int]]]:
-    """(engine_hash, block tokens) per block, as Kthena cuts them."""
-    hashes, tokens = event.block_hashes, event.token_ids
-    if not hashes:
+def block_std_hashes(tokens: Sequence[int], blocks: int) -> List[int]:
+    """Kthena's cut (``len(tokens) // blocks`` tokens each) and ``std_hash`` of every block, in
+    one pass: the tokens are packed once and each block's bytes are a slice of that."""
+    if not blocks:
         return []
-    if len(tokens) % len(hashes):
-        raise BlockSplitError(f"{len(tokens)} tokens do not split into {len(hashes)} blocks")
-    size = len(tokens) // len(hashes)
-    return [(h, tokens[i * size : (i + 1) * size]) for i, h in enumerate(hashes)]
+    if len(tokens) % blocks:
+        raise BlockSplitError(f"{len(tokens)} tokens do not split into {blocks} blocks")
+    if not tokens:
+        return [0] * blocks
+    try:
+        packed = struct.pack(f">{len(tokens)}I", *tokens)
+    except struct.error:
+        raise ValueError("a token id outside 0..2**32-1") from None
+    step = len(packed) // blocks
+    sha = _sha256()
+    return [
+        int.from_bytes(sha(packed[i : i + step]).digest()[:8], "big") & _MASK63 for i in range(0, len(packed), step)
+    ]
 
 
 def bulk(value: str) -> bytes:
@@ -95,6 +110,8 @@ def bulk(value: str) -> bytes:
 _SET_HEAD = b"*5\r\n$3\r\nSET\r\n"
 _HSET_HEAD = b"*4\r\n$4\r\nHSET\r\n"
 _HDEL_HEAD = b"*3\r\n$4\r\nHDEL\r\n"
+# SET key value EX ttl, then HSET matrix pod stamp, in one format (the hot path of a big batch).
+_STORE_FORMAT = _SET_HEAD + b"$%d\r\n%s\r\n$%d\r\n%s\r\n%s" + _HSET_HEAD + b"$%d\r\n%s\r\n%s%s"
 
 
 @dataclass(frozen=True)
@@ -132,19 +149,40 @@ class Layout:
     # -- pre-encoded commands --------------------------------------------------------------------
     def store(self, engine_hash: int, std: int, model: Optional[str], stamp: bytes) -> bytes:
         """SET mapping EX ttl + HSET matrix pod stamp (2 commands); ``stamp`` is ``bulk(str(now))``."""
-        return b"".join(
-            (
-                _SET_HEAD,
-                bulk(self.mapping_key(engine_hash)),
-                bulk(mapping_value(std, model)),
-                self._ttl_tail,
-                self.claim(std, model, stamp),
+        if model is not None:
+            return (
+                _SET_HEAD
+                + bulk(self.mapping_key(engine_hash))
+                + bulk(mapping_value(std, model))
+                + self._ttl_tail
+                + self.claim(std, model, stamp)
             )
+        mapping = b"%s%d" % (self._mapping_head, engine_hash)
+        value = b"%d" % std
+        matrix = b"%s%d" % (self._matrix_head, std)
+        return _STORE_FORMAT % (
+            len(mapping),
+            mapping,
+            len(value),
+            value,
+            self._ttl_tail,
+            len(matrix),
+            matrix,
+            self._pod_bulk,
+            stamp,
         )
 
     def claim(self, std: int, model: Optional[str], stamp: bytes) -> bytes:
         """HSET matrix pod stamp (1 command): the field and the timestamp Kthena's router reads."""
         return _HSET_HEAD + bulk(self.matrix_key(std, model)) + self._pod_bulk + stamp
+
+    @cached_property
+    def _mapping_head(self) -> bytes:
+        return f"{self.mapping_prefix}:{self.mapping_owner}@".encode()
+
+    @cached_property
+    def _matrix_head(self) -> bytes:
+        return f"{MATRIX_PREFIX}:{self.model}@".encode()
 
     def unclaim(self, std: int, model: Optional[str]) -> bytes:
         """HDEL matrix pod (1 command)."""
@@ -180,17 +218,19 @@ class HashCache:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._map: Dict[int, Tuple[int, Optional[str]]] = {}
+        # OrderedDict: evicting the oldest is O(1) (a dict's first key after many deletions is not).
+        self._map: "OrderedDict[int, Tuple[int, Optional[str]]]" = OrderedDict()
 
     def get(self, engine_hash: int) -> Optional[Tuple[int, Optional[str]]]:
         return self._map.get(engine_hash)
 
     def put(self, engine_hash: int, std: int, model: Optional[str] = None) -> None:
         entries = self._map
-        if engine_hash not in entries and len(entries) >= self.limit > 0:
-            del entries[next(iter(entries))]
-        if self.limit > 0:
-            entries[engine_hash] = (std, model)
+        if self.limit <= 0:
+            return
+        if engine_hash not in entries and len(entries) >= self.limit:
+            entries.popitem(last=False)
+        entries[engine_hash] = (std, model)
 
     def pop(self, engine_hash: int) -> None:
         self._map.pop(engine_hash, None)
