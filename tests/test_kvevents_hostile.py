@@ -290,20 +290,20 @@ def test_a_nan_or_zero_timestamp_is_not_a_lag(redis_server, redis, publisher, br
     json.dumps(bridge.snapshot(), allow_nan=False)
 
 
-def test_a_4mb_array_reply_is_refused_at_its_limit(bridges):
+def test_a_4mb_array_reply_is_refused_at_its_limit(bridges, caplog):
     """A server answering PING with a 4 MB array kept the bridge busy 26 s past its 2 s timeout."""
     huge = b"*1000000\r\n" + b":1\r\n" * 1_000_000
     scripted = ScriptedRedis(lambda args: huge if args[0].upper() == b"PING" else b"+OK\r\n")
     try:
         bridge = start_bridge(bridges, settings_for(scripted.port), live=False)
-        wait_for(lambda: "array of 1000000 items" in bridge.last_error, what="the reply refused")
+        wait_for(lambda: "array of 1000000 items (limit 100000)" in caplog.text, what="the reply refused")
         wait_for(lambda: bridge.state in ("redis_down", "connecting_publisher"), what="an honest state")
         assert bridge.redis is None and bridge._thread.is_alive()
     finally:
         scripted.close()
 
 
-def test_a_redis_that_drips_its_answers_is_cut_off_at_the_timeout(bridges):
+def test_a_redis_that_drips_its_answers_is_cut_off_at_the_timeout(bridges, caplog):
     """One byte every 0.1 s: every read succeeds, the answer never completes."""
     stop = threading.Event()
     server = socket.socket()
@@ -329,7 +329,7 @@ def test_a_redis_that_drips_its_answers_is_cut_off_at_the_timeout(bridges):
     threading.Thread(target=drip, daemon=True).start()
     try:
         bridge = start_bridge(bridges, settings_for(server.getsockname()[1], timeout=0.5), live=False)
-        wait_for(lambda: "did not answer" in bridge.last_error, what="the drip cut off")
+        wait_for(lambda: "did not answer 1 commands within 0.5s" in caplog.text, what="the drip cut off")
         assert bridge.redis is None
     finally:
         stop.set()

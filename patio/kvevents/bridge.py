@@ -4,12 +4,13 @@ One thread per stream (one stream per data-parallel rank; every socket blocking 
 a timeout; the event loop only reads ``snapshot()`` and posts control requests).  What
 each part does:
 
+- ``source``: where the publisher is (configured or discovered), the SUB, the replay;
 - ``intake``: messages -> reduced batches, counted;
 - ``sync``: order, holes, replays, resyncs, restarts (``StreamSync``);
 - ``writer``: Kthena's layout in Redis, clears, the refresh of long-cached blocks;
-- here: connecting (with backoff that only resets once a connection proved stable),
-  endpoint discovery, the engine's health, the grace a lost publisher gets before the
-  pod is cleared, Redis refusing writes, the state shown, the shutdown clear.
+- ``backoff``: when to try a peer again; ``status``: the state and the page;
+- here: the thread and its loop, the engine's health, the grace a lost publisher gets
+  before the pod is cleared, Redis refusing writes, the shutdown clear.
 
 Redis never claims a cache the pod does not have for longer than it takes to see the
 publisher connection drop (plus the reconnect grace) or the health watch flip.
@@ -20,34 +21,24 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from patio.kvevents import discovery
+from patio.kvevents import discovery, status
 from patio.kvevents import layout as lay
+from patio.kvevents.backoff import Backoff
 from patio.kvevents.compact import Compact
-from patio.kvevents.intake import Intake
 from patio.kvevents.metrics import BridgeMetrics
-from patio.kvevents.publisher_client import ZmtpConnection, replay
+from patio.kvevents.publisher_client import ZmtpConnection
 from patio.kvevents.redis_client import RedisConnection
 from patio.kvevents.settings import KvEventsSettings
 from patio.kvevents.sockets import PeerDown
-from patio.kvevents.sync import ReplayFailed, StreamSync
+from patio.kvevents.source import PublisherSource
+from patio.kvevents.sync import StreamSync
 from patio.kvevents.writer import RedisDown, RedisRejected, RedisWriter
 from patio.metrics.registry import Registry
 from patio.ratelog import RateLimitedLog
 
 log = logging.getLogger("patio.kvevents")
-
-# First reconnect wait; doubles up to ``retry_max``.
-RETRY_MIN = 0.1
-# A connection that lived this long resets the backoff when it drops; a shorter one (a
-# peer that accepts and drops, again and again) keeps doubling it.
-STABLE_SECONDS = 30.0
-# Sequence numbers are 8 bytes: a replay cannot start past this.
-MAX_SEQ = (1 << 64) - 1
-# A replay may answer this many times the engine's buffer (PATIO_KV_EVENTS_REPLAY_BUFFER)
-# plus what arrives while it answers; more is a flood, cut off.
-REPLAY_SLACK = 2
 
 
 class Bridge:
@@ -63,7 +54,6 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.rank = rank
-        self.on_sources = on_sources
         self._stop = threading.Event()
         self.ratelog = RateLimitedLog(log)
         self.sub: Optional[ZmtpConnection] = None
@@ -77,13 +67,10 @@ class Bridge:
             self._note,
         )
         # Where the publisher is: configured, or asked of the engine (``discovery``) at each connect.
-        self.endpoint = settings.endpoint
-        self.replay_endpoint = settings.replay_endpoint
-        self.topic = settings.topic
-        self.endpoint_source = "configured" if settings.endpoint_configured or not settings.discovery else "default"
-        self.intake = Intake(self.topic.encode("utf-8"), self.metrics, self._note)
+        self.source = PublisherSource(settings, rank, self.metrics, self._note, self._stop.is_set, on_sources)
+        self.intake = self.source.intake
         self.sync = StreamSync(
-            settings, self.writer, self.metrics, self._replay, lambda: bool(self.replay_endpoint), self._note
+            settings, self.writer, self.metrics, self.source.replay, self.source.has_replay, self._note
         )
         self.engine_down = False
         self.last_error = ""
@@ -97,9 +84,7 @@ class Bridge:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._thread: Optional[threading.Thread] = None
-        self._retry = {"sub": 0.0, "redis": 0.0, "write": 0.0}
-        self._backoff = {"sub": RETRY_MIN, "redis": RETRY_MIN, "write": RETRY_MIN}
-        self._connected_at = {"sub": 0.0, "redis": 0.0}
+        self._backoff = {name: Backoff(settings.retry_max) for name in ("sub", "redis", "write")}
         self._parser_limits: Dict[str, int] = {}
         self.lost_at: Optional[float] = None  # when the publisher connection dropped (grace running)
         self._refresh_due = time.monotonic() + settings.refresh if settings.refresh > 0 else None
@@ -189,36 +174,7 @@ class Bridge:
             conn.close()
 
     def snapshot(self) -> Dict[str, Any]:
-        settings = self.settings
-        backlog = self.sync.backlog
-        return {
-            "enabled": True,
-            "state": self.state,
-            "engine": settings.engine,
-            "pod": settings.pod,
-            "model": settings.model,
-            "data_parallel_rank": self.rank,
-            "endpoint": self.endpoint,
-            "replay_endpoint": self.replay_endpoint,
-            "endpoint_source": self.endpoint_source,
-            "topic": self.topic,
-            "redis": settings.redis_where,
-            "publisher_connected": self.sub is not None,
-            "redis_connected": self.redis is not None,
-            "redis_rejecting": self.rejecting or None,
-            "engine_down": self.engine_down,
-            "last_seq": self.applied_seq,
-            "last_event_ts": self.writer.last_event_ts,
-            "last_applied_at": self.writer.last_applied_at,
-            "pending_resync": self.sync.need_resync,
-            "publisher_lost_for": None if self.lost_at is None else round(time.monotonic() - self.lost_at, 3),
-            "backlog": len(backlog),
-            "backlog_limit": settings.backlog,
-            "backlog_bytes": backlog.nbytes,
-            "backlog_bytes_limit": settings.backlog_bytes,
-            "hash_cache": len(self.writer.cache),
-            "last_error": self.last_error,
-        }
+        return status.snapshot(self)
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -226,9 +182,9 @@ class Bridge:
         log.info(
             "kv events: %s stream %s (replay %s, topic %r, rank %d) -> redis %s as pod %s, model %s",
             settings.engine,
-            self.endpoint if self.endpoint_source == "configured" else "to be discovered",
-            self.replay_endpoint or "none",
-            self.topic,
+            self.source.endpoint if self.source.origin == "configured" else "to be discovered",
+            self.source.replay_endpoint or "none",
+            self.source.topic,
             self.rank,
             settings.redis_where,
             settings.pod,
@@ -249,22 +205,22 @@ class Bridge:
 
     def _step(self) -> None:
         self._handle_requests()
-        now = time.monotonic()
-        if self.redis is None and now >= self._retry["redis"]:
+        backoff = self._backoff
+        if self.redis is None and backoff["redis"].due():
             self._connect_redis()
-        if self.sub is None and now >= self._retry["sub"] and not self._stop.is_set():
+        if self.sub is None and backoff["sub"].due() and not self._stop.is_set():
             self._connect_sub()
         self._grace_check()
         if self.sync.need_resync and self.connected and not self.engine_down:
-            if time.monotonic() >= self._retry["write"]:
+            if backoff["write"].due():
                 self._write(self.sync.resync)
         elif self._refresh_due is not None and time.monotonic() >= self._refresh_due and self.state == "live":
             self._refresh_step()
         self._update_state()
         self.ratelog.flush()
-        waits = [self._retry[k] - time.monotonic() for k, c in (("sub", self.sub), ("redis", self.redis)) if c is None]
+        waits = [backoff[k].remaining() for k, c in (("sub", self.sub), ("redis", self.redis)) if c is None]
         if self.sync.need_resync and self.connected:
-            waits.append(self._retry["write"] - time.monotonic())
+            waits.append(backoff["write"].remaining())
         if self.lost_at is not None:
             waits.append(self.lost_at + self.settings.reconnect_grace - time.monotonic())
         limits = [self.settings.timeout, *waits]
@@ -300,19 +256,17 @@ class Bridge:
             self.state = state
 
     def _update_state(self) -> None:
-        if self.engine_down:
-            state = "engine_down"
-        elif self.sub is None:
-            state = "connecting_publisher"
-        elif self.redis is None:
-            state = "redis_down"
-        elif self.rejecting:
-            state = "redis_rejecting"
-        elif self.sync.need_resync:
-            state = "resyncing"
-        else:
-            state = "live"
-        self._set_state(state)
+        self._set_state(
+            status.state_of(
+                status.Conditions(
+                    self.engine_down,
+                    self.sub is not None,
+                    self.redis is not None,
+                    bool(self.rejecting),
+                    bool(self.sync.need_resync),
+                )
+            )
+        )
 
     def _handle_requests(self) -> None:
         with self._lock:
@@ -335,17 +289,6 @@ class Bridge:
         self.ratelog.log(cause, f"kv events: {message}", level)
 
     # -- connections -----------------------------------------------------------------------------
-    def _backoff_after(self, which: str) -> None:
-        wait = self._backoff[which]
-        self._retry[which] = time.monotonic() + wait
-        self._backoff[which] = min(wait * 2, self.settings.retry_max)
-
-    def _lost(self, which: str) -> None:
-        """A connection dropped: back off, resetting the backoff only if it had been stable."""
-        if time.monotonic() - self._connected_at[which] >= STABLE_SECONDS:
-            self._backoff[which] = RETRY_MIN
-        self._backoff_after(which)
-
     def _redis_connection(self, timeout: float) -> RedisConnection:
         settings = self.settings
         return RedisConnection(
@@ -364,61 +307,32 @@ class Bridge:
         except PeerDown as exc:
             self._note("redis", str(exc))
             self.metrics.redis_errors.inc()
-            self._lost("redis")
+            self._backoff["redis"].lost()
             return
-        self._connected_at["redis"] = time.monotonic()
+        self._backoff["redis"].connected()
+        self.metrics.connects.inc("redis")
         self._note("redis_up", f"connected to redis {self.settings.redis_where}", logging.INFO)
         if self.sync.need_resync is None:
             self.sync.need_resync = "redis_reconnect"
             self.sync.forget()
 
-    def _discover(self) -> bool:
-        """Ask the engine where this rank publishes; False when it cannot say yet."""
-        settings = self.settings
-        try:
-            sources = discovery.fetch(settings.engine, settings.engine_url, settings.engine_api_key, settings.timeout)
-        except discovery.DiscoveryError as exc:
-            self._note("discovery", f"endpoint discovery: {exc}")
-            return False
-        if sources is None:  # an engine without the route: Kthena's default
-            self.endpoint, self.endpoint_source = settings.endpoint, "default"
-            return True
-        mine = [s for s in sources if s.rank == self.rank]
-        if not mine:
-            self._note("discovery", f"the engine names no KV-event publisher for rank {self.rank}")
-            return False
-        source = mine[0]
-        if (source.endpoint, source.replay_endpoint) != (self.endpoint, self.replay_endpoint):
-            self._note("discovery", f"publisher of rank {self.rank}: {source.endpoint}", logging.INFO)
-        self.endpoint, self.replay_endpoint = source.endpoint, source.replay_endpoint
-        self.endpoint_source = "discovered"
-        if source.topic != self.topic:
-            self.topic = source.topic
-            self.intake.topic = source.topic.encode("utf-8")
-        if self.on_sources is not None:
-            self.on_sources(sources)
-        return True
-
     def _connect_sub(self) -> None:
-        settings = self.settings
-        if not settings.endpoint_configured and settings.discovery and not self._discover():
-            self._lost("sub")
+        source = self.source
+        if not source.locate():
+            self._backoff["sub"].lost()
             return
         try:
-            conn = ZmtpConnection(self.endpoint, "SUB", settings.timeout, settings.max_frame_bytes)
-            conn.send(conn.proto.subscribe(self.topic.encode("utf-8")))
+            conn = source.subscribe()
         except PeerDown as exc:
             self._note("publisher", str(exc))
-            self._lost("sub")
+            self._backoff["sub"].lost()
             return
         self.sub = conn
-        self._connected_at["sub"] = time.monotonic()
+        self._backoff["sub"].connected()
+        self.metrics.connects.inc("publisher")
         self.sync.new_connection()
-        self._note(
-            "publisher_up",
-            f"subscribed to {self.endpoint} (ZMTP {'.'.join(map(str, conn.proto.version or (3, 0)))})",
-            logging.INFO,
-        )
+        version = ".".join(map(str, conn.proto.version or (3, 0)))
+        self._note("publisher_up", f"subscribed to {source.endpoint} (ZMTP {version})", logging.INFO)
         # Whatever happened while we were away is unknown: resume (the replay vouching) or rebuild.
         self.sync.need_resync = self.sync.need_resync or "publisher_lost"
 
@@ -427,7 +341,7 @@ class Bridge:
             self.sub.close()
         self.sub = None
         self._note("publisher", why)
-        self._lost("sub")
+        self._backoff["sub"].lost()
         # The publisher lives in the engine: its connection dropping may mean the engine (and its
         # cache) went away.  It gets ``reconnect_grace`` to come back as the same engine.
         self.sync.lost_publisher()
@@ -465,7 +379,7 @@ class Bridge:
             self.sync.need_resync = "redis_reconnect"
             self.sync.forget()
             self._note("redis", str(exc))
-            self._lost("redis")
+            self._backoff["redis"].lost()
             return False
         except RedisRejected as exc:
             self.metrics.rejections.inc()
@@ -473,12 +387,12 @@ class Bridge:
             self.sync.need_resync = "redis_rejecting"
             self.sync.forget()
             self._note("redis_rejecting", f"redis refuses writes: {exc.message}")
-            self._backoff_after("write")
+            self._backoff["write"].failed()
             return False
         if self.rejecting and not self.sync.need_resync:
             self._note("redis_rejecting", "redis takes writes again", logging.INFO)
             self.rejecting = ""
-        self._backoff["write"] = RETRY_MIN
+        self._backoff["write"].succeeded()
         return True
 
     # -- the stream ------------------------------------------------------------------------------
@@ -504,41 +418,11 @@ class Bridge:
             for item in items:
                 self.sync.skip(item)
             return
-        writable = self.redis is not None and not self.rejecting and time.monotonic() >= self._retry["write"]
+        writable = self.redis is not None and not self.rejecting and self._backoff["write"].due()
         if not writable:
             self.sync.on_live(items, False)
             return
         self._write(lambda: self.sync.on_live(items, True))
-
-    def _replay(self, start: int) -> Generator[Compact, None, None]:
-        """Reduced batches from the replay endpoint, one at a time (a full buffer is 10 000 batches)."""
-        endpoint = self.replay_endpoint
-        assert endpoint
-        if start > MAX_SEQ:
-            raise ReplayFailed(f"replay from {start}: past the last sequence number")
-        first: Optional[int] = None
-        settings = self.settings
-        try:
-            answers = replay(
-                endpoint,
-                start,
-                settings.timeout,
-                settings.max_frame_bytes,
-                max_messages=REPLAY_SLACK * settings.replay_buffer + 1000,
-            )
-            for seq, payload in answers:
-                if self._stop.is_set():
-                    return
-                first = seq if first is None else first
-                item = self.intake.payload(seq, payload, live=False)
-                if item is not None:
-                    yield item
-        except PeerDown as exc:
-            self.metrics.replays.inc("error")
-            self._note("replay", f"replay from {start}: {exc}")
-            raise ReplayFailed(str(exc)) from None
-        # Partial: the publisher's buffer no longer reaches back to ``start``.
-        self.metrics.replays.inc("complete" if first is None or first == start else "partial")
 
     def _refresh_step(self) -> None:
         """One page of the refresh walk (the stream is read between pages)."""

@@ -95,6 +95,11 @@ class BridgeMetrics:
             "patio_kv_events_redis_rejections_total",
             "Pipelines Redis answered but refused (READONLY, OOM, NOPERM...): state redis_rejecting.",
         )
+        self.connects = registry.counter(
+            "patio_kv_events_connects_total",
+            "Connections made, by peer (the engine's publisher, Redis): a fast rise is a flapping peer.",
+            ("peer",),
+        )
         self.refreshed = registry.counter(
             "patio_kv_events_refreshed_total",
             "Matrix fields of long-cached blocks rewritten with a new timestamp (and their mapping key's expiry).",
@@ -130,6 +135,8 @@ class BridgeMetrics:
             self.clears.inc(reason, amount=0.0)
         for reason in RESTART_REASONS:
             self.restarts.inc(reason, amount=0.0)
+        for peer in ("publisher", "redis"):
+            self.connects.inc(peer, amount=0.0)
         for state in STATES:
             self.state.set(0.0, state)
 

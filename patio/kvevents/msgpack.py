@@ -27,8 +27,8 @@ MAX_CONTAINER_ITEMS = 1 << 20
 MAX_BYTES_ITEM = 1 << 20
 # What one message may decode to, in estimated bytes of Python objects (``_COST``): the
 # frame limit bounds the wire size, but one byte on the wire (an empty array) becomes a
-# 56-byte list, so a 1 MiB payload of empty arrays decoded to 60 MB.  A real batch of
-# 1M token ids (the largest array allowed) costs about 36 MB.
+# 56-byte list, so a 1 MiB payload of empty arrays decoded to 60 MB.  Token ids past 256 cost
+# 40 bytes each: a valid batch of 200,000 blocks of 4 tokens costs 40 MB.
 MAX_DECODED_BYTES = 48 * 1024 * 1024
 # ... and at most this many times its own size (plus DECODED_FLOOR_BYTES): real payloads
 # decode to 5-14x (uint16 token ids: 3 bytes -> a 40-byte int in a list), so a payload

@@ -5,6 +5,7 @@ large answer is refused by the parser's limits, and a slow one by the deadline).
 *replies* are values (``resp.ReplyError``); a dead or lying server is a ``PeerDown``.
 """
 
+import socket
 import time
 from typing import Iterator, List, Sequence
 
@@ -59,6 +60,9 @@ class RedisConnection:
                 if not chunk:
                     raise PeerDown(f"redis at {self.where} closed the connection")
                 self.parser.receive_data(chunk)
+        except socket.timeout:
+            self.close()
+            raise PeerDown(f"redis at {self.where} did not answer {count} commands within {self.timeout:g}s") from None
         except (OSError, resp.RespError) as exc:
             self.close()
             raise PeerDown(f"redis at {self.where}: {exc or type(exc).__name__}") from None
