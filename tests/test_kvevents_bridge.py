@@ -529,3 +529,32 @@ def test_shutdown_with_a_hung_redis_stays_inside_its_budget(redis_server, publis
         assert bridge.state == "stopped"
     finally:
         hung.close()
+
+
+OFF_CASES = [
+    ("no_redis_host", ["-I", POD, "-N", MODEL], {}),
+    ("switched_off", ["-I", POD, "-N", MODEL], {"REDIS_HOST": "127.0.0.1", "PATIO_KV_EVENTS": "false"}),
+]
+
+
+@pytest.mark.parametrize("argv,env", [(a, e) for _, a, e in OFF_CASES], ids=[n for n, *_ in OFF_CASES])
+def test_off_costs_nothing_no_module_no_thread(argv, env):
+    """Off, the app is built and started without importing the bridge or starting a thread."""
+    code = (
+        "import asyncio, json, sys, threading\n"
+        "sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "from support import make_settings\n"
+        "from patio.app import build_app\n"
+        "app = build_app(make_settings(json.loads(sys.argv[2]), json.loads(sys.argv[3])))\n"
+        "(kv,) = [c for c in app.components if c.name == 'kv_events']\n"
+        "asyncio.run(kv.start())\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('patio.kvevents.', 'patio.ratelog'))\n"
+        "                and m not in ('patio.kvevents.settings', 'patio.kvevents.component'))\n"
+        "print(json.dumps([loaded, [t.name for t in threading.enumerate() if 'kvevents' in t.name]]))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code, root, json.dumps(argv), json.dumps(env)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[], []]

@@ -73,7 +73,7 @@ class GroupKinds:
 class Compact:
     """One batch as held: sequence number, timestamp, words, tallies for the metrics."""
 
-    __slots__ = ("applied", "fingerprint", "live", "models", "nbytes", "seq", "signed", "skipped", "ts", "words")
+    __slots__ = ("_nbytes", "applied", "fingerprint", "live", "models", "seq", "signed", "skipped", "ts", "words")
 
     def __init__(
         self,
@@ -96,12 +96,23 @@ class Compact:
         self.applied = applied  # events written, by type: BlockStored, BlockRemoved, AllBlocksCleared
         self.skipped = skipped  # events not applied, by type: the same three, then "other"
         self.fingerprint = fingerprint  # crc32 of the payload: the same batch replayed has the same
-        self.nbytes = (
-            sys.getsizeof(self)
-            + sys.getsizeof(words)
-            + sys.getsizeof(models)
-            + sum(sys.getsizeof(m) for m in models if m is not None)
-        )
+        self._nbytes = -1  # measured when first asked (most batches are written, never held)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this batch holds (``sys.getsizeof`` of itself and what it owns)."""
+        if self._nbytes < 0:
+            self._nbytes = (
+                sys.getsizeof(self)
+                + sys.getsizeof(self.words)
+                + sys.getsizeof(self.models)
+                + sum(sys.getsizeof(m) for m in self.models if m is not None)
+            )
+        return self._nbytes
+
+    @nbytes.setter
+    def nbytes(self, value: int) -> None:
+        self._nbytes = value
 
     def engine_hash(self, word: int) -> int:
         return word - (1 << 64) if self.signed and word >> 63 else word

@@ -113,7 +113,7 @@ class KvEventsComponent(Component):
         if len(bridges) == 1:
             return bridges[0].shutdown(budget)
         for bridge in bridges:
-            bridge._stop.set()
+            bridge.stop(0.0)  # every thread told at once, then each waited for
         for bridge in bridges:
             bridge.stop(max((deadline - time.monotonic()) / 2, 0.0))
         cleared = [bridge.clear_on_shutdown(deadline) for bridge in bridges]

@@ -75,6 +75,9 @@ _COST_FLOAT = 24
 _COST_STR = 49
 _COST_BYTES = 33
 _COST_EXT = 56
+# Inside a container the tally is checked every this many items (a power of two).
+_CHECK_EVERY = 4096
+_CHECK_MASK = _CHECK_EVERY - 1
 
 
 _U8 = struct.Struct(">B").unpack_from
@@ -133,7 +136,11 @@ class _Decoder:
         self.budget = min(limits.max_decoded_bytes, limits.max_decoded_ratio * len(data) + DECODED_FLOOR_BYTES)
 
     def charge(self, cost: int, objects: int, offset: int) -> None:
-        """Account for what is about to be built; refuse before building past a limit."""
+        """Account for what is about to be built; refuse before building past a limit.
+
+        Scalars only add to the tally (``cost``/``objects``); it is checked here, when a
+        container is announced, and every ``_CHECK_EVERY`` items inside one, so what is built
+        past the budget before a check is at most that many scalars."""
         self.cost += cost
         self.objects += objects
         if self.cost > self.budget:
@@ -173,7 +180,8 @@ class _Decoder:
             self.need(offset, size)
             value = reader(data, offset)[0]
             if not -5 <= value <= 256:
-                self.charge(_COST_FLOAT if first in (0xCA, 0xCB) else _COST_INT, 1, offset)
+                self.cost += _COST_FLOAT if first in (0xCA, 0xCB) else _COST_INT
+                self.objects += 1
             return value, offset + size
         sized = _SIZED.get(first)
         if sized is not None:
@@ -199,14 +207,20 @@ class _Decoder:
         if length > self.limits.max_bytes_item:
             raise MsgpackError(f"bin of {length} bytes exceeds the limit of {self.limits.max_bytes_item}", offset)
         self.need(offset, length)
-        self.charge(_COST_BYTES + length, 1, offset)
+        self.cost += _COST_BYTES + length
+        self.objects += 1
         return bytes(self.data[offset : offset + length]), offset + length
 
     def text(self, offset: int, length: int) -> Tuple[str, int]:
-        raw, end = self.binary(offset, length)
-        self.cost += _COST_STR - _COST_BYTES
+        end = offset + length
+        if length > self.limits.max_bytes_item:
+            raise MsgpackError(f"bin of {length} bytes exceeds the limit of {self.limits.max_bytes_item}", offset)
+        if end > self.end:
+            self.need(offset, length)
+        self.cost += _COST_STR + length
+        self.objects += 1
         try:
-            return raw.decode("utf-8"), end
+            return self.data[offset:end].decode("utf-8"), end
         except UnicodeDecodeError:
             raise MsgpackError("str is not valid UTF-8", offset) from None
 
@@ -214,7 +228,7 @@ class _Decoder:
         self.need(offset, 1)
         code = _I8(self.data, offset)[0]
         raw, end = self.binary(offset + 1, length)
-        self.charge(_COST_EXT, 1, offset)
+        self.cost += _COST_EXT
         return Ext(code, raw), end
 
     def items(self, offset: int, count: int, depth: int, per_item: int) -> None:
@@ -232,23 +246,27 @@ class _Decoder:
         out: List[Any] = []
         append = out.append
         data = self.data
-        wide = 0  # uint16 items taken on the fast path (ints past 256 are objects of their own)
-        for _ in range(count):
-            # Inline the two cases that fill token_ids and block_hashes.
-            if offset < self.end:
-                first = data[offset]
-                if first <= 0x7F:
-                    append(first)
-                    offset += 1
-                    continue
-                if first == 0xCD and offset + 3 <= self.end:
-                    append((data[offset + 1] << 8) | data[offset + 2])
-                    offset += 3
-                    wide += 1
-                    continue
-            item, offset = self.value(offset, depth + 1)
-            append(item)
-        if wide:
+        end = self.end
+        left = count
+        while left:
+            run = min(left, _CHECK_EVERY)
+            left -= run
+            wide = 0  # uint16 items taken on the fast path (ints past 256 are objects of their own)
+            for _ in range(run):
+                # Inline the two cases that fill token_ids and block_hashes.
+                if offset < end:
+                    first = data[offset]
+                    if first <= 0x7F:
+                        append(first)
+                        offset += 1
+                        continue
+                    if first == 0xCD and offset + 3 <= end:
+                        append((data[offset + 1] << 8) | data[offset + 2])
+                        offset += 3
+                        wide += 1
+                        continue
+                item, offset = self.value(offset, depth + 1)
+                append(item)
             self.charge(_COST_INT * wide, wide, offset)
         return out, offset
 
@@ -256,12 +274,18 @@ class _Decoder:
         self.items(offset, count, depth, 2)
         self.charge(_COST_DICT + _COST_DICT_ENTRY * count, 1, offset)
         out: Dict[Any, Any] = {}
-        for _ in range(count):
-            key_at = offset
-            key, offset = self.value(offset, depth + 1)
-            if isinstance(key, (list, dict)):
-                raise MsgpackError("map key is not a scalar", key_at)
-            out[key], offset = self.value(offset, depth + 1)
+        value = self.value
+        left = count
+        while left:
+            run = min(left, _CHECK_EVERY)
+            left -= run
+            for _ in range(run):
+                key_at = offset
+                key, offset = value(offset, depth + 1)
+                if type(key) is list or type(key) is dict:
+                    raise MsgpackError("map key is not a scalar", key_at)
+                out[key], offset = value(offset, depth + 1)
+            self.charge(0, 0, offset)
         return out, offset
 
 
@@ -269,6 +293,7 @@ def unpackb(data: bytes, limits: Limits = Limits()) -> Any:
     """The one value ``data`` holds; trailing bytes are an error (a frame is exactly one value)."""
     decoder = _Decoder(data, limits)
     value, end = decoder.value(0, 0)
+    decoder.charge(0, 0, end)
     if end != len(data):
         raise MsgpackError(f"{len(data) - end} trailing bytes after the value", end)
     return value
