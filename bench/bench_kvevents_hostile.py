@@ -11,6 +11,8 @@ a redis-server and a libzmq publisher (tests/kvevents_peers.py), and prints what
 - ``big``: one valid batch of 200,000 blocks; time until it is in Redis, /health p99 meanwhile;
 - ``flap``: the publisher drops and comes back 12 times (the same engine) while Redis also holds
   20,000 blocks of other pods of the model; Redis commands per reconnect;
+- ``flood``: single-block batches as fast as libzmq sends them for ``--seconds`` (60); events/s
+  offered, RSS sampled every 5 s, /health p99, and whether Redis converged to the engine's state;
 - ``idle``: /health p99 with the bridge live and idle (the baseline for the two p99s above).
 
     .venv/bin/python bench/bench_kvevents_hostile.py [--root DIR] [scenario ...]
@@ -294,6 +296,38 @@ def scenario_flap(root: Path, args: argparse.Namespace) -> str:
         teardown(patio, publisher, redis, engine)
 
 
+def scenario_flood(root: Path, args: argparse.Namespace) -> str:
+    redis, publisher, engine, patio = stack(root)
+    try:
+        from kvevents_peers import vm_rss_kb
+
+        payload_for = [batch([stored([i + 1], [i % 50000, 1, 2, 3], 4)]) for i in range(1000)]
+        prober = Prober(patio)
+        rss: List[float] = []
+        started = time.monotonic()
+        sent = 0
+        next_sample = started
+        while time.monotonic() - started < args.seconds:
+            publisher.publish(payload_for[sent % 1000])
+            sent += 1
+            if time.monotonic() >= next_sample:
+                rss.append(vm_rss_kb(patio.proc.pid) / 1024)
+                next_sample += 5
+        offered = sent / (time.monotonic() - started)
+        caught_up = wait(lambda: patio.json("/v1/kv-events")["state"] == "live", 120)
+        client = redis.client()
+        converged = wait(lambda: client.dbsize() >= 1000 + 1, 120)  # 1,000 distinct blocks, their matrix keys
+        probes = prober.stop()
+        state = "live" if caught_up else "NOT live"
+        redis_state = "converged" if converged else "NOT converged"
+        return (
+            f"{sent:,} batches in {args.seconds:.0f}s ({offered:,.0f}/s offered): "
+            f"RSS {min(rss):.1f}..{max(rss):.1f} MB, {state} after, Redis {redis_state}; {probes}"
+        )
+    finally:
+        teardown(patio, publisher, redis, engine)
+
+
 def scenario_idle(root: Path, args: argparse.Namespace) -> str:
     redis, publisher, engine, patio = stack(root)
     try:
@@ -310,6 +344,7 @@ SCENARIOS = {
     "amplify": scenario_amplify,
     "big": scenario_big,
     "flap": scenario_flap,
+    "flood": scenario_flood,
     "idle": scenario_idle,
 }
 
@@ -318,6 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, default=HERE, help="the Patio source checkout to run")
     parser.add_argument("--batches", type=int, default=1500, help="batches published while Redis is down")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long the flood lasts")
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     args = parser.parse_args()
     print(f"Patio from {args.root}")
