@@ -189,6 +189,10 @@ def redis_state(client, pod=POD):
     return keys, matrix
 
 
+def settled(bridge, seq):
+    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
+
+
 def wait_for(predicate, timeout=WAIT, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -32,6 +32,7 @@ from kvevents_peers import (
     free_port,
     redis_state,
     removed,
+    settled,
     sglang_batch,
     std_hash,
     stored,
@@ -47,27 +48,8 @@ from patio.metrics.registry import Registry
 FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
 MODEL = "tiny"
 
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def redis(redis_server):
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher():
-    pub = Publisher()
-    yield pub
-    pub.close()
+# The shared fixtures: redis_server (one per module), redis, publisher, bridges.
+pytest_plugins = ["kvevents_fixtures"]
 
 
 def make_bridge(redis_server, publisher, replay=True, **overrides):
@@ -87,18 +69,6 @@ def make_bridge(redis_server, publisher, replay=True, **overrides):
     bridge.start()
     wait_for(lambda: bridge.state == "live", what="bridge live")
     return bridge
-
-
-@pytest.fixture()
-def bridges():
-    started = []
-    yield started
-    for bridge in started:
-        bridge.stop(5)
-
-
-def settled(bridge, seq):
-    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
 
 
 def test_recorded_payload_lands_in_kthenas_layout(redis_server, redis, publisher, bridges):
@@ -553,8 +523,7 @@ def test_off_costs_nothing_no_module_no_thread(argv, env):
         "print(json.dumps([loaded, [t.name for t in threading.enumerate() if 'kvevents' in t.name]]))\n"
     )
     root = str(Path(__file__).resolve().parent.parent)
-    out = subprocess.run(
-        [sys.executable, "-c", code, root, json.dumps(argv), json.dumps(env)], capture_output=True, text=True, timeout=60
-    )
+    command = [sys.executable, "-c", code, root, json.dumps(argv), json.dumps(env)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [[], []]

@@ -35,6 +35,7 @@ from kvevents_peers import (
     redis_cli_scan,
     redis_commands,
     redis_state,
+    settled,
     stored,
     vm_hwm_kb,
     wait_for,
@@ -48,35 +49,8 @@ from patio.kvevents.redis_client import RedisConnection
 from patio.kvevents.settings import KvEventsSettings
 from patio.metrics.registry import Registry
 
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def redis(redis_server):
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher():
-    pub = Publisher()
-    yield pub
-    pub.close()
-
-
-@pytest.fixture()
-def bridges():
-    started = []
-    yield started
-    for bridge in started:
-        bridge.stop(5)
+# The shared fixtures: redis_server (one per module), redis, publisher, bridges.
+pytest_plugins = ["kvevents_fixtures"]
 
 
 def settings_for(redis_port, publisher=None, replay=True, **overrides):
@@ -102,10 +76,6 @@ def start_bridge(bridges, settings, live=True, **kwargs):
     if live:
         wait_for(lambda: bridge.state == "live", what="bridge live")
     return bridge
-
-
-def settled(bridge, seq):
-    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
 
 
 def tokens(i, count=32):

@@ -29,6 +29,7 @@ from kvevents_peers import (
     map_batch,
     redis_cli_scan,
     redis_state,
+    settled,
     std_hash,
     stored,
     wait_for,
@@ -43,35 +44,8 @@ from patio.metrics.registry import Registry
 
 DAY = 24 * 3600
 
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def redis(redis_server):
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher():
-    pub = Publisher()
-    yield pub
-    pub.close()
-
-
-@pytest.fixture()
-def bridges():
-    started = []
-    yield started
-    for bridge in started:
-        bridge.stop(5)
+# The shared fixtures: redis_server (one per module), redis, publisher, bridges.
+pytest_plugins = ["kvevents_fixtures"]
 
 
 class Clock:
@@ -102,10 +76,6 @@ def start_bridge(bridges, redis_server, publisher, clock=time.time, **overrides)
     bridge.start()
     wait_for(lambda: bridge.state == "live", what="bridge live")
     return bridge
-
-
-def settled(bridge, seq):
-    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
 
 
 PROMPT = [(t * 37) % 32000 + 500 for t in range(64)]  # 4 router blocks of 16 tokens
