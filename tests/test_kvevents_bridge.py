@@ -9,7 +9,6 @@ python/kthena/runtime/kv_cache_manager.py) computed independently here.
 """
 
 import dataclasses
-import hashlib
 import json
 import signal
 import socket
@@ -23,7 +22,22 @@ import msgspec
 import pytest
 import redis as redis_lib
 from fakes.engine import FakeEngine
-from kvevents_peers import Publisher, RedisServer, batch, cleared, free_port, removed, sglang_batch, stored
+from kvevents_peers import (
+    POD,
+    Expected,
+    Publisher,
+    RedisServer,
+    batch,
+    cleared,
+    free_port,
+    redis_state,
+    removed,
+    settled,
+    sglang_batch,
+    std_hash,
+    stored,
+    wait_for,
+)
 from kvevents_peers import SglangBlockStored as SgStored
 from support import PatioProcess, http_call, shared_path
 
@@ -32,82 +46,10 @@ from patio.kvevents.settings import KvEventsSettings
 from patio.metrics.registry import Registry
 
 FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
-POD, MODEL = "pod-a.ns", "tiny"
-WAIT = 10.0
+MODEL = "tiny"
 
-
-def std_hash(tokens):
-    digest = hashlib.sha256(b"".join(t.to_bytes(4, "big") for t in tokens)).digest()
-    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFFFFFFFFFF
-
-
-class Expected:
-    """Kthena's layout for one pod, applied event by event (the oracle)."""
-
-    def __init__(self, pod=POD, model=MODEL, prefix="vllm"):
-        self.pod, self.model, self.prefix = pod, model, prefix
-        self.blocks = {}  # engine hash -> std hash
-
-    def store(self, hashes, tokens):
-        size = len(tokens) // len(hashes)
-        for i, h in enumerate(hashes):
-            self.blocks[h] = std_hash(tokens[i * size : (i + 1) * size])
-
-    def remove(self, hashes):
-        for h in hashes:
-            self.blocks.pop(h, None)
-
-    def state(self):
-        keys = {f"{self.prefix}:kv:block:{self.pod}@{h}": str(s) for h, s in self.blocks.items()}
-        matrix = {f"matrix:kv:block:{self.model}@{s}": {self.pod} for s in self.blocks.values()}
-        return keys, matrix
-
-
-def redis_state(client, pod=POD):
-    """(mapping keys -> value, matrix keys -> pods) as the router would read them."""
-    keys, matrix = {}, {}
-    for raw in client.scan_iter(count=1000):
-        key = raw.decode()
-        if key.startswith("matrix:"):
-            fields = {f.decode() for f in client.hkeys(key)}
-            if fields:
-                matrix[key] = fields
-        else:
-            value = client.get(key)
-            if value is not None:  # not deleted since the SCAN
-                keys[key] = value.decode()
-    return keys, matrix
-
-
-def wait_for(predicate, timeout=WAIT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture()
-def redis(redis_server):
-    client = redis_server.client()
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture()
-def publisher():
-    pub = Publisher()
-    yield pub
-    pub.close()
+# The shared fixtures: redis_server (one per module), redis, publisher, bridges.
+pytest_plugins = ["kvevents_fixtures"]
 
 
 def make_bridge(redis_server, publisher, replay=True, **overrides):
@@ -127,18 +69,6 @@ def make_bridge(redis_server, publisher, replay=True, **overrides):
     bridge.start()
     wait_for(lambda: bridge.state == "live", what="bridge live")
     return bridge
-
-
-@pytest.fixture()
-def bridges():
-    started = []
-    yield started
-    for bridge in started:
-        bridge.stop(5)
-
-
-def settled(bridge, seq):
-    wait_for(lambda: bridge.applied_seq == seq and bridge.state == "live", what=f"seq {seq} applied")
 
 
 def test_recorded_payload_lands_in_kthenas_layout(redis_server, redis, publisher, bridges):
@@ -569,3 +499,31 @@ def test_shutdown_with_a_hung_redis_stays_inside_its_budget(redis_server, publis
         assert bridge.state == "stopped"
     finally:
         hung.close()
+
+
+OFF_CASES = [
+    ("no_redis_host", ["-I", POD, "-N", MODEL], {}),
+    ("switched_off", ["-I", POD, "-N", MODEL], {"REDIS_HOST": "127.0.0.1", "PATIO_KV_EVENTS": "false"}),
+]
+
+
+@pytest.mark.parametrize("argv,env", [(a, e) for _, a, e in OFF_CASES], ids=[n for n, *_ in OFF_CASES])
+def test_off_costs_nothing_no_module_no_thread(argv, env):
+    """Off, the app is built and started without importing the bridge or starting a thread."""
+    code = (
+        "import asyncio, json, sys, threading\n"
+        "sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')\n"
+        "from support import make_settings\n"
+        "from patio.app import build_app\n"
+        "app = build_app(make_settings(json.loads(sys.argv[2]), json.loads(sys.argv[3])))\n"
+        "(kv,) = [c for c in app.components if c.name == 'kv_events']\n"
+        "asyncio.run(kv.start())\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('patio.kvevents.', 'patio.ratelog'))\n"
+        "                and m not in ('patio.kvevents.settings', 'patio.kvevents.component'))\n"
+        "print(json.dumps([loaded, [t.name for t in threading.enumerate() if 'kvevents' in t.name]]))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    command = [sys.executable, "-c", code, root, json.dumps(argv), json.dumps(env)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [[], []]

@@ -7,6 +7,7 @@ byte streams (pyzmq) for ZMTP, the recorded vLLM 0.32 payload
 """
 
 import hashlib
+import logging
 import random
 import socket
 import struct
@@ -19,10 +20,13 @@ from kvevents_peers import SglangBlockRemoved, SglangBlockStored, removed, sglan
 from support import make_settings, shared_path
 
 from patio.errors import ConfigError
+from patio.kvevents import compact, resp, zmtp
 from patio.kvevents import events as ev
 from patio.kvevents import layout as lay
-from patio.kvevents import resp, zmtp
+from patio.kvevents.backlog import Backlog
 from patio.kvevents.msgpack import Ext, Limits, MsgpackError, unpackb
+from patio.kvevents.writer import unresolved_removals
+from patio.ratelog import RateLimitedLog
 
 FIXTURE = shared_path("fixtures", "kv-events", "vllm-0.32-cpu-blockstored.msgpack").read_bytes()
 FIXTURE_HASHES = (1833370376425142648, 1881664714865506252)
@@ -108,6 +112,9 @@ HOSTILE = [
     ("trailing", b"\xc0\xc0", "1 trailing bytes"),
     ("bad_utf8", b"\xa2\xff\xfe", "str is not valid UTF-8"),
     ("list_key", b"\x81\x90\x01", "map key is not a scalar"),
+    # 1 MiB of empty arrays: 64 bytes of objects per byte on the wire, refused at 16x + 1 MiB.
+    ("empty_array_bomb", b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x90" * (1 << 20), "bytes of objects"),
+    ("nested_bomb", b"\xdd" + (1 << 19).to_bytes(4, "big") + b"\x91\x90" * (1 << 19), "bytes of objects"),
 ]
 
 
@@ -116,6 +123,32 @@ def test_msgpack_hostile_inputs_fail_with_its_own_error(data, message):
     with pytest.raises(MsgpackError) as info:
         unpackb(data)
     assert message in str(info.value)
+
+
+def test_msgpack_object_count_is_bounded_whatever_the_estimate():
+    data = b"\xdd" + (5000).to_bytes(4, "big") + b"\xa1x" * 5000
+    with pytest.raises(MsgpackError) as info:
+        unpackb(data, Limits(max_objects=1000))
+    assert "more than 1000 values" in str(info.value)
+    assert len(unpackb(data)) == 5000
+
+
+def test_msgpack_a_real_batch_fits_its_budget():
+    """256 blocks of 32 uint16 token ids: the largest ratio of a real payload (about 13x)."""
+    payload = msgspec.msgpack.encode(
+        [
+            1.0,
+            [
+                {
+                    "type": "BlockStored",
+                    "block_hashes": list(range(1, 257)),
+                    "token_ids": [300 + t for t in range(256 * 32)],
+                }
+            ],
+            0,
+        ]
+    )
+    assert len(unpackb(payload)[1][0]["token_ids"]) == 256 * 32
 
 
 def test_msgpack_every_truncation_of_the_fixture_is_an_error():
@@ -214,30 +247,51 @@ def test_std_hash_is_kthenas():
     for block in (tokens[:32], tokens[32:], [0], [2**32 - 1, 5], list(range(1000))):
         assert lay.std_hash(block) == kthena_std_hash(block)
     assert lay.std_hash([]) == 0
+    assert lay.block_std_hashes(tokens, 2) == [kthena_std_hash(tokens[:32]), kthena_std_hash(tokens[32:])]
     with pytest.raises(ValueError):
         lay.std_hash([2**32])
 
 
+def sent_commands(data):
+    """The commands in a RESP request stream (what the bridge would send), as tuples of str."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i : i + 1] == b"*"
+        end = data.index(b"\r\n", i)
+        count, i = int(data[i + 1 : end]), end + 2
+        args = []
+        for _ in range(count):
+            end = data.index(b"\r\n", i)
+            length, i = int(data[i + 1 : end]), end + 2
+            args.append(data[i : i + length].decode())
+            i += length + 2
+        out.append(tuple(args))
+    return out
+
+
 def test_store_commands_follow_kthenas_layout():
     layout = lay.Layout("vllm", "pod-a.ns", "llama")
-    cache = lay.HashCache(4096)
+    item = compact.reduce(0, ev.decode_batch(FIXTURE), True, 0, compact.GroupKinds())
     event = ev.decode_batch(FIXTURE).events[0]
-    commands = lay.store_commands(layout, event, cache, 1700000000)
     h0, h1 = FIXTURE_HASHES
     s0, s1 = kthena_std_hash(event.token_ids[:32]), kthena_std_hash(event.token_ids[32:])
-    assert commands == [
+    ((op, model, words),) = compact.operations(item)
+    assert (op, model, list(words)) == (compact.OP_STORE, 0, [h0, s0, h1, s1])
+    stamp = lay.bulk("1700000000")
+    assert sent_commands(layout.store(h0, s0, None, stamp) + layout.store(h1, s1, None, stamp)) == [
         ("SET", f"vllm:kv:block:pod-a.ns@{h0}", str(s0), "EX", "86400"),
         ("HSET", f"matrix:kv:block:llama@{s0}", "pod-a.ns", "1700000000"),
         ("SET", f"vllm:kv:block:pod-a.ns@{h1}", str(s1), "EX", "86400"),
         ("HSET", f"matrix:kv:block:llama@{s1}", "pod-a.ns", "1700000000"),
     ]
-    assert lay.remove_commands(layout, ev.BlockRemoved((h1, 99)), cache, {}) == [
-        ("HDEL", f"matrix:kv:block:llama@{s1}", "pod-a.ns"),
-        ("DEL", f"vllm:kv:block:pod-a.ns@{h1}"),
-    ]
-    assert lay.unresolved_removals([ev.BlockRemoved((h0, h1))], cache) == [h1]
-    with pytest.raises(lay.BlockSplitError):
-        lay.store_commands(layout, ev.BlockStored((1, 2), [1, 2, 3]), cache, 0)
+    assert sent_commands(layout.unclaim(s1, None)) == [("HDEL", f"matrix:kv:block:llama@{s1}", "pod-a.ns")]
+    cache = lay.HashCache(4096)
+    cache.put(h0, s0)
+    removal = compact.reduce(1, ev.Batch(1.0, [ev.BlockRemoved((h0, h1))]), True, 0, compact.GroupKinds())
+    assert unresolved_removals(removal, cache) == [h1]
+    problems = []
+    bad = compact.reduce(2, ev.Batch(1.0, [ev.BlockStored((1, 2), [1, 2, 3])]), True, 0, compact.GroupKinds(), problems)
+    assert bad.applied == (0, 0, 0) and bad.skipped[0] == 1 and "do not split into 2 blocks" in problems[0]
 
 
 def test_layout_patterns_escape_glob_characters():
@@ -250,7 +304,7 @@ def test_hash_cache_is_bounded():
     cache = lay.HashCache(3)
     for i in range(10):
         cache.put(i, i * 10)
-    assert len(cache) == 3 and cache.get(9) == 90 and cache.get(0) is None
+    assert len(cache) == 3 and cache.get(9) == (90, None) and cache.get(0) is None
 
 
 # -- RESP -------------------------------------------------------------------------------------
@@ -298,6 +352,8 @@ BAD_REPLIES = [
     ("array_too_big", b"*99999999\r\n", "array of 99999999 items"),
     ("too_deep", b"*1\r\n" * 20 + b":1\r\n", "nested deeper than 8"),
     ("endless_line", b"+" + b"x" * 70000, "longer than 65536"),
+    ("array_past_the_page_limit", b"*100001\r\n", "array of 100001 items (limit 100000)"),
+    ("reply_past_the_value_limit", b"*3\r\n" + (b"*90000\r\n" + b":1\r\n" * 90000) * 3, "more than 200000 values"),
 ]
 
 
@@ -306,6 +362,16 @@ def test_resp_protocol_errors(data, message):
     with pytest.raises(resp.RespError) as info:
         resp.RespParser().receive_data(data)
     assert message in str(info.value)
+
+
+def test_resp_a_reply_cut_into_reads_is_parsed_once():
+    """Each byte is looked at once however the reply is cut (re-parsing from the start on each
+    read made a 4 MB reply cost minutes): a 60k-item array fed 7 bytes at a time."""
+    data = b"*60000\r\n" + b"$3\r\nkey\r\n" * 60000 + b":7\r\n"
+    parser = resp.RespParser()
+    for i in range(0, len(data), 7):
+        parser.receive_data(data[i : i + 7])
+    assert parser.replies() == [[b"key"] * 60000, 7]
 
 
 def test_resp_truncated_reply_waits():
@@ -552,3 +618,93 @@ def test_kvevents_bad_settings_name_the_setting(env, setting):
     with pytest.raises(ConfigError) as info:
         make_settings(["-E", "vllm"], {**KTHENA, **env})
     assert info.value.setting == setting
+
+
+# -- what is held: reduced batches, the backlog -------------------------------------------------------------
+def test_a_realistic_batch_is_held_in_a_few_kilobytes():
+    hashes = list(range(1, 257))
+    payload = msgspec.msgpack.encode(
+        [1.0, [{"type": "BlockStored", "block_hashes": hashes, "token_ids": [300 + t for t in range(256 * 32)]}], 0]
+    )
+    item = compact.reduce(0, ev.decode_batch(payload), True, compact.fingerprint(payload), compact.GroupKinds())
+    assert item.nbytes < 5 * 1024 and item.applied == (1, 0, 0) and item.fingerprint == compact.fingerprint(payload)
+
+
+def test_int64_engine_hashes_round_trip():
+    """SGLang's hashes are signed (hash_str_to_int64): the mapping key names the same number."""
+    batch = ev.Batch(1.0, [ev.BlockStored((-5, 2**63 - 1), [1, 2]), ev.BlockRemoved((-5,))])
+    item = compact.reduce(0, batch, True, 0, compact.GroupKinds())
+    (_, _, words), (_, _, removed_words) = compact.operations(item)
+    assert [item.engine_hash(w) for w in words[::2]] == [-5, 2**63 - 1]
+    assert [item.engine_hash(w) for w in removed_words] == [-5]
+
+
+def held(seq, nbytes):
+    item = compact.reduce(seq, ev.Batch(1.0, []), True, 0, compact.GroupKinds())
+    item.nbytes = nbytes
+    return item
+
+
+BACKLOG = [
+    ("fits", 1000, 10, [100, 100, 100], 3, 0),
+    ("bytes_full_drops_all_held", 250, 10, [100, 100, 100], 1, 2),
+    ("count_full_drops_all_held", 1000, 2, [100, 100, 100], 1, 2),
+    ("one_larger_than_the_bound", 250, 10, [100, 300], 0, 2),
+]
+
+
+@pytest.mark.parametrize(
+    "max_bytes,max_batches,sizes,held_after,dropped",
+    [case[1:] for case in BACKLOG],
+    ids=[case[0] for case in BACKLOG],
+)
+def test_backlog_bounds(max_bytes, max_batches, sizes, held_after, dropped):
+    backlog = Backlog(max_bytes, max_batches)
+    total = sum(backlog.add(held(i, n)) for i, n in enumerate(sizes))
+    assert (len(backlog), total) == (held_after, dropped)
+    assert backlog.nbytes == sum(item.nbytes for item in backlog) <= max_bytes
+
+
+GROUPS = [
+    ("no_group_no_kind", [(None, None)], True),
+    ("full_attention", [(0, "full_attention")], True),
+    ("mla_is_full", [(0, "mla_attention")], True),
+    ("sliding_window", [(1, "sliding_window")], False),
+    ("removal_in_a_learned_sliding_group", [(1, "sliding_window"), (1, None)], False),
+    ("removal_in_an_unknown_group", [(7, None)], True),
+]
+
+
+@pytest.mark.parametrize("events,holds", [c[1:] for c in GROUPS], ids=[c[0] for c in GROUPS])
+def test_group_kinds(events, holds):
+    groups = compact.GroupKinds()
+    answers = [groups.holds_prefixes(group, kind) for group, kind in events]
+    assert answers[-1] is holds
+
+
+# -- rate-limited logging -------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_rate_limited_log_per_cause(caplog):
+    clock = FakeClock()
+    limited = RateLimitedLog(logging.getLogger("patio.test.ratelog"), interval=60.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="patio.test.ratelog"):
+        for i in range(1000):
+            limited.log("malformed", f"message {i}: bad")
+        limited.log("redis", "redis down")  # another cause is not hidden by the flood
+        clock.now = 61.0
+        limited.flush()
+        limited.log("malformed", "message 2000: bad")  # quiet for an interval: in full again
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "message 0: bad",
+        "redis down",
+        "999 more like this (malformed) in the last 61s; the last: message 999: bad",
+        "message 2000: bad",
+    ]

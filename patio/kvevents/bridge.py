@@ -1,26 +1,19 @@
-"""The KV-event bridge: the engine's event stream -> Kthena's Redis layout, kept honest.
+"""The KV-event bridge's thread: connections to the engine's publisher and to Redis, kept honest.
 
-Runs in one thread of its own (every socket blocking with a timeout; the event
-loop only reads ``snapshot()`` and posts control requests).  Beyond Kthena's runtime:
+One thread per stream (one stream per data-parallel rank; every socket blocking with
+a timeout; the event loop only reads ``snapshot()`` and posts control requests).  What
+each part does:
 
-- **Sequence tracking.**  Each message carries a sequence number.  A hole means a
-  lost message: the bridge asks the replay endpoint for what it missed.  When the
-  hole cannot be filled it *resyncs*.  A sequence that restarts at 0 is a new engine:
-  its cache is empty, so the pod's entries go first.
-- **Resync** = clear this pod's entries, then apply the engine's replay buffer from
-  seq 0, then whatever arrived meanwhile.  A suffix of the history applied to a
-  cleared pod can only claim *fewer* blocks than the pod holds, never more; a history
-  with a hole applied on top of old state could claim blocks long gone.  So the
-  bridge resyncs at start, after the publisher connection drops, after Redis comes
-  back, when the backlog overflowed and when the engine is healthy again.
-- **Clearing** the pod when the engine goes away (its publisher connection drops,
-  the health watch says down, the sequence restarts) and on shutdown.
-- **Bounded everything**: backlog while Redis is down (``backlog`` batches; past it
-  the backlog is dropped and a resync follows), frames, payloads, replies, the
-  engine-hash memory, reconnect backoff.
+- ``source``: where the publisher is (configured or discovered), the SUB, the replay;
+- ``intake``: messages -> reduced batches, counted;
+- ``sync``: order, holes, replays, resyncs, restarts (``StreamSync``);
+- ``writer``: Kthena's layout in Redis, clears, the refresh of long-cached blocks;
+- ``backoff``: when to try a peer again; ``status``: the state and the page;
+- here: the thread and its loop, the engine's health, the grace a lost publisher gets
+  before the pod is cleared, Redis refusing writes, the shutdown clear.
 
-Redis never claims a cache the pod does not have for longer than it takes to see
-the publisher connection drop or the health watch flip.
+Redis never claims a cache the pod does not have for longer than it takes to see the
+publisher connection drop (plus the reconnect grace) or the health watch flip.
 """
 
 import logging
@@ -28,23 +21,24 @@ import select
 import socket
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from patio.kvevents import events as ev
+from patio.kvevents import discovery, status
 from patio.kvevents import layout as lay
-from patio.kvevents import net, zmtp
-from patio.kvevents.metrics import BridgeMetrics, label
+from patio.kvevents.backoff import Backoff
+from patio.kvevents.compact import Compact
+from patio.kvevents.metrics import BridgeMetrics
+from patio.kvevents.publisher_client import ZmtpConnection
+from patio.kvevents.redis_client import RedisConnection
 from patio.kvevents.settings import KvEventsSettings
-from patio.kvevents.writer import Item, RedisDown, RedisWriter
+from patio.kvevents.sockets import PeerDown
+from patio.kvevents.source import PublisherSource
+from patio.kvevents.sync import StreamSync
+from patio.kvevents.writer import RedisDown, RedisRejected, RedisWriter
 from patio.metrics.registry import Registry
+from patio.ratelog import RateLimitedLog
 
 log = logging.getLogger("patio.kvevents")
-
-# First reconnect wait; doubles up to ``retry_max``.
-RETRY_MIN = 0.1
-# Replayed batches written per slice (the rest of a replay is still on the socket, not in memory).
-REPLAY_SLICE = 256
 
 
 class Bridge:
@@ -54,54 +48,76 @@ class Bridge:
         registry: Registry,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Optional[BridgeMetrics] = None,
+        rank: int = 0,
+        on_sources: Optional[Callable[[List[discovery.Source]], None]] = None,
     ) -> None:
         self.settings = settings
+        self.rank = rank
         self._stop = threading.Event()
-        self.backlog: Deque[Item] = deque()
-        self.sub: Optional[net.ZmtpConnection] = None
-        self.metrics = BridgeMetrics(
-            registry,
-            lambda: float(len(self.backlog)),
-            lambda: 1.0 if self.sub is not None and self.redis is not None else 0.0,
-        )
+        self.ratelog = RateLimitedLog(log)
+        self.sub: Optional[ZmtpConnection] = None
+        self.metrics = metrics if metrics is not None else BridgeMetrics(registry)
         self.writer = RedisWriter(
-            lay.Layout(settings.engine, settings.pod, settings.model, settings.mapping_ttl),
+            lay.Layout(settings.engine, settings.pod, settings.model, settings.mapping_ttl, rank),
             lay.HashCache(settings.hash_cache),
             self.metrics,
             clock,
             self._stop.is_set,
-            self._note_error,
+            self._note,
         )
-        self.last_seq: Optional[int] = None  # last seq taken in order (its write may be in flight)
-        self.need_resync: Optional[str] = "start"
+        # Where the publisher is: configured, or asked of the engine (``discovery``) at each connect.
+        self.source = PublisherSource(settings, rank, self.metrics, self._note, self._stop.is_set, on_sources)
+        self.intake = self.source.intake
+        self.sync = StreamSync(
+            settings, self.writer, self.metrics, self.source.replay, self.source.has_replay, self._note
+        )
         self.engine_down = False
         self.last_error = ""
+        self.rejecting = ""  # Redis's refusal while it takes no writes
         self.state = "starting"
+        self.metrics.state.inc("starting")
+        self.metrics.streams.append(self)
         self._lock = threading.Lock()
         self._requests: List[Tuple[str, Any]] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._thread: Optional[threading.Thread] = None
-        self._retry = {"sub": 0.0, "redis": 0.0}
-        self._backoff = {"sub": RETRY_MIN, "redis": RETRY_MIN}
+        self._backoff = {name: Backoff(settings.retry_max) for name in ("sub", "redis", "write")}
         self._parser_limits: Dict[str, int] = {}
+        self.lost_at: Optional[float] = None  # when the publisher connection dropped (grace running)
+        self._refresh_due = time.monotonic() + settings.refresh if settings.refresh > 0 else None
+        self._refresh_cursor: Optional[bytes] = None
 
+    # -- what the rest of Patio reads ------------------------------------------------------------
     @property
-    def redis(self) -> Optional[net.RedisConnection]:
+    def redis(self) -> Optional[RedisConnection]:
         return self.writer.conn
 
     @redis.setter
-    def redis(self, conn: Optional[net.RedisConnection]) -> None:
+    def redis(self, conn: Optional[RedisConnection]) -> None:
         self.writer.conn = conn
 
     @property
     def applied_seq(self) -> Optional[int]:
         return self.writer.applied_seq
 
-    # -- control, from any thread ----------------------------------------------------------
+    @property
+    def backlog(self) -> Any:
+        return self.sync.backlog
+
+    @property
+    def need_resync(self) -> Optional[str]:
+        return self.sync.need_resync
+
+    @property
+    def connected(self) -> bool:
+        return self.sub is not None and self.redis is not None
+
+    # -- control, from any thread ----------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="patio-kvevents", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"patio-kvevents-{self.rank}", daemon=True)
         self._thread.start()
 
     def engine_health(self, up: bool) -> None:
@@ -113,7 +129,7 @@ class Bridge:
             self._requests.append((what, arg))
         try:
             self._wake_w.send(b"\x00")
-        except OSError:  # the wake buffer is full: the thread is awake anyway
+        except OSError:  # the wake buffer is full (the thread is awake anyway), or closed
             pass
 
     def stop(self, timeout: float) -> bool:
@@ -130,72 +146,49 @@ class Bridge:
         deadline = time.monotonic() + budget
         try:
             self.stop(budget / 2)
-            return self._clear_on_shutdown(deadline)
+            return self.clear_on_shutdown(deadline)
         finally:
-            self._wake_r.close()
-            self._wake_w.close()
+            self.release()
 
-    def _clear_on_shutdown(self, deadline: float) -> bool:
+    def release(self) -> None:
+        """Close the wake-up pair (after the thread stopped)."""
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def clear_on_shutdown(self, deadline: float) -> bool:
         settings = self.settings
+        pod = f"{settings.pod}" + (f" (rank {self.rank})" if self.rank else "")
         try:
-            conn = net.RedisConnection(
-                settings.redis_host,
-                settings.redis_port,
-                settings.redis_db,
-                settings.redis_username,
-                settings.redis_password,
-                max(min(settings.timeout, deadline - time.monotonic()), 0.05),
-                self._parser_limits,
-            )
-        except net.PeerDown as exc:
-            log.warning("kv events: could not clear pod %s from Redis on shutdown: %s", settings.pod, exc)
+            conn = self._redis_connection(max(min(settings.timeout, deadline - time.monotonic()), 0.05))
+        except PeerDown as exc:
+            log.warning("kv events: could not clear pod %s from Redis on shutdown: %s", pod, exc)
             return False
         try:
             self.writer.clear_pod_on(conn, "shutdown", deadline)
-            log.info("kv events: pod %s cleared from Redis on shutdown", settings.pod)
+            log.info("kv events: pod %s cleared from Redis on shutdown", pod)
             return True
-        except (net.PeerDown, RedisDown) as exc:
-            log.warning("kv events: clearing pod %s on shutdown failed: %s", settings.pod, exc)
+        except (PeerDown, RedisDown, RedisRejected) as exc:
+            log.warning("kv events: clearing pod %s on shutdown failed: %s", pod, exc)
             return False
         finally:
             conn.close()
 
     def snapshot(self) -> Dict[str, Any]:
-        settings = self.settings
-        return {
-            "enabled": True,
-            "state": self.state,
-            "engine": settings.engine,
-            "pod": settings.pod,
-            "model": settings.model,
-            "endpoint": settings.endpoint,
-            "replay_endpoint": settings.replay_endpoint,
-            "topic": settings.topic,
-            "redis": settings.redis_where,
-            "publisher_connected": self.sub is not None,
-            "redis_connected": self.redis is not None,
-            "engine_down": self.engine_down,
-            "last_seq": self.applied_seq,
-            "last_event_ts": self.writer.last_event_ts,
-            "last_applied_at": self.writer.last_applied_at,
-            "pending_resync": self.need_resync,
-            "backlog": len(self.backlog),
-            "backlog_limit": settings.backlog,
-            "hash_cache": len(self.writer.cache),
-            "last_error": self.last_error,
-        }
+        return status.snapshot(self)
 
-    # -- the thread ------------------------------------------------------------------------
+    # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
+        settings = self.settings
         log.info(
-            "kv events: %s stream %s (replay %s, topic %r) -> redis %s as pod %s, model %s",
-            self.settings.engine,
-            self.settings.endpoint,
-            self.settings.replay_endpoint or "none",
-            self.settings.topic,
-            self.settings.redis_where,
-            self.settings.pod,
-            self.settings.model,
+            "kv events: %s stream %s (replay %s, topic %r, rank %d) -> redis %s as pod %s, model %s",
+            settings.engine,
+            self.source.endpoint if self.source.origin == "configured" else "to be discovered",
+            self.source.replay_endpoint or "none",
+            self.source.topic,
+            self.rank,
+            settings.redis_where,
+            settings.pod,
+            settings.model,
         )
         while not self._stop.is_set():
             try:
@@ -208,22 +201,33 @@ class Bridge:
             if conn is not None:
                 conn.close()
         self.sub = self.redis = None
-        self.state = "stopped"
+        self._set_state("stopped")
 
     def _step(self) -> None:
         self._handle_requests()
-        now = time.monotonic()
-        if self.redis is None and now >= self._retry["redis"]:
+        backoff = self._backoff
+        if self.redis is None and backoff["redis"].due():
             self._connect_redis()
-        if self.sub is None and now >= self._retry["sub"] and not self._stop.is_set():
+        if self.sub is None and backoff["sub"].due() and not self._stop.is_set():
             self._connect_sub()
-        if self.need_resync and self.redis is not None and self.sub is not None and not self.engine_down:
-            self._guard_redis(lambda: self._resync(self.need_resync or "start"))
+        self._grace_check()
+        if self.sync.need_resync and self.connected and not self.engine_down:
+            if backoff["write"].due():
+                self._write(self.sync.resync)
+        elif self._refresh_due is not None and time.monotonic() >= self._refresh_due and self.state == "live":
+            self._refresh_step()
         self._update_state()
-        waits = [self._retry[k] - time.monotonic() for k, c in (("sub", self.sub), ("redis", self.redis)) if c is None]
+        self.ratelog.flush()
+        waits = [backoff[k].remaining() for k, c in (("sub", self.sub), ("redis", self.redis)) if c is None]
+        if self.sync.need_resync and self.connected:
+            waits.append(backoff["write"].remaining())
+        if self.lost_at is not None:
+            waits.append(self.lost_at + self.settings.reconnect_grace - time.monotonic())
         limits = [self.settings.timeout, *waits]
         if self.settings.heartbeat > 0:
             limits.append(self.settings.heartbeat / 2)
+        if self._refresh_cursor is not None:
+            limits.append(0.0)  # a refresh walk in progress: the next page after a look at the stream
         timeout = min(limits)
         readers: List[Any] = [self._wake_r]
         if self.sub is not None:
@@ -243,20 +247,26 @@ class Bridge:
         if self.sub is not None:
             try:
                 self.sub.heartbeat(self.settings.heartbeat)
-            except net.PeerDown as exc:  # a half-open connection: the engine is gone
+            except PeerDown as exc:  # a half-open connection: the engine is gone
                 self._drop_sub(str(exc))
 
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.metrics.moved(self.state, state)
+            self.state = state
+
     def _update_state(self) -> None:
-        if self.engine_down:
-            self.state = "engine_down"
-        elif self.sub is None:
-            self.state = "connecting_publisher"
-        elif self.redis is None:
-            self.state = "redis_down"
-        elif self.need_resync:
-            self.state = "resyncing"
-        else:
-            self.state = "live"
+        self._set_state(
+            status.state_of(
+                status.Conditions(
+                    self.engine_down,
+                    self.sub is not None,
+                    self.redis is not None,
+                    bool(self.rejecting),
+                    bool(self.sync.need_resync),
+                )
+            )
+        )
 
     def _handle_requests(self) -> None:
         with self._lock:
@@ -264,258 +274,166 @@ class Bridge:
         for what, _ in requests:
             if what == "engine_down" and not self.engine_down:
                 self.engine_down = True
-                log.warning("kv events: engine down: clearing pod %s from Redis", self.settings.pod)
-                self.need_resync = "engine_down"
-                self._guard_redis(lambda: self.writer.clear_pod("engine_down"))
+                self._note("engine", f"engine down: clearing pod {self.settings.pod} from Redis")
+                self.sync.need_resync = "engine_down"
+                self.sync.forget()
+                self._write(lambda: self.writer.clear_pod("engine_down"))
             elif what == "engine_up" and self.engine_down:
                 self.engine_down = False
-                self.need_resync = "engine_down"  # its cache may be new: rebuild from the replay buffer
+                self.sync.need_resync = "engine_down"  # its cache may be new: rebuild from the replay buffer
 
-    # -- connections -----------------------------------------------------------------------
-    def _backoff_after(self, which: str) -> None:
-        wait = self._backoff[which]
-        self._retry[which] = time.monotonic() + wait
-        self._backoff[which] = min(wait * 2, self.settings.retry_max)
+    def _note(self, cause: str, message: str, level: int = logging.WARNING) -> None:
+        """Report ``message`` (rate-limited per cause); warnings are also the state's last error."""
+        if level >= logging.WARNING:
+            self.last_error = message[:300]
+        self.ratelog.log(cause, f"kv events: {message}", level)
+
+    # -- connections -----------------------------------------------------------------------------
+    def _redis_connection(self, timeout: float) -> RedisConnection:
+        settings = self.settings
+        return RedisConnection(
+            settings.redis_host,
+            settings.redis_port,
+            settings.redis_db,
+            settings.redis_username,
+            settings.redis_password,
+            timeout,
+            self._parser_limits,
+        )
 
     def _connect_redis(self) -> None:
-        settings = self.settings
         try:
-            self.redis = net.RedisConnection(
-                settings.redis_host,
-                settings.redis_port,
-                settings.redis_db,
-                settings.redis_username,
-                settings.redis_password,
-                settings.timeout,
-                self._parser_limits,
-            )
-        except net.PeerDown as exc:
-            self._note_error(str(exc))
+            self.redis = self._redis_connection(self.settings.timeout)
+        except PeerDown as exc:
+            self._note("redis", str(exc))
             self.metrics.redis_errors.inc()
-            self._backoff_after("redis")
+            self._backoff["redis"].lost()
             return
-        self._backoff["redis"] = RETRY_MIN
-        log.info("kv events: connected to redis %s", settings.redis_where)
-        if self.need_resync is None:
-            self.need_resync = "redis_reconnect"
+        self._backoff["redis"].connected()
+        self.metrics.connects.inc("redis")
+        self._note("redis_up", f"connected to redis {self.settings.redis_where}", logging.INFO)
+        if self.sync.need_resync is None:
+            self.sync.need_resync = "redis_reconnect"
+            self.sync.forget()
 
     def _connect_sub(self) -> None:
-        settings = self.settings
+        source = self.source
+        if not source.locate():
+            self._backoff["sub"].lost()
+            return
         try:
-            conn = net.ZmtpConnection(settings.endpoint, "SUB", settings.timeout, settings.max_frame_bytes)
-            conn.send(conn.proto.subscribe(settings.topic.encode("utf-8")))
-        except net.PeerDown as exc:
-            self._note_error(str(exc))
-            self._backoff_after("sub")
+            conn = source.subscribe()
+        except PeerDown as exc:
+            self._note("publisher", str(exc))
+            self._backoff["sub"].lost()
             return
         self.sub = conn
-        self._backoff["sub"] = RETRY_MIN
-        log.info("kv events: subscribed to %s (ZMTP %d.%d)", settings.endpoint, *(conn.proto.version or (3, 0)))
-        # Whatever happened while we were away is unknown: rebuild from the replay buffer.
-        self.need_resync = self.need_resync or "publisher_lost"
-
-    def _note_error(self, message: str) -> None:
-        if message != self.last_error:
-            log.warning("kv events: %s", message)
-        self.last_error = message
+        self._backoff["sub"].connected()
+        self.metrics.connects.inc("publisher")
+        self.sync.new_connection()
+        version = ".".join(map(str, conn.proto.version or (3, 0)))
+        self._note("publisher_up", f"subscribed to {source.endpoint} (ZMTP {version})", logging.INFO)
+        # Whatever happened while we were away is unknown: resume (the replay vouching) or rebuild.
+        self.sync.need_resync = self.sync.need_resync or "publisher_lost"
 
     def _drop_sub(self, why: str) -> None:
         if self.sub is not None:
             self.sub.close()
         self.sub = None
-        self._note_error(why)
-        self._backoff_after("sub")
-        # The publisher lives in the engine: its connection dropping means the engine (and its cache) went away,
-        # and what the backlog holds is that engine's history.
-        self.backlog.clear()
-        self.need_resync = self.need_resync or "publisher_lost"
-        self._guard_redis(lambda: self.writer.clear_pod("publisher_lost"))
+        self._note("publisher", why)
+        self._backoff["sub"].lost()
+        # The publisher lives in the engine: its connection dropping may mean the engine (and its
+        # cache) went away.  It gets ``reconnect_grace`` to come back as the same engine.
+        self.sync.lost_publisher()
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+        self._grace_check()
 
-    def _guard_redis(self, action: Callable[[], None]) -> bool:
-        """Run ``action``; a Redis failure drops the connection and schedules a resync (False)."""
+    def _grace_check(self) -> None:
+        """Clear the pod once a lost publisher stayed away too long (or cannot be resumed)."""
+        if self.lost_at is None:
+            return
+        if self.sub is not None and not self.sync.need_resync:
+            self.lost_at = None  # back, and resumed (or rebuilt)
+            return
+        if self.sync.resume and time.monotonic() - self.lost_at < self.settings.reconnect_grace:
+            return  # it may still come back as the same engine
+        if self.redis is None:
+            return  # the resync after Redis is back clears it
+        if self._write(lambda: self.writer.clear_pod("publisher_lost")):
+            self.sync.forget()
+            self.lost_at = None
+
+    def _write(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` (it writes to Redis).  A dead connection is dropped and a resync
+        scheduled; a refusal keeps the connection, shows ``redis_rejecting`` and backs off."""
         if self.redis is None:
             return False
         try:
             action()
-            return True
-        except (net.PeerDown, RedisDown) as exc:
+        except (PeerDown, RedisDown) as exc:
             self.metrics.redis_errors.inc()
             if self.redis is not None:
                 self.redis.close()
             self.redis = None
-            self.need_resync = "redis_reconnect"
-            self._note_error(str(exc))
-            self._backoff_after("redis")
+            self.sync.need_resync = "redis_reconnect"
+            self.sync.forget()
+            self._note("redis", str(exc))
+            self._backoff["redis"].lost()
             return False
+        except RedisRejected as exc:
+            self.metrics.rejections.inc()
+            self.rejecting = exc.message
+            self.sync.need_resync = "redis_rejecting"
+            self.sync.forget()
+            self._note("redis_rejecting", f"redis refuses writes: {exc.message}")
+            self._backoff["write"].failed()
+            return False
+        if self.rejecting and not self.sync.need_resync:
+            self._note("redis_rejecting", "redis takes writes again", logging.INFO)
+            self.rejecting = ""
+        self._backoff["write"].succeeded()
+        return True
 
-    # -- the stream --------------------------------------------------------------------------
+    # -- the stream ------------------------------------------------------------------------------
     def _read_sub(self) -> None:
         assert self.sub is not None
         try:
             self.sub.read(0)
             messages = self.sub.take()
-        except net.PeerDown as exc:
+        except PeerDown as exc:
             self._drop_sub(str(exc))
             return
-        items: List[Item] = []
-        for message in messages:
-            item = self._decode(message)
+        items: List[Compact] = []
+        for message in messages:  # one at a time: each is reduced before the next is decoded
+            item = self.intake.live(message)
             if item is not None:
                 items.append(item)
+        del messages
         if items:
             self._on_live(items)
 
-    def _decode(self, message: zmtp.Event) -> Optional[Item]:
-        metrics = self.metrics
-        if isinstance(message, zmtp.Dropped):
-            metrics.malformed.inc("oversize")
-            return None
-        if not isinstance(message, zmtp.Message):
-            return None
-        frames = message.frames
-        if len(frames) != 3:
-            metrics.malformed.inc("frames")
-            return None
-        topic, seq_raw, payload = frames
-        if not topic.startswith(self.settings.topic.encode("utf-8")):
-            return None  # another topic sharing the publisher: not ours
-        if len(seq_raw) != 8:
-            metrics.malformed.inc("seq")
-            return None
-        return self._decode_payload(int.from_bytes(seq_raw, "big"), payload, live=True)
-
-    def _decode_payload(self, seq: int, payload: bytes, live: bool) -> Optional[Item]:
-        try:
-            batch = ev.decode_batch(payload)
-        except ev.EventError as exc:
-            self.metrics.malformed.inc(exc.reason)
-            self._note_error(f"message {seq}: {exc.message}")
-            return None
-        # Replayed events count too: received = decoded from the engine, by either path.
-        for event in batch.events:
-            self.metrics.received.inc(label(event.type))
-        return Item(seq, batch, live)
-
-    def _on_live(self, items: List[Item]) -> None:
+    def _on_live(self, items: List[Compact]) -> None:
         if self.engine_down:
             for item in items:
-                for event in item.batch.events:
-                    self.metrics.skipped.inc(label(event.type))
+                self.sync.skip(item)
             return
-        if self.need_resync or self.redis is None:
-            self._to_backlog(items)
-            if self.redis is not None and not self._stop.is_set():
-                self._guard_redis(lambda: self._resync(self.need_resync or "start"))
+        writable = self.redis is not None and not self.rejecting and self._backoff["write"].due()
+        if not writable:
+            self.sync.on_live(items, False)
             return
-        if not self._guard_redis(lambda: self._apply_in_order(items, replay_gaps=True)):
-            self._to_backlog(items)  # the resync that follows skips what Redis already has
+        self._write(lambda: self.sync.on_live(items, True))
 
-    def _to_backlog(self, items: Iterable[Item]) -> None:
-        for item in items:
-            if len(self.backlog) >= self.settings.backlog:
-                log.warning("kv events: backlog full (%d batches): dropped, resync follows", len(self.backlog))
-                self.backlog.clear()
-                self.need_resync = "backlog_overflow"
-            self.backlog.append(item)
+    def _refresh_step(self) -> None:
+        """One page of the refresh walk (the stream is read between pages)."""
+        cursor = self._refresh_cursor or b"0"
+        result: List[bytes] = []
 
-    def _apply_in_order(self, items: Sequence[Item], replay_gaps: bool) -> None:
-        """Apply items in sequence order: duplicates skipped, restarts and holes handled."""
-        run: List[Item] = []
-        for position, item in enumerate(items):
-            last = self.last_seq
-            if last is None or item.seq == last + 1:
-                run.append(item)
-                self.last_seq = item.seq
-                continue
-            if item.seq <= last:
-                if item.seq == 0:
-                    # A new engine publishes from 0 again; its cache starts empty.
-                    self.writer.flush(run)
-                    run = []
-                    self.writer.clear_pod("engine_restart")
-                    run.append(item)
-                    self.last_seq = item.seq
-                else:
-                    for event in item.batch.events:
-                        self.metrics.skipped.inc(label(event.type))
-                continue
-            # A hole: messages last+1 .. item.seq-1 were lost.
-            self.metrics.gaps.inc()
-            self.writer.flush(run)
-            run = []
-            log.warning("kv events: lost messages %d..%d", last + 1, item.seq - 1)
-            if replay_gaps and self._fill_gap(last + 1, item.seq):
-                run.append(item)
-                self.last_seq = item.seq
-                continue
-            # Cannot fill it: rebuild from what the engine still has.
-            self._to_backlog(items[position:])
-            self._resync("gap")
+        def page() -> None:
+            result.append(self.writer.refresh_page(cursor, self.settings.refresh))
+
+        if not self._write(page):
             return
-        self.writer.flush(run)
-
-    def _fill_gap(self, first: int, upto: int) -> bool:
-        """Replay ``first``..``upto-1`` and apply it; False when the replay cannot cover the hole."""
-        if not self.settings.replay_endpoint:
-            return False
-        replayed = [item for item in self._replay(first) if item.seq < upto]
-        if [item.seq for item in replayed] != list(range(first, upto)):
-            return False
-        self.writer.flush(replayed)
-        self.last_seq = upto - 1
-        return True
-
-    def _replay(self, start: int) -> Iterator[Item]:
-        """Decoded batches from the replay endpoint, one at a time (a full buffer is 10 000 batches)."""
-        settings = self.settings
-        assert settings.replay_endpoint
-        first: Optional[int] = None
-        try:
-            for seq, payload in net.replay(settings.replay_endpoint, start, settings.timeout, settings.max_frame_bytes):
-                if self._stop.is_set():
-                    return
-                first = seq if first is None else first
-                item = self._decode_payload(seq, payload, live=False)
-                if item is not None:
-                    yield item
-        except net.PeerDown as exc:
-            self.metrics.replays.inc("error")
-            self._note_error(f"replay from {start}: {exc}")
-            return
-        # Partial: the publisher's buffer no longer reaches back to ``start``.
-        self.metrics.replays.inc("complete" if first is None or first == start else "partial")
-
-    def _resync(self, reason: str) -> None:
-        """Clear the pod, apply the engine's replay buffer, then the backlog: never a partial history."""
-        log.info("kv events: resync (%s)", reason)
-        if not self.writer.pod_clean:
-            self.writer.clear_pod(reason)
-        self.last_seq = self.writer.applied_seq = None
-        last = self._apply_stream(self._replay(0) if self.settings.replay_endpoint else iter(()), None)
-        backlog = list(self.backlog)
-        self.backlog.clear()
-        # The backlog holds what arrived from this same engine meanwhile: what the replay had is a duplicate.
-        self.last_seq = self._apply_stream((item for item in backlog if last is None or item.seq > last), last)
-        self.need_resync = None
-        self._update_state()
-
-    def _apply_stream(self, items: Iterator[Item], last: Optional[int]) -> Optional[int]:
-        """Apply consecutive batches in slices; after a hole, history before it is dropped (cleared)."""
-        chunk: List[Item] = []
-        for item in items:
-            if last is not None and item.seq != last + 1:
-                if item.seq <= last and item.seq != 0:
-                    for event in item.batch.events:
-                        self.metrics.skipped.inc(label(event.type))
-                    continue
-                # A hole, or a new engine: what was applied may miss removals; start over from here.
-                self.writer.flush(chunk)
-                chunk = []
-                self.writer.clear_pod("gap" if item.seq > last else "engine_restart")
-            chunk.append(item)
-            last = item.seq
-            if len(chunk) >= REPLAY_SLICE:
-                self.writer.flush(chunk)
-                chunk = []
-        self.writer.flush(chunk)
-        return last
+        self._refresh_cursor = result[0] if result[0] != b"0" else None
+        if self._refresh_cursor is None:
+            self._refresh_due = time.monotonic() + self.settings.refresh

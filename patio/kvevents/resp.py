@@ -10,20 +10,28 @@ answers.  A reply that breaks the protocol or a limit raises ``RespError``: the
 connection is unusable and the caller closes it.
 """
 
+import re
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 # One reply line (type byte + digits or a simple string/error) longer than this is refused.
 MAX_LINE_BYTES = 64 * 1024
 # One bulk string longer than this is refused (we read back std hashes: 20 digits).
 MAX_BULK_BYTES = 1024 * 1024
-# One array longer than this is refused (SCAN pages are COUNT-sized; 1000 by default here).
-MAX_ARRAY_ITEMS = 1 << 20
+# One array longer than this is refused: the bridge reads SCAN pages and MGET answers of
+# at most a page (SCAN_COUNT keys, a few thousand), never more.
+MAX_ARRAY_ITEMS = 100_000
+# Values in one reply (all levels together): a hostile server's 4 MB array of integers is
+# refused at this count instead of being built.
+MAX_REPLY_ITEMS = 200_000
 # Arrays nested deeper than this are refused (SCAN answers are 2 levels).
 MAX_DEPTH = 8
 # Bytes buffered while a reply is incomplete.
 MAX_BUFFER_BYTES = 8 * 1024 * 1024
 
 Arg = Union[bytes, str, int]
+# A run of one-line replies (``+OK``, ``:1``): what a write pipeline gets back, thousands at a
+# time; split in one C call instead of a Python step per reply.
+_SIMPLE_RUN = re.compile(rb"(?:[+:][^\r\n]{0,40}\r\n)+")
 
 
 class RespError(Exception):
@@ -71,37 +79,72 @@ def encode_pipeline(commands: Sequence[Sequence[Arg]]) -> bytes:
     return b"".join(encode(*command) for command in commands)
 
 
-_NEED_MORE = object()
+class Commands:
+    """A pipeline being built: encoded commands and how many there are."""
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self) -> None:
+        self.parts: List[bytes] = []
+        self.count = 0
+
+    def add(self, *args: Arg) -> None:
+        self.parts.append(encode(*args))
+        self.count += 1
+
+    def add_encoded(self, data: bytes, count: int) -> None:
+        self.parts.append(data)
+        self.count += count
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class RespParser:
+    """Incremental: each byte is looked at once, however the reply is cut into reads.
+
+    A reply being built is kept as a stack of open arrays, so a large answer arriving in
+    many reads costs time in proportion to its size (re-parsing from the start on every
+    read made a 4 MB array reply cost minutes of CPU).
+    """
+
     def __init__(
         self,
         *,
         max_line_bytes: int = MAX_LINE_BYTES,
         max_bulk_bytes: int = MAX_BULK_BYTES,
         max_array_items: int = MAX_ARRAY_ITEMS,
+        max_reply_items: int = MAX_REPLY_ITEMS,
         max_depth: int = MAX_DEPTH,
         max_buffer_bytes: int = MAX_BUFFER_BYTES,
     ) -> None:
         self.max_line_bytes = max_line_bytes
         self.max_bulk_bytes = max_bulk_bytes
         self.max_array_items = max_array_items
+        self.max_reply_items = max_reply_items
         self.max_depth = max_depth
         self.max_buffer_bytes = max_buffer_bytes
         self._buffer = bytearray()
+        self._pos = 0
         self._replies: List[Any] = []
+        # Open arrays of the reply being built: [items so far, items announced].
+        self._stack: List[Tuple[List[Any], int]] = []
+        self._items = 0  # values in the reply being built
+        self._bulk: Optional[int] = None  # length of a bulk string whose bytes are awaited
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
-        while self._buffer:
-            value, end = self._value(0, 0)
-            if value is _NEED_MORE:
-                if len(self._buffer) > self.max_buffer_bytes:
-                    raise RespError(f"an incomplete reply passed {self.max_buffer_bytes} bytes")
-                return
-            del self._buffer[:end]
-            self._replies.append(value)
+        try:
+            self._parse()
+        finally:
+            if self._pos:
+                del self._buffer[: self._pos]
+                self._pos = 0
+        if len(self._buffer) > self.max_buffer_bytes:
+            raise RespError(f"an incomplete reply passed {self.max_buffer_bytes} bytes")
 
     def next_reply(self) -> Any:
         """The next whole reply, or ``NEED_DATA``."""
@@ -115,61 +158,106 @@ class RespParser:
     def pending(self) -> int:
         return len(self._replies)
 
-    def _line(self, offset: int) -> Tuple[Optional[bytes], int]:
-        buf = self._buffer
-        end = buf.find(b"\r\n", offset, offset + self.max_line_bytes + 2)
+    def _line(self) -> Optional[bytes]:
+        buf, pos = self._buffer, self._pos
+        end = buf.find(b"\r\n", pos, pos + self.max_line_bytes + 2)
         if end < 0:
-            if len(buf) - offset > self.max_line_bytes:
+            if len(buf) - pos > self.max_line_bytes:
                 raise RespError(f"a reply line longer than {self.max_line_bytes} bytes")
-            return None, offset
-        return bytes(buf[offset:end]), end + 2
+            return None
+        self._pos = end + 2
+        return bytes(buf[pos:end])
 
-    def _int(self, raw: bytes) -> int:
+    @staticmethod
+    def _int(raw: bytes) -> int:
         try:
             return int(raw)
         except ValueError:
             raise RespError(f"expected an integer, got {raw[:40]!r}") from None
 
-    def _value(self, offset: int, depth: int) -> Tuple[Any, int]:
-        line, after = self._line(offset)
-        if line is None:
-            return _NEED_MORE, offset
-        if not line:
-            raise RespError("an empty reply line")
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode("utf-8", "replace"), after
-        if kind == b"-":
-            return ReplyError(rest.decode("utf-8", "replace")), after
-        if kind == b":":
-            return self._int(rest), after
-        if kind == b"$":
-            length = self._int(rest)
-            if length == -1:
-                return None, after
-            if length < 0 or length > self.max_bulk_bytes:
-                raise RespError(f"bulk string of {length} bytes (limit {self.max_bulk_bytes})")
-            if len(self._buffer) < after + length + 2:
-                return _NEED_MORE, offset
-            if self._buffer[after + length : after + length + 2] != b"\r\n":
-                raise RespError("bulk string not followed by CRLF")
-            return bytes(self._buffer[after : after + length]), after + length + 2
-        if kind == b"*":
-            count = self._int(rest)
-            if count == -1:
-                return None, after
-            if count < 0 or count > self.max_array_items:
-                raise RespError(f"array of {count} items (limit {self.max_array_items})")
-            if depth >= self.max_depth:
-                raise RespError(f"arrays nested deeper than {self.max_depth}")
-            items: List[Any] = []
-            for _ in range(count):
-                item, after = self._value(after, depth + 1)
-                if item is _NEED_MORE:
-                    return _NEED_MORE, offset
-                items.append(item)
-            return items, after
-        raise RespError(f"unknown reply type {kind!r}")
+    def _parse(self) -> None:
+        buf = self._buffer
+        while True:
+            if self._bulk is not None:
+                length = self._bulk
+                start = self._pos
+                if len(buf) < start + length + 2:
+                    return
+                if buf[start + length : start + length + 2] != b"\r\n":
+                    raise RespError("bulk string not followed by CRLF")
+                self._pos = start + length + 2
+                self._bulk = None
+                self._emit(bytes(buf[start : start + length]))
+                continue
+            if self._pos >= len(buf):
+                return
+            if not self._stack:
+                run = _SIMPLE_RUN.match(buf, self._pos)
+                if run is not None:
+                    self._simple_run(bytes(buf[self._pos : run.end() - 2]))
+                    self._pos = run.end()
+                    continue
+            line = self._line()
+            if line is None:
+                return
+            if not line:
+                raise RespError("an empty reply line")
+            kind, rest = line[:1], line[1:]
+            if kind == b"+":
+                self._emit(rest.decode("utf-8", "replace"))
+            elif kind == b"-":
+                self._emit(ReplyError(rest.decode("utf-8", "replace")))
+            elif kind == b":":
+                self._emit(self._int(rest))
+            elif kind == b"$":
+                length = self._int(rest)
+                if length == -1:
+                    self._emit(None)
+                elif length < 0 or length > self.max_bulk_bytes:
+                    raise RespError(f"bulk string of {length} bytes (limit {self.max_bulk_bytes})")
+                else:
+                    self._bulk = length
+            elif kind == b"*":
+                count = self._int(rest)
+                if count == -1:
+                    self._emit(None)
+                    continue
+                if count < 0 or count > self.max_array_items:
+                    raise RespError(f"array of {count} items (limit {self.max_array_items})")
+                if len(self._stack) >= self.max_depth:
+                    raise RespError(f"arrays nested deeper than {self.max_depth}")
+                if count == 0:
+                    self._emit([])
+                else:
+                    self._count(count)
+                    self._stack.append(([], count))
+            else:
+                raise RespError(f"unknown reply type {kind!r}")
+
+    def _simple_run(self, lines: bytes) -> None:
+        out = self._replies
+        for line in lines.split(b"\r\n"):
+            if line[0] == 0x2B:  # +
+                out.append(line[1:].decode("utf-8", "replace"))
+            else:
+                out.append(self._int(line[1:]))
+
+    def _count(self, items: int) -> None:
+        self._items += items
+        if self._items > self.max_reply_items:
+            raise RespError(f"a reply of more than {self.max_reply_items} values")
+
+    def _emit(self, value: Any) -> None:
+        stack = self._stack
+        while stack:
+            items, count = stack[-1]
+            items.append(value)
+            if len(items) < count:
+                return
+            stack.pop()
+            value = items
+        self._items = 0
+        self._replies.append(value)
 
 
 class _NeedData:

@@ -5,8 +5,9 @@ Kthena's runtime reads ``-I/--pod``, ``-N/--model`` (core settings here),
 ``VLLM_ZMQ_ENDPOINT``/``VLLM_ZMQ_TOPIC_FILTER`` (``vllm_config.py``) or the
 ``SGLANG_ZMQ_*`` pair (``sglang_config.py``).  Patio adds the replay endpoints.
 The bridge is on only when a Redis host, the pod and the model are all given;
-``reason`` says why it is off.  Importing this module costs nothing (the
-bridge's modules load only when it is on).
+``reason`` says why it is off.  Without a configured endpoint the bridge asks the
+engine where it publishes (``discovery``), then falls back to Kthena's default.
+Importing this module costs nothing (the bridge's modules load only when it is on).
 """
 
 import argparse
@@ -26,6 +27,17 @@ DEFAULT_REDIS_PORT = 6379
 HASH_CACHE_ENTRIES = 4096
 # Batches held while Redis is unreachable; past it they are dropped and a resync follows.
 DEFAULT_BACKLOG = 10_000
+# ... and bytes of what is held (the reduced form, ~4.3 KB per 256-block step).
+DEFAULT_BACKLOG_BYTES = 16 * 1024 * 1024
+# The engine's replay buffer (vLLM's and SGLang's ``buffer_steps``): a hole longer than this
+# cannot be filled by a replay, so it is a resync at once.
+DEFAULT_REPLAY_BUFFER = 10_000
+# Seconds a lost publisher has to come back (the same engine, proven by its replay) before
+# the pod is cleared: a blip costs a replay of what was missed, not a clear and a rewrite.
+DEFAULT_RECONNECT_GRACE = 2.0
+# Seconds between refreshes of long-cached blocks (Kthena's router deletes fields older than
+# 24 h); at most half the mapping TTL so no mapping key expires under a live block.
+DEFAULT_REFRESH = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -47,11 +59,20 @@ class KvEventsSettings:
     retry_max: float = 5.0  # longest wait between two reconnect attempts
     heartbeat: float = 10.0  # idle seconds before a ZMTP PING to the publisher (0: never)
     backlog: int = DEFAULT_BACKLOG
+    backlog_bytes: int = DEFAULT_BACKLOG_BYTES
+    replay_buffer: int = DEFAULT_REPLAY_BUFFER
+    reconnect_grace: float = DEFAULT_RECONNECT_GRACE
+    refresh: float = DEFAULT_REFRESH  # 0: never
     mapping_ttl: int = 86400
     max_frame_bytes: int = 16 * 1024 * 1024
     hash_cache: int = HASH_CACHE_ENTRIES
+    # Endpoint discovery: when no endpoint is configured, ask the engine where it publishes.
+    endpoint_configured: bool = True
+    discovery: bool = True
+    engine_url: str = ""
+    engine_api_key: Optional[str] = None
 
-    def __repr__(self) -> str:  # never print the Redis password
+    def __repr__(self) -> str:  # never print the Redis password or the engine's key
         return (
             f"KvEventsSettings(enabled={self.enabled}, endpoint={self.endpoint!r}, "
             f"redis={self.redis_host}:{self.redis_port}/{self.redis_db})"
@@ -105,6 +126,14 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         return parse_int(setting, raw, minimum=1, maximum=65535)
 
     redis_host = pick(args, env, "redis_host", ("REDIS_HOST",), "", as_str).strip()
+    endpoint_configured = bool(getattr(args, "kv_events_endpoint", None)) or f"{prefix}_ZMQ_ENDPOINT" in env
+    mapping_ttl = pick(args, env, "kv_events_ttl", ("PATIO_KV_EVENTS_MAPPING_TTL",), 86400, count(1))
+    refresh = pick(args, env, "kv_events_refresh", ("PATIO_KV_EVENTS_REFRESH",), DEFAULT_REFRESH, seconds)
+    if refresh and refresh > mapping_ttl / 2:
+        raise ConfigError(
+            "PATIO_KV_EVENTS_REFRESH",
+            f"{refresh:g}s is more than half PATIO_KV_EVENTS_MAPPING_TTL ({mapping_ttl}s): keys would expire first",
+        )
     settings = KvEventsSettings(
         engine=core.engine,
         pod=core.pod,
@@ -149,7 +178,26 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
             DEFAULT_BACKLOG,
             count(1),
         ),
-        mapping_ttl=pick(args, env, "kv_events_ttl", ("PATIO_KV_EVENTS_MAPPING_TTL",), 86400, count(1)),
+        backlog_bytes=pick(
+            args,
+            env,
+            "kv_events_backlog_bytes",
+            ("PATIO_KV_EVENTS_BACKLOG_BYTES",),
+            DEFAULT_BACKLOG_BYTES,
+            count(64 * 1024),
+        ),
+        replay_buffer=pick(
+            args, env, "kv_events_replay_buffer", ("PATIO_KV_EVENTS_REPLAY_BUFFER",), DEFAULT_REPLAY_BUFFER, count(1)
+        ),
+        reconnect_grace=pick(
+            args, env, "kv_events_grace", ("PATIO_KV_EVENTS_RECONNECT_GRACE",), DEFAULT_RECONNECT_GRACE, seconds
+        ),
+        refresh=refresh,
+        mapping_ttl=mapping_ttl,
+        endpoint_configured=endpoint_configured,
+        discovery=pick(args, env, "kv_events_discovery", ("PATIO_KV_EVENTS_DISCOVERY",), True, parse_bool),
+        engine_url=core.engine_endpoint,
+        engine_api_key=core.engine_api_key,
         hash_cache=pick(
             args,
             env,

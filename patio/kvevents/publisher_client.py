@@ -1,114 +1,21 @@
-"""Blocking sockets for the bridge thread: endpoints, connect with a deadline, Redis and ZMTP peers.
+"""The engine's publisher, from the bridge thread: the SUB stream and the replay DEALER (ZMTP).
 
-Runs only in the bridge's own thread (never on the event loop).  Every read and
-write has a timeout; every failure is a ``PeerDown`` naming the peer (and never a
-password).
+Blocking sockets with a timeout on every read and write; the protocol itself is
+``zmtp`` (sans-IO).  Every failure is a ``PeerDown`` naming the endpoint.
 """
 
 import select
-import socket
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
-from patio.engines.transport import resolver_host
-from patio.kvevents import resp, zmtp
-from patio.kvevents.settings import parse_endpoint
+from patio.kvevents import zmtp
+from patio.kvevents.sockets import PeerDown, connect
 
 _READ_CHUNK = 256 * 1024
 END_SEQ = b"\xff" * 8  # the publishers' end-of-replay marker: (-1).to_bytes(8, "big", signed=True)
-# A replay answers at most the publisher's buffer (vLLM and SGLang keep 10 000 batches by default).
+# A replay answers at most the publisher's buffer (vLLM and SGLang keep 10 000 batches by
+# default); one that goes on past this is flooding, not replaying.
 MAX_REPLAY_MESSAGES = 100_000
-
-
-class PeerDown(Exception):
-    """A peer is unreachable, too slow, or broke its protocol: drop the connection."""
-
-
-def connect(endpoint: str, timeout: float, peer: str) -> socket.socket:
-    kind, address = parse_endpoint(endpoint)
-    try:
-        if kind == "ipc":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(address)
-            except BaseException:
-                sock.close()
-                raise
-        else:
-            assert isinstance(address, tuple)
-            host, port = address
-            sock = socket.create_connection((resolver_host(host), port), timeout=timeout)  # type: ignore[arg-type]
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError as exc:
-        raise PeerDown(f"{peer} unreachable at {endpoint}: {exc}") from None
-    sock.settimeout(timeout)
-    return sock
-
-
-class RedisConnection:
-    """One Redis connection: AUTH and SELECT on connect, pipelined commands, every call bounded."""
-
-    def __init__(
-        self, host: str, port: int, db: int, username: str, password: str, timeout: float, parser_limits: dict
-    ) -> None:
-        self.where = f"{host}:{port}/{db}"
-        self.timeout = timeout
-        self._parser_limits = parser_limits
-        self.sock = connect(f"tcp://{host}:{port}", timeout, "redis")
-        self.parser = resp.RespParser(**parser_limits)
-        hello: List[Sequence[resp.Arg]] = []
-        if password:
-            hello.append(("AUTH", username, password) if username else ("AUTH", password))
-        if db:
-            hello.append(("SELECT", str(db)))
-        hello.append(("PING",))
-        for reply in self.pipeline(hello):
-            if isinstance(reply, resp.ReplyError):
-                self.close()
-                # The reply text is the server's (WRONGPASS, NOAUTH...), never the password.
-                raise PeerDown(f"redis at {self.where} refused the connection setup: {reply.message}")
-
-    def pipeline(self, commands: Sequence[Sequence[resp.Arg]]) -> List[object]:
-        """Send all, read one reply per command; error replies are values (``resp.ReplyError``)."""
-        if not commands:
-            return []
-        try:
-            self.sock.sendall(resp.encode_pipeline(commands))
-            deadline = time.monotonic() + self.timeout
-            while self.parser.pending < len(commands):
-                self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                data = self.sock.recv(_READ_CHUNK)
-                if not data:
-                    raise PeerDown(f"redis at {self.where} closed the connection")
-                self.parser.receive_data(data)
-        except (OSError, resp.RespError) as exc:
-            self.close()
-            raise PeerDown(f"redis at {self.where}: {exc or type(exc).__name__}") from None
-        replies = self.parser.replies()
-        if len(replies) != len(commands):
-            self.close()
-            raise PeerDown(f"redis at {self.where} answered {len(replies)} replies to {len(commands)} commands")
-        return replies
-
-    def scan(self, pattern: str, count: int) -> Iterator[List[bytes]]:
-        """Pages of keys matching ``pattern`` (SCAN may repeat a key; callers tolerate that)."""
-        cursor = b"0"
-        while True:
-            (reply,) = self.pipeline([("SCAN", cursor, "MATCH", pattern, "COUNT", str(count))])
-            if isinstance(reply, resp.ReplyError) or not (isinstance(reply, list) and len(reply) == 2):
-                raise PeerDown(f"redis at {self.where} answered SCAN with {reply!r}"[:200])
-            cursor, keys = reply
-            if keys:
-                yield list(keys)
-            if cursor in (b"0", 0, None):
-                return
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 class ZmtpConnection:
@@ -199,13 +106,20 @@ class ZmtpConnection:
 
 
 def replay(
-    endpoint: str, start: int, timeout: float, max_frame_bytes: int, wait: Optional[float] = None
+    endpoint: str,
+    start: int,
+    timeout: float,
+    max_frame_bytes: int,
+    wait: Optional[float] = None,
+    max_messages: int = MAX_REPLAY_MESSAGES,
 ) -> Iterator[Tuple[int, bytes]]:
     """(seq, payload) from the publisher's replay ROUTER, starting at ``start``, until its end marker.
 
     Both answer shapes are accepted: vLLM 0.32 sends ``[b"", topic, seq, payload]``,
-    SGLang and older vLLM ``[b"", seq, payload]``; the end marker's seq is all ones.
-    ``wait`` bounds the silence between two answers (default: ``timeout``).
+    SGLang and later vLLM ``[b"", seq, payload]``; the end marker's seq is all ones.
+    ``wait`` bounds the silence between two answers (default: ``timeout``).  The caller
+    may stop early (closing the generator closes the connection): a gap is filled by
+    reading up to its end, never the whole buffer.
     """
     conn = ZmtpConnection(endpoint, "DEALER", timeout, max_frame_bytes)
     try:
@@ -223,8 +137,8 @@ def replay(
                 if frames[0] == END_SEQ:
                     return
                 count += 1
-                if count > MAX_REPLAY_MESSAGES:
-                    raise PeerDown(f"replay from {endpoint} passed {MAX_REPLAY_MESSAGES} messages")
+                if count > max_messages:
+                    raise PeerDown(f"replay from {endpoint} passed {max_messages} messages (its buffer is smaller)")
                 yield int.from_bytes(frames[0], "big"), frames[1]
             if not conn.read(wait if wait is not None else timeout):
                 raise PeerDown(f"replay from {endpoint} stalled for {wait or timeout:g}s")
