@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator
 import pytest
 from artifacts_fakes import MotoServer
 from compat_fakes import tree
-from support import build_pyz
+from support import PEERS_ALLOWED, build_pyz
 
 from patio.artifacts.cli import aibrix_model_dir
 from patio.artifacts.uri import parse_uri
@@ -81,6 +81,7 @@ def _aibrix_docs_env(s3: Dict[str, Any]) -> Dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": s3["secret"],
         "AWS_ENDPOINT_URL": s3["server"].endpoint,
         "AWS_REGION": "us-west-2",
+        **PEERS_ALLOWED,  # moto listens on loopback, which the egress policy refuses by default
     }
 
 
