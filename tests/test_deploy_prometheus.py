@@ -40,6 +40,9 @@ EXPECTED = {
     "PatioKVEventGaps": ("inactive", {}),
     "PatioKVEventsDisconnected": ("pending", {}),
     "PatioRouterAuthFailures": ("inactive", {}),
+    "PatioKVEventsRedisRejecting": ("inactive", {}),
+    "PatioKVEventsBacklogDropped": ("inactive", {}),
+    "PatioKVEventsStreamRestarts": ("inactive", {}),
 }
 
 

@@ -25,7 +25,7 @@ import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
 from compat_fakes import tree
 from fakes.engine import FakeEngine
-from support import ROOT, build_pyz, free_port, http_json, wait_http_ok
+from support import PEERS_ALLOWED, ROOT, build_pyz, free_port, http_json, wait_http_ok
 
 ADAPTER = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": os.urandom(50_000)}
 
@@ -164,6 +164,7 @@ DOWNLOADS = [
 def test_download_entry_points(image, hub, tmp_path, argv, where, stdout):
     out = tmp_path / "models"
     env = {"PATH": image["PATH"], "PYTHONPATH": image["PYTHONPATH"], "HF_ENDPOINT": hub.url, "LANG": "C.UTF-8"}
+    env.update(PEERS_ALLOWED)  # the fake hub is on loopback, refused by the egress policy by default
     done = subprocess.run(
         _fill(argv, out=str(out), pyz=image["PYZ"]), env=env, capture_output=True, text=True, timeout=120
     )

@@ -30,7 +30,7 @@ from artifacts_fakes import FakeCdn, FakeHub, HubRepo
 from compat_fakes import go_request, httpx_request, replay, tree
 from fakes.engine import FakeEngine
 from pod_support import Pod
-from support import ROOT, http_call, shared_path
+from support import PEERS_ALLOWED, ROOT, http_call, shared_path
 
 INCUMBENTS = ROOT / "deploy" / "kubernetes" / "incumbents"
 ADAPTER = {"adapter_config.json": b'{"r": 8, "lora_alpha": 16}', "adapter_model.safetensors": b"\x00" * 40_000}
@@ -161,7 +161,8 @@ def test_aibrix_manifest(aibrix):
     with INFERENCE_ENGINE and INFERENCE_ENGINE_ENDPOINT, adapter-storage at /tmp/aibrix/adapters."""
     deployment = next(d for d in documents("aibrix-base.yaml") if d["kind"] == "Deployment")
     spec = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "aibrix-runtime")
-    proc = aibrix.start(spec, {"adapter-storage": "adapter-storage"}, extra_env={"HF_ENDPOINT": aibrix.hub.url})
+    hub = {"HF_ENDPOINT": aibrix.hub.url, **PEERS_ALLOWED}
+    proc = aibrix.start(spec, {"adapter-storage": "adapter-storage"}, extra_env=hub)
     probe(aibrix, spec)
     assert "start profile aibrix (started as aibrix_runtime)" in aibrix.output()
     # AIBrix's controller, runtime-sidecar mode (pkg/controller/modeladapter/lora_client.go):
@@ -204,7 +205,9 @@ def test_kthena_manifest(kthena):
     serving = documents("kthena-gpu-kvcache-aware.yaml")[0]
     pod_spec = serving["spec"]["template"]["roles"][0]["entryTemplate"]["spec"]
     volumes = {"models": "models", "shared-mem": "shared-mem"}
-    hub = {"HF_ENDPOINT": kthena.hub.url}
+    # The test's hub listens on the pod's loopback, which the egress policy refuses by default:
+    # the harness adds the allow-list a deployment with an in-pod mirror would set.
+    hub = {"HF_ENDPOINT": kthena.hub.url, **PEERS_ALLOWED}
     downloader = pod_spec["initContainers"][0]
     init = kthena.start(downloader, volumes, extra_env=hub)
     assert init.wait(120) == 0, kthena.output()
@@ -305,7 +308,7 @@ def test_aibrix_downloader_command_in_the_image():
         spec["volumeMounts"] = [{"name": "aibrix", "mountPath": "/tmp/aibrix"}]
         # AIBrix's docs' environment for HuggingFace (HF_ENDPOINT: the stand-in for the Hub).
         spec["env"] = [{"name": "DOWNLOADER_ALLOW_FILE_SUFFIX", "value": "json, safetensors"}]
-        proc = run.start(spec, {"aibrix": "aibrix"}, extra_env={"HF_ENDPOINT": run.hub.url})
+        proc = run.start(spec, {"aibrix": "aibrix"}, extra_env={"HF_ENDPOINT": run.hub.url, **PEERS_ALLOWED})
         assert proc.wait(120) == 0, run.output()
         model = run.pod.volumes["aibrix"] / "models_hf" / "deepseek-ai" / "deepseek-coder-6.7b-instruct"
         assert tree(model) == MODEL
