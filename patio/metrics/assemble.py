@@ -10,8 +10,8 @@ no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from patio.metrics.grammar import parse_sample_line
 from patio.metrics.model import Family, Item, Lines, item_name
-from patio.metrics.parse import parse_sample_line
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 

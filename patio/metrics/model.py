@@ -9,7 +9,7 @@ if someone asks for them.
 
 import re
 from array import array
-from typing import Any, Container, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Container, Iterator, List, Optional, Tuple, Union
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -85,18 +85,6 @@ class Sample:
         clone.le = self.le
         clone.bad_bound = self.bad_bound
         return clone
-
-    def _replace(self, **changes: Any) -> "Sample":
-        if set(changes) == {"name"}:
-            return self.renamed(changes["name"])
-        fields: Dict[str, Any] = {
-            "name": self.name,
-            "labels": self.labels,
-            "value": self.value,
-            "timestamp": self.timestamp,
-        }
-        fields.update(changes)
-        return Sample(**fields)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.name, self.labels, self.value, self.timestamp))
