@@ -173,7 +173,7 @@ def test_row10_parsed_families_are_not_kept_between_scrapes():
             assert http_call("GET", patio.url + "/metrics")[0] == 200
             metrics = next(c for c in patio.app.components if c.name == "metrics")
             # With cache_ttl 0 (the default) not even the render is kept: only the answers held it.
-            assert metrics.scraper._last is None
+            assert metrics.last is None
             body = http_call("GET", patio.url + "/metrics")[2]
             assert b'g{i="1999"} 1' in body
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from patio.metrics.model import Family, Sample
 from patio.metrics.grammar import LineError, parse_sample_line, parse_value
+from patio.metrics.model import Family, Sample
 from patio.metrics.parse import parse
 from patio.metrics.write import format_value, render
 

@@ -220,7 +220,7 @@ Samples = Union[List[Item], Lines]
 class Family:
     """One metric family: the name as written in `# TYPE` and its samples, in order."""
 
-    __slots__ = ("help", "name", "samples", "type")
+    __slots__ = ("header", "help", "name", "samples", "type")
 
     def __init__(
         self,
@@ -228,11 +228,15 @@ class Family:
         type: str = "untyped",
         help: Optional[str] = None,
         samples: Optional[Samples] = None,
+        header: Optional[List[str]] = None,
     ) -> None:
         self.name = name
         self.type = type
         self.help = help
         self.samples: Samples = samples if samples is not None else []
+        # Its HELP and TYPE lines as ``write.header_lines`` writes them, when the maker of a family
+        # that is made again and again (Patio's own, at every scrape) wrote them once already.
+        self.header = header
 
     def __repr__(self) -> str:
         return f"Family({self.name!r}, {self.type!r}, {len(self.samples)} samples)"

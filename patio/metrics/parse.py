@@ -123,11 +123,12 @@ class _SeriesTable:
 
 
 class _Builder:
-    def __init__(self, text: Optional[str] = None) -> None:
-        # With ``text`` (a large verbatim parse): samples go into ``model.Lines``, series into a table.
+    def __init__(self, text: Optional[str] = None, table: bool = True) -> None:
+        # With ``text`` (a verbatim parse that keeps offsets): samples go into ``model.Lines``, and
+        # with ``table`` (a large payload) series into a table of arrays, not the dicts below.
         self.text = text
         self.overflow: List[Sample] = []
-        self.table = _SeriesTable(text, self.overflow) if text is not None else None
+        self.table = _SeriesTable(text, self.overflow) if text is not None and table else None
         self.families: Dict[str, Family] = {}
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
@@ -223,8 +224,14 @@ class _Builder:
             sample.name = self.names[sample.name]  # one string per name, not one per sample
         if digest is not None:
             seen[digest] = item
-        assert isinstance(family.samples, list)
-        family.samples.append(item)
+        samples = family.samples
+        if isinstance(samples, Lines):  # offsets kept, series remembered here
+            if isinstance(item, str):
+                samples.add_line(start, start + len(item))
+            else:
+                samples.append(item)
+        else:
+            samples.append(item)
         self.sampled.add(family.name)
 
 
@@ -297,16 +304,22 @@ class LineCache:
 
 
 def parse(
-    text: str, cache: Optional[LineCache] = None, verbatim: bool = False, spans_from: int = SPAN_PAYLOAD_CHARS
+    text: str,
+    cache: Optional[LineCache] = None,
+    verbatim: bool = False,
+    spans_from: int = SPAN_PAYLOAD_CHARS,
+    offsets: bool = False,
 ) -> ParseResult:
     """Parse a whole exposition.  Never raises for bad content.
 
     With ``verbatim`` a canonical sample is kept as its line (a ``str`` item, see ``model.Item``),
     not as a ``Sample``: what the scrape path does, to hold a large payload in little memory; a
-    text of ``spans_from`` characters or more is held as ``model.Lines`` (offsets, no object per line).
+    text of ``spans_from`` characters or more is held as ``model.Lines`` (offsets, no object per
+    line).  With ``offsets`` (and ``verbatim``) the lines are held as ``model.Lines`` whatever the
+    size, what a scrape plan is made from (``plan.build``).
     """
     spans = verbatim and len(text) >= spans_from
-    builder = _Builder(text if spans else None)
+    builder = _Builder(text if spans or (verbatim and offsets) else None, table=spans)
     if cache is not None and not cache.holds(text):
         cache.clear()
         cache = None
