@@ -7,9 +7,9 @@ calls run inline, so that ``sys.setprofile`` sees every call on one thread.  No 
 is the same on a loaded machine.
 
 Counted: Patio's own functions (asyncio's loop, which the answer runs on, varies with the Python
-version and is left out).  Measured (CPython 3.11): 4,712 calls in all before the scrape plan (the
-parser's ~9 calls per line), 468 with it, 365 of them Patio's.  A change that adds cost fails
-here, and the message names the functions that grew.
+version and is left out).  Measured (CPython 3.11): 4,712 calls in all, 4,411 of them Patio's,
+before the scrape plan (the parser's ~9 calls per line, the writer's ~5 per own sample); 284 with
+it, 181 of them Patio's.  A change that adds cost fails here, naming the functions that grew.
 """
 
 import asyncio
@@ -26,31 +26,32 @@ from patio.http.types import Request
 ROOT = Path(__file__).resolve().parent.parent
 
 # Patio's calls for one warm /metrics answer, and the margin a later change may add before this fails.
-BUDGET = 365
+BUDGET = 181
 MARGIN = 30
 
 # Patio's functions in that figure, with their counts (the rest is asyncio's loop): a failure
 # lists those that grew.
 MEASURED: Dict[str, int] = {
-    "patio/metrics/model.py:__init__": 88,
-    "patio/metrics/write.py:format_value": 61,
-    "patio/metrics/registry.py:_sample": 48,
-    "patio/metrics/write.py:header_lines": 27,
-    "patio/metrics/registry.py:family": 16,
-    "patio/metrics/registry.py:<listcomp>": 13,
-    "patio/metrics/write.py:metric_name_text": 11,
-    "patio/metrics/write.py:escape_help": 11,
+    "patio/metrics/model.py:__init__": 32,
+    "patio/metrics/registry.py:family": 18,
+    "patio/metrics/write.py:format_value": 17,
     "patio/metrics/write.py:escape_label_value": 11,
     "patio/metrics/model.py:labels": 7,
     "patio/metrics/write.py:sample_line": 7,
     "patio/metrics/write.py:_label_text": 7,
     "patio/metrics/write.py:<listcomp>": 7,
     "patio/metrics/process.py:gauge": 6,
-    "patio/metrics/registry.py:<genexpr>": 3,
+    "patio/metrics/write.py:header_lines": 5,
+    "patio/metrics/write.py:metric_name_text": 5,
+    "patio/metrics/write.py:escape_help": 5,
+    "patio/metrics/registry.py:_family": 4,
+    "patio/metrics/registry.py:_sample": 4,
     "patio/metrics/component.py:serve": 2,
     "patio/metrics/component.py:exposition": 2,
     "patio/metrics/registry.py:set": 2,
     "patio/metrics/registry.py:_key": 2,
+    "patio/metrics/registry.py:<genexpr>": 2,
+    "patio/metrics/registry.py:<listcomp>": 2,
     "patio/metrics/component.py:_cycle": 1,
     "patio/metrics/scrape.py:scrape": 1,
     "patio/metrics/pipeline.py:match": 1,

@@ -14,8 +14,10 @@ __all__ = ["CONTENT_TYPE", "Exposition", "accepts_gzip", "compose", "gzip_compre
 
 # Answers smaller than this are not worth compressing.
 GZIP_MIN_BYTES = 1024
-# zlib's level for /metrics: 5 costs about half of 9 for nearly the same size on metric text.
-GZIP_LEVEL = 5
+# zlib's level for /metrics (Prometheus always asks for gzip).  On the 50 KB vLLM capture: level 3
+# takes 137 us for 5,005 bytes, level 5 272 us for 4,515, level 6 469 us for 4,369; levels 1-3 are
+# zlib's fast strategy.  A scrape's CPU is multiplied by every pod; 500 bytes are not.
+GZIP_LEVEL = 3
 
 
 class Exposition(NamedTuple):

@@ -6,10 +6,10 @@ Same names as prometheus_client's process collector, so dashboards carry over.
 import os
 import resource
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from patio.metrics.model import Family, Sample
-from patio.metrics.write import format_value
+from patio.metrics.write import format_value, header_lines
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -33,13 +33,20 @@ class ProcessCollector:
         self.proc = proc
         self._boot: Optional[float] = None
         self._boot_read = False
+        self._headers: Dict[str, List[str]] = {}  # HELP/TYPE lines per family, written once
 
     def collect(self) -> List[Family]:
         families: List[Family] = []
         proc = self.proc
 
+        headers = self._headers
+
         def gauge(name: str, help: str, value: float, type: str = "gauge") -> None:
-            families.append(Family(name, type, help, [Sample(name, (), value, None, " " + format_value(value))]))
+            header = headers.get(name)
+            if header is None:
+                header = headers[name] = header_lines(Family(name, type, help))
+            sample = Sample(name, (), value, None, " " + format_value(value))
+            families.append(Family(name, type, help, [sample], header))
 
         try:
             with open(f"{proc}/stat", "rb") as handle:

@@ -35,6 +35,10 @@ class _Metric:
         self._heads: Dict[Tuple[LabelValues, Labels], Tuple[Labels, Optional[str]]] = {}
         self._bare = is_legacy_name(name)
         self._header = header_lines(Family(name, self.type, help))
+        # Most of Patio's own metrics do not change between two scrapes: the family made for the
+        # last one is handed out again until an update (counted under the lock) says otherwise.
+        self._changes = 0
+        self._made: Optional[Tuple[int, Family]] = None
 
     def _key(self, values: Sequence[str]) -> LabelValues:
         if len(values) != len(self.labelnames):
@@ -53,6 +57,17 @@ class _Metric:
         return Sample(name, labels, value, None, None if head is None else head + format_value(value))
 
     def family(self) -> Family:
+        """The metric's family now (the same object as last time when nothing changed since)."""
+        changes, made = self._changes, self._made
+        if made is not None and made[0] == changes:
+            return made[1]
+        family = self._family()
+        # Tagged with the count read before the snapshot: an update meanwhile makes the next
+        # call build again, never hands out a stale family.
+        self._made = (changes, family)
+        return family
+
+    def _family(self) -> Family:
         raise NotImplementedError
 
 
@@ -73,12 +88,13 @@ class Counter(_Metric):
         key = self._key(labelvalues)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
+            self._changes += 1
 
     def value(self, *labelvalues: str) -> float:
         with self._lock:
             return self._values.get(self._key(labelvalues), 0.0)
 
-    def family(self) -> Family:
+    def _family(self) -> Family:
         with self._lock:
             items = sorted(self._values.items())
         name = self.name
@@ -99,13 +115,17 @@ class Gauge(_Metric):
 
     def set(self, value: float, *labelvalues: str) -> None:
         key = self._key(labelvalues)
+        value = float(value)
         with self._lock:
-            self._values[key] = float(value)
+            if self._values.get(key) != value:  # set to what it was (engine_up at each scrape): unchanged
+                self._values[key] = value
+                self._changes += 1
 
     def inc(self, *labelvalues: str, amount: float = 1.0) -> None:
         key = self._key(labelvalues)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
+            self._changes += 1
 
     def dec(self, *labelvalues: str, amount: float = 1.0) -> None:
         self.inc(*labelvalues, amount=-amount)
@@ -115,6 +135,7 @@ class Gauge(_Metric):
         with self._lock:
             self._values.pop(key, None)
             self._heads.pop((key, ()), None)
+            self._changes += 1
 
     def value(self, *labelvalues: str) -> float:
         if self._func is not None:
@@ -123,6 +144,11 @@ class Gauge(_Metric):
             return self._values.get(self._key(labelvalues), 0.0)
 
     def family(self) -> Family:
+        if self._func is not None:  # read at every scrape: nothing says when it changed
+            return self._family()
+        return super().family()
+
+    def _family(self) -> Family:
         name = self.name
         if self._func is not None:
             return Family(name, self.type, self.help, [self._sample(name, (), float(self._func()))], self._header)
@@ -159,13 +185,14 @@ class Histogram(_Metric):
             series[index] += 1
             series[-2] += value
             series[-1] += 1
+            self._changes += 1
 
     def count(self, *labelvalues: str) -> float:
         with self._lock:
             series = self._series.get(self._key(labelvalues))
             return series[-1] if series else 0.0
 
-    def family(self) -> Family:
+    def _family(self) -> Family:
         with self._lock:
             items = sorted((k, list(v)) for k, v in self._series.items())
         samples: List[Item] = []

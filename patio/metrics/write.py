@@ -126,7 +126,7 @@ def render(families: Iterable[Family]) -> str:
     yields, built in one list: Patio's own families are written at every scrape.)"""
     out: List[str] = []
     for family in families:
-        out.extend(header_lines(family))
+        out.extend(family.header if family.header is not None else header_lines(family))
         for item in family.samples:
             if isinstance(item, str):
                 out.append(item)
