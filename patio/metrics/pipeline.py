@@ -37,8 +37,10 @@ class Reading(NamedTuple):
     parsed: ParseResult  # what the parser kept, dropped and counted (matched: the counts alone)
     text: str = ""  # parsed in full: the decoded payload (the parse's lines point into it) ...
     planned: bool = False  # ... and whether its lines were kept as offsets, to make a plan of
+    # The payload's bytes: what a plan is made of, or (matched) parsed again should Patio's own
+    # families no longer fit the plan.  Empty for a payload that gets no plan.
+    data: bytes = b""
     plan: Optional[Plan] = None  # matched: the plan it matched ...
-    data: bytes = b""  # ... its bytes (parsed again should Patio's own families no longer fit) ...
     share: bytes = b""  # ... and the plan's share of /metrics filled with its values
 
 
@@ -77,21 +79,27 @@ class EngineText:
         if plan is None or values is None:
             return None
         self.matched += 1
-        return Reading(len(data), plan.counts.parsed, planned=True, plan=plan, data=data, share=plan.render(values))
+        return Reading(len(data), plan.counts.parsed, planned=True, data=data, plan=plan, share=plan.render(values))
 
-    def parse(self, text: str, size: int) -> Reading:
-        """The payload parsed in full (``size``: its bytes).  A payload that may get a plan keeps
-        its lines as offsets into ``text``, what the plan is made from."""
-        planned = not self._wait and size <= self.plan_payload_bytes and text.count("\n") <= self.plan_lines
-        return Reading(size, parse(text, self.lines, verbatim=True, offsets=planned), text, planned)
+    def keeps_bytes(self, size: int) -> bool:
+        """Whether a payload of ``size`` bytes that did not match may get a plan: its bytes are then
+        kept beside its text until assembled (a plan is made of both)."""
+        return not self._wait and size <= self.plan_payload_bytes
+
+    def parse(self, text: str, size: int, data: bytes = b"") -> Reading:
+        """The payload parsed in full (``size``: its bytes).  Given its bytes ``data`` (see
+        ``keeps_bytes``), a payload that may get a plan keeps its lines as offsets into ``text``."""
+        planned = bool(data) and self.keeps_bytes(size) and text.count("\n") <= self.plan_lines
+        parsed = parse(text, self.lines, verbatim=True, offsets=planned)
+        return Reading(size, parsed, text, planned, data=data if planned else b"")
 
     def read(self, data: bytes) -> Reading:
-        """``match``, else ``parse``.  (The scraper calls the two itself, to let the payload's bytes
-        go before a large parse.)"""
+        """``match``, else ``parse``.  (The scraper calls the two itself, to let a large payload's
+        bytes go before it is parsed.)"""
         matched = self.match(data)
         if matched is not None:
             return matched
-        return self.parse(decode_payload(data), len(data))
+        return self.parse(decode_payload(data), len(data), data)
 
     @staticmethod
     def reuse(reading: Reading, own: Sequence[Family]) -> Optional[Share]:
@@ -118,7 +126,7 @@ class EngineText:
         elif self._wait:
             self._wait -= 1
         self.plan, self.matched = None, 0
-        planned = build(text, parsed, chosen, own) if reading.planned else None
+        planned = build(text, reading.data, parsed, chosen, own) if reading.planned else None
         if planned is None:
             return Share(tuple(render_chunks(chosen.families)), *counts)
         self.plan, share = planned

@@ -30,8 +30,9 @@ Sans-IO; no state beyond the plan's own (the scrape keeps the current one).
 import math
 import operator
 import re
+from array import array
 from itertools import accumulate, compress, repeat
-from operator import add, contains, itemgetter, not_, or_, sub
+from operator import add, ge, or_, sub
 from typing import Callable, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from patio.metrics.assemble import Selection
@@ -40,12 +41,13 @@ from patio.metrics.model import Family, Lines
 from patio.metrics.parse import ParseResult
 from patio.metrics.write import header_lines, item_line
 
-# Payloads larger than this, or of more lines, get no plan: its skeleton and template hold the
-# payload twice between scrapes, plus about 90 bytes of objects per line, which a large payload's
-# full path is built to avoid (``parse.SPAN_PAYLOAD_CHARS``).  Engines send 50-100 KB of 500-1,000
-# lines; 1.5 MB of 12,000 lines with 16 data-parallel ranks.
-PLAN_PAYLOAD_BYTES = 4 * 1024 * 1024
-PLAN_LINES = 50_000
+# Payloads larger than this, or of more lines, get no plan.  A plan holds 2x (standard mode) to
+# 4x (both) the payload between scrapes, and the pass that makes one peaks at 8x to 12x (against
+# the full path's 4x, ``tests/test_hardening_metrics.py``): worth it for what engines send (50-100
+# KB of 500-1,000 lines; 1.3 MB of 8,500 lines with 16 data-parallel ranks), not for a payload
+# that is large because of its label churn, which the full path holds as offsets instead.
+PLAN_PAYLOAD_BYTES = 2 * 1024 * 1024
+PLAN_LINES = 20_000
 
 # A cut: a blank, a token of the characters a value can have, the end of the line.  Wider than a
 # value (``1e``, ``NaNa``) on purpose: the cut only finds where values may be; what is free is
@@ -184,29 +186,37 @@ class Plan:
         return own_reservation(own, self.engine_names, self.engine_sample_names) == self.reservation
 
 
-def build(text: str, parsed: ParseResult, selection: Selection, own: Sequence[Family]) -> Optional[Tuple[Plan, bytes]]:
+def build(
+    text: str, data: bytes, parsed: ParseResult, selection: Selection, own: Sequence[Family]
+) -> Optional[Tuple[Plan, bytes]]:
     """The plan of a full pass, and the engine's share it writes (what ``write.render_chunks`` of
-    ``selection.families`` writes, joined): ``text`` parsed into ``parsed`` with its lines kept as
-    offsets (``parse(..., offsets=True)``), its engine families chosen into ``selection`` against
-    Patio's own families ``own``.  None when the parse kept no offsets to map the share back to.
+    ``selection.families`` writes, joined): the payload ``data``, decoded as ``text``, parsed into
+    ``parsed`` with its lines kept as offsets (``parse(..., offsets=True)``), its engine families
+    chosen into ``selection`` against Patio's own families ``own``.  None when the parse kept no
+    offsets to map the share back to.
 
     Made once per change of the payload's series set: per family, not per line, where it can
     (``map`` over the offsets; one loop per line only for a family with a line that is not free).
     """
-    parts = _CUT_TEXT.split(text)
+    parts = _CUT_DATA.split(data)
     pieces, values = parts[0::2], parts[1::2]
     count = len(values)
+    # The parse's offsets count characters: the same as bytes unless the payload has UTF-8.
+    lengths = map(len, parts if len(text) == len(data) else _CUT_TEXT.split(text))
+    del parts
     # parts[k] ends where parts[k + 1] starts, the blank before a value or the newline after it
     # between them: value i spans [bounds[2i], bounds[2i + 1] - 1).
-    bounds = list(accumulate(map(add, map(len, parts), repeat(1))))
+    bounds = array("q", accumulate(map(add, lengths, repeat(1))))
     value_start = bounds[0 : 2 * count : 2]
     by_end = dict(zip(map(sub, bounds[1 : 2 * count : 2], repeat(1)), range(count)))
-    # A cut value is the line's value (not a timestamp) when what the line holds before it is a
-    # bare name or ends with the label set: ``name 1``, ``name{...} 1`` (not ``name 1 1700000000``).
-    series_text = list(map(itemgetter(2), map(str.rpartition, pieces[:count], repeat("\n"))))
-    closed = map(str.endswith, series_text, repeat("}"))
-    bare = map(not_, map(contains, series_text, repeat(" ")))
+    del bounds
+    # A cut value is the line's value (not a timestamp) when what the line holds before it ends with
+    # the label set or holds no blank: ``name{...} 1``, ``name 1`` (not ``name 1 1700000000``).
+    before = pieces[:count]  # what precedes each value, its line's series last
+    closed = map(bytes.endswith, before, repeat(b"}"))
+    bare = map(ge, map(bytes.rfind, before, repeat(b"\n")), map(bytes.rfind, before, repeat(b" ")))
     valued = set(compress(range(count), map(or_, closed, bare)))
+    del before
     kept: Set[Optional[int]] = set()
     for family in parsed.families:
         if not isinstance(family.samples, Lines):
@@ -252,8 +262,8 @@ def build(text: str, parsed: ParseResult, selection: Selection, own: Sequence[Fa
     constants.append("".join(pending))
     template: List[Optional[bytes]] = [None] * (2 * len(slots) + 1)
     template[0::2] = map(str.encode, constants)
+    del constants
     pinned = sorted(set(range(count)) - free)
-    data_values = list(map(str.encode, values, repeat("ascii")))
     counts = Counts(
         ParseResult([], parsed.dropped, parsed.type_conflicts, parsed.duplicate_series),
         selection.clashes,
@@ -261,14 +271,14 @@ def build(text: str, parsed: ParseResult, selection: Selection, own: Sequence[Fa
         selection.utf8_names,
     )
     plan = Plan(
-        list(map(str.encode, pieces, repeat("utf-8"), repeat("surrogateescape"))),
+        pieces,
         sorted(free),
         pinned,
-        tuple(map(data_values.__getitem__, pinned)),
+        tuple(map(values.__getitem__, pinned)),
         template,
         slots,
         counts,
         selection,
         own_reservation(own, selection.engine_names, selection.engine_sample_names),
     )
-    return plan, plan.render(data_values)
+    return plan, plan.render(values)

@@ -83,8 +83,9 @@ class EngineScraper:
             if size >= RELEASE_AFTER_BYTES:
                 prefer_mmap()  # this scrape's large blocks go back to the OS when freed, not after a trim
             text = decode_payload(body)
-            del body  # the text is parsed alone: the payload's bytes are not kept beside it (issue 13, row 10)
-            reading = self._text.parse(text, size)
+            if not self._text.keeps_bytes(size):
+                body = b""  # the text is parsed alone: a large payload's bytes are not kept beside it
+            reading = self._text.parse(text, size, body)
         return EngineScrape(time.monotonic() - started, reading)
 
     def _fetch(self) -> bytes:
