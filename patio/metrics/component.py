@@ -6,18 +6,20 @@ One scrape of the engine is one *cycle*, a straight pipe run by this component i
    immutable: a failure reason, or the payload matched against the last plan or parsed in full);
 2. account (event loop): ``patio_engine_up``, errors, dropped lines, type conflicts, repeats;
 3. collect Patio's own families (event loop: gauge callbacks read the components' state on the
-   thread that changes it, issue 13 row 20), so they show this scrape's accounting;
+   thread that changes it), so they show this scrape's accounting;
 4. assemble the engine's share against them (``pipeline.EngineText``: on the loop when the last
    plan still fits, which costs no parse; else in a worker thread, which makes the next plan),
    then account what the assembly left out (seen by the next scrape);
 
 and each answer is composed (own families written, the engine's share appended unchanged) and
-gzipped on request.  Concurrent ``/metrics`` requests share one cycle (single flight); with
-``--metrics-cache-ttl`` a recent cycle is reused and only Patio's own families are collected anew.
+gzipped on request.  Concurrent ``/metrics`` requests share one cycle's engine share (single
+flight), and with ``--metrics-cache-ttl`` a recent one is reused; every other answer collects
+Patio's own families for itself.
 
 Where a per-engine protocol view (synthesized ``patio:`` families computed from the engine's
-values and Patio's state) belongs: after step 3, added to Patio's own families, which reserve
-their names against the engine's and win a clash.
+values and Patio's state) belongs: after step 3, computed from the scrape's reading (its text,
+or for a matched payload its bytes) and added to Patio's own families, which reserve their
+names against the engine's and win a clash (the plan checks what they reserve at every scrape).
 """
 
 import asyncio
@@ -117,9 +119,9 @@ class MetricsComponent(Component):
         ttl = self.settings.cache_ttl
         if last is not None and ttl > 0 and time.monotonic() - last.finished_at < ttl:
             return self._own(), last.engine
-        if self._inflight is not None:  # another request's cycle is running: its answer is ours
+        if self._inflight is not None:  # another request's cycle is running: its engine share is ours
             shared = await asyncio.shield(self._inflight)
-            return shared.own, shared.engine
+            return self._own(), shared.engine
         # The previous cycle is let go before the next one runs: two renders are never held at once
         # (answers still being written keep their own reference).
         self.last = None

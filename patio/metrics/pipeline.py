@@ -25,7 +25,7 @@ from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 
 # After a plan that no payload matched (the engine's series change at every scrape), the next
-# plans wait: 1, 2, 4 ... up to this many full passes without one.  Making a plan costs about a
+# plan waits: 1, 2, 4 ... up to this many full passes made without one.  Making a plan costs about a
 # third of a full pass, trying one a tenth; a plan that is used pays for itself at the next scrape.
 PLAN_BACKOFF_MAX = 64
 
@@ -75,11 +75,20 @@ class EngineText:
     def match(self, data: bytes) -> Optional[Reading]:
         """``data`` read with the current plan, when it has the plan's skeleton."""
         plan = self.plan
-        values = plan.match(data) if plan is not None else None
-        if plan is None or values is None:
+        if plan is None:
+            return None
+        values = plan.match(data)
+        if values is None:
+            self._retire()
             return None
         self.matched += 1
         return Reading(len(data), plan.counts.parsed, planned=True, data=data, plan=plan, share=plan.render(values))
+
+    def _retire(self) -> None:
+        """The current plan no longer serves.  If it never matched, the next ones wait longer."""
+        self._backoff = 0 if self.matched else min(max(1, 2 * self._backoff), PLAN_BACKOFF_MAX)
+        self._wait = self._backoff
+        self.plan, self.matched = None, 0
 
     def keeps_bytes(self, size: int) -> bool:
         """Whether a payload of ``size`` bytes that did not match may get a plan: its bytes are then
@@ -116,16 +125,13 @@ class EngineText:
         which reserve their names and series (they win a clash).  Makes the next plan."""
         text, parsed = reading.text, reading.parsed
         if reading.plan is not None:  # matched, but Patio's own families changed: read it all again
+            self._retire()
             text = decode_payload(reading.data)
             parsed = parse(text, self.lines, verbatim=True, offsets=True)
+        elif self._wait:
+            self._wait -= 1  # a full pass made without a plan, after plans that never matched
         chosen = select(own, parsed.families, self.rules, self.mode, render_own=False)
         counts = (chosen.clashes, chosen.duplicate_series, chosen.utf8_names)
-        if self.plan is not None:  # replaced: after a plan that matched nothing, wait longer
-            self._backoff = min(max(1, 2 * self._backoff), PLAN_BACKOFF_MAX) if not self.matched else 0
-            self._wait = self._backoff
-        elif self._wait:
-            self._wait -= 1
-        self.plan, self.matched = None, 0
         planned = build(text, reading.data, parsed, chosen, own) if reading.planned else None
         if planned is None:
             return Share(tuple(render_chunks(chosen.families)), *counts)
