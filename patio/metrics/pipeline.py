@@ -26,7 +26,7 @@ from patio.metrics.write import render_chunks
 
 # After a plan that no payload matched (the engine's series change at every scrape), the next
 # plan waits: 1, 2, 4 ... up to this many full passes made without one.  Making a plan costs about a
-# third of a full pass, trying one a tenth; a plan that is used pays for itself at the next scrape.
+# quarter of a full pass, trying one under a tenth; a plan that is used pays for itself at once.
 PLAN_BACKOFF_MAX = 64
 
 
