@@ -70,8 +70,8 @@ class Selection(NamedTuple):
     clashes: int
     duplicate_series: int
     utf8_names: int
-    # Every family name and sample name the engine's side brought (written or not): Patio's own
-    # families change the engine's share only through these (``plan.own_reservation``).
+    # Every family name and sample name the engine's side brought (written or not), when asked:
+    # Patio's own families change the engine's share only through these (``plan.own_reservation``).
     engine_names: FrozenSet[str]
     engine_sample_names: FrozenSet[str]
 
@@ -86,9 +86,15 @@ def assemble(
 
 
 def select(
-    own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str, render_own: bool = True
+    own: Iterable[Family],
+    engine: List[Family],
+    rules: RuleSet,
+    mode: str,
+    render_own: bool = True,
+    engine_names: bool = False,
 ) -> Selection:
-    """The families to write (see ``assemble``), not yet rendered."""
+    """The families to write (see ``assemble``), not yet rendered; with ``engine_names`` the
+    selection also names every engine family and sample name it looked at (what a plan needs)."""
     by_name = {family.name: family for family in engine}
     groups: List[List[Family]] = [list(own)]
     if mode in ("standard", "both"):
@@ -104,7 +110,7 @@ def select(
         for family in group:
             for sample_name in _sample_names(family):
                 holders[sample_name] = holders.get(sample_name, 0) + 1
-                if group_index > 0:
+                if group_index > 0 and engine_names:
                     engine_sample_names.add(sample_name)
     shared = {name for name, count in holders.items() if count > 1}
     names: Set[str] = set()
@@ -152,5 +158,5 @@ def select(
             elif group_index > 0 and not lines and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)
-    engine_names = frozenset(family.name for group in groups[1:] for family in group)
-    return Selection(out, clashes, duplicates, utf8_names, engine_names, frozenset(engine_sample_names))
+    looked_at = frozenset(family.name for group in groups[1:] for family in group) if engine_names else frozenset()
+    return Selection(out, clashes, duplicates, utf8_names, looked_at, frozenset(engine_sample_names))

@@ -130,7 +130,7 @@ class EngineText:
             parsed = parse(text, self.lines, verbatim=True, offsets=True)
         elif self._wait:
             self._wait -= 1  # a full pass made without a plan, after plans that never matched
-        chosen = select(own, parsed.families, self.rules, self.mode, render_own=False)
+        chosen = select(own, parsed.families, self.rules, self.mode, render_own=False, engine_names=reading.planned)
         counts = (chosen.clashes, chosen.duplicate_series, chosen.utf8_names)
         planned = build(text, reading.data, parsed, chosen, own) if reading.planned else None
         if planned is None:
