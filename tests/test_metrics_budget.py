@@ -8,8 +8,8 @@ is the same on a loaded machine.
 
 Counted: Patio's own functions (asyncio's loop, which the answer runs on, varies with the Python
 version and is left out).  Measured (CPython 3.11): 4,712 calls in all, 4,411 of them Patio's,
-before the scrape plan (the parser's ~9 calls per line, the writer's ~5 per own sample); 284 with
-it, 181 of them Patio's.  A change that adds cost fails here, naming the functions that grew.
+before the scrape plan (the parser's ~9 calls per line, the writer's ~5 per own sample); 367 with
+it, 264 of them Patio's.  A change that adds cost fails here, naming the functions that grew.
 """
 
 import asyncio
@@ -26,13 +26,15 @@ from patio.http.types import Request
 ROOT = Path(__file__).resolve().parent.parent
 
 # Patio's calls for one warm /metrics answer, and the margin a later change may add before this fails.
-BUDGET = 181
+BUDGET = 264
 MARGIN = 30
 
 # Patio's functions in that figure, with their counts (the rest is asyncio's loop): a failure
 # lists those that grew.
 MEASURED: Dict[str, int] = {
+    "patio/metrics/write.py:item_line": 61,
     "patio/metrics/model.py:__init__": 32,
+    "patio/metrics/write.py:header_lines": 27,
     "patio/metrics/registry.py:family": 18,
     "patio/metrics/write.py:format_value": 17,
     "patio/metrics/write.py:escape_label_value": 11,
@@ -41,7 +43,6 @@ MEASURED: Dict[str, int] = {
     "patio/metrics/write.py:_label_text": 7,
     "patio/metrics/write.py:<listcomp>": 7,
     "patio/metrics/process.py:gauge": 6,
-    "patio/metrics/write.py:header_lines": 5,
     "patio/metrics/write.py:metric_name_text": 5,
     "patio/metrics/write.py:escape_help": 5,
     "patio/metrics/registry.py:_family": 4,

@@ -112,13 +112,7 @@ def item_line(item: Item) -> str:
 def _lines(families: Iterable[Family]) -> Iterator[str]:
     for family in families:
         yield from header_lines(family)
-        for item in family.samples:  # ``item_line``, inline: this loop runs once per sample
-            if isinstance(item, str):
-                yield item
-            elif item.text is not None:
-                yield item.name + item.text
-            else:
-                yield sample_line(item.name, item.labels, item.value, item.timestamp)
+        yield from map(item_line, family.samples)
 
 
 def render(families: Iterable[Family]) -> str:
@@ -126,14 +120,8 @@ def render(families: Iterable[Family]) -> str:
     yields, built in one list: Patio's own families are written at every scrape.)"""
     out: List[str] = []
     for family in families:
-        out.extend(family.header if family.header is not None else header_lines(family))
-        for item in family.samples:
-            if isinstance(item, str):
-                out.append(item)
-            elif item.text is not None:
-                out.append(item.name + item.text)
-            else:
-                out.append(sample_line(item.name, item.labels, item.value, item.timestamp))
+        out.extend(header_lines(family))
+        out.extend(map(item_line, family.samples))
     return "\n".join(out) + "\n" if out else ""
 
 
