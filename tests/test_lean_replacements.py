@@ -13,10 +13,10 @@ from http import HTTPStatus
 import pytest
 from support import ROOT
 
-from patio.api.core import gzip_compress
 from patio.api.openapi import escape
 from patio.http.responses import REASONS, http_date
 from patio.lora.state import STATE_FILE, read_desired, write_desired
+from patio.metrics.exposition import gzip_compress
 from patio.options import terminal_columns
 
 INSTANTS = [0, 1, 951782400, 1700000000, 1767225599, 4102444800, 2147483647]

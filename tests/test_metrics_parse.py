@@ -4,8 +4,9 @@ import math
 
 import pytest
 
+from patio.metrics.grammar import LineError, parse_sample_line, parse_value
 from patio.metrics.model import Family, Sample
-from patio.metrics.parse import LineError, parse, parse_sample_line, parse_value
+from patio.metrics.parse import parse
 from patio.metrics.write import format_value, render
 
 NAN = float("nan")
@@ -246,7 +247,7 @@ def _samples(families):
 def test_canonical_fast_path_agrees_with_general_path(fixture):
     from support import shared_path
 
-    from patio.metrics.parse import _general_sample
+    from patio.metrics.grammar import _general_sample
 
     lines = [
         line

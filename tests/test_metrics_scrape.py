@@ -260,3 +260,20 @@ def test_health_stays_responsive_while_large_payload_is_parsed():
         finally:
             stop.set()
             worker.join()
+
+
+def test_scrapes_after_the_first_come_from_the_plan_and_show_the_new_values():
+    """Only the values change between two scrapes: the second is the plan filled in, byte for byte
+    what the full path writes (``test_metrics_plan``), here through the server."""
+    body = shared_path("fixtures", "metrics", "vllm-0.33-multiproc.txt").read_bytes()
+    with FakeEngine("vllm") as engine, patio_for(engine, "--metrics-mode", "both") as patio:
+        engine.metrics_body = body
+        first = scrape(patio)
+        engine.metrics_body = body.replace(b"} 812.0\n", b"} 9999.5\n")
+        second = scrape(patio)
+        metrics = next(c for c in patio.app.components if c.name == "metrics")
+        assert metrics.text.matched == 1
+    assert_valid(second)
+    assert 'patio:input_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 812.0' in first
+    assert 'patio:input_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 9999.5' in second
+    assert 'vllm:prompt_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 9999.5' in second

@@ -67,3 +67,48 @@ def test_rendered_registry_parses_back_unchanged():
     result = parse(text)
     assert result.dropped == [] and [f.name for f in result.families] == ["patio_r_total", "patio_d_seconds"]
     assert result.families[0].samples[0].labels == (("method", "GET"), ("route", '/a"b\\c'))
+
+
+def test_an_unchanged_metric_hands_out_its_last_family_and_an_update_never_goes_unseen():
+    """A scrape reuses the families of metrics nobody updated since the last one."""
+    registry = Registry()
+    counter = registry.counter("patio_u_total", "U.", ("code",))
+    gauge = registry.gauge("patio_u", "U.")
+    registry.gauge("patio_u_live", "U.", func=lambda: float(len(calls)))
+    hist = registry.histogram("patio_u_seconds", "U.", buckets=(1.0,))
+    calls = []
+    first = {f.name: f for f in registry.collect()}
+    again = {f.name: f for f in registry.collect()}
+    assert all(again[name] is first[name] for name in ("patio_u_total", "patio_u", "patio_u_seconds"))
+    counter.inc("200")
+    gauge.set(0.0)  # the value it had: nothing changed
+    calls.append(1)
+    hist.observe(0.5)
+    third = {f.name: f for f in registry.collect()}
+    assert third["patio_u"] is first["patio_u"]
+    assert [s.value for s in third["patio_u_total"].samples] == [1.0]
+    assert [s.value for s in third["patio_u_live"].samples] == [1.0]  # read at every scrape
+    assert third["patio_u_seconds"].samples[-1].value == 1.0
+    gauge.set(2.0)
+    assert render(registry.collect()).count("patio_u 2\n") == 1
+
+
+def test_updates_racing_a_scrape_show_at_the_next_one():
+    registry = Registry()
+    counter = registry.counter("patio_race_total", "R.")
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            counter.inc()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        for _ in range(200):
+            registry.collect()
+    finally:
+        stop.set()
+        worker.join()
+    final = counter.value()
+    assert [s.value for s in registry.collect()[0].samples] == [final]

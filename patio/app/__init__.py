@@ -20,7 +20,7 @@ from patio.engines.kind_check import EngineKindCheck
 from patio.kvevents.component import KvEventsComponent
 from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
-from patio.metrics.component import EngineMetrics
+from patio.metrics.component import MetricsComponent
 from patio.metrics.registry import Registry
 from patio.topology.component import TopologyComponent
 
@@ -39,15 +39,13 @@ def build_app(
     app = App(context=context)
     health = EngineHealth(settings.core, context.run_blocking, identify=context.engine.identify)
     health.subscribe(context.engine.on_health)
-    engine_metrics = EngineMetrics(context, settings.metrics) if settings.core.scrape_engine_metrics else None
+    metrics = MetricsComponent(context, settings.metrics, scrape_engine=settings.core.scrape_engine_metrics)
     artifacts = ArtifactsComponent(context, settings.artifacts)
     lora = LoraComponent(context, settings.lora, health, artifacts.adapters)
     desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
     if desired.sync is not None:
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
-    components: List[Component] = [CoreComponent(context, app, health, engine_metrics), EngineKindCheck(context)]
-    if engine_metrics is not None:
-        components.append(engine_metrics)
+    components: List[Component] = [CoreComponent(context, app, health), EngineKindCheck(context), metrics]
     components += [artifacts, lora, desired]
     if settings.topology.enabled:
         components.append(TopologyComponent(context, settings.topology, health))

@@ -8,10 +8,10 @@ no series twice.  No I/O; CPU-bound, so callers run it in a worker thread.
 """
 
 import re
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
 
+from patio.metrics.grammar import parse_sample_line
 from patio.metrics.model import Family, Item, Lines, item_name
-from patio.metrics.parse import parse_sample_line
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 
@@ -63,11 +63,38 @@ def _sample_names(family: Family) -> Set[str]:
     return names
 
 
+class Selection(NamedTuple):
+    """The families ``/metrics`` writes, in order, and what was left out on the way."""
+
+    families: List[Family]
+    clashes: int
+    duplicate_series: int
+    utf8_names: int
+    # Every family name and sample name the engine's side brought (written or not), when asked:
+    # Patio's own families change the engine's share only through these (``plan.own_reservation``).
+    engine_names: FrozenSet[str]
+    engine_sample_names: FrozenSet[str]
+
+
 def assemble(
     own: Iterable[Family], engine: List[Family], rules: RuleSet, mode: str, render_own: bool = True
 ) -> Assembled:
     """The composed text; with ``render_own=False`` only the engine's share (Patio's own
     families still reserve their names and series)."""
+    chosen = select(own, engine, rules, mode, render_own)
+    return Assembled(tuple(render_chunks(chosen.families)), chosen.clashes, chosen.duplicate_series, chosen.utf8_names)
+
+
+def select(
+    own: Iterable[Family],
+    engine: List[Family],
+    rules: RuleSet,
+    mode: str,
+    render_own: bool = True,
+    engine_names: bool = False,
+) -> Selection:
+    """The families to write (see ``assemble``), not yet rendered; with ``engine_names`` the
+    selection also names every engine family and sample name it looked at (what a plan needs)."""
     by_name = {family.name: family for family in engine}
     groups: List[List[Family]] = [list(own)]
     if mode in ("standard", "both"):
@@ -78,10 +105,13 @@ def assemble(
     # dropped the engine's own repeats): only their series are remembered, so a payload of a
     # million series does not build a second million-entry set here (issue 13, row 10).
     holders: Dict[str, int] = {}
-    for group in groups:
+    engine_sample_names: Set[str] = set()
+    for group_index, group in enumerate(groups):
         for family in group:
             for sample_name in _sample_names(family):
                 holders[sample_name] = holders.get(sample_name, 0) + 1
+                if group_index > 0 and engine_names:
+                    engine_sample_names.add(sample_name)
     shared = {name for name, count in holders.items() if count > 1}
     names: Set[str] = set()
     series: Set[Tuple[str, Any, Optional[int]]] = set()
@@ -128,4 +158,5 @@ def assemble(
             elif group_index > 0 and not lines and len(kept) != len(family.samples):
                 family = Family(family.name, family.type, family.help, kept)
             out.append(family)
-    return Assembled(tuple(render_chunks(out)), clashes, duplicates, utf8_names)
+    looked_at = frozenset(family.name for group in groups[1:] for family in group) if engine_names else frozenset()
+    return Selection(out, clashes, duplicates, utf8_names, looked_at, frozenset(engine_sample_names))

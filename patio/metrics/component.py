@@ -1,35 +1,67 @@
-"""The unified-metrics component: engine scrape + rename + Patio's own, as ``/metrics``.
+"""``GET /metrics``: Patio's own families, then the engine's, renamed by the configured scheme.
 
-The core component's ``/metrics`` route calls ``exposition`` (``build_app`` wires it).
+One scrape of the engine is one *cycle*, a straight pipe run by this component in order:
+
+1. scrape (worker thread): fetch the engine's payload and read it (``scrape.EngineScrape``,
+   immutable: a failure reason, or the payload matched against the last plan or parsed in full);
+2. account (event loop): ``patio_engine_up``, errors, dropped lines, type conflicts, repeats;
+3. collect Patio's own families (event loop: gauge callbacks read the components' state on the
+   thread that changes it), so they show this scrape's accounting;
+4. assemble the engine's share against them (``pipeline.EngineText``: on the loop when the last
+   plan still fits, which costs no parse; else in a worker thread, which makes the next plan),
+   then account what the assembly left out (seen by the next scrape);
+
+and each answer is composed (own families written, the engine's share appended unchanged) and
+gzipped on request.  Concurrent ``/metrics`` requests share one cycle's engine share (single
+flight), and with ``--metrics-cache-ttl`` a recent one is reused; every other answer collects
+Patio's own families for itself.
+
+Where a per-engine protocol view (synthesized ``patio:`` families computed from the engine's
+values and Patio's state) belongs: after step 3, computed from the scrape's reading (its text,
+or for a matched payload its bytes) and added to Patio's own families, which reserve their
+names against the engine's and win a clash (the plan checks what they reserve at every scrape).
 """
 
 import asyncio
 import logging
-from typing import Dict, Optional, Sequence, Tuple
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from patio.component import AppContext, Component
-from patio.http.types import Request
-from patio.metrics.assemble import assemble
+from patio.http.types import Request, Response, Route
+from patio.metrics.exposition import CONTENT_TYPE, GZIP_MIN_BYTES, Exposition, accepts_gzip, compose, gzip_compress
 from patio.metrics.memory import RELEASE_AFTER_BYTES, RELEASE_DELAY_SECONDS, release_free_memory
 from patio.metrics.model import Family
+from patio.metrics.pipeline import EMPTY_SHARE, EngineText, Share
 from patio.metrics.rules import RuleSet
-from patio.metrics.scrape import REASONS, EngineScraper, ScrapeOutcome
+from patio.metrics.scrape import REASONS, EngineScrape, EngineScraper
 from patio.metrics.settings import MetricsSettings
 
 log = logging.getLogger("patio.metrics")
 
 
-class EngineMetrics(Component):
+class MetricsComponent(Component):
+    """Serves ``/metrics``; scrapes the engine when ``--scrape-engine-metrics`` is on."""
+
     name = "metrics"
 
-    def __init__(self, context: AppContext, settings: MetricsSettings) -> None:
+    def __init__(self, context: AppContext, settings: MetricsSettings, scrape_engine: bool = True) -> None:
         self.context = context
         self.settings = settings
-        # One rule set per engine, compiled on first use: the engine is known once it answers
-        # (patio.engines.detect); until then the start profile's default.
-        self._rules: Dict[str, RuleSet] = {}
-        self.scraper = EngineScraper(context, settings, finish=self._finish)
-        registry = context.registry
+        core = context.core
+        # One text path (rules, plan, line cache) per engine, made on first use: the engine is
+        # known once it answers (patio.engines.detect); until then the start profile's default.
+        self._texts: Dict[str, EngineText] = {}
+        self.scraper: Optional[EngineScraper] = None
+        if scrape_engine:
+            self.scraper = EngineScraper(core, settings)
+            self._register_engine_metrics()
+        self._inflight: "Optional[asyncio.Future[Exposition]]" = None
+        self.last: Optional[Exposition] = None  # kept only with --metrics-cache-ttl
+        self._release: "Optional[asyncio.Future[bool]]" = None
+
+    def _register_engine_metrics(self) -> None:
+        registry = self.context.registry
         self._up = registry.gauge("patio_engine_up", "1 if the last scrape of the engine's metrics succeeded.")
         self._errors = registry.counter(
             "patio_engine_scrape_errors_total", "Failed scrapes of the engine's metrics, by reason.", ("reason",)
@@ -53,90 +85,129 @@ class EngineMetrics(Component):
             "patio_engine_metrics_utf8_names_dropped_total",
             "Engine samples left out of /metrics: a quoted UTF-8 metric or label name has no text 0.0.4 form.",
         )
-        self._release: "Optional[asyncio.Future[bool]]" = None
         self._clashes = registry.counter(
             "patio_metrics_family_clashes_total", "Engine families dropped because Patio's own family has that name."
         )
 
-    @property
-    def rules(self) -> RuleSet:
-        engine = self.context.engine.name
-        rules = self._rules.get(engine)
-        if rules is None:
-            rules = self._rules[engine] = RuleSet.for_scheme(self.settings.scheme, engine)
-        return rules
+    def routes(self) -> Sequence[Route]:
+        return [
+            Route(
+                "GET",
+                "/metrics",
+                self.serve,
+                summary="Prometheus text 0.0.4: Patio's own metrics plus the engine's",
+                tag="metrics",
+                response_type="text/plain",
+            )
+        ]
 
-    def _account(self, outcome: ScrapeOutcome) -> None:
-        self._up.set(1.0 if outcome.up else 0.0)
-        self._duration.set(outcome.duration)
-        if outcome.error_reason is not None:
-            self._errors.inc(outcome.error_reason)
-            log.warning("engine metrics scrape failed (%s): %s", outcome.error_reason, outcome.error_message)
+    async def serve(self, request: Request) -> Response:
+        own, engine = await self.exposition()
+        body = compose(own)
+        headers = []
+        if len(body) + sum(map(len, engine)) >= GZIP_MIN_BYTES and accepts_gzip(request.header("accept-encoding")):
+            body, engine = await self.context.run_blocking(gzip_compress, body, *engine), ()
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Vary", "Accept-Encoding"))
+        # The engine's share is one bytes object for every concurrent scrape: sent, never copied.
+        return Response(status=200, body=body, content_type=CONTENT_TYPE, headers=headers, shared_tail=engine)
+
+    async def exposition(self) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
+        """Patio's own families for this answer and the engine's share it shows."""
+        if self.scraper is None:
+            return self._own(), ()
+        last = self.last
+        ttl = self.settings.cache_ttl
+        if last is not None and ttl > 0 and time.monotonic() - last.finished_at < ttl:
+            return self._own(), last.engine
+        if self._inflight is not None:  # another request's cycle is running: its engine share is ours
+            shared = await asyncio.shield(self._inflight)
+            return self._own(), shared.engine
+        # The previous cycle is let go before the next one runs: two renders are never held at once
+        # (answers still being written keep their own reference).
+        self.last = None
+        self._inflight = asyncio.ensure_future(self._cycle())
+        try:
+            exposition = await asyncio.shield(self._inflight)
+        finally:
+            self._inflight = None
+        # With no reuse (``cache_ttl`` 0, the default) the render is not kept: it lives only as
+        # long as the answers being written hold it (issue 13, row 10).
+        self.last = exposition if ttl > 0 else None
+        return exposition.own, exposition.engine
+
+    def _own(self) -> List[Family]:
+        """Patio's own families, collected on the event loop, once per answer."""
+        return self.context.registry.collect()
+
+    @property
+    def text(self) -> EngineText:
+        """The text path of the engine Patio serves beside now."""
+        engine = self.context.engine.name
+        text = self._texts.get(engine)
+        if text is None:
+            # Another engine's plan and cache can never match this one's payload: drop them.
+            self._texts = {engine: EngineText(RuleSet.for_scheme(self.settings.scheme, engine), self.settings.mode)}
+            text = self._texts[engine]
+        return text
+
+    async def _cycle(self) -> Exposition:
+        assert self.scraper is not None
+        text = self.text
+        scrape = await self.context.run_blocking(self.scraper.scrape, text)
+        self._account(scrape)
+        own = self._own()
+        reading = scrape.reading
+        del scrape  # what follows holds the reading alone, and lets it go once assembled
+        share = EMPTY_SHARE
+        if reading is not None:
+            reused = text.reuse(reading, own)
+            share = reused if reused is not None else await self.context.run_blocking(text.assemble, reading, own)
+            size, reading = reading.size, None  # the parse is let go: only the rendered bytes stay
+            if size >= RELEASE_AFTER_BYTES:
+                await self.context.run_blocking(release_free_memory)
+                # Most answers sharing this render are written within a second; then it is freed.
+                asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_later)
+        self._account_share(share)
+        return Exposition(own, share.chunks, time.monotonic())
+
+    def _account(self, scrape: EngineScrape) -> None:
+        self._up.set(1.0 if scrape.up else 0.0)
+        self._duration.set(scrape.duration)
+        if scrape.error_reason is not None:
+            self._errors.inc(scrape.error_reason)
+            log.warning("engine metrics scrape failed (%s): %s", scrape.error_reason, scrape.error_message)
             return
-        if outcome.dropped:
-            self._dropped.inc(amount=float(len(outcome.dropped)))
-            first = outcome.dropped[0]
+        assert scrape.reading is not None
+        parsed = scrape.reading.parsed
+        if parsed.dropped:
+            self._dropped.inc(amount=float(len(parsed.dropped)))
+            first = parsed.dropped[0]
             log.warning(
                 "dropped %d unparseable engine metric line(s); first at line %d (%s): %s",
-                len(outcome.dropped),
+                len(parsed.dropped),
                 first.line_number,
                 first.reason,
                 first.excerpt,
             )
-        if outcome.type_conflicts:
-            self._conflicts.inc(amount=float(outcome.type_conflicts))
-        if outcome.duplicate_series:
-            self._duplicates.inc(amount=float(outcome.duplicate_series))
+        if parsed.type_conflicts:
+            self._conflicts.inc(amount=float(parsed.type_conflicts))
+        if parsed.duplicate_series:
+            self._duplicates.inc(amount=float(parsed.duplicate_series))
 
-    async def _finish(self, outcome: ScrapeOutcome) -> None:
-        """After each fetch, on the event loop: account it, snapshot Patio's own families (so they
-        show this scrape's outcome), then render the engine's share in a worker thread."""
-        self._account(outcome)
-        own = self.context.registry.collect()
-        outcome.own = own
-        if outcome.families:
-            await self.context.run_blocking(self._prerender, outcome, own)
-            if outcome.payload_bytes >= RELEASE_AFTER_BYTES:
-                # Most answers sharing this render are written within a second; then it is freed.
-                asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_later)
-            if outcome.clashes:
-                self._clashes.inc(amount=float(outcome.clashes))
-            if outcome.assembly_duplicates:
-                self._duplicates.inc(amount=float(outcome.assembly_duplicates))
-            if outcome.utf8_names:
-                self._utf8_names.inc(amount=float(outcome.utf8_names))
-                log.warning(
-                    "left %d engine sample(s) with quoted UTF-8 names out of /metrics (text 0.0.4 cannot carry them)",
-                    outcome.utf8_names,
-                )
-
-    def _prerender(self, outcome: ScrapeOutcome, own: Sequence[Family]) -> None:
-        """The engine's share of /metrics, rendered once per fetch in a worker thread.
-
-        ``own`` is the snapshot of Patio's own families taken on the event loop: they reserve
-        their names and series here (they win a clash) and are not read from this thread.  The
-        parsed families are dropped once rendered: only bytes stay between scrapes (issue 13,
-        row 10: 904 MB stayed resident after a 27 MB payload).
-        """
-        result = assemble(own, outcome.families, self.rules, self.settings.mode, render_own=False)
-        outcome.families = []
-        outcome.rendered = result.chunks
-        outcome.clashes, outcome.assembly_duplicates = result.clashes, result.duplicate_series
-        outcome.utf8_names = result.utf8_names
-        if outcome.payload_bytes >= RELEASE_AFTER_BYTES:
-            release_free_memory()
+    def _account_share(self, share: Share) -> None:
+        if share.clashes:
+            self._clashes.inc(amount=float(share.clashes))
+        if share.duplicate_series:
+            self._duplicates.inc(amount=float(share.duplicate_series))
+        if share.utf8_names:
+            self._utf8_names.inc(amount=float(share.utf8_names))
+            log.warning(
+                "left %d engine sample(s) with quoted UTF-8 names out of /metrics (text 0.0.4 cannot carry them)",
+                share.utf8_names,
+            )
 
     def _release_later(self) -> None:
         """On the loop, after a large scrape's answers had time to be written (their render is
         freed then, nothing else holds it): trim again in a worker thread."""
         self._release = asyncio.ensure_future(self.context.run_blocking(release_free_memory))
-
-    async def exposition(self, request: Request) -> Tuple[Sequence[Family], Tuple[bytes, ...]]:
-        """Patio's own families (collected once for this scrape, on the event loop) and the
-        engine's share of ``/metrics`` (one object shared by concurrent scrapes; do not modify)."""
-        outcome, fresh = await self.scraper.scrape()
-        own = outcome.own if fresh else None
-        outcome.own = None
-        if own is None:
-            own = self.context.registry.collect()
-        return own, outcome.rendered

@@ -9,7 +9,7 @@ if someone asks for them.
 
 import re
 from array import array
-from typing import Any, Container, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Container, Iterator, List, Optional, Tuple, Union
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -85,18 +85,6 @@ class Sample:
         clone.le = self.le
         clone.bad_bound = self.bad_bound
         return clone
-
-    def _replace(self, **changes: Any) -> "Sample":
-        if set(changes) == {"name"}:
-            return self.renamed(changes["name"])
-        fields: Dict[str, Any] = {
-            "name": self.name,
-            "labels": self.labels,
-            "value": self.value,
-            "timestamp": self.timestamp,
-        }
-        fields.update(changes)
-        return Sample(**fields)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.name, self.labels, self.value, self.timestamp))
@@ -232,7 +220,7 @@ Samples = Union[List[Item], Lines]
 class Family:
     """One metric family: the name as written in `# TYPE` and its samples, in order."""
 
-    __slots__ = ("help", "name", "samples", "type")
+    __slots__ = ("header", "help", "name", "samples", "type")
 
     def __init__(
         self,
@@ -240,11 +228,15 @@ class Family:
         type: str = "untyped",
         help: Optional[str] = None,
         samples: Optional[Samples] = None,
+        header: Optional[List[str]] = None,
     ) -> None:
         self.name = name
         self.type = type
         self.help = help
         self.samples: Samples = samples if samples is not None else []
+        # Its HELP and TYPE lines as ``write.header_lines`` writes them, when the maker of a family
+        # that is made again and again (Patio's own, at every scrape) wrote them once already.
+        self.header = header
 
     def __repr__(self) -> str:
         return f"Family({self.name!r}, {self.type!r}, {len(self.samples)} samples)"

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Iterable, Iterator, List, Optional
 
-from patio.metrics.model import FAMILY_TYPES, Family, Labels
+from patio.metrics.model import FAMILY_TYPES, Family, Item, Labels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,6 +56,16 @@ def _label_text(labels: Labels) -> List[str]:
     ]
 
 
+def label_set_text(labels: Labels) -> str:
+    """``{a="b",...}`` as a sample line with a legacy metric name writes it (empty without labels)."""
+    return "{" + ",".join(_label_text(labels)) + "}" if labels else ""
+
+
+def is_legacy_name(name: str) -> bool:
+    """Whether a metric name is written bare (else quoted, inside the braces)."""
+    return _LEGACY_METRIC_NAME.match(name) is not None
+
+
 def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int] = None) -> str:
     parts = _label_text(labels)
     if _LEGACY_METRIC_NAME.match(name):
@@ -77,25 +87,41 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
 RENDER_CHUNK_CHARS = 256 * 1024
 
 
+def header_lines(family: Family) -> List[str]:
+    """A family's HELP (when it has one) and TYPE lines, as written before its samples."""
+    if family.header is not None:
+        return family.header
+    name = metric_name_text(family.name)
+    lines = []
+    if family.help is not None:
+        lines.append(f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}")
+    # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
+    lines.append(f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}")
+    return lines
+
+
+def item_line(item: Item) -> str:
+    """One sample's line: a canonical line (or a sample that kept its canonical text) verbatim."""
+    if isinstance(item, str):
+        return item
+    if item.text is not None:
+        return item.name + item.text
+    return sample_line(item.name, item.labels, item.value, item.timestamp)
+
+
 def _lines(families: Iterable[Family]) -> Iterator[str]:
     for family in families:
-        name = metric_name_text(family.name)
-        if family.help is not None:
-            yield f"# HELP {name} {escape_help(family.help)}" if family.help else f"# HELP {name}"
-        # Types beyond text 0.0.4 (gauge histograms) are written as untyped: the 2.x scrape parser knows no others.
-        yield f"# TYPE {name} {family.type if family.type in FAMILY_TYPES else 'untyped'}"
-        for sample in family.samples:
-            if isinstance(sample, str):
-                yield sample  # a canonical line, verbatim
-            elif sample.text is not None:
-                yield sample.name + sample.text  # canonical already: verbatim
-            else:
-                yield sample_line(sample.name, sample.labels, sample.value, sample.timestamp)
+        yield from header_lines(family)
+        yield from map(item_line, family.samples)
 
 
 def render(families: Iterable[Family]) -> str:
-    """Families -> text.  Each family is written once, HELP and TYPE first."""
-    out = list(_lines(families))
+    """Families -> text.  Each family is written once, HELP and TYPE first.  (What ``_lines``
+    yields, built in one list: Patio's own families are written at every scrape.)"""
+    out: List[str] = []
+    for family in families:
+        out.extend(header_lines(family))
+        out.extend(map(item_line, family.samples))
     return "\n".join(out) + "\n" if out else ""
 
 
