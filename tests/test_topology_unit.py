@@ -2,6 +2,7 @@
 checks, jitter, backoff and stop ordering with a fake clock and a scripted router."""
 
 from typing import List, Optional
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -130,6 +131,44 @@ DERIVATION = [
         "regular",
         None,
     ),
+    # smg refuses http://fd00::1:8000 with 400 "Invalid URL format: empty host" (observed on
+    # 1.13.0; smg config/validation.rs validate_worker_url): an IPv6 host is bracketed.
+    (
+        "pod_ip_ipv6",
+        INFO,
+        {**RBG, "POD_IP": "fd00::1:2"},
+        "http://g-router-0.s-g-router:8000",
+        "http://[fd00::1:2]:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "pod_ip_ipv6_bracketed",
+        INFO,
+        {**RBG, "POD_IP": "[fd00::7]"},
+        "http://g-router-0.s-g-router:8000",
+        "http://[fd00::7]:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "router_endpoint_ipv6",
+        INFO,
+        {**RBG, "SGL_ROUTER_ENDPOINT": "[fd00::9]:30000"},
+        "http://[fd00::9]:30000",
+        "http://g-prefill-2.s-g-prefill:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "router_endpoint_upper_scheme",
+        INFO,
+        {**RBG, "SGL_ROUTER_ENDPOINT": "HTTP://Router.NS:9000"},
+        "http://router.ns:9000",
+        "http://g-prefill-2.s-g-prefill:8000",
+        "prefill",
+        34000,
+    ),
 ]
 
 
@@ -141,6 +180,10 @@ def test_derivation(argv, env, router, worker, wtype, bootstrap):
     settings = derive(core, env, hostname=lambda: "pod-x")
     assert (settings.enabled, settings.router_url, settings.worker_url) == (True, router, worker)
     assert (settings.worker_type, settings.bootstrap_port) == (wtype, bootstrap)
+    # Never a schemeless or upper-case scheme (smg PR #1977 refuses both with 400), always a
+    # host and a port that a URL parser finds again.
+    parts = urlsplit(settings.worker_url)
+    assert settings.worker_url.startswith("http://") and parts.hostname and parts.port
 
 
 ERRORS = [
@@ -176,6 +219,30 @@ ERRORS = [
         INFO,
         {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "router"},
         "SGL_ROUTER_ENDPOINT",
+    ),
+    (
+        "pod_ip_with_a_scheme",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "http://10.0.0.1"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_with_a_port",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "10.0.0.1:80"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_ipv6_zone",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "fe80::1%eth0"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_with_space",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "10.0.0.1 x"},
+        "POD_IP",
     ),
     (
         "no_worker_port",
