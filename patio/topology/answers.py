@@ -47,6 +47,13 @@ class RouterAuthError(RouterError):
     error_type = "router_auth_error"
 
 
+class RouterTimeout(RouterError):
+    """The heartbeat's (or the removal's) deadline ran out before the next router call."""
+
+    status = 504
+    error_type = "router_timeout"
+
+
 @dataclass(frozen=True)
 class Generation:
     """How one router generation names, replaces and removes a worker."""
@@ -168,8 +175,19 @@ def member_from_entry(entry: Dict[str, Any]) -> Member:
     )
 
 
-def interpret_register(family: str, status: int, body: bytes) -> Tuple[Registered, Optional[Detected]]:
-    """The answer to ``POST /workers``."""
+def id_from_location(location: Optional[str]) -> Optional[str]:
+    """The worker id in a ``Location: /workers/<id>`` header (smg and sglang-router send one with
+    their 202; smg worker/service.rs ``CreateWorkerResult``), or None."""
+    if not location:
+        return None
+    _, found, tail = location.rstrip("/").rpartition("/workers/")
+    return tail if found and _UUID.fullmatch(tail) else None
+
+
+def interpret_register(
+    family: str, status: int, body: bytes, location: Optional[str] = None
+) -> Tuple[Registered, Optional[Detected]]:
+    """The answer to ``POST /workers`` (and its ``Location`` header, where the router sent one)."""
     check_auth(status, body, "POST /workers")
     data = _json(status, body, "POST /workers") if body.strip() else {}
     if not isinstance(data, dict):
@@ -182,7 +200,8 @@ def interpret_register(family: str, status: int, body: bytes) -> Tuple[Registere
             return Registered(str(worker["id"]), already=False), Detected(
                 "vllm-router-igw", "POST /workers answered with a worker object"
             )
-        worker_id = data.get("worker_id")
+        # The id is the router's to give: the body's worker_id, else the Location it named.
+        worker_id = data.get("worker_id") if _usable_id(data.get("worker_id")) else id_from_location(location)
         if _usable_id(worker_id):
             detected = None
             if family == "sglang" and uuid_version(str(worker_id)) == "7":
@@ -210,6 +229,11 @@ def interpret_lookup(family: str, status: int, body: bytes, url: str) -> Tuple[O
     """The answer to ``GET /workers/{id}`` or ``GET /workers/{quoted url}``: the member, or None if absent."""
     check_auth(status, body, "GET /workers/{id}")
     if status == 404:
+        return None, None
+    if status == 400 and b"Invalid worker_id" in body:
+        # smg and sglang-router refuse an id that is not a UUID (smg worker/service.rs
+        # parse_worker_id): an id learned from another router generation that now answers at
+        # this address.  That router does not know it: absent, so the heartbeat registers again.
         return None, None
     if status != 200:
         raise RouterError(f"router answered {status} to a worker lookup: {quote_body(body)}")
@@ -239,13 +263,14 @@ def interpret_listing(family: str, status: int, body: bytes, url: str) -> Tuple[
     return None, detected
 
 
-def interpret_removal(status: int, body: bytes) -> None:
-    """The answer to a DELETE.  Gone already (404; vLLM IGW's 400 WORKER_NOT_FOUND) is success."""
+def interpret_removal(status: int, body: bytes) -> bool:
+    """The answer to a DELETE: True if the router knew the worker and lets it go, False if it
+    did not know it (404; vLLM IGW's 400 WORKER_NOT_FOUND), which is success too."""
     check_auth(status, body, "DELETE /workers")
-    if status in (200, 202, 204, 404):
-        return
-    if status == 400 and b"WORKER_NOT_FOUND" in body:
-        return
+    if status in (200, 202, 204):
+        return True
+    if status == 404 or (status == 400 and (b"WORKER_NOT_FOUND" in body or b"Invalid worker_id" in body)):
+        return False
     raise RouterError(f"router answered {status} to DELETE /workers: {quote_body(body)}")
 
 
