@@ -1,0 +1,218 @@
+"""Unregistration by the id the router gave, on the real routers (sglang-router 0.3.2, smg 1.13.0,
+vllm-router 0.1.17; tests/peers/routers.py).
+
+RoleBasedGroup's old sidecar removed a worker with ``DELETE /workers/{url-quoted endpoint}``;
+smg and sglang-router answer that with 400 "Invalid worker_id ... (expected UUID)" and keep the
+worker (rbg PR #177, sgl-project/rbg python/patio/topo/client/sgl_topo_client.py).  smg's own
+answers (smg-project/smg model_gateway/src/worker/service.rs at f8daa8835, which carries PRs
+#1977 and #1967): ``POST /workers`` -> 202 with ``worker_id`` and ``Location: /workers/{id}``;
+``DELETE /workers/{id}``; a URL without a lowercase http(s) scheme refused with 400
+(model_gateway/src/config/validation.rs validate_worker_url, PR #1977).  A router restarts
+with new ids for everyone (UUIDv7 on smg), and may list the worker again by itself
+(``--worker-urls``, smg's service discovery) before Patio's next heartbeat.
+
+A recording relay (tests/peers/recording_proxy.py) between Patio and the router shows every
+request Patio sent and every answer it got.
+"""
+
+import json
+import signal
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Iterator, Optional
+from urllib.parse import quote
+
+import pytest
+from fakes.engine import FakeEngine
+from peers.recording_proxy import RecordingProxy
+from peers.routers import GENERATIONS, Generation, RealRouter
+from support import PatioProcess, http_json
+
+pytestmark = pytest.mark.slow
+
+HEARTBEAT = 0.3
+
+
+@pytest.fixture(params=GENERATIONS, ids=[g.name for g in GENERATIONS])
+def generation(request: Any) -> Generation:
+    return request.param
+
+
+@pytest.fixture()
+def engine() -> Iterator[FakeEngine]:
+    e = FakeEngine("sglang")
+    yield e
+    e.stop()
+
+
+def start_patio(
+    router_url: str,
+    engine_url: str,
+    engine_port: int,
+    topo_type: str,
+    *,
+    pod_ip: str = "127.0.0.1",
+    interval: float = HEARTBEAT,
+    env: Optional[Dict[str, str]] = None,
+) -> PatioProcess:
+    full_env = {
+        "TOPO_TYPE": topo_type,
+        "SGL_ROUTER_ENDPOINT": router_url,
+        "POD_IP": pod_ip,
+        "INFERENCE_ENGINE_ENDPOINT": engine_url,
+        "HEARTBEAT_INTERVAL": str(interval),
+        "PATIO_LOG_LEVEL": "INFO",
+        **(env or {}),
+    }
+    argv = ["--instance-info", json.dumps({"data": {"port": engine_port}}), "--scrape-engine-metrics", "false"]
+    return PatioProcess(argv, env=full_env)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def topology(p: PatioProcess) -> Dict[str, Any]:
+    return http_json("GET", p.url + "/v1/topology")[1]
+
+
+def test_patio_removes_the_worker_by_the_id_the_router_gave(generation: Generation, engine: FakeEngine) -> None:
+    router = RealRouter(generation)
+    proxy = RecordingProxy(router.port)
+    p = start_patio(proxy.url, engine.url, engine.port, generation.topo_type)
+    try:
+        assert wait_for(lambda: router.listed(engine.url)), p.output()
+        assert wait_for(lambda: topology(p)["registered"]), p.output()
+        assert p.stop(signal.SIGTERM) == 0
+        assert router.routable(engine.url) is None, router.workers()
+        posts, deletes = proxy.calls("POST", "/workers"), proxy.calls("DELETE")
+        assert posts and deletes, proxy.exchanges
+        if generation.detected == "vllm-router":  # no ids: its DELETE is keyed by URL (src/server.rs)
+            assert {d.path for d in deletes} == {"/workers/" + quote(engine.url, safe="")}
+            return
+        answer = posts[0].json_answer()
+        worker_id = answer["worker_id"]
+        assert posts[0].status == 202 and posts[0].headers["location"] == f"/workers/{worker_id}", posts[0]
+        assert {d.path for d in deletes} == {f"/workers/{worker_id}"}, deletes
+        assert proxy.calls("GET", f"/workers/{worker_id}"), "heartbeats look the worker up by that id"
+        # What rbg PR #177 fixed: the URL where the id belongs is refused and removes nothing.
+        other = f"http://localhost:{engine.port}"  # smg still lists the first as draining: 409
+        status, _ = router.add(other)
+        assert status == 202 and wait_for(lambda: router.listed(other))
+        status, body = _delete(router.url + "/workers/" + quote(other, safe=""))
+        assert status == 400 and "expected UUID" in body, (status, body)
+        assert router.listed(other) is not None
+    finally:
+        p.kill()
+        proxy.close()
+        router.stop()
+
+
+def test_patio_never_sends_a_schemeless_url_and_brackets_ipv6(generation: Generation) -> None:
+    """An IPv6 pod (POD_IP=::1): the worker URL is http://[::1]:PORT.  Unbracketed it is
+    refused by smg (400 "empty host") and never reached by sglang-router."""
+    v6 = Ipv6Engine()
+    router = RealRouter(generation)
+    proxy = RecordingProxy(router.port)
+    worker = f"http://[::1]:{v6.port}"
+    p = start_patio(proxy.url, worker, v6.port, generation.topo_type, pod_ip="::1")
+    try:
+        assert wait_for(lambda: (router.listed(worker) or {}).get("is_healthy", True), timeout=20), (
+            router.workers(),
+            p.output(),
+        )
+        assert wait_for(lambda: topology(p)["registered"]), p.output()
+        posts = proxy.calls("POST", "/workers")
+        assert posts and {e.json_body()["url"] for e in posts} == {worker}, posts
+        assert p.stop(signal.SIGTERM) == 0
+        assert router.routable(worker) is None
+        if generation.detected == "smg":  # PR #1977: what Patio must never send
+            for url in (f"[::1]:{v6.port}", f"HTTP://[::1]:{v6.port}", f"http://::1:{v6.port}"):
+                status, body = router.add(url)
+                assert status == 400, (url, status, body)
+    finally:
+        p.kill()
+        proxy.close()
+        router.stop()
+        v6.stop()
+
+
+def test_a_router_that_renumbered_after_a_restart_is_left_without_a_ghost(
+    generation: Generation, engine: FakeEngine
+) -> None:
+    """The router restarts and lists the worker again by itself, under a new id, before Patio's
+    next heartbeat (here 30 s away).  On SIGTERM the DELETE of the old id answers 404: Patio
+    finds the new id by URL and removes that.  Before, it took the 404 as "gone" and exited,
+    leaving a worker routers never evict."""
+    first = RealRouter(generation)
+    env = {"PATIO_HEARTBEAT_JITTER": "0"}
+    p = start_patio(first.url, engine.url, engine.port, generation.topo_type, interval=30.0, env=env)
+    second: Optional[RealRouter] = None
+    try:
+        assert wait_for(lambda: topology(p)["registered"] and first.listed(engine.url)), p.output()
+        old_id = topology(p)["worker_id"]
+        first.kill()
+        second = RealRouter(generation, "--worker-urls", engine.url, port=first.port)
+        renumbered = wait_for(lambda: second.listed(engine.url))
+        assert renumbered, second.workers()
+        if generation.detected != "vllm-router":
+            assert renumbered["id"] != old_id
+        assert topology(p)["worker_id"] == old_id  # Patio has not looked yet
+        assert p.stop(signal.SIGTERM) == 0
+        assert second.routable(engine.url) is None, (second.workers(), p.output())
+    finally:
+        p.kill()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def _delete(url: str) -> Any:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Ipv6Engine:
+    """An engine on [::1] answering /health 200 (the routers' other probes get 404, which they accept)."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code, body = (200, b"") if self.path == "/health" else (404, b"{}")
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+            daemon_threads = True
+
+        self.server = Server(("::1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
