@@ -38,7 +38,7 @@ class TopologySettings:
     bootstrap_port: Optional[int] = None
     api_key: Optional[str] = None
     heartbeat_interval: float = 30.0
-    request_timeout: float = 5.0  # connect/read timeout of one router call
+    request_timeout: float = 5.0  # one heartbeat's deadline, all its router calls together
     # How often the thread reads the shared engine health watch before registering (a plain
     # attribute read, so it can be short: registration follows the engine within this).
     engine_probe_interval: float = 0.25
@@ -55,7 +55,7 @@ class TopologySettings:
 
 
 def add_flags(parser: Any) -> None:
-    parser.add_argument("--router-timeout", help="seconds for one router call (default 5)")
+    parser.add_argument("--router-timeout", help="seconds for one heartbeat, all its router calls together (default 5)")
     parser.add_argument(
         "--topology-readiness",
         help="what /ready needs from the router: first-registration (default) or strict",
