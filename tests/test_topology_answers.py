@@ -162,6 +162,24 @@ LOOKUPS = [
         Member(SMG_ID, "prefill", 34000, pending=True, leaving=True),
         "smg",
     ),
+    # A finished job stays on the entry for 5 minutes (observed on 0.3.2 after a repeated POST;
+    # smg workflow/job_queue.rs STATUS_TTL): not pending, not leaving.
+    (
+        "sglang_failed_job_lingers",
+        "sglang",
+        200,
+        j({**SGL_ENTRY, "job_status": {"job_type": "AddWorker", "status": "failed", "message": "already exists"}}),
+        Member(SGL_ID, "decode", None),
+        "sglang-router",
+    ),
+    (
+        "sglang_finished_removal_lingers",
+        "sglang",
+        200,
+        j({**SGL_ENTRY, "job_status": {"job_type": "RemoveWorker", "status": "failed"}}),
+        Member(SGL_ID, "decode", None),
+        "sglang-router",
+    ),
     ("absent_404", "sglang", 404, j({"error": "Worker x not found", "code": "WORKER_NOT_FOUND"}), None, None),
     ("another_url", "sglang", 200, j({**SGL_ENTRY, "url": "http://10.0.0.1:1"}), None, None),
 ]

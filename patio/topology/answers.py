@@ -32,6 +32,8 @@ QUOTE_LIMIT = 160
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-([0-9a-fA-F])[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Keys only smg (1.x) puts on a worker entry; sglang-router 0.3.x has none of them.
 _SMG_KEYS = ("runtime_type", "status", "models")
+# A worker entry's job_status while its job still runs (smg workflow/job_queue.rs).
+JOB_RUNNING = ("pending", "processing")
 
 
 class RouterError(PatioError):
@@ -165,12 +167,16 @@ def member_from_entry(entry: Dict[str, Any]) -> Member:
     worker_id = entry.get("id") if _usable_id(entry.get("id")) else entry.get("worker_id")
     worker_type = entry.get("worker_type")
     job = entry.get("job_status")
-    removing = isinstance(job, dict) and job.get("job_type") == "RemoveWorker"
+    # A finished job's status stays on the entry for 5 minutes (smg workflow/job_queue.rs
+    # status_expired, STATUS_TTL; sglang-router 0.3.2 keeps a repeated POST's "failed" AddWorker
+    # the same way): only a pending or processing job is still running.
+    running = isinstance(job, dict) and str(job.get("status", "processing")).lower() in JOB_RUNNING
+    removing = running and isinstance(job, dict) and job.get("job_type") == "RemoveWorker"
     return Member(
         worker_id=worker_id if _usable_id(worker_id) else None,
         worker_type=worker_type.lower() if isinstance(worker_type, str) else None,
         bootstrap_port=_port(entry.get("bootstrap_port")),
-        pending=bool(job) or entry.get("status") == "pending",
+        pending=running or entry.get("status") == "pending",
         leaving=removing or entry.get("status") == "draining",
     )
 
