@@ -216,3 +216,27 @@ class Ipv6Engine:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.mark.parametrize("flags", [(), ("pd",)], ids=["regular", "pd_mode"])
+def test_heartbeats_look_the_worker_up_and_post_once(generation: Generation, engine: FakeEngine, flags: Any) -> None:
+    """Each heartbeat is a membership check by the router's key (the id where lookups take one,
+    the URL on vLLM's router in both its modes), never a blind re-POST.  vllm-router
+    --enable-igw answers a lookup by the id it gave with 404 (observed on 0.1.17)."""
+    extra = generation.pd_flags if flags else ()
+    router = RealRouter(generation, *extra)
+    proxy = RecordingProxy(router.port)
+    p = start_patio(proxy.url, engine.url, engine.port, generation.topo_type)
+    try:
+        assert wait_for(lambda: topology(p)["registered"] and router.listed(engine.url)), p.output()
+        time.sleep(8 * HEARTBEAT)
+        lookups = [e for e in proxy.calls("GET", "/workers/")]
+        assert len(lookups) >= 4 and all(e.status == 200 for e in lookups[-4:]), lookups[-4:]
+        assert len(proxy.calls("POST", "/workers")) == 1, proxy.calls("POST")
+        assert topology(p)["router_restarts"] == 0
+        assert p.stop(signal.SIGTERM) == 0
+        assert router.routable(engine.url) is None, router.workers()
+    finally:
+        p.kill()
+        proxy.close()
+        router.stop()

@@ -150,10 +150,13 @@ class RouterClient:
         """This worker as the router lists it now, or None: by id where the router has ids,
         by URL where it does not (or before an id is known)."""
         generation = self.generation
-        if generation.ids and worker_id:
-            path = "/workers/" + quote(worker_id, safe="")
-        elif generation.family == "vllm":
+        if generation.family == "vllm":
+            # vLLM's router keys GET /workers/{x} by URL in both modes: in IGW mode a lookup by
+            # the id it gave answers 404 (observed on 0.1.17 --enable-igw), which made every
+            # heartbeat POST again and every removal look confirmed.
             path = self._url_path()
+        elif generation.ids and worker_id:
+            path = "/workers/" + quote(worker_id, safe="")
         else:
             return self.find_by_url(deadline)
         result = self._call("GET", path, deadline=deadline)
