@@ -505,7 +505,8 @@ def test_no_post_after_stop_and_removal_comes_last_and_is_confirmed():
     beat.run()
     assert beat.shutdown(budget=5.0) is True
     kinds = [what for _, what in clock.log]
-    assert kinds == ["GET", "POST", "GET", "GET", "STOP", "DELETE id-1", "GET"]
+    # The removal looks before it deletes (an add job still running must settle first).
+    assert kinds == ["GET", "POST", "GET", "GET", "STOP", "GET", "DELETE id-1", "GET"]
     assert beat.unregistered and not beat.registered and beat.stopping
 
 
@@ -519,7 +520,8 @@ def test_unregister_gives_up_within_budget_when_router_is_down():
     began = clock.now
     assert beat.shutdown(budget=3.0) is False
     assert clock.now - began <= 3.0
-    assert sum(1 for _, w in clock.log if w.startswith("DELETE")) >= 3
+    # At least three removal rounds, each failing at its first call (the look before the DELETE).
+    assert sum(1 for t, w in clock.log if t >= began and (w in ("GET", "LIST") or w.startswith("DELETE"))) >= 3
 
 
 def test_never_registered_means_nothing_to_remove():
@@ -641,26 +643,53 @@ def test_after_a_router_restart_a_stale_listing_is_repaired_again_but_not_within
 
 def test_removal_by_a_stale_id_finds_the_new_one_by_url():
     """A router that restarted and listed this URL again under a new id (smg --worker-urls or
-    its service discovery): DELETE of the old id answers 404, the listing names the new one."""
+    its service discovery): the old id is unknown there, the listing names the new one."""
     clock = FakeClock()
     router = ScriptedRouter(clock, "smg")
     beat = make(router, clock, stop_after=1)
     beat.run()
     assert beat.worker_id == "id-1"
     router.current = Member("id-7", "regular", None)  # renumbered behind Patio's back
-    real_remove = router.remove
-
-    def remove(worker_id, deadline=None):
-        if worker_id != router.current.worker_id:
-            router._call(f"DELETE {worker_id}")
-            return False  # 404: that id is unknown here
-        return real_remove(worker_id, deadline)
-
-    router.remove = remove
     assert beat.shutdown(budget=3.0) is True
     kinds = [w for _, w in clock.log]
-    assert kinds[kinds.index("STOP") :] == ["STOP", "DELETE id-1", "LIST", "DELETE id-7", "GET"]
+    assert kinds[kinds.index("STOP") :] == ["STOP", "GET", "LIST", "DELETE id-7", "GET"]
     assert router.current is None
+
+
+def test_removal_waits_for_an_add_job_still_running_then_deletes():
+    """sglang-router lets an add job that is still running land after a DELETE (the worker is
+    listed again, for a pod that is gone): the removal waits for the job, half its budget at
+    most, then deletes."""
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "sglang-router")
+    beat = make(router, clock, stop_after=1)
+    beat.sleep = lambda s: setattr(clock, "now", clock.now + s)
+    beat.run()
+    router.current = Member("id-1", "regular", None, pending=True)  # its AddWorker job runs
+    settle_at = clock.now + 0.5
+    real_lookup = router.lookup
+
+    def lookup(worker_id, deadline=None):
+        if clock.now >= settle_at and router.current is not None:
+            router.current = Member("id-1", "regular", None)  # the job finished
+        return real_lookup(worker_id, deadline)
+
+    router.lookup = lookup
+    assert beat.shutdown(budget=4.0) is True
+    deletes = [t for t, w in clock.log if w.startswith("DELETE")]
+    assert len(deletes) == 1 and deletes[0] >= settle_at, clock.log
+
+    # A job that never settles: after half the budget the DELETE goes anyway.
+    clock2 = FakeClock()
+    router2 = ScriptedRouter(clock2, "sglang-router")
+    beat2 = make(router2, clock2, stop_after=1)
+    beat2.sleep = lambda s: setattr(clock2, "now", clock2.now + s)
+    beat2.run()
+    router2.current = Member("id-1", "regular", None, pending=True)
+    began = clock2.now
+    assert beat2.shutdown(budget=4.0) is True
+    deletes = [t for t, w in clock2.log if w.startswith("DELETE")]
+    assert len(deletes) == 1 and began + 2.0 <= deletes[0] <= began + 4.0, clock2.log
 
 
 def test_leave_removes_and_no_beat_registers_until_rejoin():

@@ -319,9 +319,11 @@ class Heartbeat:
         if not self.membership.needs_removal:
             return True  # never registered: nothing to undo
         delay = REMOVE_RETRY_START
+        # Half the budget waits for an add job still running; then the DELETE goes regardless.
+        settle_by = self.clock() + (deadline - self.clock()) / 2
         while True:
             try:
-                if self.membership.remove_once(deadline):
+                if self.membership.remove_once(deadline, settle=self.clock() < settle_by):
                     self.membership.lost()
                     return True
             except PatioError as exc:

@@ -213,35 +213,37 @@ class Membership:
     def needs_removal(self) -> bool:
         return self.posted or self.ever_registered
 
-    def remove_once(self, deadline: float) -> bool:
-        """One DELETE and one look; True once the router no longer lists the worker.
+    def remove_once(self, deadline: float, settle: bool = True) -> bool:
+        """One look, one DELETE, one look; True once the router no longer lists the worker.
 
         The DELETE goes by the id the router gave (smg and sglang-router refuse a URL there
         with 400 "expected UUID": RoleBasedGroup's old sidecar, rbg PR #177).  A router that
-        answers 404 to that id may have restarted and listed this URL again under a new id
+        does not know that id may have restarted and listed this URL again under a new id
         (smg's --worker-urls or its service discovery add workers by themselves): the listing
-        by URL names the id to remove, so no entry is left behind for a dead pod.
+        by URL names the id to remove, so no entry is left behind for a dead pod.  With
+        ``settle``, a registration whose add job still runs is not deleted yet (False: the
+        caller waits and comes back): sglang-router lets such an add land after the DELETE
+        and lists the worker again (sglang-router.md, "DELETE while the add job is still
+        pending can lose the race").
         """
         generation = self.router.generation
         worker_id = self.worker_id
-        for _round in (1, 2):
-            if worker_id is None and generation.ids and not generation.remove_by_url:
-                member = self.router.find_by_url(deadline)
-                if member is None or member.leaving:
-                    return True
-                worker_id = member.worker_id
-            known = self.router.remove(worker_id, deadline)
-            if not known and generation.ids and not generation.remove_by_url and worker_id is not None:
-                member = self.router.find_by_url(deadline)
-                if member is None or member.leaving:
-                    return True
-                if member.worker_id != worker_id:
-                    log.info("the router lists this worker under a new id %s (was %s)", member.worker_id, worker_id)
-                    with self.lock:
-                        self.worker_id = worker_id = member.worker_id
-                    continue
-            # The removal may be queued (smg, sglang-router) and a pending add can land after a
-            # DELETE (sglang-router.md): done only when a look confirms it is gone or draining.
-            member = self.router.lookup(worker_id, deadline)
-            return member is None or member.leaving
-        return False
+        member = self.router.lookup(worker_id, deadline)
+        if member is None and worker_id is not None and generation.ids and not generation.remove_by_url:
+            member = self.router.find_by_url(deadline)
+            if member is not None and member.worker_id not in (None, worker_id):
+                log.info("the router lists this worker under a new id %s (was %s)", member.worker_id, worker_id)
+                with self.lock:
+                    self.worker_id = member.worker_id
+        if member is None or member.leaving:
+            return True
+        if settle and member.pending:
+            log.debug("the router's add job for this worker still runs; removing it once that settled")
+            return False
+        worker_id = member.worker_id or self.worker_id
+        if not self.router.remove(worker_id, deadline):
+            return True  # listed a moment ago, unknown now: gone in between
+        # The removal may be queued (smg, sglang-router): done when a look confirms it is gone
+        # or leaving (smg drains it: "draining"; sglang-router: its RemoveWorker job).
+        after = self.router.lookup(worker_id, deadline)
+        return after is None or after.leaving
