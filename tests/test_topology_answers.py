@@ -159,7 +159,7 @@ LOOKUPS = [
         "sglang",
         200,
         j({**SMG_ENTRY, "status": "draining", "job_status": {"job_type": "RemoveWorker", "status": "processing"}}),
-        Member(SMG_ID, "prefill", 34000, pending=True, leaving=True),
+        Member(SMG_ID, "prefill", 34000, pending=True, leaving=True, draining=True),
         "smg",
     ),
     # A finished job stays on the entry for 5 minutes (observed on 0.3.2 after a repeated POST;

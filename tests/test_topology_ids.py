@@ -21,13 +21,13 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 from urllib.parse import quote
 
 import pytest
 from fakes.engine import FakeEngine
 from peers.recording_proxy import RecordingProxy
-from peers.routers import GENERATIONS, Generation, RealRouter
+from peers.routers import BY_NAME, GENERATIONS, Generation, RealRouter
 from support import PatioProcess, http_json
 
 pytestmark = pytest.mark.slow
@@ -122,13 +122,14 @@ def test_patio_removes_the_worker_by_the_id_the_router_gave(generation: Generati
 def test_patio_never_sends_a_schemeless_url_and_brackets_ipv6(generation: Generation) -> None:
     """An IPv6 pod (POD_IP=::1): the worker URL is http://[::1]:PORT.  Unbracketed it is
     refused by smg (400 "empty host") and never reached by sglang-router."""
-    v6 = Ipv6Engine()
+    v6 = SmallEngine("::1")
     router = RealRouter(generation)
     proxy = RecordingProxy(router.port)
     worker = f"http://[::1]:{v6.port}"
     p = start_patio(proxy.url, worker, v6.port, generation.topo_type, pod_ip="::1")
     try:
-        assert wait_for(lambda: (router.listed(worker) or {}).get("is_healthy", True), timeout=20), (
+        # Registered for real: the router's add job checked the worker (pending entries say false).
+        assert wait_for(lambda: (router.listed(worker) or {}).get("is_healthy") is True, timeout=20), (
             router.workers(),
             p.output(),
         )
@@ -190,34 +191,6 @@ def _delete(url: str) -> Any:
         return exc.code, exc.read().decode()
 
 
-class Ipv6Engine:
-    """An engine on [::1] answering /health 200 (the routers' other probes get 404, which they accept)."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                code, body = (200, b"") if self.path == "/health" else (404, b"{}")
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-            daemon_threads = True
-
-        self.server = Server(("::1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("flags", [(), ("pd",)], ids=["regular", "pd_mode"])
 def test_heartbeats_look_the_worker_up_and_post_once(generation: Generation, engine: FakeEngine, flags: Any) -> None:
     """Each heartbeat is a membership check by the router's key (the id where lookups take one,
@@ -240,3 +213,76 @@ def test_heartbeats_look_the_worker_up_and_post_once(generation: Generation, eng
         p.kill()
         proxy.close()
         router.stop()
+
+
+# smg re-checks a worker whose first startup check failed every --worker-startup-check-interval
+# (default 30 s; smg main.rs, workflow/steps/mod.rs detect_connection_mode): 1 s here.
+ADD_JOB_FLAGS = {"sglang-router-0.3.2": (), "smg-1.13.0": ("--worker-startup-check-interval", "1")}
+
+
+@pytest.mark.parametrize("name", sorted(ADD_JOB_FLAGS))
+def test_a_sigterm_during_the_routers_add_job_leaves_no_worker(name: str) -> None:
+    """sglang-router and smg answer POST /workers at once and add the worker in a background
+    job that first checks its health; a DELETE sent while that job runs is lost (smg's
+    RemoveWorker fails "Worker ... not found"; sglang-router's is overtaken) and the job lists
+    the worker anyway.  Here the engine answers the router's health checks 503 for 1 s
+    (Patio's own /health at once), and SIGTERM comes right after the 202.  (vllm-router
+    answers its POST only once the worker is added: no job runs after it.)"""
+    router = RealRouter(BY_NAME[name], *ADD_JOB_FLAGS[name])
+    engine = SmallEngine(hold=1.0)
+    p = start_patio(router.url, engine.url, engine.port, "SGLang")
+    try:
+        assert wait_for(lambda: topology(p)["worker_id"]), p.output()
+        assert p.stop(signal.SIGTERM) == 0
+        assert "unregistered" in p.output(), p.output()
+        # The previous code's DELETE was lost: the add job listed the worker 1.5 s later, for good.
+        for _ in range(20):
+            assert router.routable(engine.url) is None, (router.workers(), p.output())
+            time.sleep(0.25)
+    finally:
+        p.kill()
+        router.stop()
+        engine.stop()
+
+
+class SmallEngine:
+    """An SGLang-like engine on ``host``: /health and /v1/models (smg's add job looks the served
+    model up; a 404 there makes it retry for seconds), 404 for the routers' other probes.  With
+    ``hold``, /health answers a router 503 for its first ``hold`` seconds (told apart by
+    User-Agent; Patio's own probe answers at once), so the router's add job takes that long."""
+
+    def __init__(self, host: str = "127.0.0.1", hold: float = 0.0) -> None:
+        first: List[float] = []
+        models = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code, body = 404, b'{"detail":"Not Found"}'
+                if self.path == "/health":
+                    code, body = 200, b""
+                    if hold and not self.headers.get("User-Agent", "").startswith("patio/"):
+                        first.append(time.monotonic())
+                        code = 200 if time.monotonic() - first[0] >= hold else 503
+                elif self.path == "/v1/models":
+                    code, body = 200, models
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+        self.server = Server((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -100,6 +100,9 @@ class Member:
     # and a RemoveWorker job for as long as in-flight requests drain (observed on 1.13.0: many
     # seconds); it no longer routes new requests there, which is what a removal is for.
     leaving: bool = False
+    # Of that, the part a later add cannot undo: the router holds the worker and drains it
+    # (smg "status": "draining").  A RemoveWorker job alone may lose to an add still running.
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def member_from_entry(entry: Dict[str, Any]) -> Member:
         bootstrap_port=_port(entry.get("bootstrap_port")),
         pending=running or entry.get("status") == "pending",
         leaving=removing or entry.get("status") == "draining",
+        draining=entry.get("status") == "draining",
     )
 
 

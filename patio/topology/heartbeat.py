@@ -28,9 +28,13 @@ log = logging.getLogger("patio.topology")
 
 # Log a "still waiting for the engine" line this often.
 WAIT_LOG_EVERY = 30.0
-# First wait between removal attempts (DELETE and a look); doubles up to REMOVE_RETRY_MAX.
+# First wait after a failed removal attempt (the router unreachable, an error answer);
+# doubles up to REMOVE_RETRY_MAX.
 REMOVE_RETRY_START = 0.2
 REMOVE_RETRY_MAX = 2.0
+# Wait between removal rounds the router answered without confirming (its add or remove job
+# still runs): such a job ends within a second or two, and the budget is a few seconds.
+REMOVE_POLL = 0.2
 # The default budget of leave(), in router timeouts: the wait for a beat in flight (one
 # timeout, its deadline) and a DELETE with its confirming look (one or two more).
 LEAVE_TIMEOUTS = 3.0
@@ -315,23 +319,27 @@ class Heartbeat:
         return gone
 
     def _remove(self, deadline: float, what: str) -> bool:
-        """Removal rounds with a growing pause until the router let go or ``deadline`` passed."""
+        """Removal rounds until the router let go or ``deadline`` passed: a round the router
+        answered but did not confirm (a job of its still runs) comes back after REMOVE_POLL, a
+        failed one after a growing pause."""
         if not self.membership.needs_removal:
             return True  # never registered: nothing to undo
         delay = REMOVE_RETRY_START
         # Half the budget waits for an add job still running; then the DELETE goes regardless.
         settle_by = self.clock() + (deadline - self.clock()) / 2
+        self.membership.start_removal()
         while True:
+            pause = REMOVE_POLL
             try:
                 if self.membership.remove_once(deadline, settle=self.clock() < settle_by):
                     self.membership.lost()
                     return True
             except PatioError as exc:
                 log.warning("%s failed: %s", what, exc.message)
-            if self.clock() + delay >= deadline:
+                pause, delay = delay, min(delay * 2, REMOVE_RETRY_MAX)
+            if self.clock() + pause >= deadline:
                 return False
-            self.sleep(delay)
-            delay = min(delay * 2, REMOVE_RETRY_MAX)
+            self.sleep(pause)
 
     def snapshot(self) -> Dict[str, object]:
         membership = self.membership

@@ -81,6 +81,7 @@ class Membership:
         self.warnings: List[str] = []
         self.replaced_at: Optional[float] = None
         self.replaced = False  # a replace was made since the router last restarted
+        self.removal_raced = False  # this removal sent a DELETE while an add job still ran
 
     # -- one heartbeat ------------------------------------------------------------------
     def confirm(self, deadline: float, may_act: Callable[[], bool]) -> bool:
@@ -213,6 +214,9 @@ class Membership:
     def needs_removal(self) -> bool:
         return self.posted or self.ever_registered
 
+    def start_removal(self) -> None:
+        self.removal_raced = False
+
     def remove_once(self, deadline: float, settle: bool = True) -> bool:
         """One look, one DELETE, one look; True once the router no longer lists the worker.
 
@@ -220,11 +224,13 @@ class Membership:
         with 400 "expected UUID": RoleBasedGroup's old sidecar, rbg PR #177).  A router that
         does not know that id may have restarted and listed this URL again under a new id
         (smg's --worker-urls or its service discovery add workers by themselves): the listing
-        by URL names the id to remove, so no entry is left behind for a dead pod.  With
-        ``settle``, a registration whose add job still runs is not deleted yet (False: the
-        caller waits and comes back): sglang-router lets such an add land after the DELETE
-        and lists the worker again (sglang-router.md, "DELETE while the add job is still
-        pending can lose the race").
+        by URL names the id to remove, so no entry is left behind for a dead pod.
+
+        A registration whose add job still runs is not deleted while ``settle`` (False: the
+        caller waits and comes back): smg and sglang-router let such an add land after the
+        DELETE and list the worker again (sglang-router.md, "DELETE while the add job is still
+        pending can lose the race"; seen on both here).  Once a DELETE went out during an add
+        regardless, only absence or smg's "draining" confirms it, never a RemoveWorker job.
         """
         generation = self.router.generation
         worker_id = self.worker_id
@@ -235,15 +241,16 @@ class Membership:
                 log.info("the router lists this worker under a new id %s (was %s)", member.worker_id, worker_id)
                 with self.lock:
                     self.worker_id = member.worker_id
-        if member is None or member.leaving:
+        if member is None or member.draining or (member.leaving and not self.removal_raced):
             return True
-        if settle and member.pending:
-            log.debug("the router's add job for this worker still runs; removing it once that settled")
+        if member.pending and (settle or self.removal_raced):
+            log.debug("a job of the router's for this worker still runs; removing it once that settled")
             return False
         worker_id = member.worker_id or self.worker_id
+        self.removal_raced = self.removal_raced or member.pending
         if not self.router.remove(worker_id, deadline):
             return True  # listed a moment ago, unknown now: gone in between
         # The removal may be queued (smg, sglang-router): done when a look confirms it is gone
         # or leaving (smg drains it: "draining"; sglang-router: its RemoveWorker job).
         after = self.router.lookup(worker_id, deadline)
-        return after is None or after.leaving
+        return after is None or after.draining or (after.leaving and not self.removal_raced)
