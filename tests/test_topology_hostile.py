@@ -9,10 +9,11 @@ whole pyz with a kubelet-like prober on /ready and RSS and threads sampled from 
 import json
 import signal
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from fakes.engine import FakeEngine
+from peers.polling import wait_for
 from peers.router_attacks import ATTACK_SECONDS, ATTACKS, Attack, run_attack
 from peers.router_attacks import INTERVAL as ATTACK_INTERVAL
 from peers.scripted_router import Action, Cycle, ScriptedRouter, Slow
@@ -74,16 +75,6 @@ def peer() -> Iterator[ScriptedRouter]:
     router = ScriptedRouter()
     yield router
     router.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return None
 
 
 @pytest.mark.parametrize("family,rules,error", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])

@@ -21,11 +21,12 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 from urllib.parse import quote
 
 import pytest
 from fakes.engine import FakeEngine
+from peers.polling import wait_for
 from peers.recording_proxy import RecordingProxy
 from peers.routers import BY_NAME, GENERATIONS, Generation, RealRouter
 from support import PatioProcess, http_json
@@ -68,19 +69,6 @@ def start_patio(
     }
     argv = ["--instance-info", json.dumps({"data": {"port": engine_port}}), "--scrape-engine-metrics", "false"]
     return PatioProcess(argv, env=full_env)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    return None
 
 
 def topology(p: PatioProcess) -> Dict[str, Any]:

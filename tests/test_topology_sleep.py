@@ -10,10 +10,11 @@ them.  ``leave()`` takes the worker out of the router and no heartbeat puts it b
 
 import json
 import time
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
 from fakes.engine import FakeEngine
+from peers.polling import wait_for
 from peers.routers import GENERATIONS, RealRouter
 from support import RunningPatio, http_call, http_json, make_settings
 
@@ -52,19 +53,6 @@ def running(router: RealRouter, engine: FakeEngine, *args: str) -> RunningPatio:
     }
     argv = ["--instance-info", json.dumps({"data": {"port": engine.port}}), "--scrape-engine-metrics", "false"]
     return RunningPatio(make_settings([*argv, *args], env))
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    return None
 
 
 def topology(patio: RunningPatio) -> Dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fakes.engine import FakeEngine
 
+from peers.polling import wait_for
 from peers.scripted_router import Action, Cycle, Drip, HeadThenHang, Huge, ScriptedRouter
 
 WORKER_ID = "d68605b2-bb4f-405e-a020-e10688bffd44"  # a UUIDv4: the router reads as sglang-router
@@ -130,19 +131,6 @@ def proc_status(pid: int) -> Tuple[float, int]:
 def get_json(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         return json.loads(answer.read())
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    return None
 
 
 class Prober(threading.Thread):
