@@ -16,6 +16,23 @@ For each mode (jitter 0.2, the default; jitter 0, every beat exactly on the inte
 
 The router venv is .venv-peers/smg-1.13.0 (built by tests/run.sh).  Prints a table and the
 ratio jitter/no-jitter of peak rate and of time to relearn.
+
+    .venv/bin/python bench/bench_topology.py --hostile BEFORE.pyz [AFTER.pyz] [--only NAME,...]
+
+A hostile router instead (tests/peers/router_attacks.py, the table test_topology_hostile.py
+asserts on): for each pyz and each attack, Patio registers with a scripted router that then
+answers garbage, hangs after the headers, sends 1 GiB, 500s, drips a byte a second, or flips
+membership or worker_type at every beat, for 4 s.  Printed per attack and pyz: /ready probes
+that failed and their p50/p99/max, RSS and threads before and at peak, router calls, POSTs and
+DELETEs during the attack, bytes the router pushed per call, and whether Patio registered
+again and exited 0 afterwards.
+
+    .venv/bin/python bench/bench_topology.py --slow-router BEFORE_TREE [AFTER_TREE]
+
+One heartbeat against a router that answers every call in 0.6 of the router timeout (1 s),
+while this worker is not registered yet: look up, POST (no id in the answer), find the id.
+Each tree is a checkout whose ``patio`` package is imported (``git archive`` a commit to get
+one); printed: how long the first beat took, its calls, its result.
 """
 
 import argparse
@@ -240,11 +257,92 @@ def run_mode(n: int, interval: float, jitter: float) -> Dict[str, float]:
     return result
 
 
+def hostile(pyzs: List[str], only: Optional[str]) -> int:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from peers.router_attacks import ATTACKS, run_attack
+
+    attacks = [a for a in ATTACKS if not only or a.name in only.split(",")]
+    columns = ("failed/probes", "p50 ms", "p99 ms", "max ms", "RSS MiB", "threads", "calls", "POST", "DELETE")
+    columns += ("MiB/call", "back", "exit")
+    print(f"{'attack':30}{'pyz':>8}" + "".join(f"{c:>14}" for c in columns))
+    for attack in attacks:
+        for index, pyz in enumerate(pyzs):
+            out = run_attack(Path(pyz), attack, free_port())
+            cells = (
+                f"{out.failed_probes}/{out.probes}",
+                f"{out.ready_p50_ms:.1f}",
+                f"{out.ready_p99_ms:.1f}",
+                f"{out.ready_max_ms:.1f}",
+                f"{out.rss_base_mb:.1f}->{out.rss_peak_mb:.1f}",
+                f"{out.threads_base}->{out.threads_peak}",
+                str(out.calls),
+                str(out.posts),
+                str(out.deletes),
+                f"{out.bytes_sent_per_call / 2**20:.1f}",
+                "yes" if out.recovered else "no",
+                str(out.exit_code),
+            )
+            label = ("before", "after")[index] if len(pyzs) == 2 else Path(pyz).name
+            print(f"{attack.name:30}{label:>8}" + "".join(f"{c:>14}" for c in cells), flush=True)
+            print(f"{'':38}last error: {out.last_error}", flush=True)
+    return 0
+
+
+SLOW_ROUTER_BEAT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from peers.scripted_router import ScriptedRouter, Slow
+from patio.topology.heartbeat import Heartbeat
+from patio.topology.router_client import RouterClient
+from patio.topology.settings import TopologySettings
+
+router = ScriptedRouter({
+    ("GET", "/workers"): Slow(0.6, 200, {"workers": []}),
+    ("POST", "/workers"): Slow(0.6, 202, {"status": "accepted"}),
+})
+settings = TopologySettings(enabled=True, topo_type="sglang", router_url=router.url, worker_url="http://127.0.0.1:9",
+                            heartbeat_interval=5.0, request_timeout=1.0, heartbeat_jitter=0.0)
+results = []
+beat = Heartbeat(settings, RouterClient(settings), lambda: True,
+                 on_heartbeat=lambda r: results.append((time.monotonic(), r)))
+beat.start()
+while not results:
+    time.sleep(0.01)
+first = router.log[0].at
+calls = [f"{c.method} {c.path}" for c in router.log if c.at < results[0][0]]
+print(json.dumps({"first_beat_s": round(results[0][0] - first, 3), "calls": calls, "result": results[0][1],
+                  "error": beat.last_error}))
+beat.stop.set()
+router.stop()
+"""
+
+
+def slow_router(trees: List[str]) -> int:
+    for tree in trees:
+        done = subprocess.run(
+            [sys.executable, "-c", SLOW_ROUTER_BEAT, tree, str(ROOT / "tests")],
+            env=dict(os.environ, PYTHONPATH=tree),
+            cwd=tree,  # with -c, the working directory comes first on sys.path
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        print(f"{tree}: {done.stdout.strip() or done.stderr.strip()[-800:]}", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patios", type=int, default=50)
     parser.add_argument("--interval", type=float, default=5.0, help="HEARTBEAT_INTERVAL of every Patio")
+    parser.add_argument("--hostile", nargs="+", metavar="PYZ", help="run the hostile-router attacks on these pyz")
+    parser.add_argument("--only", help="with --hostile: comma-separated attack names")
+    parser.add_argument("--slow-router", nargs="+", metavar="TREE", help="one beat against slow answers, per tree")
     args = parser.parse_args()
+    if args.hostile:
+        return hostile(args.hostile, args.only)
+    if args.slow_router:
+        return slow_router(args.slow_router)
     if not (SMG / ".patio-stamp").exists():
         print(f"{SMG} is missing: run `bash tests/run.sh` once (it builds the router venvs)", file=sys.stderr)
         return 2

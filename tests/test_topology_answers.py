@@ -159,8 +159,26 @@ LOOKUPS = [
         "sglang",
         200,
         j({**SMG_ENTRY, "status": "draining", "job_status": {"job_type": "RemoveWorker", "status": "processing"}}),
-        Member(SMG_ID, "prefill", 34000, pending=True, leaving=True),
+        Member(SMG_ID, "prefill", 34000, pending=True, leaving=True, draining=True),
         "smg",
+    ),
+    # A finished job stays on the entry for 5 minutes (observed on 0.3.2 after a repeated POST;
+    # smg workflow/job_queue.rs STATUS_TTL): not pending, not leaving.
+    (
+        "sglang_failed_job_lingers",
+        "sglang",
+        200,
+        j({**SGL_ENTRY, "job_status": {"job_type": "AddWorker", "status": "failed", "message": "already exists"}}),
+        Member(SGL_ID, "decode", None),
+        "sglang-router",
+    ),
+    (
+        "sglang_finished_removal_lingers",
+        "sglang",
+        200,
+        j({**SGL_ENTRY, "job_status": {"job_type": "RemoveWorker", "status": "failed"}}),
+        Member(SGL_ID, "decode", None),
+        "sglang-router",
     ),
     ("absent_404", "sglang", 404, j({"error": "Worker x not found", "code": "WORKER_NOT_FOUND"}), None, None),
     ("another_url", "sglang", 200, j({**SGL_ENTRY, "url": "http://10.0.0.1:1"}), None, None),
@@ -217,3 +235,59 @@ def test_replace_answers():
     interpret_replace(202, j({"status": "accepted", "worker_id": SMG_ID}))
     with pytest.raises(RouterError, match="404"):
         interpret_replace(404, j({"code": "WORKER_NOT_FOUND"}))
+
+
+LOCATIONS = [
+    # smg 1.13 and sglang-router 0.3.2 answer 202 with the id in the body and in Location.
+    ("body_and_location", j({"status": "accepted", "worker_id": SMG_ID}), f"/workers/{SMG_ID}", SMG_ID),
+    ("location_only", j({"status": "accepted"}), f"/workers/{SMG_ID}", SMG_ID),
+    ("absolute_location", j({"status": "accepted"}), f"http://r:1/workers/{SGL_ID}/", SGL_ID),
+    ("body_wins", j({"status": "accepted", "worker_id": SGL_ID}), f"/workers/{SMG_ID}", SGL_ID),
+    ("location_not_a_uuid", j({"status": "accepted"}), "/workers/http%3A%2F%2Fw%3A1", None),
+    ("location_elsewhere", j({"status": "accepted"}), f"/jobs/{SMG_ID}", None),
+    ("no_location", j({"status": "accepted"}), None, None),
+]
+
+
+@pytest.mark.parametrize("body,location,expected", [c[1:] for c in LOCATIONS], ids=[c[0] for c in LOCATIONS])
+def test_the_id_is_the_one_the_router_gave(body, location, expected):
+    registered, _ = interpret_register("sglang", 202, body, location)
+    assert registered.worker_id == expected
+
+
+LOOKUP_INVALID_ID = [
+    # Both routers refuse an id that is not a UUID (observed on 127.0.0.1): an id from another
+    # router generation at this address.  That router does not know it: absent.
+    (
+        "smg_1_13",
+        j(
+            {
+                "error": "Invalid worker_id 'not-a-uuid' (expected UUID). Error: invalid character: found `n` at 0",
+                "code": "BAD_REQUEST",
+            }
+        ),
+    ),
+    ("sglang_router_0_3_2", j({"error": "Invalid worker_id 'x' (expected UUID). Error: ...", "code": "BAD_REQUEST"})),
+]
+
+
+@pytest.mark.parametrize("body", [c[1] for c in LOOKUP_INVALID_ID], ids=[c[0] for c in LOOKUP_INVALID_ID])
+def test_a_lookup_refused_as_an_invalid_id_is_absence(body):
+    assert interpret_lookup("sglang", 400, body, URL) == (None, None)
+    with pytest.raises(RouterError, match="400"):
+        interpret_lookup("sglang", 400, j({"error": "something else"}), URL)
+
+
+REMOVAL_KNOWN = [
+    ("202_known", 202, b"{}", True),
+    ("vllm_200_known", 200, j({"success": True}), True),
+    ("404_unknown_id", 404, j({"error": "Worker x not found", "code": "WORKER_NOT_FOUND"}), False),
+    ("vllm_igw_400_unknown", 400, j({"code": "WORKER_NOT_FOUND"}), False),
+    ("invalid_id_unknown", 400, j({"error": "Invalid worker_id 'x' (expected UUID)", "code": "BAD_REQUEST"}), False),
+]
+
+
+@pytest.mark.parametrize("status,body,known", [c[1:] for c in REMOVAL_KNOWN], ids=[c[0] for c in REMOVAL_KNOWN])
+def test_removal_says_whether_the_router_knew_the_id(status, body, known):
+    """A 404 to the id Patio holds sends it to the listing: the router may know the URL by a new id."""
+    assert interpret_removal(status, body) is known

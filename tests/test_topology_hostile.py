@@ -1,18 +1,23 @@
 """Topology against a hostile router (tests/peers/scripted_router.py): bodies that are HTML
 or garbage, 500s, a 409 that names no id, answers that never come, resets, bytes that are
-not HTTP.  Each must end in bounded retries and a clear error in the snapshot that
-``/v1/topology`` serves, never a crash or a stuck shutdown.  The real Heartbeat and
-RouterClient run their real thread over real sockets; one case runs the whole pyz."""
+not HTTP, a head then silence, 1 GiB bodies, drips, membership flipping at every beat.
+Each must end in bounded retries and a clear error in the snapshot that ``/v1/topology``
+serves, never a crash or a stuck shutdown.  The real Heartbeat and RouterClient run their
+real thread over real sockets; the attack table (tests/peers/router_attacks.py) runs the
+whole pyz with a kubelet-like prober on /ready and RSS and threads sampled from /proc."""
 
 import json
 import signal
 import time
-from typing import Any, Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 from fakes.engine import FakeEngine
-from peers.scripted_router import Action, ScriptedRouter
-from support import PatioProcess, http_json
+from peers.polling import wait_for
+from peers.router_attacks import ATTACK_SECONDS, ATTACKS, Attack, run_attack
+from peers.router_attacks import INTERVAL as ATTACK_INTERVAL
+from peers.scripted_router import Action, Cycle, ScriptedRouter, Slow
+from support import PatioProcess, build_pyz, free_port, http_json
 
 from patio.topology.heartbeat import Heartbeat
 from patio.topology.router_client import RouterClient
@@ -70,16 +75,6 @@ def peer() -> Iterator[ScriptedRouter]:
     router = ScriptedRouter()
     yield router
     router.stop()
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return None
 
 
 @pytest.mark.parametrize("family,rules,error", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
@@ -165,3 +160,83 @@ def test_patio_exits_within_budget_when_every_router_call_hangs(peer: ScriptedRo
     finally:
         p.kill()
         engine.stop()
+
+
+# -- a hostile router against the whole pyz (tests/peers/router_attacks.py) -------------------
+# Patio's RSS may grow by the router answer limit (MAX_ROUTER_ANSWER, 4 MiB) while one answer
+# is read, plus one copy when its pieces are joined and the allocator's slack; never with
+# the size of what the router sends (1 GiB) or with the number of beats.
+RSS_SLACK_MB = 16.0
+# The pools may start a thread for a probe the baseline did not need; the heartbeat is one
+# thread whatever the router does.
+THREAD_SLACK = 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
+def test_hostile_router_against_the_pyz(attack: Attack) -> None:
+    out = run_attack(build_pyz(), attack, free_port())
+    report = {k: v for k, v in out.__dict__.items() if k not in ("log", "statuses")}
+    assert out.alive and out.exit_code == 0, (report, out.log[-3000:])
+    # /ready stays fast and honest: registered once, so an outage keeps it 200 (first-registration).
+    assert out.probes >= 20 and out.failed_probes == 0, (report, sorted(set(out.statuses)))
+    if attack.error is not None:
+        assert attack.error in str(out.last_error), report
+    # Patio's own retries never take its worker out of the router, nor re-register it blindly.
+    assert out.deletes <= attack.max_deletes, report
+    if attack.error is not None:
+        assert out.posts == 0, report  # every lookup failed: nothing says the worker is absent
+    # Bounded retries: at most a few calls per backoff step (>= half the capped 0.3 s).
+    assert out.calls <= 3 * (ATTACK_SECONDS / (ATTACK_INTERVAL / 2) + 1), report
+    # Bounded reads: of a 1 GiB body Patio takes its answer limit and hangs up.
+    assert out.bytes_sent_per_call < 64 * 1024 * 1024, report
+    assert out.rss_peak_mb - out.rss_base_mb <= RSS_SLACK_MB, report
+    assert out.threads_peak <= out.threads_base + THREAD_SLACK, report
+    assert out.recovered, (report, out.log[-3000:])  # the router behaves again: registered again
+    assert "unregistered" in out.log, out.log[-3000:]
+
+
+def test_a_heartbeat_ends_by_its_deadline_however_slowly_each_call_answers(peer: ScriptedRouter) -> None:
+    """Each call answers in 0.6 of the router timeout: three calls in a row (look up, POST, find
+    the id) would stretch one beat to 1.8 timeouts, past the shutdown's wait for it."""
+    timeout = 1.0
+    slow = 0.6 * timeout
+    peer.rules = {
+        ("GET", "/workers"): Slow(slow, 200, {"workers": []}),
+        ("POST", "/workers"): Slow(slow, 202, {"status": "accepted"}),  # no id: look it up by URL
+    }
+    config = TopologySettings(**{**settings(peer.url, "sglang").__dict__, "request_timeout": timeout})
+    results: List[float] = []
+    client = RouterClient(config)
+    beat = Heartbeat(config, client, lambda: True, on_heartbeat=lambda _: results.append(time.monotonic()))
+    beat.start()
+    try:
+        assert wait_for(lambda: results, timeout=10)
+        began = peer.log[0].at
+        first_beat = [c for c in peer.log if c.at < results[0]]
+        assert [(c.method, c.path) for c in first_beat] == [("GET", "/workers"), ("POST", "/workers")], peer.log
+        assert results[0] - began <= timeout + 0.3, results[0] - began  # its deadline, plus one last read
+        assert "did not answer POST" in str(beat.last_error), beat.snapshot()
+    finally:
+        beat.shutdown(budget=2.0)
+
+
+def test_no_post_after_a_shutdown_that_began_during_a_replace(peer: ScriptedRouter) -> None:
+    """sglang-router replaces a listing of another worker_type by DELETE then POST.  A shutdown
+    that begins between the two must not be followed by the POST: the router would list a
+    worker that is gone, and routers never evict one by themselves."""
+    listed = {"id": "d68605b2-bb4f-405e-a020-e10688bffd44", "url": WORKER, "worker_type": "decode"}
+    peer.rules = {
+        ("GET", "/workers"): (200, {"workers": [listed]}),
+        ("GET", "/workers/"): Cycle([(200, listed), Slow(0.5, 404, {"code": "WORKER_NOT_FOUND"})]),
+        ("DELETE", "/workers/"): (202, {"status": "accepted"}),
+        ("POST", "/workers"): (202, {"status": "accepted", "worker_id": listed["id"]}),
+    }
+    config = TopologySettings(**{**settings(peer.url, "sglang").__dict__, "request_timeout": 2.0})
+    beat = Heartbeat(config, RouterClient(config), lambda: True)
+    beat.start()
+    assert wait_for(lambda: peer.count("DELETE") >= 1)  # the replace's DELETE; its look is slow
+    stopped = time.monotonic()
+    peer.rules[("GET", "/workers/")] = (404, {"code": "WORKER_NOT_FOUND"})
+    assert beat.shutdown(budget=4.0) is True
+    assert [c.path for c in peer.log if c.method == "POST" and c.at > stopped] == [], peer.log

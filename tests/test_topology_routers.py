@@ -11,10 +11,11 @@ import json
 import re
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 from fakes.engine import FakeEngine
+from peers.polling import wait_for
 from peers.routers import GENERATIONS, RealRouter
 from support import PatioProcess, http_call, http_json
 
@@ -73,19 +74,6 @@ def patio(
     full_env.update(env or {})
     argv = ["--instance-info", json.dumps({"data": data}), "--scrape-engine-metrics", "false", *args]
     return PatioProcess(argv, env=full_env, wait=wait)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError):
-            pass
-        time.sleep(step)
-    return None
 
 
 def topology(p: PatioProcess) -> Dict[str, Any]:

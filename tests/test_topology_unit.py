@@ -1,7 +1,9 @@
 """Topology without a router: address derivation tables, and the heartbeat's membership
 checks, jitter, backoff and stop ordering with a fake clock and a scripted router."""
 
+import time
 from typing import List, Optional
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -130,6 +132,44 @@ DERIVATION = [
         "regular",
         None,
     ),
+    # smg refuses http://fd00::1:8000 with 400 "Invalid URL format: empty host" (observed on
+    # 1.13.0; smg config/validation.rs validate_worker_url): an IPv6 host is bracketed.
+    (
+        "pod_ip_ipv6",
+        INFO,
+        {**RBG, "POD_IP": "fd00::1:2"},
+        "http://g-router-0.s-g-router:8000",
+        "http://[fd00::1:2]:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "pod_ip_ipv6_bracketed",
+        INFO,
+        {**RBG, "POD_IP": "[fd00::7]"},
+        "http://g-router-0.s-g-router:8000",
+        "http://[fd00::7]:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "router_endpoint_ipv6",
+        INFO,
+        {**RBG, "SGL_ROUTER_ENDPOINT": "[fd00::9]:30000"},
+        "http://[fd00::9]:30000",
+        "http://g-prefill-2.s-g-prefill:8000",
+        "prefill",
+        34000,
+    ),
+    (
+        "router_endpoint_upper_scheme",
+        INFO,
+        {**RBG, "SGL_ROUTER_ENDPOINT": "HTTP://Router.NS:9000"},
+        "http://router.ns:9000",
+        "http://g-prefill-2.s-g-prefill:8000",
+        "prefill",
+        34000,
+    ),
 ]
 
 
@@ -141,6 +181,10 @@ def test_derivation(argv, env, router, worker, wtype, bootstrap):
     settings = derive(core, env, hostname=lambda: "pod-x")
     assert (settings.enabled, settings.router_url, settings.worker_url) == (True, router, worker)
     assert (settings.worker_type, settings.bootstrap_port) == (wtype, bootstrap)
+    # Never a schemeless or upper-case scheme (smg PR #1977 refuses both with 400), always a
+    # host and a port that a URL parser finds again.
+    parts = urlsplit(settings.worker_url)
+    assert settings.worker_url.startswith("http://") and parts.hostname and parts.port
 
 
 ERRORS = [
@@ -176,6 +220,30 @@ ERRORS = [
         INFO,
         {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "router"},
         "SGL_ROUTER_ENDPOINT",
+    ),
+    (
+        "pod_ip_with_a_scheme",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "http://10.0.0.1"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_with_a_port",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "10.0.0.1:80"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_ipv6_zone",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "fe80::1%eth0"},
+        "POD_IP",
+    ),
+    (
+        "pod_ip_with_space",
+        INFO,
+        {"TOPO_TYPE": "SGLang", "SGL_ROUTER_ENDPOINT": "r:1", "POD_IP": "10.0.0.1 x"},
+        "POD_IP",
     ),
     (
         "no_worker_port",
@@ -250,6 +318,9 @@ class FakeStop:
         self.flag = True
         self.clock.log.append((self.clock.now, "STOP"))
 
+    def wake(self):
+        self.clock.log.append((self.clock.now, "WAKE"))
+
 
 class ScriptedRouter:
     """The heartbeat's view of one router generation: what it lists for this worker, a call log,
@@ -285,18 +356,18 @@ class ScriptedRouter:
         if self.auth_failing:
             raise RouterAuthError("router refused POST /workers with 401: set SGL_ROUTER_API_KEY")
 
-    def lookup(self, worker_id, timeout=None):
+    def lookup(self, worker_id, deadline=None):
         self._call("GET")
         member = self.current
         if member is None or (self.gen.ids and worker_id and member.worker_id != worker_id):
             return None
         return member
 
-    def find_by_url(self, timeout=None):
+    def find_by_url(self, deadline=None):
         self._call("LIST")
         return self.current
 
-    def register(self):
+    def register(self, deadline=None):
         self._call("POST")
         if self.current is not None:
             return Registered(self.current.worker_id, already=True)
@@ -304,11 +375,13 @@ class ScriptedRouter:
         self.current = Member(worker_id, "regular", None)
         return Registered(worker_id, already=False)
 
-    def remove(self, worker_id, timeout=None):
+    def remove(self, worker_id, deadline=None):
         self._call(f"DELETE {worker_id}")
+        known = self.current is not None
         self.current = None
+        return known
 
-    def replace(self, member):
+    def replace(self, member, deadline=None, proceed=None):
         self._call("REPLACE")
         self.current = Member(member.worker_id, "prefill", 34000)
         return member.worker_id, "PUT /workers/{id}"
@@ -432,7 +505,8 @@ def test_no_post_after_stop_and_removal_comes_last_and_is_confirmed():
     beat.run()
     assert beat.shutdown(budget=5.0) is True
     kinds = [what for _, what in clock.log]
-    assert kinds == ["GET", "POST", "GET", "GET", "STOP", "DELETE id-1", "GET"]
+    # The removal looks before it deletes (an add job still running must settle first).
+    assert kinds == ["GET", "POST", "GET", "GET", "STOP", "GET", "DELETE id-1", "GET"]
     assert beat.unregistered and not beat.registered and beat.stopping
 
 
@@ -446,7 +520,8 @@ def test_unregister_gives_up_within_budget_when_router_is_down():
     began = clock.now
     assert beat.shutdown(budget=3.0) is False
     assert clock.now - began <= 3.0
-    assert sum(1 for _, w in clock.log if w.startswith("DELETE")) >= 3
+    # At least three removal rounds, each failing at its first call (the look before the DELETE).
+    assert sum(1 for t, w in clock.log if t >= began and (w in ("GET", "LIST") or w.startswith("DELETE"))) >= 3
 
 
 def test_never_registered_means_nothing_to_remove():
@@ -500,10 +575,189 @@ def test_a_draining_listing_after_delete_counts_as_removed():
     beat = make(router, clock, stop_after=1)
     beat.run()
 
-    def drain(worker_id, timeout=None):
+    def drain(worker_id, deadline=None):
         clock.log.append((clock.now, f"DELETE {worker_id}"))
         router.current = Member(worker_id, "regular", None, pending=True, leaving=True)
 
     router.remove = drain
     assert beat.shutdown(budget=3.0) is True
     assert [w for _, w in clock.log].count("DELETE id-1") == 1
+
+
+class FlippingRouter(ScriptedRouter):
+    """Lists this worker as another worker_type at every other lookup (a router, or a second
+    registrant, that keeps changing it): what a replace could never fix."""
+
+    def __init__(self, clock, generation):
+        super().__init__(clock, generation)
+        self.current = Member("id-9" if self.gen.ids else None, "regular", None)
+        self.flip = False
+
+    def lookup(self, worker_id, deadline=None):
+        member = super().lookup(worker_id, deadline)
+        self.flip = not self.flip
+        return Member(member.worker_id, "decode", None) if member is not None and self.flip else member
+
+    def replace(self, member, deadline=None, proceed=None):
+        self._call("REPLACE")
+        return member.worker_id, "DELETE then POST"
+
+
+@pytest.mark.parametrize("generation", ["sglang-router", "smg"])
+def test_a_listing_that_keeps_flipping_is_replaced_once(generation):
+    """Replacing takes the worker out of rotation for a moment: Patio must not do it at every beat."""
+    clock = FakeClock()
+    router = FlippingRouter(clock, generation)
+    beat = make(router, clock, stop_after=30 * 40)  # 40 beats, half of them listing "decode"
+    beat.run()
+    # One replace repairs a stale listing; one that differs again is reported, not fought.
+    assert calls(clock, "REPLACE") == [0.0]
+    assert any("does not replace it again" in w for w in beat.warnings), beat.warnings
+    assert len(beat.warnings) == 1 and beat.registered  # one warning, not one per beat
+
+
+def test_after_a_router_restart_a_stale_listing_is_repaired_again_but_not_within_the_hold_off():
+    clock = FakeClock()
+    router = FlippingRouter(clock, "smg")
+    restarts = []
+    beat = make(router, clock, stop_after=30 * 40, on_router_restart=lambda: restarts.append(clock.now))
+    # The router restarts at 100 s (within 10 intervals of the first replace) and at 600 s.
+    schedule = [100.0, 600.0]
+    real_lookup = router.lookup
+
+    def lookup(worker_id, deadline=None):
+        if schedule and clock.now >= schedule[0]:
+            schedule.pop(0)
+            router.current = None  # the router forgot everything; the next POST gets a new id
+            router.flip = True  # and a fresh listing of the right type first
+        return real_lookup(worker_id, deadline)
+
+    router.lookup = lookup
+    beat.run()
+    assert len(restarts) == 2, restarts
+    # 0: the first repair.  The restart at 100 s allows one more, but not before 300 s (10
+    # intervals) passed: the first "decode" listing after that, 330 s.  The restart at 600 s:
+    # 630 s.  Between them every "decode" listing is reported, not replaced.
+    assert calls(clock, "REPLACE") == [0.0, 330.0, 630.0]
+
+
+def test_removal_by_a_stale_id_finds_the_new_one_by_url():
+    """A router that restarted and listed this URL again under a new id (smg --worker-urls or
+    its service discovery): the old id is unknown there, the listing names the new one."""
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    beat = make(router, clock, stop_after=1)
+    beat.run()
+    assert beat.worker_id == "id-1"
+    router.current = Member("id-7", "regular", None)  # renumbered behind Patio's back
+    assert beat.shutdown(budget=3.0) is True
+    kinds = [w for _, w in clock.log]
+    assert kinds[kinds.index("STOP") :] == ["STOP", "GET", "LIST", "DELETE id-7", "GET"]
+    assert router.current is None
+
+
+def test_removal_waits_for_an_add_job_still_running_then_deletes():
+    """sglang-router lets an add job that is still running land after a DELETE (the worker is
+    listed again, for a pod that is gone): the removal waits for the job, half its budget at
+    most, then deletes."""
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "sglang-router")
+    beat = make(router, clock, stop_after=1)
+    beat.sleep = lambda s: setattr(clock, "now", clock.now + s)
+    beat.run()
+    router.current = Member("id-1", "regular", None, pending=True)  # its AddWorker job runs
+    settle_at = clock.now + 0.5
+    real_lookup = router.lookup
+
+    def lookup(worker_id, deadline=None):
+        if clock.now >= settle_at and router.current is not None:
+            router.current = Member("id-1", "regular", None)  # the job finished
+        return real_lookup(worker_id, deadline)
+
+    router.lookup = lookup
+    assert beat.shutdown(budget=4.0) is True
+    deletes = [t for t, w in clock.log if w.startswith("DELETE")]
+    assert len(deletes) == 1 and deletes[0] >= settle_at, clock.log
+
+    # A job that never settles: after half the budget the DELETE goes anyway.
+    clock2 = FakeClock()
+    router2 = ScriptedRouter(clock2, "sglang-router")
+    beat2 = make(router2, clock2, stop_after=1)
+    beat2.sleep = lambda s: setattr(clock2, "now", clock2.now + s)
+    beat2.run()
+    router2.current = Member("id-1", "regular", None, pending=True)
+    began = clock2.now
+    assert beat2.shutdown(budget=4.0) is True
+    deletes = [t for t, w in clock2.log if w.startswith("DELETE")]
+    assert len(deletes) == 1 and began + 2.0 <= deletes[0] <= began + 4.0, clock2.log
+
+
+def test_leave_removes_and_no_beat_registers_until_rejoin():
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    beat = make(router, clock, stop_after=1)
+    beat.run()  # registered as id-1, then the fake stop ends the thread's loop
+    beat.stop.flag = False
+    assert beat.leave(budget=3.0) is True
+    assert router.current is None and beat.left and not beat.registered and beat.worker_id is None
+    assert beat.snapshot()["left_router"] is True
+    assert [w for _, w in clock.log][-2:] == ["DELETE id-1", "GET"]  # removed, and confirmed
+    before = len(clock.log)
+    beat.stop = FakeStop(clock, clock.now + 100)
+    beat.run()  # 100 s "asleep": the thread makes no router call while left
+    assert clock.log[before:] == [] and clock.now >= 100
+    assert beat.router_restarts == 0
+
+
+def test_rejoin_wakes_the_thread_instead_of_waiting_out_its_interval():
+    """The real thread and stop event: after a leave the thread waits a whole interval (30 s);
+    rejoin() must get its beat now, well inside a 5 s budget."""
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    beat = Heartbeat(SETTINGS, router, lambda: True, rand=lambda: 0.5)
+    beat.start()
+    deadline = time.monotonic() + 5
+    while not beat.registered and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert beat.worker_id == "id-1"
+    assert beat.leave(budget=3.0) is True and router.current is None
+    assert beat.rejoin(budget=5.0) is True
+    assert router.current is not None and beat.worker_id == "id-2" and not beat.left
+    assert beat.router_restarts == 0  # leaving on purpose is not a router restart
+    assert beat.shutdown(budget=3.0) is True and router.current is None
+
+
+def test_no_rejoin_once_shutting_down():
+    clock = FakeClock()
+    router = ScriptedRouter(clock, "smg")
+    beat = make(router, clock, stop_after=1)
+    beat.run()
+    assert beat.shutdown(budget=3.0) is True
+    assert beat.rejoin(budget=0.1) is False and beat.leave(budget=0.1) is True
+    assert [w for _, w in clock.log].count("POST") == 1
+
+
+def test_a_replace_interrupted_by_stop_posts_nothing():
+    """A DELETE-then-POST replace that sees a shutdown (or leave) begin between the two: no POST."""
+    from patio.topology.router_client import RouterClient
+
+    class Client(RouterClient):
+        def __init__(self):
+            super().__init__(SETTINGS)
+            self.sent = []
+
+        def remove(self, worker_id, deadline=None):
+            self.sent.append("DELETE")
+            return True
+
+        def lookup(self, worker_id, deadline=None):
+            return None
+
+        def register(self, deadline=None):
+            self.sent.append("POST")
+            return Registered("id-2", already=False)
+
+    client = Client()
+    assert client.replace(Member("id-1", "regular", None), proceed=lambda: False)[0] is None
+    assert client.sent == ["DELETE"]
+    assert client.replace(Member("id-1", "regular", None), proceed=lambda: True)[0] == "id-2"

@@ -32,6 +32,8 @@ QUOTE_LIMIT = 160
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-([0-9a-fA-F])[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # Keys only smg (1.x) puts on a worker entry; sglang-router 0.3.x has none of them.
 _SMG_KEYS = ("runtime_type", "status", "models")
+# A worker entry's job_status while its job still runs (smg workflow/job_queue.rs).
+JOB_RUNNING = ("pending", "processing")
 
 
 class RouterError(PatioError):
@@ -45,6 +47,13 @@ class RouterAuthError(RouterError):
     """401/403: the control-plane key is missing or wrong.  Retried at the heartbeat pace only."""
 
     error_type = "router_auth_error"
+
+
+class RouterTimeout(RouterError):
+    """The heartbeat's (or the removal's) deadline ran out before the next router call."""
+
+    status = 504
+    error_type = "router_timeout"
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,9 @@ class Member:
     # and a RemoveWorker job for as long as in-flight requests drain (observed on 1.13.0: many
     # seconds); it no longer routes new requests there, which is what a removal is for.
     leaving: bool = False
+    # Of that, the part a later add cannot undo: the router holds the worker and drains it
+    # (smg "status": "draining").  A RemoveWorker job alone may lose to an add still running.
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,18 +170,34 @@ def member_from_entry(entry: Dict[str, Any]) -> Member:
     worker_id = entry.get("id") if _usable_id(entry.get("id")) else entry.get("worker_id")
     worker_type = entry.get("worker_type")
     job = entry.get("job_status")
-    removing = isinstance(job, dict) and job.get("job_type") == "RemoveWorker"
+    # A finished job's status stays on the entry for 5 minutes (smg workflow/job_queue.rs
+    # status_expired, STATUS_TTL; sglang-router 0.3.2 keeps a repeated POST's "failed" AddWorker
+    # the same way): only a pending or processing job is still running.
+    running = isinstance(job, dict) and str(job.get("status", "processing")).lower() in JOB_RUNNING
+    removing = running and isinstance(job, dict) and job.get("job_type") == "RemoveWorker"
     return Member(
         worker_id=worker_id if _usable_id(worker_id) else None,
         worker_type=worker_type.lower() if isinstance(worker_type, str) else None,
         bootstrap_port=_port(entry.get("bootstrap_port")),
-        pending=bool(job) or entry.get("status") == "pending",
+        pending=running or entry.get("status") == "pending",
         leaving=removing or entry.get("status") == "draining",
+        draining=entry.get("status") == "draining",
     )
 
 
-def interpret_register(family: str, status: int, body: bytes) -> Tuple[Registered, Optional[Detected]]:
-    """The answer to ``POST /workers``."""
+def id_from_location(location: Optional[str]) -> Optional[str]:
+    """The worker id in a ``Location: /workers/<id>`` header (smg and sglang-router send one with
+    their 202; smg worker/service.rs ``CreateWorkerResult``), or None."""
+    if not location:
+        return None
+    _, found, tail = location.rstrip("/").rpartition("/workers/")
+    return tail if found and _UUID.fullmatch(tail) else None
+
+
+def interpret_register(
+    family: str, status: int, body: bytes, location: Optional[str] = None
+) -> Tuple[Registered, Optional[Detected]]:
+    """The answer to ``POST /workers`` (and its ``Location`` header, where the router sent one)."""
     check_auth(status, body, "POST /workers")
     data = _json(status, body, "POST /workers") if body.strip() else {}
     if not isinstance(data, dict):
@@ -182,7 +210,8 @@ def interpret_register(family: str, status: int, body: bytes) -> Tuple[Registere
             return Registered(str(worker["id"]), already=False), Detected(
                 "vllm-router-igw", "POST /workers answered with a worker object"
             )
-        worker_id = data.get("worker_id")
+        # The id is the router's to give: the body's worker_id, else the Location it named.
+        worker_id = data.get("worker_id") if _usable_id(data.get("worker_id")) else id_from_location(location)
         if _usable_id(worker_id):
             detected = None
             if family == "sglang" and uuid_version(str(worker_id)) == "7":
@@ -210,6 +239,11 @@ def interpret_lookup(family: str, status: int, body: bytes, url: str) -> Tuple[O
     """The answer to ``GET /workers/{id}`` or ``GET /workers/{quoted url}``: the member, or None if absent."""
     check_auth(status, body, "GET /workers/{id}")
     if status == 404:
+        return None, None
+    if status == 400 and b"Invalid worker_id" in body:
+        # smg and sglang-router refuse an id that is not a UUID (smg worker/service.rs
+        # parse_worker_id): an id learned from another router generation that now answers at
+        # this address.  That router does not know it: absent, so the heartbeat registers again.
         return None, None
     if status != 200:
         raise RouterError(f"router answered {status} to a worker lookup: {quote_body(body)}")
@@ -239,13 +273,14 @@ def interpret_listing(family: str, status: int, body: bytes, url: str) -> Tuple[
     return None, detected
 
 
-def interpret_removal(status: int, body: bytes) -> None:
-    """The answer to a DELETE.  Gone already (404; vLLM IGW's 400 WORKER_NOT_FOUND) is success."""
+def interpret_removal(status: int, body: bytes) -> bool:
+    """The answer to a DELETE: True if the router knew the worker and lets it go, False if it
+    did not know it (404; vLLM IGW's 400 WORKER_NOT_FOUND), which is success too."""
     check_auth(status, body, "DELETE /workers")
-    if status in (200, 202, 204, 404):
-        return
-    if status == 400 and b"WORKER_NOT_FOUND" in body:
-        return
+    if status in (200, 202, 204):
+        return True
+    if status == 404 or (status == 400 and (b"WORKER_NOT_FOUND" in body or b"Invalid worker_id" in body)):
+        return False
     raise RouterError(f"router answered {status} to DELETE /workers: {quote_body(body)}")
 
 

@@ -1,8 +1,12 @@
-"""Topology component: the registration thread, its readiness, ``/v1/topology``, metrics.
+"""Topology component: wires the registration thread, its readiness, its metrics and its API.
 
 On shutdown (phase 1, while the listener still serves) readiness turns 503
 first, then the heartbeat stops and the worker is removed from the router,
 within the shutdown budget left after the drain.
+
+``leave()`` and ``rejoin()`` are the seam for an engine that sleeps and wakes: the
+lifecycle takes the worker out of the router before the engine sleeps (nothing is
+routed to an engine that cannot serve) and puts it back after it woke.
 """
 
 import logging
@@ -10,7 +14,8 @@ from typing import Optional, Sequence
 
 from patio.component import AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
-from patio.http.types import Request, Response, Route
+from patio.http.types import Route
+from patio.topology.api import TopologyApi
 from patio.topology.heartbeat import Heartbeat
 from patio.topology.router_client import RouterClient
 from patio.topology.settings import TopologySettings
@@ -71,6 +76,7 @@ class TopologyComponent(Component):
             "1 while the router accepted or listed this worker at the last heartbeat.",
             func=lambda: 1.0 if self.heartbeat.registered else 0.0,
         )
+        self.api = TopologyApi(self.heartbeat)
 
     def _note_generation(self) -> None:
         name = self.router.generation_name
@@ -80,10 +86,7 @@ class TopologyComponent(Component):
             self._info.set(1.0, name)
 
     def routes(self) -> Sequence[Route]:
-        return [Route("GET", "/v1/topology", self.show, summary="Router registration state", tag="topology")]
-
-    async def show(self, request: Request) -> Response:
-        return Response.json(self.heartbeat.snapshot())
+        return self.api.routes()
 
     async def start(self) -> None:
         self.heartbeat.start()
@@ -93,6 +96,9 @@ class TopologyComponent(Component):
         if beat.stopping:
             return ReadyCheck("topology", False, f"shutting down: leaving the router at {router}")
         strict = self.settings.readiness == "strict"
+        if beat.left:
+            # Taken out on purpose (the engine sleeps): strict readiness follows the router.
+            return ReadyCheck("topology", not strict, f"left the router at {router} on request; rejoin pending")
         ok = beat.registered if strict else beat.ever_registered
         if ok and beat.registered:
             who = beat.worker_id or beat.settings.worker_url
@@ -105,6 +111,21 @@ class TopologyComponent(Component):
         if beat.waiting_for_engine:
             return ReadyCheck("topology", False, "waiting for the engine before registering with the router")
         return ReadyCheck("topology", False, f"not registered with {router}: {beat.last_error}")
+
+    async def leave(self, budget: Optional[float] = None) -> bool:
+        """Take this worker out of the router and keep it out (no heartbeat registers it again)
+        until ``rejoin()``; call it before the engine sleeps.  True once the router let go;
+        False when ``budget`` (default three router timeouts) is spent first: the router is
+        down or hangs, and may still list the worker.  Idempotent."""
+        return await self.context.run_engine(self.heartbeat.leave, budget)
+
+    async def rejoin(self, budget: Optional[float] = None) -> bool:
+        """Register again after ``leave()`` (the engine woke) and resume heartbeats.  True once
+        the router accepted the worker again; False when ``budget`` (default three router
+        timeouts) is spent first (heartbeats go on trying on their backoff; smg refuses the
+        POST while it still drains the registration ``leave()`` removed, --drain-settle-secs,
+        5 s by default), or Patio is shutting down."""
+        return await self.context.run_engine(self.heartbeat.rejoin, budget)
 
     async def before_close(self) -> None:
         core = self.context.core

@@ -1,63 +1,47 @@
-"""The registration thread: wait for the engine, register, check membership, unregister.
+"""The registration thread: wait for the engine, beat, leave and rejoin on request, unregister.
 
-Each heartbeat is a membership check, not a blind re-POST: it looks the worker
-up (by id where the router has ids, by URL where it does not) and registers
-only when the router no longer lists it.  "Already exists" answers count as
-registered (smg's 409, vLLM's router's 400).  A router that forgot the worker,
-or lists it under a new id, restarted: logged, counted, relearned.  A listing
-with another worker_type/bootstrap_port is replaced the way that router can.
+Runs in its own thread (blocking calls never touch the event loop).  Each beat is one
+``Membership.confirm()`` with one deadline for all its router calls (the router timeout),
+so a hostile or overloaded router can stretch no beat past that, however it answers.
+When the beat is due comes from ``patio.topology.pacing``.
 
-Runs in its own thread (blocking calls never touch the event loop).  It loops
-on ``stop.wait(...)`` and checks the stop event before every side effect, so
-once ``shutdown()`` sets it no POST follows; the DELETE is sent only after the
-thread has finished its last call.
-
-Fleet behaviour (1,000 pods must not beat together): after every registration
-the next beat comes at a uniformly random point of the interval, later beats
-every ``interval * uniform(1 - jitter, 1]``; failures back off exponentially
-with "equal jitter" (``uniform(d/2, d)``), ``d`` capped at the interval; a
-401/403 waits a whole (jittered) interval, since a wrong key does not fix itself.
+The thread loops on ``stop.wait(...)`` and checks the stop event before every side
+effect, so once ``shutdown()`` sets it no POST follows; the DELETE is sent only after
+the thread has finished its last call.  ``leave()`` (an engine about to sleep) takes the
+worker out of the router and keeps it out: the thread makes no beat until ``rejoin()``.
+Beats, the leave's removal and the shutdown's removal hold one lock, so a removal never
+races a registration still in flight.
 """
 
 import logging
-import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol
 
 from patio.errors import PatioError
-from patio.topology.answers import Generation, Member, Registered, RouterAuthError
+from patio.topology import pacing
+from patio.topology.answers import RouterAuthError
+from patio.topology.membership import Membership, Router
 from patio.topology.settings import TopologySettings
 
 log = logging.getLogger("patio.topology")
 
 # Log a "still waiting for the engine" line this often.
 WAIT_LOG_EVERY = 30.0
-# First retry delay after a failed router call; doubles up to the heartbeat interval.
-BACKOFF_START = 1.0
-# A beat right after a registration never comes sooner than this fraction of the interval.
-MIN_PHASE = 0.05
-
-
-class Router(Protocol):
-    @property
-    def generation(self) -> Generation: ...
-
-    @property
-    def generation_name(self) -> str: ...
-
-    @property
-    def generation_evidence(self) -> str: ...
-
-    def register(self) -> Registered: ...
-
-    def lookup(self, worker_id: Optional[str], timeout: Optional[float] = None) -> Optional[Member]: ...
-
-    def find_by_url(self, timeout: Optional[float] = None) -> Optional[Member]: ...
-
-    def remove(self, worker_id: Optional[str], timeout: Optional[float] = None) -> None: ...
-
-    def replace(self, member: Member) -> Tuple[Optional[str], str]: ...
+# First wait after a failed removal attempt (the router unreachable, an error answer);
+# doubles up to REMOVE_RETRY_MAX.
+REMOVE_RETRY_START = 0.2
+REMOVE_RETRY_MAX = 2.0
+# Wait between removal rounds the router answered without confirming (its add or remove job
+# still runs): such a job ends within a second or two, and the budget is a few seconds.
+REMOVE_POLL = 0.2
+# The default budget of leave(), in router timeouts: the wait for a beat in flight (one
+# timeout, its deadline) and a DELETE with its confirming look (one or two more).
+LEAVE_TIMEOUTS = 3.0
+# The default budget of rejoin(), in router timeouts: its beat comes at once, but a router
+# still draining the worker's previous registration (smg: --drain-settle-secs, 5 s by
+# default) takes a few beats on the failure backoff (1, 2, 4 s) before it accepts a POST.
+REJOIN_TIMEOUTS = 3.0
 
 
 class Waiter(Protocol):
@@ -67,10 +51,37 @@ class Waiter(Protocol):
 
     def set(self) -> None: ...
 
+    def wake(self) -> None: ...
 
-def urandom_fraction() -> float:
-    """Uniform in [0, 1) from os.urandom: the ``random`` module would load hashlib on 3.8."""
-    return int.from_bytes(os.urandom(7), "big") / float(1 << 56)
+
+class StopOrWake:
+    """The thread's stop event, which can also cut one wait short: ``rejoin()`` asks for a
+    beat now rather than at the end of a wait of up to a whole interval."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._woken = False
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Until stopped, woken or ``timeout``; True if stopped."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopped or self._woken, timeout)
+            self._woken = False
+            return self._stopped
+
+    def is_set(self) -> bool:
+        return self._stopped
+
+    def set(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
 
 class Heartbeat:
@@ -84,32 +95,30 @@ class Heartbeat:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        rand: Callable[[], float] = urandom_fraction,
+        rand: Callable[[], float] = pacing.urandom_fraction,
         on_heartbeat: Optional[Callable[[str], None]] = None,
         on_router_restart: Optional[Callable[[], None]] = None,
         on_auth_failure: Optional[Callable[[], None]] = None,
     ) -> None:
         self.settings = settings
-        self.base = settings.router_url
         self.router = router
+        self.membership = Membership(settings, router, clock=clock, on_router_restart=on_router_restart)
         self.engine_healthy = engine_healthy
-        self.stop: Waiter = stop if stop is not None else threading.Event()
+        self.stop: Waiter = stop if stop is not None else StopOrWake()
         self.clock = clock
         self.wall = wall
         self.sleep = sleep
         self.rand = rand
         self._on_heartbeat = on_heartbeat or (lambda result: None)
-        self._on_router_restart = on_router_restart or (lambda: None)
         self._on_auth_failure = on_auth_failure or (lambda: None)
         self._lock = threading.Lock()
+        self._beat_done = threading.Condition(self._lock)
+        # Held for a beat's router calls and for a removal: one of them at a time.
+        self._beat_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        self.worker_id: Optional[str] = None
-        self.registered = False  # the router accepted or listed the worker at the last beat
-        self.ever_registered = False  # at least one registration succeeded (readiness)
-        self.known = False  # the router accepted or listed the worker (absence later = it forgot)
-        self.posted = False  # a POST was sent at least once: shutdown must remove the worker
         self.waiting_for_engine = True
         self.stopping = False  # shutdown began: readiness is 503 from here on
+        self.left = False  # leave() took the worker out of the router; no beat until rejoin()
         self.unregistered = False
         self.last_result: Optional[str] = None
         self.last_error: Optional[str] = None
@@ -117,11 +126,30 @@ class Heartbeat:
         self.last_success_time: Optional[float] = None
         self.consecutive_failures = 0
         self.auth_failures = 0
-        self.router_restarts = 0
         self.next_delay: Optional[float] = None
-        self.warnings: List[str] = []
 
-    # -- the thread ---------------------------------------------------------------------
+    # -- what the membership knows, for readiness and /v1/topology ------------------------
+    @property
+    def worker_id(self) -> Optional[str]:
+        return self.membership.worker_id
+
+    @property
+    def registered(self) -> bool:
+        return self.membership.registered
+
+    @property
+    def ever_registered(self) -> bool:
+        return self.membership.ever_registered
+
+    @property
+    def router_restarts(self) -> int:
+        return self.membership.router_restarts
+
+    @property
+    def warnings(self) -> List[str]:
+        return self.membership.warnings
+
+    # -- the thread -----------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="patio-topology", daemon=True)
         self._thread.start()
@@ -130,50 +158,48 @@ class Heartbeat:
         if not self._wait_for_engine():
             return
         while not self.stop.is_set():
+            if self.left:
+                # Out of the router on request (engine asleep): no beat until rejoin() wakes us.
+                if self.stop.wait(self.settings.heartbeat_interval):
+                    break
+                continue
             if not self.engine_healthy():
                 # Never (re-)register a dead engine; the router's own checks mark it unhealthy.
                 self._record("engine_unhealthy", "engine /health is not 200")
-                delay = self._beat_delay(posted=False)
-            elif self.stop.is_set():  # checked again right before the side effect
-                break
+                delay = pacing.beat_delay(self.settings, self.rand, posted=False)
             else:
-                delay = self._one_beat()
+                with self._beat_lock:
+                    if self.stop.is_set():  # checked again right before the side effects
+                        break
+                    if self.left:
+                        continue
+                    delay = self._one_beat()
             with self._lock:
                 self.next_delay = delay
             if self.stop.wait(delay):
                 break
 
+    def _may_act(self) -> bool:
+        return not self.stop.is_set() and not self.left
+
     def _one_beat(self) -> float:
+        deadline = self.clock() + self.settings.request_timeout
         try:
-            posted = self.beat()
+            posted = self.membership.confirm(deadline, self._may_act)
         except RouterAuthError as exc:
             self._fail(exc.message)
             self.auth_failures += 1
             self._on_auth_failure()
-            delay = self._beat_delay(posted=False)
+            delay = pacing.beat_delay(self.settings, self.rand, posted=False)
             log.error("%s (retry in %.1fs)", exc.message, delay)
             return delay
         except PatioError as exc:
             self._fail(exc.message)
-            delay = self._backoff(self.consecutive_failures)
+            delay = pacing.backoff(self.settings, self.rand, self.consecutive_failures)
             log.warning("router heartbeat failed: %s (retry in %.1fs)", exc.message, delay)
             return delay
         self._record("success", None)
-        return self._beat_delay(posted=posted)
-
-    def _beat_delay(self, posted: bool) -> float:
-        interval, jitter = self.settings.heartbeat_interval, self.settings.heartbeat_jitter
-        if jitter <= 0:
-            return interval
-        if posted:  # a fresh phase, so pods registered together spread over the interval at once
-            return interval * max(self.rand(), MIN_PHASE)
-        return interval * (1.0 - jitter * self.rand())
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.settings.heartbeat_interval, BACKOFF_START * 2 ** min(failures - 1, 16))
-        if self.settings.heartbeat_jitter <= 0:
-            return ceiling
-        return ceiling * (0.5 + 0.5 * self.rand())
+        return pacing.beat_delay(self.settings, self.rand, posted=posted)
 
     def _wait_for_engine(self) -> bool:
         started = self.clock()
@@ -194,169 +220,130 @@ class Heartbeat:
                 return False
         return False
 
-    # -- one heartbeat ------------------------------------------------------------------
-    def beat(self) -> bool:
-        """Confirm membership; register only when absent.  True if a POST was sent."""
-        member = self.router.lookup(self.worker_id)
-        if member is None:
-            self._register_absent()
-            return True
-        with self._lock:
-            previous = self.worker_id
-            if member.worker_id is not None:
-                self.worker_id = member.worker_id
-            self.known = True
-        if previous is not None and member.worker_id is not None and member.worker_id != previous:
-            self._restarted(f"the router lists this worker under a new id {member.worker_id} (was {previous})")
-        self._check_fields(member)
-        self._mark_registered()
-        return False
-
-    def _register_absent(self) -> None:
-        with self._lock:
-            previous, was_known = self.worker_id, self.known
-        if self.stop.is_set():
-            return
-        self.posted = True
-        registered = self.router.register()
-        new_id = registered.worker_id
-        with self._lock:
-            if new_id is not None or not self.router.generation.ids:
-                self.worker_id = new_id
-            self.known = True
-        if previous is None and not was_known:
-            if not self.ever_registered:
-                log.info(
-                    "registered %s with the %s router at %s as %s (%s%s)",
-                    self.settings.worker_url,
-                    self.router.generation_name,
-                    self.settings.router_url,
-                    new_id or "its URL",
-                    self.settings.worker_type,
-                    ", already known" if registered.already else "",
-                )
-        elif previous is not None and new_id is not None and new_id != previous:
-            self._restarted(f"worker id changed {previous} -> {new_id}")
-        elif previous is None and was_known and not self.router.generation.ids:
-            self._restarted("the router no longer lists this worker")
-        self._mark_registered()
-        self._warn_unsupported_type()
-
-    def _check_fields(self, member: Member) -> None:
-        if member.pending:  # an add or update job still runs: its fields are not final yet
-            return
-        want_type, want_port = self.settings.worker_type, self.settings.bootstrap_port
-        differs = member.worker_type is not None and member.worker_type != want_type
-        if want_type == "prefill" and member.bootstrap_port is not None and member.bootstrap_port != want_port:
-            differs = True
-        if not differs:
-            return
-        generation = self.router.generation
-        listed = f"{member.worker_type} (bootstrap_port {member.bootstrap_port})"
-        wanted = f"{want_type} (bootstrap_port {want_port})"
-        if not generation.replace:
-            self._warn(f"the router lists this worker as {listed}, not {wanted}; {generation.name} cannot change it")
-            return
-        if self.stop.is_set():
-            return
-        self.posted = True  # a replace may POST anew: shutdown must remove what it made
-        new_id, how = self.router.replace(member)
-        log.warning("router listed this worker as %s; replaced it as %s by %s", listed, wanted, how)
-        with self._lock:
-            if new_id is not None:
-                self.worker_id = new_id  # our own replace: a new id here is not a restart
-
-    def _warn_unsupported_type(self) -> None:
-        generation = self.router.generation
-        if generation.name == "vllm-router" and self.settings.worker_type != "regular":
-            self._warn(
-                f"vllm-router in single-router mode ignores worker_type: this {self.settings.worker_type} worker"
-                " serves as regular; start the router with --enable-igw for prefill/decode registration"
-            )
-
-    def _warn(self, message: str) -> None:
-        with self._lock:
-            if message in self.warnings:
-                return
-            self.warnings.append(message)
-        log.warning("%s", message)
-
-    def _restarted(self, why: str) -> None:
-        self.router_restarts += 1
-        log.warning("router restarted or forgot this worker: %s; registered again", why)
-        self._on_router_restart()
-
-    def _mark_registered(self) -> None:
-        with self._lock:
-            self.registered = True
-            self.ever_registered = True
-
     def _fail(self, error: str) -> None:
         with self._lock:
             self.consecutive_failures += 1
         self._record("error", error)
 
     def _record(self, result: str, error: Optional[str]) -> None:
+        if result == "error":
+            self.membership.lost()
         with self._lock:
             self.last_result, self.last_error, self.last_time = result, error, self.wall()
-            if result == "error":
-                self.registered = False
-            elif result == "success":
+            if result == "success":
                 self.consecutive_failures = 0
                 self.last_success_time = self.last_time
+            self._beat_done.notify_all()  # rejoin() waits for a beat that registered
         self._on_heartbeat(result)
 
-    # -- shutdown -----------------------------------------------------------------------
+    # -- leave and rejoin (an engine that sleeps and wakes) -------------------------------
+    def leave(self, budget: Optional[float] = None) -> bool:
+        """Take the worker out of the router and keep it out until ``rejoin()``.
+
+        Waits for a beat in flight (its deadline bounds that), then removes the worker as a
+        shutdown does; at most ``budget`` seconds (default ``LEAVE_TIMEOUTS`` router
+        timeouts).  True once the router let go (or never had the worker)."""
+        if budget is None:
+            budget = LEAVE_TIMEOUTS * self.settings.request_timeout
+        deadline = self.clock() + budget
+        with self._lock:
+            if self.stopping:
+                return self.unregistered
+            self.left = True
+        if not self._beat_lock.acquire(timeout=max(deadline - self.clock(), 0.0)):
+            log.error("could not leave the router within %.1fs: a heartbeat is still running", budget)
+            return False
+        try:
+            gone = self._remove(deadline, "leave the router")
+            self.membership.forget()
+        finally:
+            self._beat_lock.release()
+        if gone:
+            log.info("left the router at %s: %s is out of rotation until rejoin", self.settings.router_url, self.url)
+        else:
+            log.error("could not leave the router within %.1fs: it may still route to %s", budget, self.url)
+        return gone
+
+    def rejoin(self, budget: Optional[float] = None) -> bool:
+        """Resume heartbeats after ``leave()``, beat at once, and wait until the router accepted
+        or lists the worker again: True then; False if ``budget`` (default ``REJOIN_TIMEOUTS``
+        router timeouts) ran out first (heartbeats go on registering it on the usual backoff),
+        or Patio is shutting down.  The router routes to it once its own add job has checked
+        the worker's health (sglang-router, smg: a moment after the 202)."""
+        if budget is None:
+            budget = REJOIN_TIMEOUTS * self.settings.request_timeout
+        with self._lock:
+            if self.stopping:
+                return False
+            if self.left:
+                self.left = False
+                self.stop.wake()  # the thread beats now rather than at the end of its wait
+            self._beat_done.wait_for(lambda: self.membership.registered or self.stopping, timeout=budget)
+        if self.registered:
+            log.info("rejoined the router at %s as %s", self.settings.router_url, self.worker_id or self.url)
+        return self.registered and not self.stopping
+
+    @property
+    def url(self) -> str:
+        return self.settings.worker_url
+
+    # -- shutdown -------------------------------------------------------------------------
     def shutdown(self, budget: float) -> bool:
         """Stop heartbeats, then remove the worker; at most ``budget`` seconds.  True if the router forgot us."""
         deadline = self.clock() + budget
-        self.stopping = True
+        with self._lock:
+            self.stopping = True
+            self._beat_done.notify_all()
         self.stop.set()
         if self._thread is not None:
-            # An in-flight call ends within the router timeout; the removal only after it.
+            # A beat in flight ends by its deadline (one router timeout); the removal only after it.
             self._thread.join(max(min(self.settings.request_timeout + 0.5, deadline - self.clock()), 0.0))
         return self.unregister(deadline)
 
     def unregister(self, deadline: float) -> bool:
-        if not self.posted and not self.ever_registered:
+        if not self.membership.needs_removal:
             return True  # never registered: nothing to undo
-        delay = 0.2
+        if not self._beat_lock.acquire(timeout=max(deadline - self.clock(), 0.0)):
+            log.error("could not unregister %s within the shutdown budget", self.url)
+            return False
+        try:
+            gone = self._remove(deadline, "unregister")
+        finally:
+            self._beat_lock.release()
+        if gone:
+            with self._lock:
+                self.unregistered = True
+            log.info("unregistered %s from the router at %s", self.url, self.settings.router_url)
+        else:
+            log.error("could not unregister %s within the shutdown budget", self.url)
+        return gone
+
+    def _remove(self, deadline: float, what: str) -> bool:
+        """Removal rounds until the router let go or ``deadline`` passed: a round the router
+        answered but did not confirm (a job of its still runs) comes back after REMOVE_POLL, a
+        failed one after a growing pause."""
+        if not self.membership.needs_removal:
+            return True  # never registered: nothing to undo
+        delay = REMOVE_RETRY_START
+        # Half the budget waits for an add job still running; then the DELETE goes regardless.
+        settle_by = self.clock() + (deadline - self.clock()) / 2
+        self.membership.start_removal()
         while True:
+            pause = REMOVE_POLL
             try:
-                if self._remove_once(deadline):
-                    with self._lock:
-                        self.registered, self.unregistered = False, True
-                    log.info("unregistered %s from the router at %s", self.settings.worker_url, self.base)
+                if self.membership.remove_once(deadline, settle=self.clock() < settle_by):
+                    self.membership.lost()
                     return True
             except PatioError as exc:
-                log.warning("unregister failed: %s", exc.message)
-            if self.clock() + delay >= deadline:
-                log.error("could not unregister %s within the shutdown budget", self.settings.worker_url)
+                log.warning("%s failed: %s", what, exc.message)
+                pause, delay = delay, min(delay * 2, REMOVE_RETRY_MAX)
+            if self.clock() + pause >= deadline:
                 return False
-            self.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    def _remove_once(self, deadline: float) -> bool:
-        """One DELETE and one look; True once the router no longer lists the worker."""
-
-        def left() -> float:
-            # Each call gets at most what is left of the budget.
-            return max(min(self.settings.request_timeout, deadline - self.clock()), 0.1)
-
-        worker_id = self.worker_id
-        if worker_id is None and self.router.generation.ids:
-            member = self.router.find_by_url(timeout=left())
-            if member is None:
-                return True
-            worker_id = member.worker_id
-        self.router.remove(worker_id, timeout=left())
-        # The removal may be queued (smg, sglang-router) and a pending add can land after a
-        # DELETE (sglang-router.md): done only when a look confirms it is gone or draining.
-        member = self.router.lookup(worker_id, timeout=left())
-        return member is None or member.leaving
+            self.sleep(pause)
 
     def snapshot(self) -> Dict[str, object]:
-        with self._lock:
+        membership = self.membership
+        with self._lock, membership.lock:
             return {
                 "topo_type": self.settings.topo_type,
                 "router_url": self.settings.router_url,
@@ -365,11 +352,12 @@ class Heartbeat:
                 "worker_url": self.settings.worker_url,
                 "worker_type": self.settings.worker_type,
                 "bootstrap_port": self.settings.bootstrap_port,
-                "worker_id": self.worker_id,
-                "registered": self.registered,
-                "ever_registered": self.ever_registered,
+                "worker_id": membership.worker_id,
+                "registered": membership.registered,
+                "ever_registered": membership.ever_registered,
                 "readiness_mode": self.settings.readiness,
                 "waiting_for_engine": self.waiting_for_engine,
+                "left_router": self.left,
                 "shutting_down": self.stopping,
                 "unregistered": self.unregistered,
                 "last_heartbeat_result": self.last_result,
@@ -378,10 +366,10 @@ class Heartbeat:
                 "last_success_time": self.last_success_time,
                 "consecutive_failures": self.consecutive_failures,
                 "auth_failures": self.auth_failures,
-                "router_restarts": self.router_restarts,
+                "router_restarts": membership.router_restarts,
                 "next_heartbeat_in": None if self.next_delay is None else round(self.next_delay, 3),
                 "heartbeat_interval": self.settings.heartbeat_interval,
                 "heartbeat_jitter": self.settings.heartbeat_jitter,
                 "router_api_key": "set" if self.settings.api_key else "unset",
-                "warnings": list(self.warnings),
+                "warnings": list(membership.warnings),
             }

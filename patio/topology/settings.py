@@ -5,6 +5,7 @@ missing or invalid is a ``ConfigError`` naming what to set (exit 2).
 """
 
 import argparse
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -27,6 +28,8 @@ READINESS_MODES = ("first-registration", "strict")
 # field goes to the router as written (RoleBasedGroup's runtime posts the whole data object less
 # "port", plus "url": topo/client/sgl_topo_client.py register, at a6acbfe4), e.g. smg's priority.
 RESERVED_FIELDS = frozenset(("port", "url", "worker_type", "bootstrap_port", "topo_type"))
+# A host name as it may stand in a worker URL (DNS labels; "_" too, which some hostnames carry).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TopologySettings:
     bootstrap_port: Optional[int] = None
     api_key: Optional[str] = None
     heartbeat_interval: float = 30.0
-    request_timeout: float = 5.0  # connect/read timeout of one router call
+    request_timeout: float = 5.0  # one heartbeat's deadline, all its router calls together
     # How often the thread reads the shared engine health watch before registering (a plain
     # attribute read, so it can be short: registration follows the engine within this).
     engine_probe_interval: float = 0.25
@@ -57,7 +60,7 @@ class TopologySettings:
 
 
 def add_flags(parser: Any) -> None:
-    parser.add_argument("--router-timeout", help="seconds for one router call (default 5)")
+    parser.add_argument("--router-timeout", help="seconds for one heartbeat, all its router calls together (default 5)")
     parser.add_argument(
         "--topology-readiness",
         help="what /ready needs from the router: first-registration (default) or strict",
@@ -77,6 +80,26 @@ def _port(setting: str, value: Any) -> int:
     return port
 
 
+def url_host(setting: str, raw: str) -> str:
+    """A host as it stands in a URL: an IPv6 literal in brackets, else an IPv4 literal or a name.
+
+    smg refuses ``http://fd00::1:8000`` ("Invalid URL format: empty host", smg
+    config/validation.rs validate_worker_url) and sglang-router lists it but never reaches it:
+    a worker on an IPv6 pod network is only routable as ``http://[fd00::1]:8000``."""
+    host = raw.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except (OSError, ValueError):
+            raise ConfigError(setting, f"not an IP address or a host name: {raw!r}") from None
+        return f"[{host}]"
+    if not _HOST_NAME.fullmatch(host):
+        raise ConfigError(setting, f"not an IP address or a host name: {raw!r}")
+    return host
+
+
 def _host_port(setting: str, raw: str) -> str:
     """``host:port`` or ``http://host:port`` -> canonical ``http://host:port``."""
     value = raw.strip().rstrip("/")
@@ -91,7 +114,7 @@ def _host_port(setting: str, raw: str) -> str:
         raise ConfigError(setting, f"invalid port in {raw!r}") from None
     if port is None:
         raise ConfigError(setting, f"no port in {raw!r}")
-    return f"{parts.scheme}://{parts.hostname}:{port}"
+    return f"{parts.scheme}://{url_host(setting, parts.hostname)}:{port}"
 
 
 def derive(
@@ -134,15 +157,18 @@ def derive(
 
     group, role, index = core.group_name, core.role_name, core.role_index
     if core.pod_ip:
-        host = core.pod_ip
+        host = url_host("POD_IP", core.pod_ip)
     elif group and role and index != "":
-        host = f"{group}-{role}-{index}.s-{group}-{role}"
+        host = url_host("RBG_GROUP_NAME/RBG_ROLE_NAME/RBG_ROLE_INDEX", f"{group}-{role}-{index}.s-{group}-{role}")
     else:
-        host = hostname()
-        if not host:
+        name = hostname()
+        if not name:
             raise ConfigError(
                 "POD_IP", "cannot name this worker: set POD_IP, or RBG_GROUP_NAME/RBG_ROLE_NAME/RBG_ROLE_INDEX"
             )
+        host = url_host("POD_IP (unset; the host name)", name)
+    # Always a lowercase scheme: smg 1.x refuses a schemeless or upper-case one with 400 (smg
+    # PR #1977), sglang-router 0.3 lists it and never reaches it, vllm-router hangs on it.
     worker_url = f"http://{host}:{port}"
 
     endpoint = env.get("SGL_ROUTER_ENDPOINT", "").strip()
