@@ -47,10 +47,21 @@ def build_app(
     if engine_metrics is not None:
         components.append(engine_metrics)
     components += [artifacts, lora, desired]
-    if settings.topology.enabled:
-        components.append(TopologyComponent(context, settings.topology, health))
+    topology = TopologyComponent(context, settings.topology, health) if settings.topology.enabled else None
+    if topology is not None:
+        components.append(topology)
     # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
     components.append(KvEventsComponent(context, settings.kvevents, health))
+    if settings.runtime.enabled:
+        # Imported only when on: a Patio without the model-runtime API loads none of it.
+        from patio.runtime.component import RuntimeComponent
+
+        runtime = RuntimeComponent(context, settings.runtime, artifacts.settings, artifacts.downloads, health)
+        lora.manager.engine_asleep = runtime.engine_asleep  # no reload into a sleeping engine
+        runtime.seams.after_wake = lambda: lora.manager.on_engine_health(True)  # reconcile after the wake
+        if topology is not None:  # the worker leaves the router before a sleep, rejoins after the wake
+            runtime.seams.leave_router, runtime.seams.rejoin_router = topology.leave, topology.rejoin
+        components.append(runtime)
     components += [factory(context) for factory in extra_components]
     app.components = components
     return app

@@ -106,6 +106,20 @@ class TopologyComponent(Component):
             return ReadyCheck("topology", False, "waiting for the engine before registering with the router")
         return ReadyCheck("topology", False, f"not registered with {router}: {beat.last_error}")
 
+    async def leave(self) -> None:
+        """The engine is about to sleep: the router lets go of the worker first (bounded)."""
+        budget = 2 * self.settings.request_timeout + 1.0
+        if not await self.context.run_engine(self.heartbeat.hold, budget):
+            log.warning(
+                "the router at %s may still list %s (removal not confirmed)",
+                self.settings.router_url,
+                self.settings.worker_url,
+            )
+
+    async def rejoin(self) -> None:
+        """The engine woke: register the worker again at once."""
+        await self.context.run_engine(self.heartbeat.release)
+
     async def before_close(self) -> None:
         core = self.context.core
         # Readiness turns 503 first (the next probe sees it), then the router lets go of

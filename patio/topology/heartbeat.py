@@ -102,6 +102,8 @@ class Heartbeat:
         self._on_router_restart = on_router_restart or (lambda: None)
         self._on_auth_failure = on_auth_failure or (lambda: None)
         self._lock = threading.Lock()
+        self._beat_lock = threading.Lock()  # one beat, hold or release at a time
+        self.held = False  # the engine sleeps: no beat registers the worker until release()
         self._thread: Optional[threading.Thread] = None
         self.worker_id: Optional[str] = None
         self.registered = False  # the router accepted or listed the worker at the last beat
@@ -137,7 +139,8 @@ class Heartbeat:
             elif self.stop.is_set():  # checked again right before the side effect
                 break
             else:
-                delay = self._one_beat()
+                with self._beat_lock:
+                    delay = self._beat_delay(posted=False) if self.held else self._one_beat()
             with self._lock:
                 self.next_delay = delay
             if self.stop.wait(delay):
@@ -305,6 +308,26 @@ class Heartbeat:
                 self.consecutive_failures = 0
                 self.last_success_time = self.last_time
         self._on_heartbeat(result)
+
+    # -- out of the router while the engine sleeps (patio.runtime) ------------------------
+    def hold(self, budget: float) -> bool:
+        """Remove the worker from the router and register it no more until ``release()``.
+
+        A beat in flight finishes first.  True once the router no longer lists the worker."""
+        with self._beat_lock:
+            self.held = True
+            gone = self.unregister(self.clock() + budget)
+            with self._lock:
+                self.worker_id, self.known = None, False  # registering again is no router restart
+            return gone
+
+    def release(self) -> None:
+        """Register the worker again now (the engine is awake), then beat as before."""
+        with self._beat_lock:
+            self.held = False
+            self.unregistered = False
+            if not self.stop.is_set():
+                self._one_beat()
 
     # -- shutdown -----------------------------------------------------------------------
     def shutdown(self, budget: float) -> bool:
