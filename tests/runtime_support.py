@@ -16,9 +16,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
-from support import ROOT
+from support import ROOT, RunningPatio, http_call, http_json, make_settings
 
 ENGINES = ROOT / "tests" / "runtime_engines"
 TAG = "PATIOTEST_TAG"
@@ -160,3 +160,109 @@ def listens(port: int) -> List[int]:
         if any(f"socket:[{inode}]" in links for inode in inodes):
             pids.append(int(name))
     return pids
+
+
+class EngineProcess:
+    """A fake engine started directly (not by Patio), for the control tests."""
+
+    def __init__(self, kind: str, *args: str, dev_mode: bool = True, env: Optional[Mapping[str, str]] = None) -> None:
+        import subprocess
+        import tempfile
+
+        from support import free_port, wait_http_ok
+
+        self.port = free_port()
+        self.journal = Path(tempfile.mkstemp(prefix="engine-journal-", suffix=".jsonl")[1])
+        self.journal.write_text("")
+        self.log = Path(tempfile.mkstemp(prefix="engine-", suffix=".log")[1])
+        module = "vllm.entrypoints.openai.api_server" if kind == "vllm" else "sglang.launch_server"
+        flag = "--model" if kind == "vllm" else "--model-path"
+        argv = [sys.executable, "-m", module, flag, "/m", "--served-model-name", "m", "--port", str(self.port), *args]
+        full = dict(os.environ, PYTHONPATH=str(ENGINES), FAKE_ENGINE_JOURNAL=str(self.journal))
+        if dev_mode:
+            full["VLLM_SERVER_DEV_MODE"] = "1"
+        full.update(env or {})
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(argv, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http_ok(self.url + "/health", timeout=15)
+        self.journal.write_text("")  # the start's /health probes are not what a test reads
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> List[Dict[str, Any]]:
+        return [e for e in journal(self.journal) if e["target"] not in ("/health",)]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait(5)
+
+
+class Rt:
+    def __init__(self, patio: RunningPatio, tmp: Path, tag: str, env: Dict[str, str]) -> None:
+        self.patio, self.tmp, self.tag, self.env = patio, tmp, tag, env
+
+    @property
+    def url(self) -> str:
+        return self.patio.url
+
+    def post(self, route: str, body: Any, timeout: float = 60.0) -> Any:
+        return http_json("POST", self.url + "/v1/runtime/models/" + route, body, timeout=timeout)
+
+    def activate(self, name: str = "tiny", timeout: float = 60.0, **fields: Any) -> Any:
+        body = {"model_name": name, "artifact_url": str(self.tmp / "models" / "tiny"), "engine": "vllm", **fields}
+        return self.post("activate", body, timeout)
+
+    def models(self) -> Dict[str, Any]:
+        status, body = http_json("GET", self.url + "/v1/runtime/models")
+        assert status == 200, body
+        return {m["model_name"]: m for m in body["models"]}
+
+    def snapshot(self) -> Dict[str, Any]:
+        status, body = http_json("GET", self.url + "/v1/runtime/snapshot")
+        assert status == 200, body
+        return {m["model_name"]: m for m in body["models"]}
+
+    def ready(self, name: str = "tiny", timeout: float = 20.0) -> Dict[str, Any]:
+        return wait_for(
+            lambda: (self.models().get(name) or {}).get("ready") and self.models()[name], timeout, f"{name} ready"
+        )
+
+    def metrics(self) -> str:
+        return http_call("GET", self.url + "/metrics")[2].decode()
+
+
+def runtime_component(app: Any) -> Any:
+    from patio.runtime.component import RuntimeComponent
+
+    return app.find(RuntimeComponent)
+
+
+def runtime_patios(tmp_path: Path, monkeypatch: Any) -> Iterator[Callable[..., Rt]]:
+    """The body of a test module's ``rt_factory`` fixture: in-process Patios with the runtime on,
+    stopped at the end, then the check that no process of the test is left."""
+    tag = engine_environ(monkeypatch)
+    started: List[RunningPatio] = []
+
+    def make(**extra: str) -> Rt:
+        env = runtime_env(tmp_path, **extra)
+        patio = RunningPatio(make_settings(env=env)).__enter__()
+        started.append(patio)
+        return Rt(patio, tmp_path, tag, env)
+
+    try:
+        yield make
+        for patio in started:
+            patio.stop()
+        left = strays(tag)
+        assert not left, f"processes left behind: {left}"
+    finally:
+        kill_tagged(tag)

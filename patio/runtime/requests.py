@@ -155,7 +155,8 @@ def _flag(key: str, value: str, field: str) -> Tuple[str, str]:
         raise BadRequest(f"{field}: {shown} is not an engine flag (--name, letters, digits, . _ -)", param=field)
     if len(value) > MAX_ARG_VALUE:
         raise BadRequest(f"{field}: the value of {key} is longer than {MAX_ARG_VALUE} characters", param=field)
-    check_text(value, f"{field} value of {key}")  # no newline, NUL or other control character
+    if not check_clean(value):  # no newline, NUL or other control character
+        raise BadRequest(f"{field}: the value of {key} must not contain control characters", param=field)
     return key, value
 
 

@@ -58,6 +58,7 @@ class Supervisor:
         self._ticks = 0
         self._beside_checked = 0.0
         self._shutdown_deadline = 0.0
+        self._kill_at = 0.0
 
     # -- adoption -------------------------------------------------------------------------------
     async def adopt(self) -> None:
@@ -292,7 +293,10 @@ class Supervisor:
     # -- shutdown --------------------------------------------------------------------------------
     async def begin_shutdown(self) -> None:
         """Phase 1: stop supervising, SIGTERM every engine (they stop while Patio drains)."""
-        self._shutdown_deadline = time.monotonic() + self.context.core.shutdown_timeout - SHUTDOWN_RESERVE
+        now = time.monotonic()
+        self._shutdown_deadline = now + self.context.core.shutdown_timeout - SHUTDOWN_RESERVE
+        # SIGKILL after the stop grace, or a second before the budget ends, whichever comes first.
+        self._kill_at = min(now + self.settings.stop_grace, self._shutdown_deadline - 1.0)
         self.runtime.closing = True
         if self._task is not None:
             self._task.cancel()
@@ -310,7 +314,7 @@ class Supervisor:
     async def finish_shutdown(self) -> None:
         """Phase 3: wait for the engines, SIGKILL what is left, save what could not be stopped."""
         leaders = [r.process for r in self.store.models.values() if r.process is not None]
-        term_deadline = max(self._shutdown_deadline - 1.0, time.monotonic())
+        term_deadline = max(self._kill_at, time.monotonic())
         final = max(self._shutdown_deadline, time.monotonic() + 0.5)
         left = await self.context.run_engine(self.launcher.stop_all, term_deadline, final, leaders)
         for name in list(self.store.models):

@@ -138,7 +138,7 @@ def make_handler(state):
             return self._sglang(method, path, body)
 
         def _metrics(self):
-            label = '{model_name="%s"}' % state.served
+            label = f'{{model_name="{state.served}"}}'
             if state.kind == "vllm":
                 return (
                     "# TYPE vllm:num_requests_running gauge\n"
@@ -183,7 +183,11 @@ def make_handler(state):
                     state.running -= 1
                     state.success += 1
                     state.cond.notify_all()
-            answer = {"object": "text_completion", "model": state.served, "choices": [{"text": text, "finish_reason": finish}]}
+            answer = {
+                "object": "text_completion",
+                "model": state.served,
+                "choices": [{"text": text, "finish_reason": finish}],
+            }
             return self._send(200, answer)
 
         # vllm/entrypoints/serve/dev/sleep/api_router.py (vLLM 0.32): /sleep, /wake_up, /is_sleeping;
@@ -247,7 +251,13 @@ def make_handler(state):
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):  # Body() model: RequestValidationError, turned into 400
-                error = {"object": "error", "message": "Field required", "type": "Bad Request", "param": None, "code": 400}
+                error = {
+                    "object": "error",
+                    "message": "Field required",
+                    "type": "Bad Request",
+                    "param": None,
+                    "code": 400,
+                }
                 return self._send(400, error)
             with state.cond:
                 if path == "/pause_generation":
