@@ -48,12 +48,10 @@ def build_app(
         components.append(engine_metrics)
     components += [artifacts, lora, desired]
     topology = TopologyComponent(context, settings.topology, health) if settings.topology.enabled else None
-    if topology is not None:
-        components.append(topology)
-    # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
-    components.append(KvEventsComponent(context, settings.kvevents, health))
     if settings.runtime.enabled:
-        # Imported only when on: a Patio without the model-runtime API loads none of it.
+        # Imported only when on: a Patio without the model-runtime API loads none of it.  Before
+        # topology: a Patio that starts beside a sleeping engine holds it out of the router from
+        # the first beat, and /ready names "asleep" first.
         from patio.runtime.component import RuntimeComponent
 
         runtime = RuntimeComponent(context, settings.runtime, artifacts.settings, artifacts.downloads, health)
@@ -62,6 +60,10 @@ def build_app(
         if topology is not None:  # the worker leaves the router before a sleep, rejoins after the wake
             runtime.seams.leave_router, runtime.seams.rejoin_router = topology.leave, topology.rejoin
         components.append(runtime)
+    if topology is not None:
+        components.append(topology)
+    # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
+    components.append(KvEventsComponent(context, settings.kvevents, health))
     components += [factory(context) for factory in extra_components]
     app.components = components
     return app

@@ -74,6 +74,7 @@ class RuntimeApi:
     async def activate(self, request: Request) -> Response:
         raw: Any = None
         try:
+            await self.runtime.wait_adopted()
             raw = request.json_object()
             parsed = parse_activate(raw)
             record = await self.runtime.activate(parsed)
@@ -94,6 +95,7 @@ class RuntimeApi:
         )
 
     async def deactivate(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         name, mode = parse_deactivate(request.json_object())
         await self.runtime.deactivate(name, mode)
         return Response.json({"status": "success"})
@@ -104,6 +106,7 @@ class RuntimeApi:
         return Response.json(body, status=exc.status)
 
     async def sleep(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         op = parse_operation("sleep", request.json_object())
         try:
             result = await self.runtime.sleep(op)
@@ -112,6 +115,7 @@ class RuntimeApi:
         return Response.json(result.to_json())
 
     async def kv_limit(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         op = parse_operation("kv-limit", request.json_object())
         try:
             result = await self.runtime.kv_limit(op)
@@ -120,6 +124,7 @@ class RuntimeApi:
         return Response.json(result.to_json())
 
     async def wake(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         op = parse_operation("wake", request.json_object())
         try:
             result = await self.runtime.wake(op)
@@ -135,9 +140,11 @@ class RuntimeApi:
         return Response.json(result.to_json())
 
     async def models(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         return Response.json(await self.runtime.listing())
 
     async def snapshot(self, request: Request) -> Response:
+        await self.runtime.wait_adopted()
         return Response.json(await self.runtime.snapshot())
 
     def routes(self) -> Sequence[Route]:

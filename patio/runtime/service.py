@@ -46,6 +46,8 @@ log = logging.getLogger("patio.runtime")
 ACTIVITY_TIMEOUT = 0.5
 # AIBrix KV_UNKNOWN: no segment yet is not a measured zero.
 KV_UNKNOWN = -1
+# How long a request waits for the adoption at start before it is answered 503.
+ADOPTION_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,17 @@ class Runtime:
         self.patio_port = patio_port
         self.metrics: RuntimeMetrics = metrics_factory(self.records)
         self.closing = False
+        # Set once the engines of an earlier Patio are adopted: until then no answer is given,
+        # so a controller never sees an empty list and starts a model that is running.
+        self.adopted = asyncio.Event()
+
+    async def wait_adopted(self) -> None:
+        try:
+            await asyncio.wait_for(self.adopted.wait(), timeout=ADOPTION_WAIT)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable(
+                "Patio is still adopting the engines it ran before its restart; try again"
+            ) from None
 
     # -- lookups ---------------------------------------------------------------------------
     def records(self) -> List[ModelRecord]:

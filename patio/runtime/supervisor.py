@@ -62,6 +62,12 @@ class Supervisor:
 
     # -- adoption -------------------------------------------------------------------------------
     async def adopt(self) -> None:
+        try:
+            await self._adopt()
+        finally:
+            self.runtime.adopted.set()
+
+    async def _adopt(self) -> None:
         records, invalid = await self.context.run_blocking(registry.load, self.store.registry_path)
         if invalid:
             self.metrics.adoptions.inc("invalid", amount=float(invalid))

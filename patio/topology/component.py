@@ -18,6 +18,9 @@ from patio.topology.settings import TopologySettings
 log = logging.getLogger("patio.topology")
 
 HEARTBEAT_RESULTS = ("success", "error", "engine_unhealthy")
+# A wake waits this long for the router to list the worker again (smg lets a removed worker
+# drain for --drain-settle-secs, 5 s by default, before it can be registered anew).
+REJOIN_BUDGET = 15.0
 
 
 class TopologyComponent(Component):
@@ -117,8 +120,14 @@ class TopologyComponent(Component):
             )
 
     async def rejoin(self) -> None:
-        """The engine woke: register the worker again at once."""
-        await self.context.run_engine(self.heartbeat.release)
+        """The engine woke: register the worker again at once, and wait (bounded) until listed."""
+        budget = max(REJOIN_BUDGET, 2 * self.settings.request_timeout + 1.0)
+        if not await self.context.run_engine(self.heartbeat.release, budget):
+            log.warning(
+                "the router at %s does not list %s yet; the heartbeat keeps trying",
+                self.settings.router_url,
+                self.settings.worker_url,
+            )
 
     async def before_close(self) -> None:
         core = self.context.core

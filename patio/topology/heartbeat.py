@@ -321,13 +321,33 @@ class Heartbeat:
                 self.worker_id, self.known = None, False  # registering again is no router restart
             return gone
 
-    def release(self) -> None:
-        """Register the worker again now (the engine is awake), then beat as before."""
+    def release(self, budget: float) -> bool:
+        """Register the worker again now (the engine is awake); True once the router lists it.
+
+        smg keeps a removed worker listed as draining for a while (``--drain-settle-secs``):
+        a registration then would be answered by the old entry, so that one goes first."""
+        deadline = self.clock() + budget
         with self._beat_lock:
             self.held = False
             self.unregistered = False
-            if not self.stop.is_set():
-                self._one_beat()
+            while not self.stop.is_set():
+                try:
+                    member = self.router.lookup(self.worker_id)
+                    if member is None:
+                        self._register_absent()
+                    elif not member.leaving:
+                        with self._lock:
+                            self.worker_id, self.known = member.worker_id or self.worker_id, True
+                        if not member.pending:
+                            self._mark_registered()
+                            self._record("success", None)
+                            return True
+                except PatioError as exc:
+                    self._fail(exc.message)
+                if self.clock() >= deadline:
+                    return False  # the heartbeat thread carries on from here
+                self.sleep(0.2)
+            return False
 
     # -- shutdown -----------------------------------------------------------------------
     def shutdown(self, budget: float) -> bool:

@@ -71,6 +71,7 @@ class State:
         self.never_ready = "--fake-never-ready" in args["flags"]
         self.sleep_mode = "--enable-sleep-mode" in args["flags"] or "--enable-memory-saver" in args["flags"]
         self.dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+        self.adapters = {}  # LoRA name -> path (vLLM's runtime LoRA routes)
         self.journal = os.environ.get("FAKE_ENGINE_JOURNAL")
         self.journal_lock = threading.Lock()
 
@@ -103,7 +104,8 @@ def make_handler(state):
         def _send(self, status, value, content_type="application/json"):
             data = value if isinstance(value, bytes) else json.dumps(value).encode()
             self.send_response(status)
-            self.send_header("Content-Type", content_type)
+            if content_type:
+                self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -127,8 +129,12 @@ def make_handler(state):
             if path == "/health" and method == "GET":
                 return self._send(503 if state.never_ready else 200, b"", "text/plain")
             if path == "/v1/models" and method == "GET":
-                card = {"id": state.served, "object": "model", "root": state.served, "parent": None}
-                return self._send(200, {"object": "list", "data": [card]})
+                cards = [{"id": state.served, "object": "model", "root": state.served, "parent": None}]
+                for name, root in sorted(state.adapters.items()):
+                    cards.append({"id": name, "object": "model", "root": root, "parent": state.served})
+                return self._send(200, {"object": "list", "data": cards})
+            if state.kind == "vllm" and path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/fake/forget"):
+                return self._lora(path, body)
             if path == "/metrics" and method == "GET":
                 return self._send(200, self._metrics().encode(), "text/plain; version=0.0.4")
             if path == "/v1/completions" and method == "POST":
@@ -136,6 +142,25 @@ def make_handler(state):
             if state.kind == "vllm":
                 return self._vllm(method, path, query)
             return self._sglang(method, path, body)
+
+        def _lora(self, path, body):
+            """vLLM's runtime LoRA routes (plain-text 200, 400 for a duplicate, 404 unknown)."""
+            if path == "/fake/forget":  # test hook: the engine lost its adapters
+                state.adapters.clear()
+                return self._send(200, {})
+            request = json.loads(body or b"{}")
+            name = request.get("lora_name")
+            if state.sleep_level:
+                die("a LoRA adapter loaded into a sleeping engine")
+            if path == "/v1/load_lora_adapter":
+                if name in state.adapters:
+                    return self._send(400, {"error": {"message": "already loaded", "type": "InvalidUserInput"}})
+                state.adapters[name] = request.get("lora_path")
+                return self._send(200, f"Success: LoRA adapter '{name}' added successfully.".encode(), "")
+            if name not in state.adapters:
+                return self._send(404, {"error": {"message": "cannot be found", "type": "NotFoundError"}})
+            del state.adapters[name]
+            return self._send(200, f"Success: LoRA adapter '{name}' removed successfully.".encode(), "")
 
         def _metrics(self):
             label = f'{{model_name="{state.served}"}}'
