@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 from runtime_support import Rt, listens, runtime_component, runtime_patios, tagged, wait_for
@@ -332,8 +332,15 @@ def test_sglang_is_launched_with_its_memory_saver_and_sleeps(rt: Rt) -> None:
 
 
 def test_two_models_at_once(rt: Rt) -> None:
-    ports = [rt.activate(name)[1]["port"] for name in ("a", "b")]
-    assert len(set(ports)) == 2
+    answers: Dict[str, Any] = {}
+    threads = [threading.Thread(target=lambda n=n: answers.__setitem__(n, rt.activate(n))) for n in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    ports = [answers[n][1]["port"] for n in ("a", "b")]
+    assert len({answers[n][1]["port"] for n in answers}) == 3  # activated together: never one port twice
+    assert rt.post("deactivate", {"model_name": "c"})[0] == 200
     rt.ready("a")
     rt.ready("b")
     assert complete(ports[0], "a")["model"] == "a" and complete(ports[1], "b")["model"] == "b"
@@ -364,3 +371,46 @@ def test_runtime_routes_need_the_api_key(rt_factory: Any) -> None:
     status, _ = http_json("GET", rt.url + "/v1/runtime/models", headers={"Authorization": "Bearer k3y"})
     assert status == 200
     assert free_port()
+
+
+def test_a_registry_that_cannot_be_written_fails_the_activation_and_leaves_nothing(
+    rt_factory: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the registry's directory should be")
+    rt = rt_factory(PATIO_RUNTIME_REGISTRY=str(blocker / "engines.json"))
+    status, body = rt.activate()
+    assert (
+        status == 500 and body["type"] == "registry_not_saved" and "cannot save the engine registry" in body["message"]
+    )
+    assert rt.models() == {} and not tagged(rt.tag)
+
+
+def test_a_remote_artifact_is_downloaded_by_patio_and_the_engine_loads_the_copy(rt: Rt) -> None:
+    import http.server
+    import socketserver
+
+    files = rt.tmp / "served"
+    files.mkdir()
+    (files / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    seen: List[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(files), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            seen.append(self.headers.get("Authorization") or "")
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/config.json"
+        status, body = rt.activate("remote", artifact_url=url)
+        server.shutdown()
+    assert status == 200, body
+    record = runtime_component(rt.patio.app).runtime.store.get("remote")
+    downloaded = Path(record.model_path)
+    assert downloaded.parts[-2:] == ("runtime", "remote") and (downloaded / "config.json").exists()
+    argv = cmdline(leader_pid(rt, "remote"))
+    assert argv[argv.index("--model") + 1] == str(downloaded)
+    assert rt.snapshot()["remote"]["artifact_url"] == url and seen

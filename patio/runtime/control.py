@@ -332,6 +332,18 @@ class EngineControl:
                     f"the engine refused to drain ({drained.status}): {drained.text()[:300]}",
                     engine_status=drained.status,
                 )
+            else:
+                # The pause waits only for the requests running; queued ones stay queued
+                # (vLLM's scheduler under PAUSED_NEW: get_num_unfinished_requests).  Observed on
+                # vLLM 0.32: the drain answered in 0.27 s with 39 requests waiting.  Those are
+                # work the engine still has: not idle.
+                queued = self.activity(model_name, min(call_timeout, 1.0))
+                if queued.observed and queued.waiting:
+                    if contract.undrain is not None:
+                        self._must(contract.undrain, call_timeout, "resume scheduling")
+                    raise EngineBusy(
+                        f"the engine still has {queued.waiting} request(s) waiting, so it is not put to sleep"
+                    )
         if gate:
             self._wait_idle(model_name, drain_timeout, min(call_timeout, 1.0))
         paused = False

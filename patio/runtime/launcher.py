@@ -194,7 +194,7 @@ class Launcher:
                 return True
             now = time.monotonic()
             if now >= deadline and not killed:
-                self._signal(left, signal.SIGKILL)
+                self.signal_marked(left, signal.SIGKILL)
                 killed = True
                 deadline = now + processes.KILL_WAIT
             elif now >= deadline:
@@ -202,11 +202,11 @@ class Launcher:
                 return False
             else:
                 fresh = [m for m in left if m.pgid not in sent]
-                self._signal(fresh, signal.SIGTERM)
+                self.signal_marked(fresh, signal.SIGTERM)
                 sent |= {m.pgid for m in fresh}
             time.sleep(STOP_POLL)
 
-    def _signal(self, marked: Sequence[Marked], signum: int) -> None:
+    def signal_marked(self, marked: Sequence[Marked], signum: int) -> None:
         for pgid in sorted({m.pgid for m in marked}):
             processes.signal_group(pgid, signum)
         for m in marked:  # a process that left its group (setsid) still carries the marker
@@ -218,7 +218,7 @@ class Launcher:
     def signal_all(self, signum: int) -> int:
         """Signal every engine of this Patio (shutdown); the number of groups signalled."""
         marked = self.marked()
-        self._signal(marked, signum)
+        self.signal_marked(marked, signum)
         return len({m.pgid for m in marked})
 
     def stop_all(self, term_deadline: float, final_deadline: float, leaders: Sequence[EngineProcess]) -> List[str]:
@@ -233,7 +233,7 @@ class Launcher:
                 return []
             now = time.monotonic()
             if now >= term_deadline and not killed:
-                self._signal(left, signal.SIGKILL)
+                self.signal_marked(left, signal.SIGKILL)
                 killed = True
             elif now >= final_deadline:
                 return sorted({m.model for m in left})

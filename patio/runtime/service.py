@@ -191,6 +191,9 @@ class Runtime:
         return record
 
     async def _choose_port(self, requested: int) -> int:
+        """A free port, reserved for the caller (who releases ``store.reserved_ports`` once the
+        record holds it).  Reserved before the bind check awaits: two activations at once never
+        pick the same port."""
         used = self.store.used_ports() | {self.patio_port}
         if self.beside is not None:
             used.add(self.beside.record.port)
@@ -198,22 +201,26 @@ class Runtime:
         if requested:
             if requested in used:
                 raise Conflict(f"port {requested} is in use by Patio or another model", param="port")
-            if not await self.context.run_blocking(processes.port_free, host, requested):
-                raise Conflict(f"port {requested} is in use on {host}", param="port")
-            return requested
-        low, high = self.settings.port_range
-        for port in range(low, high):
-            if port in used:
+            candidates = [requested]
+        else:
+            low, high = self.settings.port_range
+            candidates = [port for port in range(low, high) if port not in used]
+        for port in candidates:
+            if port in self.store.used_ports():  # taken while an earlier check awaited
                 continue
+            self.store.reserved_ports.add(port)
             if await self.context.run_blocking(processes.port_free, host, port):
                 return port
+            self.store.reserved_ports.discard(port)
+        if requested:
+            raise Conflict(f"port {requested} is in use on {host}", param="port")
+        low, high = self.settings.port_range
         raise Conflict(f"no free port in {low}-{high - 1} (PATIO_RUNTIME_PORTS)", param="port")
 
     async def _start(self, request: Activate) -> ModelRecord:
         if request.engine == "vllm":
             await self._check_parallelism(request)
         port = await self._choose_port(request.port)
-        self.store.reserved_ports.add(port)
         try:
             model_path, display = await self.artifacts.resolve(request)
             capable, _why = await self.context.run_engine(self.launcher.sleep_mode_available, request.engine)
@@ -305,8 +312,8 @@ class Runtime:
         self.metrics.forget(record.model_name)
         try:
             await self.store.save()
-        except OSError as exc:
-            log.error("cannot save the engine registry: %s", exc.strerror or exc)
+        except PatioError as exc:
+            log.error("%s", exc.message)
 
     # -- deactivate --------------------------------------------------------------------------
     async def deactivate(self, name: str, mode: str) -> None:
@@ -391,10 +398,10 @@ class Runtime:
         record.busy = "sleep"
         beside = self.beside if record.external else None
         try:
-            if beside is not None:
-                beside.going_to_sleep = True  # /ready: 503 asleep from here on
-                await beside.seams.leave_router()
             try:
+                if beside is not None:
+                    beside.going_to_sleep = True  # /ready: 503 asleep from here on
+                    await beside.seams.leave_router()
                 await self.context.run_engine(
                     self.control(record).sleep,
                     record.model_name,

@@ -7,12 +7,21 @@ serialised and each writes the whole set (``patio.runtime.registry``).  Event lo
 """
 
 import asyncio
+import errno
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
 
+from patio.errors import PatioError
 from patio.runtime import registry
 from patio.runtime.records import ModelRecord
 
 RunBlocking = Callable[..., Awaitable[Any]]
+
+
+class RegistryNotSaved(PatioError):
+    """The registry could not be written (a full disk: 507): the change it was saving is undone."""
+
+    status = 500
+    error_type = "registry_not_saved"
 
 
 class ModelStore:
@@ -49,8 +58,14 @@ class ModelStore:
         return {r.port for r in self.models.values()} | self.reserved_ports
 
     async def save(self) -> None:
-        """Write the registry now (raises ``OSError`` when it cannot be written)."""
+        """Write the registry now; ``RegistryNotSaved`` when it cannot be written."""
         async with self._save_lock:
             # Built here, on the loop that changes the records; only the bytes go to the thread.
             documents = [r.to_registry() for r in self.sorted() if not r.external]
-            await self._run_blocking(registry.save, self.registry_path, documents)
+            try:
+                await self._run_blocking(registry.save, self.registry_path, documents)
+            except OSError as exc:
+                raise RegistryNotSaved(
+                    f"cannot save the engine registry {self.registry_path}: {exc.strerror or exc}",
+                    status=507 if exc.errno == errno.ENOSPC else 500,
+                ) from None

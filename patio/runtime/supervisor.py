@@ -81,7 +81,7 @@ class Supervisor:
             await self.context.run_engine(self.launcher.stop_model, model, self.settings.stop_grace)
             self.metrics.adoptions.inc("orphan_stopped")
         if records or orphans:
-            await self.store.save()
+            await self._save()
         await self._adopt_beside()
 
     async def _adopt_one(self, record: ModelRecord, mine: List[Marked]) -> None:
@@ -116,7 +116,7 @@ class Supervisor:
 
     def _kill_remains(self, name: str, remains: List[Marked]) -> None:
         for pgid in sorted({m.pgid for m in remains}):
-            self.launcher._signal([m for m in remains if m.pgid == pgid], signal.SIGKILL)
+            self.launcher.signal_marked([m for m in remains if m.pgid == pgid], signal.SIGKILL)
 
     async def _adopt_beside(self) -> None:
         beside = self.runtime.beside
@@ -270,14 +270,12 @@ class Supervisor:
         except PatioError as exc:
             self._schedule_restart(record, exc.message)
             await self._save()
-        except OSError as exc:
-            self._schedule_restart(record, f"cannot save the engine registry: {exc.strerror or exc}")
 
     async def _save(self) -> None:
         try:
             await self.store.save()
-        except OSError as exc:
-            log.error("cannot save the engine registry %s: %s", self.store.registry_path, exc.strerror or exc)
+        except PatioError as exc:
+            log.error("%s", exc.message)
 
     async def _check_beside(self) -> None:
         beside = self.runtime.beside

@@ -43,6 +43,7 @@ def parse_args(argv):
         "--fake-token-delay",
         "--fake-log-spam",
         "--max-model-len",
+        "--max-num-seqs",
     }
     while i < len(argv):
         item = argv[i]
@@ -68,6 +69,7 @@ class State:
         self.sleep_level = 0
         self.released = False  # SGLang memory released
         self.token_delay = float(args.get("--fake-token-delay", "0.01"))
+        self.max_seqs = int(args.get("--max-num-seqs", "256"))
         self.never_ready = "--fake-never-ready" in args["flags"]
         self.sleep_mode = "--enable-sleep-mode" in args["flags"] or "--enable-memory-saver" in args["flags"]
         self.dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
@@ -186,7 +188,8 @@ def make_handler(state):
             text = ""
             finish = "length"
             with state.cond:
-                while state.paused or state.sleep_level or state.released:
+                # Queued behind --max-num-seqs, or while scheduling is paused (vLLM's PAUSED_NEW).
+                while state.paused or state.sleep_level or state.released or state.running >= state.max_seqs:
                     state.waiting += 1
                     state.cond.wait()
                     state.waiting -= 1
