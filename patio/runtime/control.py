@@ -43,6 +43,9 @@ MAX_METRICS_BYTES = 16 * 1024 * 1024
 # engine can cause; asked again it finishes (AIBrix VLLM_SLEEP_ATTEMPTS, one second apart).
 SLEEP_RETRY_DELAY = 1.0
 IDLE_POLL = 0.1
+# The queue read after a drain: a busy engine's /metrics can take a while; unread, the sleep
+# goes on (with mode=wait a request still queued waits through it rather than being aborted).
+QUEUE_READ_TIMEOUT = 5.0
 
 
 class EngineBusy(Conflict):
@@ -337,7 +340,7 @@ class EngineControl:
                 # (vLLM's scheduler under PAUSED_NEW: get_num_unfinished_requests).  Observed on
                 # vLLM 0.32: the drain answered in 0.27 s with 39 requests waiting.  Those are
                 # work the engine still has: not idle.
-                queued = self.activity(model_name, min(call_timeout, 1.0))
+                queued = self.activity(model_name, min(call_timeout, QUEUE_READ_TIMEOUT))
                 if queued.observed and queued.waiting:
                     if contract.undrain is not None:
                         self._must(contract.undrain, call_timeout, "resume scheduling")

@@ -19,9 +19,8 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 PROC = "/proc"
 # An environ larger than this is not an engine's (and is not read further).
@@ -29,7 +28,6 @@ MAX_ENVIRON_BYTES = 1024 * 1024
 # After SIGKILL a group takes this long at most to disappear (the kernel reaps at once;
 # this covers a process stuck in uninterruptible I/O a little while).
 KILL_WAIT = 5.0
-POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -212,40 +210,6 @@ def describe_exit(code: Optional[int]) -> str:
             name = f"signal {-code}"
         return f"the engine process was killed by {name}"
     return f"the engine process exited with status {code}"
-
-
-def stop_group(
-    pgid: int,
-    grace: float,
-    leader: Optional[EngineProcess] = None,
-    proc: str = PROC,
-    clock: Callable[[], float] = time.monotonic,
-) -> Tuple[bool, bool]:
-    """SIGTERM the group, SIGKILL what is left after ``grace``.  (gone, needed SIGKILL)."""
-    deadline = clock() + grace
-    signal_group(pgid, signal.SIGTERM)
-    while True:
-        if leader is not None:
-            leader.reap()
-        if not group_members(pgid, proc):
-            return True, False
-        if clock() >= deadline:
-            break
-        time.sleep(POLL)
-    signal_group(pgid, signal.SIGKILL)
-    deadline = clock() + KILL_WAIT
-    while clock() < deadline:
-        if leader is not None:
-            leader.reap()
-        if not group_members(pgid, proc):
-            return True, True
-        time.sleep(POLL)
-    return False, True
-
-
-def kill_group_now(pgid: int, leader: Optional[EngineProcess] = None, proc: str = PROC) -> bool:
-    """SIGKILL a group (the remains of a crashed engine) and wait for it to go; True when gone."""
-    return stop_group(pgid, 0.0, leader, proc)[0] if group_members(pgid, proc) else True
 
 
 def port_free(host: str, port: int) -> bool:

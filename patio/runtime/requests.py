@@ -104,15 +104,6 @@ class Activate:
     def __repr__(self) -> str:  # never print credentials
         return f"Activate(model_name={self.model_name!r}, engine={self.engine!r}, port={self.port})"
 
-    def same_engine(self, other: "Activate") -> bool:
-        """True when ``other`` asks for the engine this one describes (credentials aside)."""
-        return (self.artifact_url, self.engine, self.args, self.ipc_name) == (
-            other.artifact_url,
-            other.engine,
-            other.args,
-            other.ipc_name,
-        ) and other.port in (0, self.port)
-
 
 @dataclass(frozen=True)
 class Operation:

@@ -167,6 +167,13 @@ def complete(port: int, model: str, tokens: int = 8, timeout: float = 120.0) -> 
     return json.loads(raw)
 
 
+def waiting(port: int) -> float:
+    status, raw = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    lines = [line for line in raw.decode().splitlines() if line.startswith("vllm:num_requests_waiting{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
 def activation(name: str) -> Dict[str, Any]:
     return {
         "model_name": name,
@@ -273,22 +280,24 @@ def test_5_vllm_45520_sleep_with_requests_in_flight_beside_a_real_vllm(pod):
     def one() -> None:
         answers.append(complete(port, "tiny-b", tokens=120))
 
-    # 64 requests of 120 tokens: about 1.5 s of work for the tiny model (4 run at once, the
+    # 192 requests of 120 tokens: about 4 s of work for the tiny model (4 run at once, the
     # rest queue).  The drain (0.3 s) either times out on the running batch or finishes with
     # requests still queued; both are "still serving".
-    threads = [threading.Thread(target=one) for _ in range(64)]
+    threads = [threading.Thread(target=one) for _ in range(192)]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
-    while beside.snapshot()["tiny-b"]["requests_waiting"] < 1:  # read from vLLM's own /metrics
-        assert time.monotonic() < deadline, "the requests never ran"
-        time.sleep(0.05)
+    while waiting(port) < 16:  # vLLM's own gauge
+        assert time.monotonic() < deadline, "the requests never queued"
+        time.sleep(0.02)
     status, body = beside.post("sleep", {"model_name": "tiny-b", "level": 1, "operation_id": "busy"})
     assert status == 409 and body["type"] == "engine_busy", body
     for thread in threads:
         thread.join(120)
-    assert len(answers) == 64
+    assert len(answers) == 192
     assert all(a["choices"][0]["finish_reason"] == "length" for a in answers)  # none aborted
+    activity = beside.snapshot()["tiny-b"]  # request activity, as the controller reads it
+    assert activity["request_metrics_observed"] is True and activity["request_success_total"] >= 192
     assert complete(port, "tiny-b")  # scheduling resumed
     assert json.loads(get(f"http://127.0.0.1:{port}/is_sleeping")[1]) == {"is_sleeping": False}
     # Idle now: the drain finishes at once, the engine sleeps; the pod is out of service.
