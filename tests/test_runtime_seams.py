@@ -12,7 +12,7 @@
 import asyncio
 import subprocess
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from support import ROOT, RunningPatio, http_call, make_settings
 
@@ -128,21 +128,32 @@ def test_a_release_with_the_router_down_gives_up_within_its_budget() -> None:
 
 
 def test_reconcile_never_calls_an_engine_asleep(tmp_path: Any) -> None:
-    from fakes.engine import FakeEngine
+    from patio.component import AppContext, Pools
+    from patio.engines.client import SPECS, EngineClient
+    from patio.lora.manager import LoraManager
+    from patio.metrics.registry import Registry
 
-    with FakeEngine("vllm") as engine:
-        env = {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url, "PATIO_STATE_DIR": str(tmp_path)}
-        with RunningPatio(make_settings(["--lora-reconcile-interval", "0"], env)) as patio:
-            from patio.lora.component import LoraComponent
+    settings = make_settings(env={"PATIO_STATE_DIR": str(tmp_path)})
+    asked: List[str] = []
 
-            manager = patio.app.find(LoraComponent).manager
-            manager.engine_asleep = lambda: True
-            before = len(engine.calls)
-            assert patio.call(lambda: manager.reconcile("test")) == 0
-            assert len(engine.calls) == before
-            manager.engine_asleep = lambda: False
-            assert patio.call(lambda: manager.reconcile("test")) == 0
-            assert len(engine.calls) > before  # awake: it asks the engine
+    async def scenario() -> List[int]:
+        context = AppContext(core=settings.core, registry=Registry(), pools=Pools.create())
+        client = EngineClient(SPECS["vllm"], "http://127.0.0.1:9", None)
+        manager = LoraManager(context, settings.lora, client, None)
+
+        async def engine_adapters() -> Dict[str, str]:  # what reconcile asks the engine first
+            asked.append("list")
+            return {}
+
+        manager.engine_adapters = engine_adapters  # type: ignore[method-assign]
+        manager.engine_asleep = lambda: True
+        counts = [await manager.reconcile("asleep"), len(asked)]
+        manager.engine_asleep = lambda: False
+        counts += [await manager.reconcile("awake"), len(asked)]
+        context.pools.shutdown()
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 0, 0, 1]
 
 
 OFF = """

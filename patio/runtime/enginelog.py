@@ -11,9 +11,9 @@ truncation are lost: the price of never signalling the engine.  At most about
 Blocking: call from worker threads.
 """
 
-import hashlib
 import os
 import re
+import zlib
 
 from patio.files import fsync_dir
 
@@ -29,7 +29,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 def file_name(model_name: str) -> str:
     """A file name for ``model_name`` (which may hold "/"): readable, and unique by its hash."""
     readable = re.sub(r"[^A-Za-z0-9._-]", "-", model_name)[:80]
-    digest = hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:8]
+    digest = f"{zlib.crc32(model_name.encode('utf-8')):08x}"  # zlib: hashlib would load OpenSSL
     return f"{readable}-{digest}.log"
 
 

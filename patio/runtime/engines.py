@@ -11,7 +11,7 @@ the request's credentials, kvcached's variables and the markers Patio finds its 
 after a restart.  Sans-IO.
 """
 
-import hashlib
+import zlib
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Sequence, Tuple
 
@@ -123,8 +123,12 @@ def argv(
 
 
 def owner_id(registry_path: str) -> str:
-    """One Patio's engines, told apart from another's on a shared node: its registry's path."""
-    return hashlib.sha256(registry_path.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    """One Patio's engines, told apart from another's on a shared node: its registry's path.
+
+    Two checksums of it (64 bits): enough to tell a node's few Patios apart, and zlib is
+    loaded anyway, where hashlib would load OpenSSL (megabytes of resident memory)."""
+    raw = registry_path.encode("utf-8", "surrogatepass")
+    return f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
 
 
 def environment(
