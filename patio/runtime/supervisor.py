@@ -143,9 +143,11 @@ class Supervisor:
 
     async def tick(self) -> None:
         self._ticks += 1
-        for record in self.store.sorted():
-            if self._free(record):
-                await self._check(record)
+        # Every engine at once: one that does not answer its probe holds up no other.
+        checks = [self._check(r) for r in self.store.sorted() if self._free(r)]
+        for failure in await asyncio.gather(*checks, return_exceptions=True):
+            if isinstance(failure, Exception):
+                log.error("engine supervisor check failed: %r", failure)
         if self._ticks % TRIM_EVERY == 0:
             await self.context.run_blocking(self._trim_logs, self.store.sorted())
         await self._check_beside()
@@ -311,6 +313,7 @@ class Supervisor:
             self._task = None
         for record in self.store.models.values():
             record.transition("stopping")
+        await self._save()  # killed before the end, the next Patio finishes these stops
         groups = await self.context.run_blocking(self.launcher.signal_all, signal.SIGTERM)
         if groups:
             log.info("stopping %d engine process group(s)", groups)
