@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from patio.artifacts.uri import display_uri
 from patio.component import AppContext
 from patio.errors import BadRequest, Conflict, InternalError, NotFound, PatioError, ServiceUnavailable
 from patio.runtime import engines, kvcache, markers, processes
@@ -180,7 +181,10 @@ class Runtime:
             )
         wanted = (request.engine, request.ipc_name, request.args)
         held = (record.engine, record.ipc_name, record.args)
-        same_artifact = request.artifact_url == record.artifact_url or request.artifact_url == record.model_path
+        # Compared in display form: the record keeps no query string (a presigned URL's signature).
+        same_artifact = (
+            display_uri(request.artifact_url) == record.artifact_url or request.artifact_url == record.model_path
+        )
         if wanted != held or not same_artifact or request.port not in (0, record.port):
             raise Conflict(
                 f"model {record.model_name!r} is already active with another artifact, engine, port or "
