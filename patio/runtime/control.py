@@ -24,7 +24,6 @@ Blocking: run in worker threads.  Errors are the Patio family: ``EngineBusy`` an
 ``Unsupported`` (409), ``ControlFailed`` (the engine refused; AIBrix answers 500).
 """
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -376,7 +375,7 @@ class EngineControl:
             result = self._must(step, call_timeout, "wake")
             if self.contract.engine == "vllm":
                 try:
-                    answer = json.loads(result.text())
+                    answer = jsontext.loads(result.text())
                 except ValueError:
                     answer = None
                 if isinstance(answer, dict) and answer.get("status") == "sleeping":

@@ -16,6 +16,7 @@ import os
 import re
 from typing import List
 
+from patio import jsontext
 from patio.files import atomic_write
 
 MARKER_DIR = (".aibrix", "served")
@@ -52,7 +53,7 @@ def cached_artifacts(cache_dir: str) -> List[str]:
     for name in names:
         try:
             with open(os.path.join(folder, name), "rb") as handle:
-                data = json.loads(handle.read(MAX_MARKER_BYTES).decode("utf-8"))
+                data = jsontext.loads(handle.read(MAX_MARKER_BYTES))
         except (OSError, ValueError):
             continue
         url = data.get("artifact_url") if isinstance(data, dict) else None

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
+from patio import jsontext
 from patio.files import atomic_write
 from patio.runtime.records import ModelRecord, from_registry
 
@@ -39,7 +40,7 @@ def load(path: str) -> Tuple[List[ModelRecord], int]:
         log.warning("the engine registry %s is larger than %d bytes; ignored", path, MAX_REGISTRY_BYTES)
         return [], 1
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = jsontext.loads(raw)
     except ValueError as exc:
         log.warning("the engine registry %s is not valid JSON (%s); ignored", path, exc)
         return [], 1
