@@ -150,7 +150,7 @@ def test_vllm_drain_with_requests_queued_behind_the_running_ones_is_still_servin
 
 def test_vllm_sleep_after_the_requests_finish_succeeds(vllm: EngineProcess) -> None:
     threads, answers = completions(vllm, 2, 10)
-    wait_running(vllm, VLLM, 1)
+    wait_running(vllm, VLLM, 2)  # both started: one still arriving would wait in the queue (busy)
     EngineControl(VLLM, vllm.url).sleep("m", 1, drain_timeout=10.0, call_timeout=10.0)
     for thread in threads:
         thread.join(10)
