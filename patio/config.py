@@ -24,6 +24,7 @@ from patio.kvevents import settings as kvevents_settings
 from patio.lora import settings as lora_settings
 from patio.metrics import settings as metrics_settings
 from patio.options import terminal_columns
+from patio.runtime import settings as runtime_settings
 from patio.topology import settings as topology_settings
 
 # Each capability's settings module, in the order their flags appear in --help.
@@ -33,6 +34,7 @@ SECTIONS: Tuple[Tuple[str, Any], ...] = (
     ("topology", topology_settings),
     ("artifacts", artifacts_settings),
     ("kvevents", kvevents_settings),
+    ("runtime", runtime_settings),
 )
 
 
@@ -44,6 +46,7 @@ class Settings:
     topology: topology_settings.TopologySettings
     artifacts: artifacts_settings.ArtifactSettings
     kvevents: kvevents_settings.KvEventsSettings
+    runtime: runtime_settings.RuntimeSettings
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -47,8 +47,21 @@ def build_app(
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
     components: List[Component] = [CoreComponent(context, app, health), EngineKindCheck(context), metrics]
     components += [artifacts, lora, desired]
-    if settings.topology.enabled:
-        components.append(TopologyComponent(context, settings.topology, health))
+    topology = TopologyComponent(context, settings.topology, health) if settings.topology.enabled else None
+    if settings.runtime.enabled:
+        # Imported only when on: a Patio without the model-runtime API loads none of it.  Before
+        # topology: a Patio that starts beside a sleeping engine holds it out of the router from
+        # the first beat, and /ready names "asleep" first.
+        from patio.runtime.component import RuntimeComponent
+
+        runtime = RuntimeComponent(context, settings.runtime, artifacts.settings, artifacts.downloads, health)
+        lora.manager.engine_asleep = runtime.engine_asleep  # no reload into a sleeping engine
+        runtime.seams.after_wake = lambda: lora.manager.on_engine_health(True)  # reconcile after the wake
+        if topology is not None:  # the worker leaves the router before a sleep, rejoins after the wake
+            runtime.seams.leave_router_in, runtime.seams.rejoin_router_in = topology.leave, topology.rejoin
+        components.append(runtime)
+    if topology is not None:
+        components.append(topology)
     # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
     components.append(KvEventsComponent(context, settings.kvevents, health))
     components += [factory(context) for factory in extra_components]

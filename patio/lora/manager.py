@@ -30,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from patio.artifacts.auth.secrets import SECRET_NAME
 from patio.artifacts.uri import display_uri, is_materialized
@@ -234,6 +234,8 @@ class LoraManager:
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._engine_reachable: Optional[bool] = None
+        # Set by patio.app when the runtime is on: nothing is reloaded into a sleeping engine.
+        self.engine_asleep: Callable[[], bool] = lambda: False
         registry = context.registry
         registry.gauge(
             "patio_lora_adapters_loaded",
@@ -586,6 +588,9 @@ class LoraManager:
 
     async def reconcile(self, reason: str) -> int:
         """Load again what the engine lost; returns how many were reloaded."""
+        if self.engine_asleep():
+            log.debug("LoRA reconcile (%s) skipped: the engine is asleep (it runs after the wake)", reason)
+            return 0
         # What the engine's listing can speak for: records loaded (at their path) before it was asked.
         asked = {n: (a, a.path) for n, a in self.adapters.items() if a.state == LOADED}
         try:
