@@ -72,6 +72,8 @@ def test_listed_under_its_served_name_and_never_activated_or_deactivated(
 ) -> None:
     patio = beside(tmp_path, engine, router)
     try:
+        # The served name is asked of the engine once its /health answered (the health watch).
+        wait_for(lambda: http_json("GET", patio.url + "/v1/runtime/models")[1]["models"], 10, "the engine listed")
         status, body = http_json("GET", patio.url + "/v1/runtime/models")
         assert status == 200
         assert body["models"] == [
