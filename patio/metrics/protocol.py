@@ -224,8 +224,9 @@ def _cache(sources: Sequence[CacheSource], families: Mapping[str, Family]) -> Op
                 )
         else:
             sizes, blocks = _resolve(source.block_size, families), _resolve(source.num_blocks, families)
-            if sizes is not None and blocks is not None and len(sizes) == len(blocks):
-                pairs = [(_whole(s, 1), _whole(b, 1)) for (_, s), (_, b) in zip(sizes, blocks)]
+            if sizes is not None and blocks is not None:
+                counts = dict(blocks)  # one rank's size and count share its labels
+                pairs = [(_whole(s, 1), _whole(counts.get(labels, math.nan), 1)) for labels, s in sizes]
         if pairs and all(size is not None and count is not None for size, count in pairs):
             return min(size for size, _ in pairs if size is not None), sum(n for _, n in pairs if n is not None)
     return None
