@@ -239,7 +239,9 @@ def populate_lora(clone: EndpointMetrics, metric: Metric, errs: List[str]) -> No
                 errs.append(str(exc))
 
 
-def populate_cache_info(clone: EndpointMetrics, metric: Metric, block_label: str, blocks_label: str, errs: List[str]) -> None:
+def populate_cache_info(
+    clone: EndpointMetrics, metric: Metric, block_label: str, blocks_label: str, errs: List[str]
+) -> None:
     clone.cache_block_size = 0
     for name, value in metric.labels:
         if name in (block_label, blocks_label) and value != "":
@@ -295,10 +297,17 @@ class Extractor:
                 errs.append(str(exc))
             else:
                 populate_cache_info(
-                    clone, info, mapping.block_size_label or "block_size", mapping.num_blocks_label or "num_gpu_blocks", errs
+                    clone,
+                    info,
+                    mapping.block_size_label or "block_size",
+                    mapping.num_blocks_label or "num_gpu_blocks",
+                    errs,
                 )
                 updated = True
-        for spec, attr in ((mapping.cache_block_size, "cache_block_size"), (mapping.cache_num_blocks, "cache_num_blocks")):
+        for spec, attr in (
+            (mapping.cache_block_size, "cache_block_size"),
+            (mapping.cache_num_blocks, "cache_num_blocks"),
+        ):
             if spec is None:
                 continue
             try:

@@ -97,16 +97,20 @@ def test_vllm_through_patio_computes_what_vllm_itself_gives(name):
     text = capture(name)
     direct = engine_extractor("vllm").poll(text)
     through = patio_extractor().poll(patio_metrics("vllm", text, ProtocolState(True, now=NOW)))
-    assert observed(through) == observed(direct) == {
-        "queue": 1,
-        "running": 3,
-        "kv": 0.0734,
-        "active": ["chat-lora", "sql-lora"],
-        "waiting": [],
-        "max": 4,
-        "block": 16,
-        "blocks": 27306,
-    }
+    assert (
+        observed(through)
+        == observed(direct)
+        == {
+            "queue": 1,
+            "running": 3,
+            "kv": 0.0734,
+            "active": ["chat-lora", "sql-lora"],
+            "waiting": [],
+            "max": 4,
+            "block": 16,
+            "blocks": 27306,
+        }
+    )
 
 
 def test_sglang_through_patio_gains_lora_affinity_and_cache_geometry():
@@ -146,8 +150,10 @@ def test_latest_lora_update_wins_and_comma_lists_split_as_the_epp_splits_them():
 
 def test_a_down_engine_is_a_full_pod_not_a_stale_idle_one():
     text = capture("vllm-0.33-single.txt").replace("vllm:num_requests_waiting{", "vllm:num_requests_waiting_x{")
-    idle = text.replace('vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0',
-                        'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.0')
+    idle = text.replace(
+        'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 3.0',
+        'vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.0',
+    )
     # Pointed at the engine: it dies, its /metrics stops answering, the EPP keeps the last numbers
     # and UpdateTime stops: the default profile (queue, KV, prefix scorers) still scores them.
     direct = engine_extractor("vllm")
@@ -182,9 +188,7 @@ def test_an_engine_that_writes_inf_lies_to_the_epp_directly_but_not_through_pati
 
 def test_an_engine_restart_between_scrapes_clears_the_adapters_the_epp_holds():
     text = capture("vllm-0.33-single.txt")
-    restarted = "\n".join(
-        line for line in text.split("\n") if not line.startswith("vllm:lora_requests_info{")
-    )
+    restarted = "\n".join(line for line in text.split("\n") if not line.startswith("vllm:lora_requests_info{"))
     through = patio_extractor()
     through.poll(patio_metrics("vllm", text, ProtocolState(True, ("sql-lora", "chat-lora"), None, NOW)))
     assert sorted(through.metrics.active_models) == ["chat-lora", "sql-lora"]
@@ -206,7 +210,9 @@ def test_adapter_names_the_epp_would_misread_never_reach_it():
 
 def test_thousands_of_adapters_never_let_the_epp_offer_room_it_cannot_vouch_for():
     names = tuple(f"tenant-{i:05d}-adapter" for i in range(2500))
-    through = patio_extractor().poll(patio_metrics("sglang", capture("sglang-0.5.23.txt"), ProtocolState(True, names, None, NOW)))
+    through = patio_extractor().poll(
+        patio_metrics("sglang", capture("sglang-0.5.23.txt"), ProtocolState(True, names, None, NOW))
+    )
     # lora_pool_slots_total is 8; 2500 held: "room for one more" must be false, and is.
     assert through.max_active_models == 8
     assert not len(through.active_models) + len(through.waiting_models) < through.max_active_models

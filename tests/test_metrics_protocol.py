@@ -253,9 +253,13 @@ def test_data_parallel_ranks_are_summed_into_one_series():
     lines += ["# TYPE vllm:num_requests_running gauge"]
     lines += [f'vllm:num_requests_running{{engine="{i}",model_name="m"}} 2' for i in range(4)]
     lines += ["# TYPE vllm:kv_cache_usage_perc gauge"]
-    lines += [f'vllm:kv_cache_usage_perc{{engine="{i}",model_name="m"}} {v}' for i, v in enumerate((0.1, 0.2, 0.3, 0.4))]
+    lines += [
+        f'vllm:kv_cache_usage_perc{{engine="{i}",model_name="m"}} {v}' for i, v in enumerate((0.1, 0.2, 0.3, 0.4))
+    ]
     lines += ["# TYPE vllm:cache_config_info gauge"]
-    lines += [f'vllm:cache_config_info{{block_size="{b}",engine="{i}",num_gpu_blocks="100"}} 1' for i, b in enumerate((16, 8))]
+    lines += [
+        f'vllm:cache_config_info{{block_size="{b}",engine="{i}",num_gpu_blocks="100"}} 1' for i, b in enumerate((16, 8))
+    ]
     seen = router(view("vllm", _vllm(lines), UP))
     assert seen[ROUTER_WAITING] == [({}, 10.0)]
     assert seen[ROUTER_RUNNING] == [({}, 8.0)]
@@ -264,7 +268,7 @@ def test_data_parallel_ranks_are_summed_into_one_series():
 
 
 def test_cache_info_before_profiling_is_left_out():
-    lines = ['# TYPE vllm:cache_config_info gauge', 'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1']
+    lines = ["# TYPE vllm:cache_config_info gauge", 'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1']
     assert CACHE_INFO not in router(view("vllm", _vllm(lines + BASE), UP))
 
 
@@ -272,7 +276,7 @@ def test_cache_info_before_profiling_is_left_out():
     ("adapters", "running"),
     [
         (("a,b", "ok"), "ok"),
-        ((' pad', "ok"), "ok"),
+        ((" pad", "ok"), "ok"),
         (('q"uote', "back\\slash", "new\nline"), 'back\\slash,new\nline,q"uote'),
         (("", "ok", "ok"), "ok"),
     ],
@@ -359,7 +363,10 @@ def test_an_engine_restart_between_scrapes_does_not_leave_old_adapters_active():
         ]
         + BASE
     )
-    after = _vllm(["# HELP vllm:lora_requests_info Running stats on lora requests.", "# TYPE vllm:lora_requests_info gauge"] + BASE)
+    after = _vllm(
+        ["# HELP vllm:lora_requests_info Running stats on lora requests.", "# TYPE vllm:lora_requests_info gauge"]
+        + BASE
+    )
     first = lora_of(view("vllm", before, ProtocolState(True, ("a", "b"), None, NOW)))
     second = lora_of(view("vllm", after, ProtocolState(True, (), None, NOW + 5)))
     assert first is not None and first[0]["running_lora_adapters"] == "a,b"
@@ -368,16 +375,40 @@ def test_an_engine_restart_between_scrapes_does_not_leave_old_adapters_active():
 
 
 def test_a_pod_without_lora_writes_no_lora_family():
-    assert lora_of(view("vllm", _vllm(BASE + ["# TYPE vllm:num_requests_waiting gauge", "vllm:num_requests_waiting 0"]), UP)) is None
+    assert (
+        lora_of(
+            view("vllm", _vllm(BASE + ["# TYPE vllm:num_requests_waiting gauge", "vllm:num_requests_waiting 0"]), UP)
+        )
+        is None
+    )
 
 
 # -- layer one: stable names for the engines the rename tables lack ------------------------
 RENAMES = [
-    ("tgi", "tgi-3.3.txt", "patio", {"patio:num_requests_running": 4, "patio:num_requests_waiting": 2, "patio:gpu_cache_usage_perc": 0.384}),
+    (
+        "tgi",
+        "tgi-3.3.txt",
+        "patio",
+        {"patio:num_requests_running": 4, "patio:num_requests_waiting": 2, "patio:gpu_cache_usage_perc": 0.384},
+    ),
     ("tgi", "tgi-3.3.txt", "aibrix", {"aibrix:queue_size": 2, "aibrix:kv_cache_usage_perc": 0.384}),
     ("tgi", "tgi-3.3.txt", "kthena", {"kthena:num_requests_waiting": 2}),
-    ("triton", "triton-trtllm.txt", "patio", {"patio:num_requests_running": 3, "patio:num_requests_waiting": 2, "patio:gpu_cache_usage_perc": 0.200032056419298}),
-    ("triton", "triton-trtllm.txt", "aibrix", {"aibrix:queue_size": 2, "aibrix:kv_cache_usage_perc": 0.200032056419298}),
+    (
+        "triton",
+        "triton-trtllm.txt",
+        "patio",
+        {
+            "patio:num_requests_running": 3,
+            "patio:num_requests_waiting": 2,
+            "patio:gpu_cache_usage_perc": 0.200032056419298,
+        },
+    ),
+    (
+        "triton",
+        "triton-trtllm.txt",
+        "aibrix",
+        {"aibrix:queue_size": 2, "aibrix:kv_cache_usage_perc": 0.200032056419298},
+    ),
     ("vllm", "vllm-0.33-single.txt", "patio", {}),
     ("sglang", "sglang-0.5.23.txt", "aibrix", {}),
 ]
@@ -405,7 +436,9 @@ def test_llamacpp_token_counters_keep_their_type():
     assert types["patio:num_requests_running"] == "gauge"
 
 
-@pytest.mark.parametrize(("engine", "name"), [(p.values[0], p.values[1]) for p in CAPTURES], ids=[p.id for p in CAPTURES])
+@pytest.mark.parametrize(
+    ("engine", "name"), [(p.values[0], p.values[1]) for p in CAPTURES], ids=[p.id for p in CAPTURES]
+)
 def test_output_passes_promtool_and_names_no_engine_family(engine, name):
     output = view(engine, capture(name), ProtocolState(True, ("a", 'b"q'), None, NOW))
     assert_promtool_parses(render(output.renamed + output.router))
@@ -428,7 +461,10 @@ def test_never_raises_for_any_content():
         for value in values:
             lines: List[str] = []
             for name in names:
-                lines += [f"# TYPE {name} {kind}", f'{name}{{request_type="waiting",kv_cache_block_type="fraction"}} {value}']
+                lines += [
+                    f"# TYPE {name} {kind}",
+                    f'{name}{{request_type="waiting",kv_cache_block_type="fraction"}} {value}',
+                ]
             families = families_of("\n".join(lines) + "\n")
             for engine in PROTOCOLS:
                 output = ProtocolView.for_engine(engine, "patio").families(families, UP)
