@@ -136,11 +136,13 @@ def test_sglang_through_patio_gains_lora_affinity_and_cache_geometry():
 
 
 def test_latest_lora_update_wins_and_comma_lists_split_as_the_epp_splits_them():
-    text = capture("vllm-0.33-single.txt").replace(
-        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora,chat-lora",waiting_lora_adapters=""} 1.7953422136615288e+09',
-        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora,chat-lora",waiting_lora_adapters=""} 1.7953422136615288e+09\n'
-        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora, math-lora",waiting_lora_adapters="chat-lora"} 1.7953422236615288e+09',
+    first = 'vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora,chat-lora",waiting_lora_adapters=""}'
+    newer = (
+        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora, math-lora",'
+        'waiting_lora_adapters="chat-lora"}'
     )
+    old_line = first + " 1.7953422136615288e+09"
+    text = capture("vllm-0.33-single.txt").replace(old_line, old_line + "\n" + newer + " 1.7953422236615288e+09")
     assert text.count("vllm:lora_requests_info{") == 2
     direct = engine_extractor("vllm").poll(text)
     through = patio_extractor().poll(patio_metrics("vllm", text, ProtocolState(True, now=NOW)))

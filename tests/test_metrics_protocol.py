@@ -229,7 +229,7 @@ def test_a_queue_that_is_not_a_count_is_left_out_and_the_pod_offers_no_capacity(
 
 def test_an_untyped_queue_is_still_its_value():
     """The EPP reads an untyped family as 0 (extractValue: no gauge, no counter); Patio says the number."""
-    output = view("vllm", _vllm(["vllm:num_requests_waiting 7"] + BASE), UP)
+    output = view("vllm", _vllm(["vllm:num_requests_waiting 7", *BASE]), UP)
     assert router(output)[ROUTER_WAITING] == [({}, 7.0)]
 
 
@@ -360,8 +360,8 @@ def test_an_engine_restart_between_scrapes_does_not_leave_old_adapters_active():
         [
             "# TYPE vllm:lora_requests_info gauge",
             'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b",waiting_lora_adapters=""} 1000.0',
+            *BASE,
         ]
-        + BASE
     )
     after = _vllm(
         ["# HELP vllm:lora_requests_info Running stats on lora requests.", "# TYPE vllm:lora_requests_info gauge"]
@@ -377,7 +377,7 @@ def test_an_engine_restart_between_scrapes_does_not_leave_old_adapters_active():
 def test_a_pod_without_lora_writes_no_lora_family():
     assert (
         lora_of(
-            view("vllm", _vllm(BASE + ["# TYPE vllm:num_requests_waiting gauge", "vllm:num_requests_waiting 0"]), UP)
+            view("vllm", _vllm([*BASE, "# TYPE vllm:num_requests_waiting gauge", "vllm:num_requests_waiting 0"]), UP)
         )
         is None
     )
