@@ -363,10 +363,11 @@ def test_an_engine_restart_between_scrapes_does_not_leave_old_adapters_active():
             *BASE,
         ]
     )
-    after = _vllm(
-        ["# HELP vllm:lora_requests_info Running stats on lora requests.", "# TYPE vllm:lora_requests_info gauge"]
-        + BASE
-    )
+    declared = [
+        "# HELP vllm:lora_requests_info Running stats on lora requests.",
+        "# TYPE vllm:lora_requests_info gauge",
+    ]
+    after = _vllm([*declared, *BASE])
     first = lora_of(view("vllm", before, ProtocolState(True, ("a", "b"), None, NOW)))
     second = lora_of(view("vllm", after, ProtocolState(True, (), None, NOW + 5)))
     assert first is not None and first[0]["running_lora_adapters"] == "a,b"
