@@ -22,7 +22,7 @@ from patio.options import (
     seconds,
 )
 
-ENGINES = ("sglang", "vllm")
+ENGINES = ("sglang", "vllm", "llamacpp", "tgi", "triton")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -108,7 +108,7 @@ def add_flags(parser: Any) -> None:
         help="serve /openapi.json and /docs",
     )
     add("--instance-info", help="JSON describing this worker, for topology")
-    add("-E", "--engine", help="sglang or vllm (env INFERENCE_ENGINE; default sglang)")
+    add("-E", "--engine", help="sglang, vllm, llamacpp, tgi or triton (env INFERENCE_ENGINE; default sglang)")
     add("--engine-version", help="engine version label (env INFERENCE_ENGINE_VERSION)")
     add(
         "-B",

@@ -18,12 +18,12 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from patio.core_settings import CoreSettings
+from patio.engines.client import SPECS
 from patio.engines.transport import http_request
 from patio.errors import PatioError
 
 log = logging.getLogger("patio")
 
-HEALTH_PATH = "/health"  # the same on vLLM and SGLang
 # A health answer is a status line and a tiny body; refuse anything bigger.
 MAX_HEALTH_BODY = 64 * 1024
 
@@ -34,7 +34,7 @@ Subscriber = Callable[[bool], None]
 class EngineHealth:
     def __init__(self, core: CoreSettings, run_blocking: RunBlocking) -> None:
         self._run_blocking = run_blocking
-        self.url = core.engine_endpoint + HEALTH_PATH
+        self.url = core.engine_endpoint + SPECS[core.engine].health_path  # Triton: /v2/health/ready
         self._timeout = core.engine_health_timeout
         self._ttl = core.ready_cache_ttl
         self.interval = core.engine_health_interval
