@@ -40,6 +40,9 @@ EXPECTED = {
     "PatioKVEventGaps": ("inactive", {}),
     "PatioKVEventsDisconnected": ("pending", {}),
     "PatioRouterAuthFailures": ("inactive", {}),
+    # The fake engine's capture: 1 request waiting, KV 7%.
+    "PatioEngineQueueGrowing": ("inactive", {}),
+    "PatioKVCachePinned": ("inactive", {}),
 }
 
 
