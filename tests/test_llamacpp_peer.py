@@ -48,7 +48,7 @@ class LlamaServer:
         argv += ["--port", str(self.port), "--metrics", "--ctx-size", "256", "--parallel", "2", "--threads", "1"]
         for path in self.adapters:
             argv += ["--lora", str(path)]
-        self.log = open(HOME / "llama-server-test.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(HOME / "llama-server-test.log", "wb")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
 
     @property
