@@ -142,6 +142,23 @@ def test_patio_is_ready_and_passes_llamacpp_metrics_through(patio: RunningPatio)
     assert status == 200 and "\nllamacpp:requests_processing " in text and "patio_engine_up 1" in text
 
 
+def test_adapters_llama_server_loaded_at_start_are_listed_and_counted(patio: RunningPatio, server: LlamaServer):
+    deadline = time.monotonic() + 10
+    while True:
+        _, _, body = http_call("GET", patio.url + "/v1/lora_adapters")
+        views = {a["name"]: a for a in json.loads(body)["data"]}
+        if len(views) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {n: (v["state"], v["engine_confirmed"], v["origin"], v["path"]) for n, v in views.items()} == {
+        "sql-lora": ("loaded", True, "engine", str(server.adapters[0])),
+        "chat-lora": ("loaded", True, "engine", str(server.adapters[1])),
+    }
+    _, _, body = http_call("GET", patio.url + "/metrics")
+    info = [line for line in body.decode().splitlines() if line.startswith("patio_lora_adapter_info{")]
+    assert len(info) == 2 and all('origin="engine"' in line and 'state="loaded"' in line for line in info)
+
+
 def _load(patio: RunningPatio, name: str, path: Path) -> Tuple[int, Dict]:
     status, _, body = http_call(
         "POST", patio.url + "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}
