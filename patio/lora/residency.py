@@ -58,7 +58,7 @@ def families(residents: Iterable[Resident], failures: Dict[str, float]) -> List[
     info = Family(
         "patio_lora_adapter_info",
         "gauge",
-        "1 for each adapter Patio knows, with its state, source scheme, pinning and origin (api, file, resolver, engine).",
+        "1 for each adapter Patio knows, with its state, source scheme, pinning and origin (api, file, resolver).",
     )
     counts = {state: 0 for state in STATES}
     durations = Family(
