@@ -87,3 +87,10 @@ def message_of(value: Any, text: str) -> str:
             if isinstance(value.get(key), str) and value[key]:
                 return str(value[key])
     return text.strip()[:500] or "(empty answer)"
+
+
+def classify_by_status(op: str, status: int, text: str) -> Outcome:
+    """For engines with no LoRA routes of their own (their answers are only ever read by status)."""
+    if 200 <= status < 300:
+        return Outcome(OK, text.strip() or "success", status)
+    return by_status(status, message_of(json_or_none(text), text))

@@ -14,15 +14,9 @@ in tests/test_llamacpp_peer.py).
 import os
 from typing import Any, Dict
 
-from patio.engines.base import OK, EngineSpec, Outcome, by_status, json_or_none, message_of
+from patio.engines.base import EngineSpec, classify_by_status, json_or_none
 
 LORA_HINT = "llama-server loads adapters only at start: pass --lora FILE (or --lora-scaled FILE SCALE) and restart"
-
-
-def classify(op: str, status: int, text: str) -> Outcome:
-    if 200 <= status < 300:
-        return Outcome(OK, text.strip() or "success", status)
-    return by_status(status, message_of(json_or_none(text), text))
 
 
 def adapter_name(path: str) -> str:
@@ -52,7 +46,7 @@ SPEC = EngineSpec(
     models_path="/v1/models",
     load_fields=frozenset(),
     unload_fields=frozenset(),
-    classify_body=classify,
+    classify_body=classify_by_status,
     lora_hint=LORA_HINT,
     static_lora=True,
     adapters_path="/lora-adapters",

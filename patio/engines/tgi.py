@@ -9,15 +9,9 @@
   with that reason (409).
 """
 
-from patio.engines.base import OK, EngineSpec, Outcome, by_status, json_or_none, message_of
+from patio.engines.base import EngineSpec, classify_by_status
 
 LORA_HINT = "TGI takes adapters only at launch: set LORA_ADAPTERS (--lora-adapters) and restart it"
-
-
-def classify(op: str, status: int, text: str) -> Outcome:
-    if 200 <= status < 300:
-        return Outcome(OK, text.strip() or "success", status)
-    return by_status(status, message_of(json_or_none(text), text))
 
 
 SPEC = EngineSpec(
@@ -27,7 +21,7 @@ SPEC = EngineSpec(
     models_path="/v1/models",
     load_fields=frozenset(),
     unload_fields=frozenset(),
-    classify_body=classify,
+    classify_body=classify_by_status,
     lora_hint=LORA_HINT,
     static_lora=True,
 )

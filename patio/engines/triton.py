@@ -10,16 +10,10 @@ NVIDIA/TensorRT-LLM 89fd9b7 ``triton_backend/inflight_batcher_llm/src/custom_met
   with that reason (409).
 """
 
-from patio.engines.base import OK, EngineSpec, Outcome, by_status, json_or_none, message_of
+from patio.engines.base import EngineSpec, classify_by_status
 
 LORA_HINT = "Triton's TensorRT-LLM backend takes LoRA weights per request (lora_task_id, lora_weights, lora_config)"
 METRICS_PORT = 8002  # tritonserver --metrics-port default
-
-
-def classify(op: str, status: int, text: str) -> Outcome:
-    if 200 <= status < 300:
-        return Outcome(OK, text.strip() or "success", status)
-    return by_status(status, message_of(json_or_none(text), text))
 
 
 SPEC = EngineSpec(
@@ -29,7 +23,7 @@ SPEC = EngineSpec(
     models_path="/v1/models",
     load_fields=frozenset(),
     unload_fields=frozenset(),
-    classify_body=classify,
+    classify_body=classify_by_status,
     lora_hint=LORA_HINT,
     health_path="/v2/health/ready",
     metrics_port=METRICS_PORT,

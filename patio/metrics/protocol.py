@@ -171,11 +171,8 @@ def _name(source: Optional[Source]) -> str:
     return source.family if source is not None else "?"
 
 
-def _count(sources: Sequence[Source], families: Mapping[str, Family], problems: _Problems) -> Optional[float]:
-    """Queued or running: the sum over ranks, or None when absent or not a count."""
-    source, found = _first(sources, families)
-    if found is None:
-        return None
+def _count(source: Optional[Source], found: Series, problems: _Problems) -> Optional[float]:
+    """Queued or running: the sum over ranks, or None when a value is not a count."""
     for _, value in found:
         if not math.isfinite(value) or value < 0:
             problems.add(f"{_name(source)} is {value!r}, not a count")
@@ -183,10 +180,8 @@ def _count(sources: Sequence[Source], families: Mapping[str, Family], problems: 
     return float(sum(value for _, value in found))
 
 
-def _utilization(sources: Sequence[Source], families: Mapping[str, Family], problems: _Problems) -> Optional[float]:
-    source, found = _first(sources, families)
-    if found is None:
-        return None
+def _utilization(source: Optional[Source], found: Series, problems: _Problems) -> Optional[float]:
+    """The mean over ranks, or None when a value is not a fraction."""
     for _, value in found:
         if not (math.isfinite(value) and 0 <= value <= 1 + KV_SLACK):
             problems.add(f"{_name(source)} is {value!r}, not a fraction 0-1")
@@ -334,7 +329,7 @@ def _gauge_family(name: str, value: float) -> Family:
     return Family(name, "gauge", _HELP[name], [Sample(name, (), value)])
 
 
-def router_view(
+def _router_view(
     protocol: EngineProtocol, families: Mapping[str, Family], state: ProtocolState, problems: _Problems
 ) -> List[Family]:
     if not state.engine_up:
@@ -352,18 +347,18 @@ def router_view(
         (QUEUED, ROUTER_WAITING, protocol.queued),
         (RUNNING, ROUTER_RUNNING, protocol.running),
     ):
-        present = _first(sources, families)[1] is not None
-        value = _count(sources, families, problems) if present else None
+        source, found = _first(sources, families)
+        value = _count(source, found, problems) if found is not None else None
         if value is not None:
             out.append(_gauge_family(name, value))
-        elif present or field not in protocol.optional:
-            if not present:
+        elif found is not None or field not in protocol.optional:
+            if found is None:
                 problems.add(f"no {field} family ({', '.join(_name(s) for s in sources)}) in the engine's metrics")
             load_known = False  # left out: the EPP keeps its last value, so the KV below says "full"
-    present = _first(protocol.kv, families)[1] is not None
-    kv = _utilization(protocol.kv, families, problems) if present else None
-    if kv is None and (present or KV not in protocol.optional):
-        if not present:
+    source, found = _first(protocol.kv, families)
+    kv = _utilization(source, found, problems) if found is not None else None
+    if kv is None and (found is not None or KV not in protocol.optional):
+        if found is None:
             problems.add(f"no KV family ({', '.join(_name(s) for s in protocol.kv)}) in the engine's metrics")
         kv = 1.0
     if not load_known:
@@ -415,7 +410,7 @@ class ProtocolView:
             family = _renamed(target, source, families)
             if family is not None:
                 renamed.append(family)
-        router = router_view(self.protocol, families, state, problems)
+        router = _router_view(self.protocol, families, state, problems)
         return ProtocolOutput(renamed, router, tuple(problems.items))
 
 
