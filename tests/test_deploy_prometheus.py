@@ -43,6 +43,9 @@ EXPECTED = {
     "PatioKVEventsRedisRejecting": ("inactive", {}),
     "PatioKVEventsBacklogDropped": ("inactive", {}),
     "PatioKVEventsStreamRestarts": ("inactive", {}),
+    # The fake engine's capture: 1 request waiting, KV 7%.
+    "PatioEngineQueueGrowing": ("inactive", {}),
+    "PatioKVCachePinned": ("inactive", {}),
 }
 
 

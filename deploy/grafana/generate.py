@@ -513,6 +513,40 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
             ),
         ),
     ),
+    (
+        "Routing signals: what an endpoint picker weighs",
+        (
+            (
+                "Queue trend",
+                "How fast each pod's engine queue grows (requests per second over 10 minutes): a pod "
+                "that keeps growing takes more than it serves; routers score it down, but the pool "
+                "may be short of capacity (alert PatioEngineQueueGrowing).",
+                ((f"sum by (pod) (deriv(patio:num_requests_waiting{{{SEL}}}[10m]))", "{{pod}}"),),
+                "short",
+                "timeseries",
+            ),
+            (
+                "Time with the KV cache pinned",
+                "Share of the last hour each pod's KV cache spent above 95%: a pinned cache preempts "
+                "and queues, and routers see the pod as full (alert PatioKVCachePinned).",
+                (
+                    (
+                        f"avg_over_time((max by (pod) (patio:gpu_cache_usage_perc{{{SEL}}}) > bool 0.95)[1h:1m])",
+                        "{{pod}}",
+                    ),
+                ),
+                "percentunit",
+                "timeseries",
+            ),
+            (
+                "Adapters resident per pod",
+                "LoRA adapters each pod serves now: what LoRA-affinity routing can send it without a load.",
+                ((f'count by (pod) (patio_lora_adapter_info{{{SEL},state="loaded"}})', "{{pod}}"),),
+                "short",
+                "timeseries",
+            ),
+        ),
+    ),
 )
 
 WIDTH = 8  # three panels per row on Grafana's 24-column grid

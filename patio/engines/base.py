@@ -7,7 +7,7 @@ No I/O.
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, FrozenSet, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, FrozenSet, Mapping, NamedTuple, Optional
 
 from patio import jsontext
 
@@ -21,6 +21,10 @@ UNAVAILABLE = "unavailable"  # 503: the engine refused before acting; safe to re
 INTERNAL = "internal"
 NO_LORA_ROUTES = "no_lora_routes"  # LoRA runtime updating not enabled in the engine
 BAD_ANSWER = "bad_answer"  # a success status with a body that is not the engine's contract: the engine's fault
+# The engine cannot do this at all (its adapters are fixed at start): heard as 409 Conflict with
+# the engine's reason, the answer to a duplicate (patio.lora.manager.outcome_error), whose
+# handling it shares: a load of what the engine already serves under that name succeeds.
+REFUSED = DUPLICATE
 
 
 class Outcome(NamedTuple):
@@ -39,6 +43,15 @@ class EngineSpec:
     unload_fields: FrozenSet[str]
     classify_body: Callable[[str, int, str], Outcome]
     lora_hint: str  # how to enable runtime LoRA in this engine, for error messages
+    health_path: str = "/health"  # answers 200 when the engine serves (readiness and the health watch)
+    # Where the engine's /metrics listens when not on its API port (Triton: 8002).
+    metrics_port: Optional[int] = None
+    # Engines whose adapters are fixed at start (llama.cpp, TGI, Triton): loads and unloads are
+    # refused (REFUSED, 409) unless the engine already serves that very adapter.
+    static_lora: bool = False
+    # Where the engine lists the adapters it serves, when not its model list, and how to read it.
+    adapters_path: Optional[str] = None
+    parse_adapters: Optional[Callable[[str], Dict[str, str]]] = None
 
     def classify(self, op: str, status: int, body: bytes) -> Outcome:
         return self.classify_body(op, status, body.decode("utf-8", errors="replace"))
@@ -74,3 +87,10 @@ def message_of(value: Any, text: str) -> str:
             if isinstance(value.get(key), str) and value[key]:
                 return str(value[key])
     return text.strip()[:500] or "(empty answer)"
+
+
+def classify_by_status(op: str, status: int, text: str) -> Outcome:
+    """For engines with no LoRA routes of their own (their answers are only ever read by status)."""
+    if 200 <= status < 300:
+        return Outcome(OK, text.strip() or "success", status)
+    return by_status(status, message_of(json_or_none(text), text))

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from patio import jsontext
-from patio.engines import sglang, vllm
-from patio.engines.base import UNAVAILABLE, EngineSpec, Outcome
+from patio.engines import llamacpp, sglang, tgi, triton, vllm
+from patio.engines.base import OK, REFUSED, UNAVAILABLE, EngineSpec, Outcome
 from patio.engines.transport import HttpResult, PeerUnavailable, bearer, http_request
 from patio.errors import EngineError
 
 log = logging.getLogger("patio.engine")
 
-SPECS: Mapping[str, EngineSpec] = {"vllm": vllm.SPEC, "sglang": sglang.SPEC}
+SPECS: Mapping[str, EngineSpec] = {s.name: s for s in (vllm.SPEC, sglang.SPEC, llamacpp.SPEC, tgi.SPEC, triton.SPEC)}
 # A model list is small JSON; refuse more than this.
 MAX_MODELS_BYTES = 4 * 1024 * 1024
 
@@ -90,6 +90,8 @@ class EngineClient:
 
     def lora(self, op: str, payload: Mapping[str, Any], timeout: float, api_key: Optional[str] = None) -> Outcome:
         """``op`` is ``load`` or ``unload``; the classified answer (retries included)."""
+        if self.spec.static_lora:
+            return self._static_lora(op, payload, timeout, api_key)
         path = self.spec.load_path if op == "load" else self.spec.unload_path
         url = self.base_url + path
         body = json.dumps(dict(payload)).encode("utf-8")
@@ -100,6 +102,22 @@ class EngineClient:
         )
         return result
 
+    def _static_lora(self, op: str, payload: Mapping[str, Any], timeout: float, api_key: Optional[str]) -> Outcome:
+        """An engine whose adapters are fixed at start: a load of what it serves is done; the rest
+        is refused with the engine's reason, never reported as done."""
+        name, path = payload.get("lora_name"), payload.get("lora_path")
+        if op == "load" and self.spec.adapters_path is not None:
+            served = self.adapters(timeout, api_key)
+            if name in served and served[name] == path:
+                return Outcome(OK, f"{self.spec.name} serves '{name}' from {path} since its start", 200)
+            listed = ", ".join(f"{n} ({p})" for n, p in sorted(served.items())) or "none"
+            return Outcome(
+                REFUSED,
+                f"{self.spec.name} cannot load '{name}' at run time ({self.spec.lora_hint}); it serves: {listed}",
+                409,
+            )
+        return Outcome(REFUSED, f"{self.spec.name} cannot {op} LoRA adapters at run time ({self.spec.lora_hint})", 409)
+
     def models_raw(self, timeout: float, api_key: Optional[str] = None) -> HttpResult:
         headers = bearer(self.key_for(api_key))
         return http_request(
@@ -108,6 +126,10 @@ class EngineClient:
 
     def adapters(self, timeout: float, api_key: Optional[str] = None) -> Dict[str, str]:
         """Adapters the engine serves now: name -> root (its path).  Raises on failure."""
+        if self.spec.adapters_path is not None and self.spec.parse_adapters is not None:
+            return self._listed_adapters(self.spec.adapters_path, self.spec.parse_adapters, timeout, api_key)
+        if self.spec.static_lora:
+            return {}  # fixed at launch and listed nowhere (TGI, Triton)
         result = self.models_raw(timeout, api_key)
         if result.status != 200:
             raise EngineError(f"engine {self.spec.models_path} answered {result.status}", engine_status=result.status)
@@ -121,3 +143,15 @@ class EngineClient:
             if isinstance(card, dict) and card.get("parent") and isinstance(card.get("id"), str):
                 adapters[card["id"]] = str(card.get("root") or "")
         return adapters
+
+    def _listed_adapters(
+        self, path: str, parse: Callable[[str], Dict[str, str]], timeout: float, api_key: Optional[str]
+    ) -> Dict[str, str]:
+        headers = bearer(self.key_for(api_key))
+        result = http_request("GET", self.base_url + path, headers=headers, timeout=timeout, max_bytes=MAX_MODELS_BYTES)
+        if result.status != 200:
+            raise EngineError(f"engine {path} answered {result.status}", engine_status=result.status)
+        try:
+            return parse(result.body.decode("utf-8", errors="replace"))
+        except ValueError as exc:
+            raise EngineError(f"engine {path} answer is not its adapter list: {exc}") from None

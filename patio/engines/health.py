@@ -18,12 +18,12 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from patio.core_settings import CoreSettings
+from patio.engines.client import SPECS
 from patio.engines.transport import http_request
 from patio.errors import PatioError
 
 log = logging.getLogger("patio")
 
-HEALTH_PATH = "/health"  # the same on vLLM and SGLang
 # A health answer is a status line and a tiny body; refuse anything bigger.
 MAX_HEALTH_BODY = 64 * 1024
 
@@ -39,7 +39,7 @@ class EngineHealth:
         # Asked (blocking, in the probe's thread) after each healthy answer, before anyone is told
         # the engine is up: which engine it is (patio.engines.detect.EngineKind.identify).
         self._identify = identify
-        self.url = core.engine_endpoint + HEALTH_PATH
+        self.url = core.engine_endpoint + SPECS[core.engine].health_path  # Triton: /v2/health/ready
         self._timeout = core.engine_health_timeout
         self._ttl = core.ready_cache_ttl
         self.interval = core.engine_health_interval

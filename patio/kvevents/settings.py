@@ -146,7 +146,7 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
         topic=(
             args.kv_events_topic
             if getattr(args, "kv_events_topic", None) is not None
-            else env.get(f"{prefix}_ZMQ_TOPIC_FILTER", DEFAULT_TOPICS[core.engine])
+            else env.get(f"{prefix}_ZMQ_TOPIC_FILTER", DEFAULT_TOPICS.get(core.engine, ""))
         ),
         redis_host=redis_host,
         redis_port=pick(
@@ -213,6 +213,8 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
     ]
     if not switch:
         return _with(settings, False, "PATIO_KV_EVENTS=false")
+    if core.engine not in DEFAULT_TOPICS:
+        return _with(settings, False, f"{core.engine} publishes no KV-cache events")
     if missing:
         return _with(settings, False, "not configured: " + ", ".join(missing) + " unset")
     return _with(settings, True, "on")

@@ -9,6 +9,7 @@ from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
 from patio.lora.manager import LoraManager
+from patio.lora.preloaded import PreloadedAdapters
 from patio.lora.settings import LoraSettings
 
 
@@ -26,6 +27,10 @@ class LoraComponent(Component):
         self.api = LoraApi(self.manager, spec)
         # The engine coming back (a restart drops runtime-loaded adapters) wakes reconciliation.
         health.subscribe(self.manager.on_engine_health)
+        # llama.cpp's adapters come with the engine: recorded, so they are listed and counted.
+        self.preloaded = PreloadedAdapters(self.manager) if spec.static_lora and spec.adapters_path else None
+        if self.preloaded is not None:
+            health.subscribe(self.preloaded.on_engine_health)
 
     def routes(self) -> Sequence[Route]:
         return self.api.routes()
@@ -34,5 +39,7 @@ class LoraComponent(Component):
         self.manager.start()
 
     async def stop(self) -> None:
+        if self.preloaded is not None:
+            await self.preloaded.stop()
         await self.api.stop()
         await self.manager.stop()
