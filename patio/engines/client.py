@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from patio import jsontext
 from patio.engines import sglang, vllm
 from patio.engines.base import UNAVAILABLE, EngineSpec, Outcome
-from patio.engines.transport import HttpResult, PeerUnavailable, bearer, http_request
 from patio.errors import EngineError
+from patio.http.client import HttpResult, PeerUnavailable, bearer, http_request
 
 log = logging.getLogger("patio.engine")
 

@@ -18,8 +18,8 @@ import time
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from patio.core_settings import CoreSettings
-from patio.engines.transport import http_request
 from patio.errors import PatioError
+from patio.http.client import http_request
 
 log = logging.getLogger("patio")
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from patio.component import App
 from patio.errors import InternalError, PatioError, RequestTimeout, ServiceUnavailable, Unauthorized
-from patio.http.protocol import ParsedRequest, RequestParser
+from patio.http.request_parser import ParsedRequest, RequestParser
 from patio.http.responses import DateCache, error_response, serialize
 from patio.http.routing import UNMATCHED, RouteTable
 from patio.http.types import Request, Response

@@ -10,7 +10,7 @@ import socket
 import time
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from patio.engines.transport import resolver_host
+from patio.http.client import resolver_host
 from patio.kvevents import resp, zmtp
 from patio.kvevents.settings import parse_endpoint
 

@@ -13,8 +13,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional, Sequence, Tuple
 
-from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
+from patio.http.client import HttpResult, KeepAliveClient
 from patio.metrics.memory import RELEASE_AFTER_BYTES, prefer_mmap
 from patio.metrics.model import Family
 from patio.metrics.parse import DroppedLine, LineCache, decode_payload, parse

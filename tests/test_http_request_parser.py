@@ -4,7 +4,7 @@ byte by byte, and pipelined."""
 import pytest
 
 from patio.errors import PatioError
-from patio.http.protocol import RequestParser
+from patio.http.request_parser import RequestParser
 
 HEADER_LIMIT, BODY_LIMIT = 1024, 64
 
