@@ -1,7 +1,7 @@
 """Values that cross the boundary between the HTTP server and the handlers.
 
 A handler is ``async def handler(request: Request) -> Response``.  It never
-touches sockets; the server (``patio.http.server``) moves bytes.
+touches sockets; the connection (``patio.http.connection``) moves bytes.
 """
 
 import json
