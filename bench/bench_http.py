@@ -44,6 +44,22 @@ def probe(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: kube-probe/1.30\r\nAccept: */*\r\n\r\n".encode()
 
 
+# The least any asyncio server costs here: a protocol that answers every read with one fixed
+# write (no parsing, no routing, no Date).  What Patio costs above it is Patio's own.
+FLOOR = """
+import asyncio, sys
+ANSWER = (b"HTTP/1.1 200 OK\\r\\nServer: floor\\r\\nContent-Type: application/json\\r\\n"
+          b"Content-Length: 15\\r\\nConnection: keep-alive\\r\\n\\r\\n{\\"status\\":\\"ok\\"}")
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.transport.write(ANSWER)
+async def main():
+    await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
 class Figures(NamedTuple):
     cpu_us: float
     cpu_runs: List[float]
@@ -162,6 +178,10 @@ def patio_argv(where: str, port: int) -> List[str]:
     return [sys.executable, "-S", *(["-I"] if where.endswith(".pyz") else []), target, *flags]
 
 
+def floor_argv(port: int) -> List[str]:
+    return [sys.executable, "-S", "-c", FLOOR, str(port)]
+
+
 def fastapi_argv(port: int) -> List[str]:
     app = ["uvicorn", "fastapi_metrics_app:app", "--host", "127.0.0.1", "--port", str(port)]
     return [python(), "-m", *app, "--log-level", "warning"]
@@ -187,6 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         servers.append((f"patio ({where})", PATH, lambda port, where=where: patio_argv(where, port)))
     if not args.no_fastapi:
         servers.append((f"fastapi+uvicorn {FASTAPI_PATH}", FASTAPI_PATH, fastapi_argv))
+    servers.append(("asyncio floor (fixed answer)", PATH, floor_argv))
     print(
         f"== GET {PATH}: server on core {SERVER_CORE}, load on core {LOAD_CORE}; CPU per request over"
         f" {requests} sequential keep-alive requests (median of {RUNS}); requests/s for {duration:g} s each"

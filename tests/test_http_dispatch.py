@@ -10,6 +10,7 @@ import pytest
 
 from patio.errors import HeadersTooLarge
 from patio.http.dispatch import Dispatcher, split_target
+from patio.http.request_metrics import DURATION, DURATION_HELP, REQUESTS, REQUESTS_HELP, RequestMetrics
 from patio.http.request_parser import ParsedRequest
 from patio.http.types import Request, Response, Route
 from patio.metrics.registry import Registry
@@ -116,3 +117,26 @@ def test_errors_before_and_inside_a_route_are_counted_as_unmatched() -> None:
         (("method", "other"), ("route", "unmatched"), ("code", "405")): 1.0,
         (("method", "GET"), ("route", "/ok"), ("code", "200")): 1.0,
     }
+
+
+def test_request_metrics_read_as_the_registry_would_write_them() -> None:
+    """The request tallies skip the registry's per-call work; what they expose must be what its
+    own Counter and Histogram expose for the same requests, family for family."""
+    answered = [
+        ("GET", "/healthz", "200", 0.00004),
+        ("GET", "/healthz", "200", 0.0031),
+        ("GET", "/metrics", "200", 0.25),
+        ("POST", "unmatched", "404", 12.0),
+        ("GET", "/healthz", "503", 0.001),  # exactly on a bound
+    ]
+    fast = RequestMetrics(Registry())
+    reference = Registry()
+    counter = reference.counter(REQUESTS, REQUESTS_HELP, ("method", "route", "code"))
+    histogram = reference.histogram(DURATION, DURATION_HELP, ("method", "route"))
+    for method, route, code, seconds in answered:
+        fast.count(method, route, code, seconds)
+        counter.inc(method, route, code)
+        histogram.observe(seconds, method, route)
+    fast.reject("431")
+    counter.inc("other", "unmatched", "431")
+    assert fast.families() == [counter.family(), histogram.family()]

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - an interpreter without _operator
     from hmac import compare_digest  # type: ignore[no-redef]
 
 from patio.errors import InternalError, PatioError, Unauthorized
+from patio.http.request_metrics import RequestMetrics
 from patio.http.request_parser import ParsedRequest
 from patio.http.responses import error_response
 from patio.http.routing import UNMATCHED, RouteTable
@@ -48,14 +49,7 @@ class Dispatcher:
     def __init__(self, routes: Sequence[Route], api_key: Optional[str], registry: Registry) -> None:
         self.routes = RouteTable(routes)
         self._api_key = api_key.encode("utf-8") if api_key is not None else None
-        self._requests = registry.counter(
-            "patio_http_requests_total", "HTTP requests answered, by route template.", ("method", "route", "code")
-        )
-        self._duration = registry.histogram(
-            "patio_http_request_duration_seconds",
-            "Time to answer HTTP requests, by route template.",
-            ("method", "route"),
-        )
+        self.metrics = RequestMetrics(registry)
 
     async def __call__(self, parsed: ParsedRequest, client: str) -> Tuple[Response, str]:
         started = time.perf_counter()
@@ -83,8 +77,7 @@ class Dispatcher:
             log.exception("unhandled error in %s %s (request_id=%s)", method, target.split("?", 1)[0], request_id)
             response = error_response(InternalError(f"internal error (request_id={request_id})"))
         method_label = method if method in KNOWN_METHODS else "other"
-        self._requests.inc(method_label, route_label, str(response.status))
-        self._duration.observe(time.perf_counter() - started, method_label, route_label)
+        self.metrics.count(method_label, route_label, str(response.status), time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             request_id = request_id or new_request_id()
             log.debug("%s %s %s -> %d (%s)", client, method, target, response.status, request_id)
@@ -93,7 +86,7 @@ class Dispatcher:
     def reject(self, error: PatioError) -> Response:
         """The answer to a request that could not be read (400, 408, 413, 431, ...), counted
         under the route of requests that matched none."""
-        self._requests.inc("other", UNMATCHED, str(error.status))
+        self.metrics.reject(str(error.status))
         return error_response(error)
 
     def _authorize(self, parsed: ParsedRequest) -> None:
