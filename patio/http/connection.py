@@ -120,12 +120,19 @@ class Shared:
 
 
 def _pieces(head: bytes, parts: Sequence[bytes]) -> Iterator[bytes]:
-    """An answer as the transport gets it: the head, then the body in WRITE_CHUNK pieces."""
-    yield head
+    """An answer as the transport gets it: the body in WRITE_CHUNK pieces, the head with the first."""
+    first = True
     for part in parts:
         view = memoryview(part)
         for offset in range(0, len(view), WRITE_CHUNK):
-            yield cast(bytes, view[offset : offset + WRITE_CHUNK])
+            piece = cast(bytes, view[offset : offset + WRITE_CHUNK])
+            if first:
+                first = False
+                yield head + piece
+            else:
+                yield piece
+    if first:
+        yield head
 
 
 class HttpConnection(Slot, asyncio.Protocol):
@@ -412,16 +419,27 @@ class HttpConnection(Slot, asyncio.Protocol):
         return False
 
     def _pump(self) -> bool:
-        """Write pieces while the transport takes them; True once the whole answer is handed over."""
+        """Hand the next piece to the transport; True once the whole answer is handed over.
+
+        One piece per turn of the loop: a large answer to a client that reads fast (or to 300
+        that do not, whose kernel buffers absorb a megabyte each) must not hold the loop while
+        probes wait.  The next piece follows on the next turn, or when the transport resumes."""
         pieces = self._pieces
         assert pieces is not None
+        piece = next(pieces, None)
+        if piece is None:
+            self._pieces = None
+            return True
         transport = self.transport
-        for piece in pieces:
-            transport.write(piece)
-            if self._write_paused or transport.is_closing():  # is_closing: the client reset it
-                return False
-        self._pieces = None
-        return True
+        transport.write(piece)
+        if not self._write_paused and not transport.is_closing():  # is_closing: the client reset it
+            self._shared.loop.call_soon(self._pump_next)
+        return False
+
+    def _pump_next(self) -> None:
+        if self._pieces is not None and not self._write_paused and self.state == BUSY:
+            if self._pump() and self._answer_written():
+                self._advance()
 
     def _answer_written(self) -> bool:
         if self._keep_alive:

@@ -1,0 +1,170 @@
+"""One connection on a recording transport (no socket): what it writes, when, and in what
+state it waits.  Deterministic: the loop turns are counted, never timed."""
+
+import asyncio
+from typing import Any, List, Optional, Tuple
+
+from patio.core_settings import Limits
+from patio.http.admission import BUSY, IDLE, NEW, READING
+from patio.http.connection import WRITE_CHUNK, HttpConnection, Shared
+from patio.http.dispatch import Dispatcher
+from patio.http.request_parser import ParsedRequest
+from patio.http.types import Request, Response, Route
+from patio.metrics.registry import Registry
+
+BIG = 40 * WRITE_CHUNK + 1
+
+
+class Recorder(asyncio.Transport):
+    """Takes everything at once, as a kernel with room does; remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: List[bytes] = []
+        self.closed = False
+
+    def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _big(request: Request) -> Response:
+    return Response(body=b"a" * 10, content_type="text/plain", shared_tail=(b"b" * BIG,))
+
+
+async def _small(request: Request) -> Response:
+    return Response(body=b'{"status":"ok"}')
+
+
+async def _slow(request: Request) -> Response:
+    await asyncio.sleep(0)
+    return Response(body=b"{}")
+
+
+ROUTES = [Route("GET", "/big", _big), Route("GET", "/small", _small), Route("GET", "/slow", _slow)]
+
+
+def _connection(loop: asyncio.AbstractEventLoop) -> Tuple[HttpConnection, Recorder]:
+    registry = Registry()
+    counter = registry.counter("t_total", "t", ("reason",))
+    shared = Shared(Dispatcher(ROUTES, None, registry), Limits(), loop, counter, counter, counter)
+    conn = HttpConnection(shared)
+    transport = Recorder()
+    conn.connection_made(transport)
+    return conn, transport
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_a_probe_is_answered_with_one_write_in_the_callback_that_read_it() -> None:
+    async def main() -> None:
+        conn, transport = _connection(asyncio.get_running_loop())
+        assert conn.state == NEW
+        conn.data_received(_get("/small"))
+        assert len(transport.writes) == 1 and transport.writes[0].endswith(b'\r\n\r\n{"status":"ok"}')
+        assert conn.state == IDLE  # never BUSY: nothing else ran while it was answered
+
+    asyncio.run(main())
+
+
+def test_a_large_answer_is_written_one_piece_per_loop_turn() -> None:
+    """Even to a client whose kernel takes everything: other connections get the loop between
+    pieces (300 non-readers each absorbing a megabyte must not starve the probes)."""
+
+    async def main() -> None:
+        conn, transport = _connection(asyncio.get_running_loop())
+        conn.data_received(_get("/big"))
+        assert len(transport.writes) == 1 and conn.state == BUSY
+        await _turns(1)
+        assert len(transport.writes) == 2
+        await _turns(100)
+        body = b"".join(transport.writes).partition(b"\r\n\r\n")[2]
+        assert body == b"a" * 10 + b"b" * BIG
+        assert all(len(piece) <= WRITE_CHUNK for piece in transport.writes[1:])
+        assert conn.state == IDLE
+
+    asyncio.run(main())
+
+
+def test_pipelined_requests_are_answered_in_order_each_after_the_one_before() -> None:
+    async def main() -> None:
+        conn, transport = _connection(asyncio.get_running_loop())
+        conn.data_received(_get("/slow") + _get("/small") + _get("/big") + _get("/small") + b"GET /sm")
+        assert transport.writes == []  # the first waits on its handler: nothing behind it is answered
+        await _turns(200)
+        answers = b"".join(transport.writes)
+        assert answers.count(b"HTTP/1.1 200 OK") == 4
+        assert answers.index(b"{}") < answers.index(b'{"status":"ok"}') < answers.index(b"aaaaaaaaaa")
+        assert answers.endswith(b'{"status":"ok"}')
+        assert conn.state == READING  # the fifth request is on its way
+
+    asyncio.run(main())
+
+
+def test_a_request_that_cannot_be_read_ends_the_connection_with_its_answer() -> None:
+    async def main() -> None:
+        conn, transport = _connection(asyncio.get_running_loop())
+        conn.data_received(b"GARBAGE\r\n\r\n")
+        assert transport.writes[0].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"Connection: close" in transport.writes[0]
+        conn.data_received(_get("/small"))  # what follows is dropped, never answered
+        assert len(transport.writes) == 1
+
+    asyncio.run(main())
+
+
+def test_the_connection_is_handed_the_request_as_parsed() -> None:
+    seen: List[ParsedRequest] = []
+
+    class Spy(Dispatcher):
+        async def __call__(self, parsed: ParsedRequest, client: str) -> Tuple[Response, str]:
+            seen.append(parsed)
+            return await super().__call__(parsed, client)
+
+    async def main() -> None:
+        registry = Registry()
+        counter = registry.counter("t_total", "t", ("reason",))
+        shared = Shared(Spy(ROUTES, None, registry), Limits(), asyncio.get_running_loop(), counter, counter, counter)
+        conn = HttpConnection(shared)
+        conn.connection_made(Recorder())
+        conn.data_received(_get("/small") + _get("/small"))
+        assert [p.target for p in seen] == ["/small", "/small"]
+        assert seen[0] is seen[1]  # the same head, remembered: parsed once
+
+    asyncio.run(main())
