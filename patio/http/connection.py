@@ -18,7 +18,8 @@ this module acts on its answers.
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Coroutine, Dict, Iterator, Optional, Protocol, Sequence, Set, Tuple, cast
+from collections import deque
+from typing import Any, Callable, Coroutine, Deque, Dict, Iterator, Optional, Protocol, Sequence, Set, Tuple, cast
 
 from patio.core_settings import Limits
 from patio.errors import PatioError, RequestTimeout, ServiceUnavailable
@@ -43,6 +44,8 @@ WRITE_CHUNK = 16 * 1024
 WRITE_BUFFER_HIGH = 16 * 1024
 # Bytes of buffered output per connection, at most (the bound stated in docs and tested).
 MAX_BUFFERED_OUTPUT = WRITE_CHUNK + WRITE_BUFFER_HIGH
+# Pieces of large answers written per turn of the event loop, across all connections (256 KiB).
+PIECES_PER_TURN = 16
 # Input received ahead of its turn (pipelined behind an answer, or while waiting for a slot);
 # past it the connection stops reading until it catches up.
 MAX_UNREAD_BYTES = 128 * 1024
@@ -117,22 +120,50 @@ class Shared:
         self.write_log = ThrottledLog("cut connections that did not read their answer")
         self.closing = False
         self.refusing: Set["HttpConnection"] = set()  # refused, still answering or lingering
+        self.bulk = BulkWriter(loop)
 
 
-def _pieces(head: bytes, parts: Sequence[bytes]) -> Iterator[bytes]:
-    """An answer as the transport gets it: the body in WRITE_CHUNK pieces, the head with the first."""
-    first = True
+class BulkWriter:
+    """Writes the pieces of large answers, round-robin, at most PIECES_PER_TURN per turn of the
+    loop: however many clients download /metrics (or stall reading it, while the kernel still
+    takes their bytes), a probe waits behind at most that much writing, not behind all of it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: Deque["HttpConnection"] = deque()
+        self._queued: Set["HttpConnection"] = set()
+        self._scheduled = False
+
+    def add(self, conn: "HttpConnection") -> None:
+        if conn not in self._queued:
+            self._queued.add(conn)
+            self._queue.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        queue, queued = self._queue, self._queued
+        for _ in range(PIECES_PER_TURN):
+            if not queue:
+                return
+            conn = queue.popleft()
+            queued.discard(conn)
+            if conn.pump():
+                queued.add(conn)
+                queue.append(conn)
+        if queue:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+
+def _pieces(parts: Sequence[bytes]) -> Iterator[bytes]:
+    """A body as the transport gets it: WRITE_CHUNK pieces, views of the parts, never copies."""
     for part in parts:
         view = memoryview(part)
         for offset in range(0, len(view), WRITE_CHUNK):
-            piece = cast(bytes, view[offset : offset + WRITE_CHUNK])
-            if first:
-                first = False
-                yield head + piece
-            else:
-                yield piece
-    if first:
-        yield head
+            yield cast(bytes, view[offset : offset + WRITE_CHUNK])
 
 
 class HttpConnection(Slot, asyncio.Protocol):
@@ -223,8 +254,7 @@ class HttpConnection(Slot, asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._pieces is not None:
-            if self._pump() and self._answer_written():
-                self._advance()
+            self._shared.bulk.add(self)
         elif self.state == CLOSING and not self._lingering:
             self._linger()
 
@@ -410,36 +440,29 @@ class HttpConnection(Slot, asyncio.Protocol):
                 return False
             self._pieces = iter(())  # all written: what is left is waiting for the client to read
         else:
-            self._pieces = _pieces(head, response.parts())
-            if self._pump():
-                return self._answer_written()
+            self.transport.write(head)
+            self._pieces = _pieces(response.parts())
+            shared.bulk.add(self)
         if self.state != BUSY:
             self._move(BUSY)
         self._set_deadline(time.monotonic() + shared.limits.write_timeout)
         return False
 
-    def _pump(self) -> bool:
-        """Hand the next piece to the transport; True once the whole answer is handed over.
-
-        One piece per turn of the loop: a large answer to a client that reads fast (or to 300
-        that do not, whose kernel buffers absorb a megabyte each) must not hold the loop while
-        probes wait.  The next piece follows on the next turn, or when the transport resumes."""
+    def pump(self) -> bool:
+        """Hand the next piece of the answer to the transport (the bulk writer's turn); True if
+        more is to be written at once, False when it waits for the client or is done."""
         pieces = self._pieces
-        assert pieces is not None
+        if pieces is None or self.state != BUSY or self._write_paused:
+            return False
         piece = next(pieces, None)
-        if piece is None:
+        if piece is None:  # the whole answer is handed over
             self._pieces = None
-            return True
+            if self._answer_written():
+                self._advance()
+            return False
         transport = self.transport
         transport.write(piece)
-        if not self._write_paused and not transport.is_closing():  # is_closing: the client reset it
-            self._shared.loop.call_soon(self._pump_next)
-        return False
-
-    def _pump_next(self) -> None:
-        if self._pieces is not None and not self._write_paused and self.state == BUSY:
-            if self._pump() and self._answer_written():
-                self._advance()
+        return not self._write_paused and not transport.is_closing()  # is_closing: the client reset it
 
     def _answer_written(self) -> bool:
         if self._keep_alive:
