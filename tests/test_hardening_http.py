@@ -16,7 +16,7 @@ from support import RunningPatio, http_call, make_settings, raw_exchange
 
 from patio.config import load_settings
 from patio.errors import ConfigError
-from patio.http.connection import MAX_BUFFERED_OUTPUT
+from patio.http.output import MAX_BUFFERED_OUTPUT
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 

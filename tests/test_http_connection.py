@@ -6,9 +6,11 @@ from typing import Any, List, Optional, Tuple
 
 from patio.core_settings import Limits
 from patio.http.admission import BUSY, IDLE, NEW, READING
-from patio.http.connection import PIECES_PER_TURN, WRITE_CHUNK, HttpConnection, Shared
+from patio.http.connection import HttpConnection
 from patio.http.dispatch import Dispatcher
+from patio.http.output import PIECES_PER_TURN, WRITE_CHUNK
 from patio.http.request_parser import ParsedRequest
+from patio.http.server_state import ServerState
 from patio.http.types import Request, Response, Route
 from patio.metrics.registry import Registry
 
@@ -73,13 +75,15 @@ async def _slow(request: Request) -> Response:
 ROUTES = [Route("GET", "/big", _big), Route("GET", "/small", _small), Route("GET", "/slow", _slow)]
 
 
-def _shared(loop: asyncio.AbstractEventLoop) -> Shared:
+def _shared(loop: asyncio.AbstractEventLoop) -> ServerState:
     registry = Registry()
     counter = registry.counter("t_total", "t", ("reason",))
-    return Shared(Dispatcher(ROUTES, None, registry), Limits(), loop, counter, counter, counter)
+    return ServerState(Dispatcher(ROUTES, None, registry), Limits(), loop, counter, counter, counter)
 
 
-def _connection(loop: asyncio.AbstractEventLoop, shared: Optional[Shared] = None) -> Tuple[HttpConnection, Recorder]:
+def _connection(
+    loop: asyncio.AbstractEventLoop, shared: Optional[ServerState] = None
+) -> Tuple[HttpConnection, Recorder]:
     conn = HttpConnection(shared or _shared(loop))
     transport = Recorder()
     conn.connection_made(transport)
@@ -175,7 +179,9 @@ def test_the_connection_is_handed_the_request_as_parsed() -> None:
     async def main() -> None:
         registry = Registry()
         counter = registry.counter("t_total", "t", ("reason",))
-        shared = Shared(Spy(ROUTES, None, registry), Limits(), asyncio.get_running_loop(), counter, counter, counter)
+        shared = ServerState(
+            Spy(ROUTES, None, registry), Limits(), asyncio.get_running_loop(), counter, counter, counter
+        )
         conn = HttpConnection(shared)
         conn.connection_made(Recorder())
         conn.data_received(_get("/small") + _get("/small"))

@@ -18,34 +18,23 @@ this module acts on its answers.
 import asyncio
 import logging
 import time
-from collections import deque
-from typing import Any, Callable, Coroutine, Deque, Dict, Iterator, Optional, Protocol, Sequence, Set, Tuple, cast
+from typing import Callable, Dict, Iterator, Optional, Tuple, cast
 
-from patio.core_settings import Limits
 from patio.errors import PatioError, RequestTimeout, ServiceUnavailable
 from patio.http import admission as slots
-from patio.http.admission import BUSY, CLOSED, CLOSING, IDLE, MAX_LINGERING, NEW, READING, WAITING, Admission, Slot
+from patio.http.admission import BUSY, CLOSED, CLOSING, IDLE, MAX_LINGERING, NEW, READING, WAITING, Slot
 from patio.http.eager import start_eagerly
-from patio.http.request_parser import HeadCache, ParsedRequest, RequestParser
-from patio.http.responses import DateCache, error_response, head_bytes, serialize
+from patio.http.output import WRITE_BUFFER_HIGH, WRITE_CHUNK, pieces
+from patio.http.request_parser import ParsedRequest, RequestParser
+from patio.http.responses import error_response, head_bytes, serialize
+from patio.http.server_state import ServerState
 from patio.http.types import Response
-from patio.metrics.registry import Counter
 
 log = logging.getLogger("patio.http")
 
 INF = float("inf")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-# Output is handed to the transport in pieces of this size, and the next piece only once the
-# transport's buffer is below WRITE_BUFFER_HIGH: a client that does not read holds at most
-# WRITE_CHUNK + WRITE_BUFFER_HIGH bytes of output of its own (plus a reference to a shared
-# response body, e.g. the engine's share of /metrics), never a whole copy of a large answer.
-WRITE_CHUNK = 16 * 1024
-WRITE_BUFFER_HIGH = 16 * 1024
-# Bytes of buffered output per connection, at most (the bound stated in docs and tested).
-MAX_BUFFERED_OUTPUT = WRITE_CHUNK + WRITE_BUFFER_HIGH
-# Pieces of large answers written per turn of the event loop, across all connections (256 KiB).
-PIECES_PER_TURN = 16
 # Input received ahead of its turn (pipelined behind an answer, or while waiting for a slot);
 # past it the connection stops reading until it catches up.
 MAX_UNREAD_BYTES = 128 * 1024
@@ -61,109 +50,6 @@ ERROR_FLUSH_SECONDS = 2.0
 # (nginx: lingering_close, bounded by time.)
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024 * 1024
-# Refusals and write timeouts are logged at most once per this many seconds (with a count), so a
-# flood cannot flood the log too.
-LOG_EVERY = 10.0
-
-
-class RequestHandler(Protocol):
-    """What the connection calls: ``await handler(request, client)`` -> (response, request id),
-    and ``reject(error)`` for a request that could not be read.  (``patio.http.dispatch``.)"""
-
-    def __call__(self, parsed: ParsedRequest, client: str) -> Coroutine[Any, Any, Tuple[Response, str]]: ...
-
-    def reject(self, error: PatioError) -> Response: ...
-
-
-class ThrottledLog:
-    """A warning that repeats at most once per ``LOG_EVERY`` seconds, with the count in between."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        self._last = -LOG_EVERY
-        self._suppressed = 0
-
-    def emit(self, detail: str) -> None:
-        now = time.monotonic()
-        if now - self._last < LOG_EVERY:
-            self._suppressed += 1
-            return
-        suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        extra = f" ({suppressed} more since the last report)" if suppressed else ""
-        log.warning("%s: %s%s", self.message, detail, extra)
-
-
-class Shared:
-    """What the connections of one server share: the handler, the limits, the slots, the
-    caches, the counters.  Built by ``HttpServer``; ``closing`` is set when it stops listening."""
-
-    def __init__(
-        self,
-        handler: RequestHandler,
-        limits: Limits,
-        loop: asyncio.AbstractEventLoop,
-        refused: Counter,
-        evicted: Counter,
-        write_timeouts: Counter,
-    ) -> None:
-        self.handler = handler
-        self.limits = limits
-        self.loop = loop
-        self.admission = Admission(limits.max_connections)
-        self.heads = HeadCache()
-        self.dates = DateCache()
-        self.refused = refused
-        self.evicted = evicted
-        self.write_timeouts = write_timeouts
-        self.refusal_log = ThrottledLog("refused client connections")
-        self.eviction_log = ThrottledLog("evicted connections at the connection limit")
-        self.write_log = ThrottledLog("cut connections that did not read their answer")
-        self.closing = False
-        self.refusing: Set["HttpConnection"] = set()  # refused, still answering or lingering
-        self.bulk = BulkWriter(loop)
-
-
-class BulkWriter:
-    """Writes the pieces of large answers, round-robin, at most PIECES_PER_TURN per turn of the
-    loop: however many clients download /metrics (or stall reading it, while the kernel still
-    takes their bytes), a probe waits behind at most that much writing, not behind all of it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: Deque["HttpConnection"] = deque()
-        self._queued: Set["HttpConnection"] = set()
-        self._scheduled = False
-
-    def add(self, conn: "HttpConnection") -> None:
-        if conn not in self._queued:
-            self._queued.add(conn)
-            self._queue.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._turn)
-
-    def _turn(self) -> None:
-        self._scheduled = False
-        queue, queued = self._queue, self._queued
-        for _ in range(PIECES_PER_TURN):
-            if not queue:
-                return
-            conn = queue.popleft()
-            queued.discard(conn)
-            if conn.pump():
-                queued.add(conn)
-                queue.append(conn)
-        if queue:
-            self._scheduled = True
-            self._loop.call_soon(self._turn)
-
-
-def _pieces(parts: Sequence[bytes]) -> Iterator[bytes]:
-    """A body as the transport gets it: WRITE_CHUNK pieces, views of the parts, never copies."""
-    for part in parts:
-        view = memoryview(part)
-        for offset in range(0, len(view), WRITE_CHUNK):
-            yield cast(bytes, view[offset : offset + WRITE_CHUNK])
 
 
 class HttpConnection(Slot, asyncio.Protocol):
@@ -190,7 +76,7 @@ class HttpConnection(Slot, asyncio.Protocol):
     )
     transport: asyncio.Transport  # set by connection_made, before anything else runs
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: ServerState) -> None:
         Slot.__init__(self)
         self._shared = shared
         limits = shared.limits
@@ -441,7 +327,7 @@ class HttpConnection(Slot, asyncio.Protocol):
             self._pieces = iter(())  # all written: what is left is waiting for the client to read
         else:
             self.transport.write(head)
-            self._pieces = _pieces(response.parts())
+            self._pieces = pieces(response.parts())
             shared.bulk.add(self)
         if self.state != BUSY:
             self._move(BUSY)

@@ -14,7 +14,8 @@ from typing import List, Optional
 
 from patio.core_settings import Limits
 from patio.http.admission import BUSY, Admission
-from patio.http.connection import HttpConnection, RequestHandler, Shared
+from patio.http.connection import HttpConnection
+from patio.http.server_state import Cuttable, RequestHandler, ServerState
 from patio.metrics.registry import Registry
 
 # patio_http_connections_refused_total{reason} values.
@@ -29,7 +30,7 @@ class HttpServer:
     def __init__(self, handler: RequestHandler, limits: Limits, registry: Registry) -> None:
         self.handler = handler
         self.limits = limits
-        self._shared: Optional[Shared] = None
+        self._shared: Optional[ServerState] = None
         self._server: Optional[asyncio.AbstractServer] = None
         registry.gauge("patio_http_connections", "Open client connections.", func=self._open_connections)
         self._refused = registry.counter(
@@ -64,7 +65,7 @@ class HttpServer:
         return [conn for conn in self._shared.admission.open if isinstance(conn, HttpConnection)]
 
     @property
-    def refusing(self) -> List[HttpConnection]:
+    def refusing(self) -> List[Cuttable]:
         """Refused connections still writing their 503 or lingering (outside the slots)."""
         return list(self._shared.refusing) if self._shared is not None else []
 
@@ -75,7 +76,7 @@ class HttpServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        shared = Shared(self.handler, self.limits, loop, self._refused, self._evicted, self._write_timeouts)
+        shared = ServerState(self.handler, self.limits, loop, self._refused, self._evicted, self._write_timeouts)
         self._shared = shared
         self._server = await loop.create_server(lambda: HttpConnection(shared), host, port, backlog=LISTEN_BACKLOG)
 
