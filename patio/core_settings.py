@@ -121,7 +121,11 @@ def add_flags(parser: Any) -> None:
         help="patio, aibrix or kthena: whose defaults apply (env PATIO_PROFILE; default: inferred from the "
         "command, Kthena's flags or AIBrix's switches; see docs/migrating.md)",
     )
-    add("-E", "--engine", help="sglang, vllm, llamacpp, tgi or triton (env INFERENCE_ENGINE; default: what the engine answers as)")
+    add(
+        "-E",
+        "--engine",
+        help="sglang, vllm, llamacpp, tgi or triton (env INFERENCE_ENGINE; default: what the engine answers as)",
+    )
     add("--engine-version", help="engine version label (env INFERENCE_ENGINE_VERSION)")
     add(
         "-B",

@@ -127,11 +127,17 @@ class NotImplementedMethod(PatioError):
     error_type = "not_implemented"
 
 
-class EngineError(PatioError):
-    """The engine answered, and the answer was a failure we cannot map more precisely."""
+class PeerError(PatioError):
+    """A peer Patio calls (the engine, a router) could not be asked (a bad URL, a header with a
+    line break) or answered unusably (larger than the limit).  The wire type predates routers as
+    peers and stays what clients already match on."""
 
     status = 502
     error_type = "engine_error"
+
+
+class EngineError(PeerError):
+    """The engine answered, and the answer was a failure we cannot map more precisely."""
 
     def __init__(
         self,
@@ -153,16 +159,30 @@ class ServiceUnavailable(PatioError):
     error_type = "service_unavailable"
 
 
-class EngineUnavailable(PatioError):
-    """The engine could not be reached at all (refused, reset, DNS)."""
+class PeerUnavailable(PatioError):
+    """A peer could not be reached (refused, reset, DNS) or broke off its answer.  ``sent`` says
+    whether the request may have reached it: only a request that surely did not may be retried
+    (the default, True, is the safe assumption)."""
 
     status = 503
     error_type = "engine_unavailable"
 
+    def __init__(self, message: str, *, sent: bool = True, param: Optional[str] = None) -> None:
+        super().__init__(message, param=param)
+        self.sent = sent
 
-class EngineTimeout(PatioError):
+
+class PeerTimeout(PatioError):
+    """A peer did not accept the connection, or did not answer, within the call's deadline."""
+
     status = 504
     error_type = "engine_timeout"
+
+
+# The names these had when only the engine was a peer; the scrape and the LoRA manager still
+# raise and catch them (the same classes, not subclasses: a catch of either name sees both).
+EngineUnavailable = PeerUnavailable
+EngineTimeout = PeerTimeout
 
 
 class ConfigError(Exception):

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 from patio.app import build_app, gather_bounded
 from patio.component import App
 from patio.config import Settings
+from patio.http.dispatch import Dispatcher
 from patio.http.server import HttpServer
 from patio.logs import redact_url
 
@@ -54,7 +55,8 @@ async def serve(
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     stop = stop or asyncio.Event()
     app = build_app(settings)
-    server = HttpServer(app)
+    registry = app.context.registry
+    server = HttpServer(Dispatcher(app.routes(), core.api_key, registry), core.limits, registry)
     await server.start(core.host, core.port)
     log.info(
         "patio listening on %s:%d (engine %s at %s)",

@@ -19,10 +19,12 @@ from typing import List, NamedTuple
 import pytest
 from support import RunningPatio, make_settings
 
-from patio.http import server as http_server
+from patio.http import admission
+from patio.http import connection as http_connection
+from patio.http.connection import HttpConnection
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-GRACE = http_server.SILENCE_GRACE
+GRACE = admission.SILENCE_GRACE
 
 
 class Case(NamedTuple):
@@ -34,21 +36,21 @@ class Case(NamedTuple):
 
 
 CASES = {
-    "new, silent past the grace": Case(http_server.NEW, GRACE + 1, 0, 0, True),
-    "new, silent within the grace": Case(http_server.NEW, GRACE / 5, 0, 0, False),
-    "new, request arrived but not parsed yet": Case(http_server.NEW, GRACE + 1, 36, 0, False),
-    "idle since its last answer": Case(http_server.IDLE, 1.0, 36, 36, True),
-    "idle, next request arrived": Case(http_server.IDLE, 1.0, 72, 36, False),
-    "reading, everything sent so far parsed": Case(http_server.READING, 0.01, 10, 10, True),
-    "reading, more arrived, not parsed yet": Case(http_server.READING, 5.0, 11, 10, False),
-    "busy": Case(http_server.BUSY, 10.0, 36, 36, False),
+    "new, silent past the grace": Case(admission.NEW, GRACE + 1, 0, 0, True),
+    "new, silent within the grace": Case(admission.NEW, GRACE / 5, 0, 0, False),
+    "new, request arrived but not parsed yet": Case(admission.NEW, GRACE + 1, 36, 0, False),
+    "idle since its last answer": Case(admission.IDLE, 1.0, 36, 36, True),
+    "idle, next request arrived": Case(admission.IDLE, 1.0, 72, 36, False),
+    "reading, everything sent so far parsed": Case(admission.READING, 0.01, 10, 10, True),
+    "reading, more arrived, not parsed yet": Case(admission.READING, 5.0, 11, 10, False),
+    "busy": Case(admission.BUSY, 10.0, 36, 36, False),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_eviction_policy(case: Case) -> None:
     now = time.monotonic()
-    conn = http_server._Connection()
+    conn = admission.Slot()
     conn.state = case.state
     conn.since = now - case.since_ago
     conn.arrived, conn.parsed = case.arrived, case.parsed
@@ -76,22 +78,25 @@ def _read_answer(sock: socket.socket) -> bytes:
 
 
 class _HeldFirstConnection:
-    """The first connection's task waits before it parses: a loop late to read what arrived."""
+    """The first connection that receives bytes does not parse them until let go: a loop late
+    to parse what arrived."""
 
-    def __init__(self, patio: RunningPatio) -> None:
+    def __init__(self, patio: RunningPatio, monkeypatch: pytest.MonkeyPatch) -> None:
         self.patio = patio
         self.server = patio.running.server
-        self.release = asyncio.Event()
-        self.held: List[http_server._Connection] = []
-        original = self.server._serve_connection
+        self.held: List[HttpConnection] = []
+        original = HttpConnection._advance
 
-        async def late(reader, writer, conn, client):  # type: ignore[no-untyped-def]
+        def late(conn: HttpConnection) -> None:
             if not self.held:
                 self.held.append(conn)
-                await self.release.wait()
-            await original(reader, writer, conn, client)
+            if conn is self.held[0] and not self.released:
+                return  # arrived, not parsed
+            original(conn)
 
-        self.server._serve_connection = late
+        self.released = False
+        self._original = original
+        monkeypatch.setattr(HttpConnection, "_advance", late)
 
     def wait_arrived(self) -> None:
         deadline = time.monotonic() + 10
@@ -100,13 +105,19 @@ class _HeldFirstConnection:
         assert self.held and self.held[0].arrived, "the request never reached the server"
 
     def let_go(self) -> None:
-        self.patio.loop.call_soon_threadsafe(self.release.set)
+        def resume() -> None:
+            self.released = True
+            self._original(self.held[0])
+
+        self.patio.loop.call_soon_threadsafe(resume)
 
 
-def test_a_request_that_arrived_is_answered_even_when_the_loop_is_late_to_parse_it() -> None:
+def test_a_request_that_arrived_is_answered_even_when_the_loop_is_late_to_parse_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The soak's lost request, made deterministic."""
     with _patio("--max-connections", "1") as patio:
-        late = _HeldFirstConnection(patio)
+        late = _HeldFirstConnection(patio, monkeypatch)
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
             late.wait_arrived()
@@ -128,10 +139,10 @@ def _post_large(port: int, size: int) -> int:
         conn.close()
 
 
-def test_refused_connection_gets_its_503_even_while_still_sending() -> None:
+def test_refused_connection_gets_its_503_even_while_still_sending(monkeypatch: pytest.MonkeyPatch) -> None:
     """Closing with unread input resets the connection: the client failed on its send, never read the 503."""
     with _patio("--max-connections", "1") as patio:
-        late = _HeldFirstConnection(patio)
+        late = _HeldFirstConnection(patio, monkeypatch)
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
             late.wait_arrived()
@@ -153,9 +164,9 @@ def test_413_reaches_a_client_that_keeps_sending() -> None:
 def test_shutdown_cuts_a_lingering_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused connection is outside the connection table; drain must still cut its linger
     (else the loop closes under it: "Event loop is closed" from a pending task, seen on CI)."""
-    monkeypatch.setattr(http_server, "LINGER_SECONDS", 60.0)  # only a cancellation can end it soon
+    monkeypatch.setattr(http_connection, "LINGER_SECONDS", 60.0)  # only a cancellation can end it soon
     with _patio("--max-connections", "1") as patio:
-        late = _HeldFirstConnection(patio)
+        late = _HeldFirstConnection(patio, monkeypatch)
         server = late.server
         with socket.create_connection(("127.0.0.1", patio.port)) as spoken:
             spoken.sendall(PROBE)
@@ -163,12 +174,12 @@ def test_shutdown_cuts_a_lingering_refusal(monkeypatch: pytest.MonkeyPatch) -> N
             with socket.create_connection(("127.0.0.1", patio.port)) as refused:
                 refused.sendall(PROBE)  # and keeps the socket open: the server lingers on it
                 assert _status(_read_answer(refused)) == 503
-                assert server._refusing
+                assert server.refusing
 
                 async def drained() -> bool:
                     await server.drain(0.1)
                     for _ in range(50):
-                        if not server._refusing:
+                        if not server.refusing:
                             return True
                         await asyncio.sleep(0.1)
                     return False

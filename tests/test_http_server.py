@@ -28,7 +28,13 @@ class EchoComponent(Component):
             Route("GET", "/test/boom", self.boom),
             Route("GET", "/test/items/{item}", self.item),
             Route("POST", "/test/manage", self.echo, management=True),
+            Route("GET", "/test/big", self.big),
         ]
+
+    async def big(self, request: Request) -> Response:
+        """Far more than the socket buffers hold, in a body and a shared tail."""
+        size = int(request.query_value("mb") or 4) * 1024 * 1024
+        return Response(body=b"a" * 1000, content_type="text/plain", shared_tail=(b"b" * size,))
 
     async def echo(self, request: Request) -> Response:
         return Response(body=request.body, content_type="application/octet-stream")
@@ -297,3 +303,70 @@ def test_management_routes_need_the_api_key(server):
         assert http_call("POST", patio.url + "/test/manage", b"x", {"Authorization": "Bearer k"})[0] == 200
         for path in ("/health", "/ready", "/metrics", "/"):
             assert http_call("GET", patio.url + path)[0] in (200, 503)
+
+
+def test_the_server_knows_nothing_of_the_application():
+    """HttpServer is given a handler, limits and a registry: nothing under patio/http reaches the
+    component contracts, the assembly or the settings composer."""
+    from test_import_graph import import_graph
+
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("patio.http.")):
+        seen, todo = set(), [module]
+        while todo:
+            for dep in graph[todo.pop()]:
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        assert not seen & {"patio.component", "patio.app", "patio.config"}, f"{module} reaches {sorted(seen)}"
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_large_answer_before_close_arrives_whole_to_a_slow_reader(server):
+    """Connection: close after an answer larger than the socket buffers: the connection is
+    closed once the answer is flushed (bounded by --write-timeout), never cut short."""
+    with server() as patio, socket.create_connection(("127.0.0.1", patio.port), timeout=10) as sock:
+        sock.sendall(b"GET /test/big?mb=8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)  # the client is slow to start reading
+        ((status, headers, body),) = responses(_read_all(sock))
+        assert status == 200 and headers["connection"] == "close"
+        assert len(body) == int(headers["content-length"]) == 1000 + 8 * 1024 * 1024
+
+
+def test_requests_sent_before_the_client_half_closes_are_all_answered(server):
+    """A client that sends its requests and shuts its sending side (curl --no-keepalive, a
+    script) still reads every answer, the one behind a slow handler included."""
+    with server() as patio, socket.create_connection(("127.0.0.1", patio.port), timeout=10) as sock:
+        sock.sendall(b"GET /test/slow?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answers = responses(_read_all(sock))
+        assert [a[0] for a in answers] == [200, 200]
+        assert json.loads(answers[0][2]) == {"slow": "done"} and json.loads(answers[1][2]) == {"status": "ok"}
+
+
+def test_a_client_gone_mid_request_frees_its_slot_when_its_handler_ends(server):
+    """The handler is not cancelled (it may be changing state) and holds the slot until it ends,
+    as before; then the connection is forgotten."""
+    with server() as patio:
+        with socket.create_connection(("127.0.0.1", patio.port)) as sock:
+            sock.sendall(b"GET /test/slow?s=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+        time.sleep(0.1)
+
+        async def connections():
+            return len(patio.running.server.connections)
+
+        assert patio.call(connections) == 1  # gone, its handler still runs
+        deadline = time.monotonic() + 10
+        while patio.call(connections) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert patio.call(connections) == 0
+        assert http_call("GET", patio.url + "/health")[0] == 200

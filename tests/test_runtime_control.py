@@ -21,7 +21,7 @@ import pytest
 from runtime_support import EngineProcess
 from support import http_json
 
-from patio.engines.transport import HttpResult
+from patio.http.client import HttpResult
 from patio.errors import EngineTimeout
 from patio.runtime.control import (
     SGLANG,

@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from patio import jsontext
 from patio.engines import llamacpp, sglang, tgi, triton, vllm
 from patio.engines.base import OK, REFUSED, UNAVAILABLE, EngineSpec, Outcome
-from patio.engines.transport import HttpResult, PeerUnavailable, bearer, http_request
+from patio.http.client import HttpResult, PeerUnavailable, bearer, http_request
 from patio.errors import EngineError
+from patio.http.client import HttpResult, PeerUnavailable, bearer, http_request
 
 log = logging.getLogger("patio.engine")
 

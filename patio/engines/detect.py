@@ -29,7 +29,7 @@ from patio import jsontext
 from patio.core_settings import CoreSettings
 from patio.engines.base import OK, EngineSpec, Outcome
 from patio.engines.client import SPECS
-from patio.engines.transport import bearer, http_request
+from patio.http.client import bearer, http_request
 from patio.errors import PatioError
 from patio.logs import redact_url
 from patio.profiles import PROFILES

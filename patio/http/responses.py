@@ -5,7 +5,7 @@ This is the one place an error becomes the JSON shape
 """
 
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 from patio.errors import PatioError
 from patio.http.types import Header, Response
@@ -78,7 +78,17 @@ REASONS: Dict[int, str] = {
 }
 
 
-def error_response(error: PatioError, request_id: str = "") -> Response:
+# The status line of every known status, built once.
+STATUS_LINES: Dict[int, bytes] = {
+    status: f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1") for status, reason in REASONS.items()
+}
+_SERVER = b"\r\nServer: patio\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+
+
+def error_response(error: PatioError) -> Response:
+    """The one place an error becomes its JSON answer (with the headers it requires)."""
     headers: List[Header] = [(str(k), str(v)) for k, v in error.extra_headers()]
     return Response.json(error.to_dict(), status=error.status, headers=headers)
 
@@ -97,40 +107,41 @@ def http_date(seconds: float) -> str:
 
 
 class DateCache:
-    """The ``Date`` header, formatted at most once per second."""
+    """The ``Date`` header's value as bytes, formatted at most once per second."""
+
+    __slots__ = ("_second", "_value")
 
     def __init__(self) -> None:
         self._second = -1
-        self._value = ""
+        self._value = b""
 
-    def get(self) -> str:
+    def get(self) -> bytes:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = http_date(now)
+            self._value = http_date(now).encode("ascii")
         return self._value
 
 
-def serialize(
-    response: Response,
-    *,
-    keep_alive: bool,
-    head_only: bool,
-    date: str,
-    request_id: str = "",
-    extra: Optional[List[Tuple[str, str]]] = None,
-) -> bytes:
+def head_bytes(response: Response, *, keep_alive: bool, date: bytes, request_id: str = "") -> bytes:
+    """The status line and header block of ``response``: Date, Server, Content-Type,
+    Content-Length, X-Request-Id, the response's own headers, Connection, in that order."""
     status = response.status
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Date: {date}", "Server: patio"]
-    if response.content_type:
-        lines.append(f"Content-Type: {response.content_type}")
-    lines.append(f"Content-Length: {response.content_length}")
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} Unknown\r\n".encode("latin-1")
+    ctype = response.content_type
+    tail = response.shared_tail
+    length = len(response.body) + sum(map(len, tail)) if tail else len(response.body)
+    fields = f"Content-Type: {ctype}\r\n" if ctype else ""
+    fields += f"Content-Length: {length}\r\n"
     if request_id:
-        lines.append(f"X-Request-Id: {request_id}")
+        fields += f"X-Request-Id: {request_id}\r\n"
     for key, value in response.headers:
-        lines.append(f"{key}: {value}")
-    for key, value in extra or ():
-        lines.append(f"{key}: {value}")
-    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + b"".join(response.parts())
+        fields += f"{key}: {value}\r\n"
+    return b"".join((line, b"Date: ", date, _SERVER, fields.encode("latin-1"), _KEEP_ALIVE if keep_alive else _CLOSE))
+
+
+def serialize(response: Response, *, keep_alive: bool, date: bytes, request_id: str = "") -> bytes:
+    """The whole answer on the wire: head and body."""
+    return head_bytes(response, keep_alive=keep_alive, date=date, request_id=request_id) + b"".join(response.parts())

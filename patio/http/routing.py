@@ -8,7 +8,7 @@ import re
 from typing import Dict, List, Mapping, Optional, Pattern, Sequence, Tuple
 
 from patio.errors import MethodNotAllowed, NotFound
-from patio.http.types import Route
+from patio.http.types import NO_PARAMS, Route
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The route label of requests that matched no route: one value, so junk paths
@@ -45,16 +45,19 @@ class RouteTable:
     def _methods_for(self, path: str) -> Tuple[Optional[Dict[str, Route]], Mapping[str, str]]:
         methods = self._static.get(path)
         if methods is not None:
-            return methods, {}
+            return methods, NO_PARAMS
         for pattern, _, candidates in self._templates:
             match = pattern.match(path)
             if match:
                 return candidates, match.groupdict()
-        return None, {}
+        return None, NO_PARAMS
 
     def match(self, method: str, path: str) -> Tuple[Route, Mapping[str, str]]:
         """The route and path parameters; ``NotFound`` or ``MethodNotAllowed`` (with ``Allow``)."""
-        methods, params = self._methods_for(path)
+        methods = self._static.get(path)
+        params: Mapping[str, str] = NO_PARAMS
+        if methods is None:
+            methods, params = self._methods_for(path)
         if methods is None:
             raise NotFound(f"no route for {path}", param="path")
         route = methods.get("GET" if method == "HEAD" else method)

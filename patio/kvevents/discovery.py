@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from patio import jsontext
-from patio.engines.transport import bearer, http_request, split_url
+from patio.http.client import bearer, http_request, split_url
 from patio.errors import PatioError
 from patio.kvevents.settings import parse_endpoint
 

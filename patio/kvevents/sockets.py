@@ -6,7 +6,7 @@ Runs only in the bridge's own threads (never on the event loop).  Every failure 
 
 import socket
 
-from patio.engines.transport import resolver_host
+from patio.http.client import resolver_host
 from patio.kvevents.settings import parse_endpoint
 
 

@@ -11,8 +11,8 @@ import time
 import zlib
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from patio.engines.transport import HttpResult, KeepAliveClient
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
+from patio.http.client import HttpResult, KeepAliveClient
 from patio.metrics.memory import RELEASE_AFTER_BYTES, prefer_mmap
 from patio.metrics.parse import decode_payload
 from patio.metrics.pipeline import EngineText, Reading

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import quote
 
-from patio.engines.transport import HttpResult, bearer, http_request
+from patio.http.client import HttpResult, bearer, http_request
 from patio.topology import answers
 from patio.topology.answers import (
     GENERATIONS,

@@ -1,6 +1,6 @@
 """Blocking HTTP for downloads: pooled keep-alive connections, streamed bodies, timeouts, retries.
 
-Run only in worker threads.  ``patio.engines.transport`` reads whole answers
+Run only in worker threads.  ``patio.http.client`` reads whole answers
 into memory, which suits JSON from a local engine; downloads need streaming,
 connection reuse across thousands of ranged GETs, proxies and TLS to the
 internet, so they get this small client on ``http.client``.

@@ -1,10 +1,10 @@
-"""Blocking HTTP/1.1 calls to local peers (engine, router) over plain sockets.
+"""Patio's outbound HTTP/1.1 client: blocking calls to its peers (the engine, a router).
 
 Run these only in worker threads (``AppContext.run_blocking``), never on the
 event loop.  Every call has one deadline for the whole exchange and a response
-size limit.  Failures become the error family: unreachable -> ``EngineUnavailable``
+size limit.  Failures become the error family: unreachable -> ``PeerUnavailable``
 (with ``sent=False`` when the request surely never reached the peer, so a retry
-is safe), too slow -> ``EngineTimeout``, oversize -> ``EngineError``.
+is safe), too slow -> ``PeerTimeout``, oversize or unsendable -> ``PeerError``.
 Non-2xx answers are *returned*, not raised: callers map them; redirects are not
 followed (a local peer that redirects is answering wrongly).
 
@@ -22,8 +22,24 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from patio import __version__
-from patio.errors import EngineError, EngineTimeout, EngineUnavailable
+from patio.errors import PeerError, PeerTimeout, PeerUnavailable
 from patio.http.response_parser import MalformedResponse, ResponseParser, ResponseTooLarge, TruncatedResponse
+
+# Re-exported: the errors a call raises, beside the call.
+__all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "HttpResult",
+    "KeepAliveClient",
+    "Origin",
+    "PeerError",
+    "PeerTimeout",
+    "PeerUnavailable",
+    "bearer",
+    "http_request",
+    "request_bytes",
+    "resolver_host",
+    "split_url",
+]
 
 # An engine or router answer larger than this is refused (JSON answers are small;
 # /metrics has its own, larger limit passed by the scraper).
@@ -44,14 +60,6 @@ class HttpResult:
 
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
-
-
-class PeerUnavailable(EngineUnavailable):
-    """Connection refused, reset, DNS failure.  ``sent`` says whether the request may have arrived."""
-
-    def __init__(self, message: str, *, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
 
 
 @dataclass(frozen=True)
@@ -83,15 +91,15 @@ def split_url(url: str) -> Tuple[Origin, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise EngineError(f"not an http:// or https:// URL: {url!r}")
+        raise PeerError(f"not an http:// or https:// URL: {url!r}")
     if not parts.hostname:
-        raise EngineError(f"URL has no host: {url!r}")
+        raise PeerError(f"URL has no host: {url!r}")
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         port = 0
     if port == 0:
-        raise EngineError(f"URL has a bad port: {url!r}")
+        raise PeerError(f"URL has a bad port: {url!r}")
     https = scheme == "https"
     origin = Origin(https, parts.hostname, port or (443 if https else 80), parts.path.rstrip("/"))
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -103,7 +111,7 @@ def request_bytes(
 ) -> bytes:
     """The request on the wire.  Header names or values with line breaks are refused (no injection)."""
     if not target.startswith("/") or any(c <= " " or c > "~" for c in target):
-        raise EngineError(f"refusing to send request target {target[:80]!r}")
+        raise PeerError(f"refusing to send request target {target[:80]!r}")
     fields: Dict[str, str] = {"Host": origin.authority, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     for name, value in headers.items():
         for existing in [k for k in fields if k.lower() == name.lower()]:
@@ -115,7 +123,7 @@ def request_bytes(
     lines = [f"{method} {target} HTTP/1.1"]
     for name, value in fields.items():
         if any(c in name or c in value for c in "\r\n\0") or ":" in name:
-            raise EngineError(f"refusing to send header {name!r}: it contains a line break")
+            raise PeerError(f"refusing to send header {name!r}: it contains a line break")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
@@ -134,7 +142,7 @@ def _connect(origin: Origin, url: str, deadline: float, peer: str) -> socket.soc
     try:
         sock = socket.create_connection(address, timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # bytes work
     except (socket.timeout, TimeoutError):
-        raise EngineTimeout(f"{peer} did not accept a connection at {url} within {timeout:g}s") from None
+        raise PeerTimeout(f"{peer} did not accept a connection at {url} within {timeout:g}s") from None
     except OSError as exc:  # refused, DNS
         raise PeerUnavailable(f"{peer} unreachable at {url}: {exc}", sent=False) from None
     try:
@@ -181,15 +189,15 @@ def _result(parser: ResponseParser, started: float) -> HttpResult:
 def _exchange_errors(exc: BaseException, parser: ResponseParser, peer: str, what: str, timeout: float) -> Exception:
     """The Patio error for a failure once connected (the request may have arrived)."""
     if isinstance(exc, ResponseTooLarge):
-        return EngineError(f"{peer} answer to {what} is larger than {parser.max_body_bytes} bytes")
+        return PeerError(f"{peer} answer to {what} is larger than {parser.max_body_bytes} bytes")
     if isinstance(exc, TruncatedResponse):
         return PeerUnavailable(f"{peer} answer to {what}: {exc}", sent=True)
     if isinstance(exc, MalformedResponse):
         return PeerUnavailable(f"{peer} sent a malformed answer to {what}: {exc}", sent=True)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         if parser.received:
-            return EngineTimeout(f"{peer} answer to {what} stalled past {timeout:g}s")
-        return EngineTimeout(f"{peer} did not answer {what} within {timeout:g}s")
+            return PeerTimeout(f"{peer} answer to {what} stalled past {timeout:g}s")
+        return PeerTimeout(f"{peer} did not answer {what} within {timeout:g}s")
     return PeerUnavailable(f"{peer} connection failed during {what}: {exc!r}", sent=True)
 
 

@@ -9,7 +9,9 @@ from typing import Callable, List, NamedTuple, Optional, Type
 import pytest
 from support import free_port
 
-from patio.engines.transport import (
+from patio import errors
+from patio.errors import PatioError, PeerError, PeerTimeout
+from patio.http.client import (
     KeepAliveClient,
     Origin,
     PeerUnavailable,
@@ -17,7 +19,6 @@ from patio.engines.transport import (
     request_bytes,
     resolver_host,
 )
-from patio.errors import EngineError, EngineTimeout
 
 # How the scripted peer answers one connection: given the request bytes it read and the socket.
 Script = Callable[[bytes, socket.socket], None]
@@ -146,12 +147,12 @@ CASES: List[Case] = [
     Case(
         "oversize_declared",
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"),
-        error=EngineError,
+        error=PeerError,
         match="larger than 1024",
     ),
-    Case("oversize_streamed", answer(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 5000), error=EngineError, match="larger"),
-    Case("no_answer_in_time", stall, error=EngineTimeout, match="did not answer"),
-    Case("body_stalls", half_then_stall, error=EngineTimeout, match="stalled"),
+    Case("oversize_streamed", answer(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 5000), error=PeerError, match="larger"),
+    Case("no_answer_in_time", stall, error=PeerTimeout, match="did not answer"),
+    Case("body_stalls", half_then_stall, error=PeerTimeout, match="stalled"),
 ]
 
 
@@ -231,13 +232,13 @@ def test_request_on_the_wire() -> None:
 )
 def test_header_injection_is_refused(headers: dict) -> None:
     origin = Origin.parse("http://127.0.0.1:8000")
-    with pytest.raises(EngineError, match="refusing"):
+    with pytest.raises(PeerError, match="refusing"):
         request_bytes("GET", origin, "/health", headers, None, keep_alive=False)
 
 
 @pytest.mark.parametrize("target", ["/a b", "/a\r\nX: 1", "relative", "/é"], ids=["space", "crlf", "relative", "utf8"])
 def test_bad_targets_are_refused(target: str) -> None:
-    with pytest.raises(EngineError, match="request target"):
+    with pytest.raises(PeerError, match="request target"):
         request_bytes("GET", Origin.parse("http://127.0.0.1:8000"), target, {}, None, keep_alive=False)
 
 
@@ -259,7 +260,7 @@ def test_origin_parse(url: str, expected: Origin) -> None:
 
 @pytest.mark.parametrize("url", ["ftp://x", "localhost:8000", "http://:80", "http://h:99999", "http://h:x"])
 def test_origin_parse_refuses(url: str) -> None:
-    with pytest.raises(EngineError):
+    with pytest.raises(PeerError):
         Origin.parse(url)
 
 
@@ -310,7 +311,7 @@ def test_keep_alive_client_retries_a_stale_connection_once() -> None:
 def test_keep_alive_client_does_not_retry_a_timeout() -> None:
     with Peer(stall) as peer:
         client = KeepAliveClient(peer.url)
-        with pytest.raises(EngineTimeout):
+        with pytest.raises(PeerTimeout):
             client.get("/metrics", {}, timeout=0.3, max_bytes=100)
     assert peer.accepted == 1
 
@@ -324,3 +325,25 @@ def test_keep_alive_client_path_prefix_and_headers() -> None:
     assert raw.startswith(b"GET /engine/metrics HTTP/1.1\r\n")
     assert b"\r\nAccept: text/plain\r\n" in raw
     assert b"\r\nConnection: keep-alive\r\n" in raw
+
+
+WIRE = {
+    # The client's errors answer as the engine's did before routers were peers: a controller
+    # matching on the type or the status sees no change.
+    "peer error": (PeerError("x"), 502, "engine_error"),
+    "peer unavailable": (PeerUnavailable("x"), 503, "engine_unavailable"),
+    "peer timeout": (PeerTimeout("x"), 504, "engine_timeout"),
+}
+
+
+@pytest.mark.parametrize("error, status, kind", WIRE.values(), ids=WIRE.keys())
+def test_peer_errors_keep_their_wire_status_and_type(error: PatioError, status: int, kind: str) -> None:
+    assert (error.status, error.to_dict()["type"]) == (status, kind)
+
+
+def test_the_engine_names_are_the_peer_classes() -> None:
+    """The scrape and the LoRA manager catch ``EngineUnavailable``/``EngineTimeout``: the client's
+    errors must be those very classes, and an engine's own failure is still a peer error."""
+    assert errors.EngineUnavailable is PeerUnavailable and errors.EngineTimeout is PeerTimeout
+    assert issubclass(errors.EngineError, PeerError)
+    assert PeerUnavailable("x").sent is True  # unknown means "may have arrived": never retried

@@ -4,7 +4,7 @@ byte by byte, and pipelined."""
 import pytest
 
 from patio.errors import PatioError
-from patio.http.protocol import RequestParser
+from patio.http.request_parser import HeadCache, RequestParser
 
 HEADER_LIMIT, BODY_LIMIT = 1024, 64
 
@@ -112,3 +112,46 @@ def test_truncated_body_waits_for_more():
 def test_expect_continue_is_reported_on_the_head():
     _, parser = feed_all(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
     assert parser.head is not None and parser.head.expect_continue
+
+
+def _all_requests(data: bytes, cache: HeadCache) -> list:
+    parser = RequestParser(HEADER_LIMIT, BODY_LIMIT, cache)
+    parser.feed(data)
+    found = []
+    while True:
+        request = parser.next_request()
+        if request is None:
+            return found
+        found.append(request)
+
+
+@pytest.mark.parametrize("data", [c[1] for c in GOOD], ids=[c[0] for c in GOOD])
+def test_a_remembered_head_parses_as_a_fresh_one(data):
+    """The head cache changes the cost, never the result: the same request parsed cold, then
+    warm by another parser sharing the cache, then with a body and a pipelined follower."""
+    cache = HeadCache()
+    fresh = feed_all(data)[0]
+    assert _all_requests(data, cache) == fresh  # cold: parsed, remembered
+    assert len(cache) >= 1
+    assert _all_requests(data, cache) == fresh  # warm: remembered
+    assert _all_requests(data + data, cache) == fresh + fresh
+
+
+@pytest.mark.parametrize("data,status", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_a_head_that_failed_is_never_remembered(data, status):
+    cache = HeadCache()
+    for _ in range(2):
+        with pytest.raises(PatioError) as info:
+            _all_requests(data, cache)
+        assert info.value.status == status
+    assert len(cache) == 0
+
+
+def test_the_head_cache_is_bounded_in_entries_and_in_head_size():
+    cache = HeadCache(entries=4, max_head_bytes=64)
+    for i in range(10):
+        _all_requests(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i, cache)
+    assert len(cache) == 4
+    assert [head.target for head in cache.heads.values()] == ["/6", "/7", "/8", "/9"]  # oldest dropped first
+    _all_requests(b"GET /big HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 64 + b"\r\n\r\n", cache)
+    assert "/big" not in [head.target for head in cache.heads.values()]
