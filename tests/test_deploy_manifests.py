@@ -138,11 +138,21 @@ def _environment(container: Doc) -> Dict[str, str]:
     a ``*_FILE`` setting names a mounted secret, here a file holding a stand-in."""
     env = {}
     for item in container.get("env", []):
-        env[item["name"]] = item.get("value", f"<{item['name']}>")
+        env[item["name"]] = item.get("value", _downward_stand_in(item))
         if item["name"].endswith("_FILE"):
             assert any(env[item["name"]].startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
             env[item["name"]] = str(SECRET_STAND_IN)
     return env
+
+
+# What the kubelet fills in for a downward-API field: a value of the field's own form (Patio
+# validates a pod IP at start, so a stand-in must be an address).
+_FIELD_STAND_INS = {"status.podIP": "10.244.1.7", "status.hostIP": "10.0.0.4"}
+
+
+def _downward_stand_in(item: Doc) -> str:
+    field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+    return _FIELD_STAND_INS.get(field, f"<{item['name']}>")
 
 
 def _expand(arg: str, env: Dict[str, str]) -> str:

@@ -21,8 +21,8 @@ import pytest
 from runtime_support import EngineProcess
 from support import http_json
 
-from patio.http.client import HttpResult
 from patio.errors import EngineTimeout
+from patio.http.client import HttpResult
 from patio.runtime.control import (
     SGLANG,
     VLLM,

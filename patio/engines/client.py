@@ -15,7 +15,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from patio import jsontext
 from patio.engines import llamacpp, sglang, tgi, triton, vllm
 from patio.engines.base import OK, REFUSED, UNAVAILABLE, EngineSpec, Outcome
-from patio.http.client import HttpResult, PeerUnavailable, bearer, http_request
 from patio.errors import EngineError
 from patio.http.client import HttpResult, PeerUnavailable, bearer, http_request
 

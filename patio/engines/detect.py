@@ -29,8 +29,8 @@ from patio import jsontext
 from patio.core_settings import CoreSettings
 from patio.engines.base import OK, EngineSpec, Outcome
 from patio.engines.client import SPECS
-from patio.http.client import bearer, http_request
 from patio.errors import PatioError
+from patio.http.client import bearer, http_request
 from patio.logs import redact_url
 from patio.profiles import PROFILES
 

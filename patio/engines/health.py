@@ -19,7 +19,6 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from patio.core_settings import CoreSettings
 from patio.engines.client import SPECS
-from patio.http.client import http_request
 from patio.errors import PatioError
 from patio.http.client import http_request
 

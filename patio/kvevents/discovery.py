@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from patio import jsontext
-from patio.http.client import bearer, http_request, split_url
 from patio.errors import PatioError
+from patio.http.client import bearer, http_request, split_url
 from patio.kvevents.settings import parse_endpoint
 
 PATHS = {"vllm": "/kv_event_sources", "sglang": "/get_server_info"}

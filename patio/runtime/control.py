@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 from patio import jsontext
-from patio.http.client import HttpResult, bearer, http_request
 from patio.errors import Conflict, EngineError, EngineTimeout, PatioError
+from patio.http.client import HttpResult, bearer, http_request
 from patio.metrics.model import Sample
 from patio.metrics.parse import parse
 
