@@ -5,6 +5,11 @@ objects it depends on as constructor arguments (the engine health watch, the LoR
 manager, the adapter downloader): there is no service registry to look things up in by
 name, and the start order is the order written there.  This module only assembles: the
 contracts the components are built against live in ``patio.component``.
+
+A capability that is off costs nothing: its component module is imported here only when its
+settings turn it on (the topology heartbeat without a router URL is never loaded), and the
+components that are always present import their optional parts on first use.  The modules a
+default start loads are a budget (``tests/test_cost_imports.py``).
 """
 
 import asyncio
@@ -22,7 +27,6 @@ from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
 from patio.metrics.component import EngineMetrics
 from patio.metrics.registry import Registry
-from patio.topology.component import TopologyComponent
 
 
 def build_app(
@@ -50,6 +54,8 @@ def build_app(
         components.append(engine_metrics)
     components += [artifacts, lora, desired]
     if settings.topology.enabled:
+        from patio.topology.component import TopologyComponent  # the heartbeat, only with a router
+
         components.append(TopologyComponent(context, settings.topology, health))
     # Always present: off, it only answers /v1/kv-events with the reason (the bridge is not imported).
     components.append(KvEventsComponent(context, settings.kvevents, health))
