@@ -1,7 +1,7 @@
 """Cost per pod, side by side in one run: Patio from this checkout, any older ``patio.pyz`` named on
 the command line, and the real AIBrix runtime 0.8.0 (PyPI ``aibrix==0.8.0``).
 
-    python3 bench/cost.py [OLD.pyz[=LABEL] ...] [--quick] [--no-aibrix]
+    python3 bench/cost.py [OLD.pyz[=LABEL] ...] [--quick] [--no-aibrix] [--realtime-starts]
 
 Every server runs alone, pinned to one core (``taskset``); this script (the load) and the fake
 engine run on the other.  Each sits in front of the same fake engine serving the vLLM capture
@@ -15,7 +15,9 @@ Printed, for each server: first 200 on ``/healthz`` after exec (best and median 
 starts, and the CPU the start took), RSS idle and after 10k mixed requests, CPU per sequential
 ``/metrics`` scrape and per ``/healthz`` (the server's own user+system time from ``/proc``, over
 many requests), requests/s with 4 and 16 keep-alive connections, the pyz size, then the ratios to
-the incumbent and to each older pyz.  Loopback only; every loop is bounded in count and time.
+the incumbent and to each older pyz.  ``--realtime-starts`` (root) runs the cold starts at
+SCHED_FIFO priority: on a machine shared with other jobs the first-200 figure is otherwise mostly
+their scheduling.  Loopback only; every loop is bounded in count and time.
 Not part of CI.
 """
 
@@ -49,6 +51,8 @@ MAX_ANSWER = 4 * 1024 * 1024
 # Seconds a started server idles before its idle RSS is read (start-up work settles).
 IDLE_SETTLE = 3.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# SCHED_FIFO priority of the cold starts with --realtime-starts (below the kernel's own threads).
+REALTIME_PRIORITY = 50
 
 
 class Plan:
@@ -222,9 +226,10 @@ class Target:
         self.env = env
         self.size = size
 
-    def spawn(self, port: int, core: int) -> subprocess.Popen:
+    def spawn(self, port: int, core: int, realtime: bool = False) -> subprocess.Popen:
+        priority = ["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []
         return subprocess.Popen(
-            ["taskset", "-c", str(core), *self.argv(port)],
+            ["taskset", "-c", str(core), *priority, *self.argv(port)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -243,19 +248,42 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start(target: Target, core: int) -> Tuple[subprocess.Popen, int, float, float]:
-    """(process, port, seconds from exec to the first 200 on /healthz, CPU seconds by then)."""
+def start(target: Target, core: int, realtime: bool = False) -> Tuple[subprocess.Popen, int, float, float]:
+    """(process, port, seconds from exec to the first 200 on /healthz, CPU seconds by then).
+
+    ``realtime``: the server and this poller run SCHED_FIFO for the start, so the other jobs of a
+    shared machine do not stretch the figure (root only; the process goes back to normal
+    scheduling before any load is sent).
+    """
     port = free_port()
-    began = time.monotonic()
-    proc = target.spawn(port, core)
+    if realtime:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    try:
+        began = time.monotonic()
+        proc = target.spawn(port, core, realtime)
+        seconds = _await_first_200(target, proc, port, began)
+        cpu = cpu_seconds(proc.pid)
+    finally:
+        if realtime:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    if realtime:
+        for task in os.listdir(f"/proc/{proc.pid}/task"):  # every thread inherited SCHED_FIFO
+            try:
+                os.sched_setscheduler(int(task), os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass  # a thread that has just ended
+    return proc, port, seconds, cpu
+
+
+def _await_first_200(target: Target, proc: subprocess.Popen, port: int, began: float) -> float:
     while not healthz_once(port):
         if proc.poll() is not None:
             raise RuntimeError(f"{target.label} exited with {proc.returncode} before answering")
         if time.monotonic() - began > START_DEADLINE:
             stop(proc)
             raise RuntimeError(f"{target.label} did not answer /healthz within {START_DEADLINE:.0f}s")
-        time.sleep(0.001)
-    return proc, port, time.monotonic() - began, cpu_seconds(proc.pid)
+        time.sleep(0.0005)
+    return time.monotonic() - began
 
 
 def cpu_per_request(proc: subprocess.Popen, port: int, raw: bytes, count: int) -> float:
@@ -275,12 +303,12 @@ def cpu_per_request(proc: subprocess.Popen, port: int, raw: bytes, count: int) -
         conn.close()
 
 
-def measure(target: Target, plan: Plan, core: int) -> Dict[str, float]:
+def measure(target: Target, plan: Plan, core: int, realtime: bool) -> Dict[str, float]:
     print(f"  {target.label}: starting", flush=True)
     firsts: List[float] = []
     start_cpu: List[float] = []
     for _ in range(plan.starts):
-        proc, _port, seconds, cpu = start(target, core)
+        proc, _port, seconds, cpu = start(target, core, realtime)
         firsts.append(seconds)
         start_cpu.append(cpu)
         stop(proc)
@@ -416,6 +444,7 @@ def table(results: Dict[str, Dict[str, float]]) -> None:
 def main(argv: Sequence[str]) -> int:
     quick = "--quick" in argv
     with_aibrix = "--no-aibrix" not in argv
+    realtime = "--realtime-starts" in argv
     olds = [a for a in argv if not a.startswith("--")]
     plan = Plan(quick)
     cores = sorted(os.sched_getaffinity(0))
@@ -456,11 +485,12 @@ def main(argv: Sequence[str]) -> int:
                 time.sleep(0.05)
         print(
             f"== cost per pod: servers on core {server_core}, load and fake engine on core {load_core}; "
-            f"engine payload {FIXTURE.name} ({FIXTURE.stat().st_size // 1024} KB); python {patio_python()}"
+            f"engine payload {FIXTURE.name} ({FIXTURE.stat().st_size // 1024} KB); python {patio_python()}; "
+            f"cold starts {'at SCHED_FIFO priority' if realtime else 'at normal priority'}"
         )
         for target in targets:
             print(f"  {target.label}: {' '.join(target.argv(0))}")
-        results = {target.label: measure(target, plan, server_core) for target in targets}
+        results = {target.label: measure(target, plan, server_core, realtime) for target in targets}
     finally:
         stop(engine)
         shutil.rmtree(state, ignore_errors=True)
