@@ -6,6 +6,7 @@ mode its downloads go through the artifacts layer (the shared download pool)
 into the resolver dir's staging area.
 """
 
+import dataclasses
 from typing import TYPE_CHECKING, Optional
 
 from patio.artifacts.adapters import AdapterArtifacts
@@ -34,8 +35,6 @@ class DesiredComponent(Component):
         self.sync: Optional["DesiredSync"] = None
         if settings.adapters_file:
             # Off by default: the file's parser, its sync loop and the resolver dir load only with a file.
-            import dataclasses
-
             from patio.lora import resolver_dir
             from patio.lora.desired_sync import DesiredSync
 
