@@ -10,7 +10,6 @@ import json
 from typing import Any, Dict, List, Optional, Sequence
 
 from patio import __version__
-from patio.api.openapi import docs_html, openapi_document
 from patio.component import App, AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.http.types import Request, Response, Route
@@ -145,9 +144,13 @@ class CoreComponent(Component):
         return Response.json(body, status=503)
 
     async def openapi(self, request: Request) -> Response:
+        from patio.api.openapi import openapi_document  # built on request: nothing of it loads at start
+
         document = openapi_document(self.app.routes(), self.context.core.api_key is not None)
         return Response(body=json.dumps(document, indent=1).encode("utf-8"))
 
     async def docs(self, request: Request) -> Response:
+        from patio.api.openapi import docs_html, openapi_document
+
         document = openapi_document(self.app.routes(), self.context.core.api_key is not None)
         return Response.text(docs_html(document), content_type="text/html; charset=utf-8")

@@ -5,6 +5,11 @@ objects it depends on as constructor arguments (the engine health watch, the LoR
 manager, the adapter downloader): there is no service registry to look things up in by
 name, and the start order is the order written there.  This module only assembles: the
 contracts the components are built against live in ``patio.component``.
+
+A capability that is off costs nothing: its component module is imported here only when its
+settings turn it on (the topology heartbeat without a router URL is never loaded), and the
+components that are always present import their optional parts on first use.  The modules a
+default start loads are a budget (``tests/test_cost_imports.py``).
 """
 
 import asyncio
@@ -22,7 +27,6 @@ from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
 from patio.metrics.component import MetricsComponent
 from patio.metrics.registry import Registry
-from patio.topology.component import TopologyComponent
 
 
 def build_app(
@@ -47,7 +51,11 @@ def build_app(
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
     components: List[Component] = [CoreComponent(context, app, health), EngineKindCheck(context), metrics]
     components += [artifacts, lora, desired]
-    topology = TopologyComponent(context, settings.topology, health) if settings.topology.enabled else None
+    topology = None
+    if settings.topology.enabled:
+        from patio.topology.component import TopologyComponent  # the heartbeat, only with a router
+
+        topology = TopologyComponent(context, settings.topology, health)
     if settings.runtime.enabled:
         # Imported only when on: a Patio without the model-runtime API loads none of it.  Before
         # topology: a Patio that starts beside a sleeping engine holds it out of the router from

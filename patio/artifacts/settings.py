@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from patio.artifacts.auth.credentials import SourceEnv
 from patio.artifacts.fetch.egress import DEFAULT_POLICY, PRIVATE_MODES, EgressPolicy, parse_allow
-from patio.artifacts.fetch.engine import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
+from patio.artifacts.fetch.options import DEFAULT_PART_SIZE, DEFAULT_THREADS, MIN_PART_SIZE, FetchOptions
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.core_settings import CoreSettings
 from patio.errors import ConfigError

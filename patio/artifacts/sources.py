@@ -4,25 +4,24 @@ Dispatch is a table by kind.  One rule for every store: credentials from the
 environment (or the configured HF token) go only to the configured endpoint.
 A request that names its own endpoint gets anonymous access there unless it
 also brings its own credentials.
+
+Each builder imports its store when a URI of that scheme first arrives: a pod that
+only ever reads ``hf://`` never loads the SigV4 signer, the GCS RS256 signer or
+ModelScope's client (nor the TLS client, for a ``pvc://`` copy).
 """
 
 import re
 import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-from patio.artifacts.auth.aws import CredentialsProvider, StaticProvider, resolve_provider
 from patio.artifacts.auth.credentials import RequestCredentials
 from patio.artifacts.fetch.listing import Source
-from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.settings import ArtifactSettings
-from patio.artifacts.stores.gcs import GcsSource, gcs_endpoint, resolve_token
-from patio.artifacts.stores.hf import HfSource
-from patio.artifacts.stores.http import HttpSource
-from patio.artifacts.stores.local import LocalSource, resolve_local
-from patio.artifacts.stores.modelscope import ModelScopeSource
-from patio.artifacts.stores.s3 import S3Client, S3Endpoint, S3Source
 from patio.artifacts.uri import SourceSpec
 from patio.errors import BadRequest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from patio.artifacts.auth.aws import CredentialsProvider
 
 _TOS_NATIVE = re.compile(r"^(https?://)?tos-(?!s3-)([a-z0-9-]+)\.(i?volces\.com|i?bytepluses\.com)(.*)$")
 _OBS_REGION = re.compile(r"obs\.([a-z0-9-]+)\.myhuaweicloud\.com")
@@ -68,9 +67,13 @@ def _s3_like(
         region = creds.region or "auto"
         endpoint = creds.endpoint or "https://storage.googleapis.com"
         style = creds.addressing_style or "path"
+    from patio.artifacts.auth.aws import StaticProvider, resolve_provider
+    from patio.artifacts.fetch.net import HttpClient
+    from patio.artifacts.stores.s3 import S3Client, S3Endpoint, S3Source
+
     http = HttpClient(settings.net_config())
     retry = settings.retry_policy()
-    provider: CredentialsProvider
+    provider: "CredentialsProvider"
     if creds.endpoint and not creds.has_keys and creds.endpoint != configured:
         provider = StaticProvider(None, "anonymous (endpoint named by the request)")
     else:
@@ -84,6 +87,9 @@ def _gs(
 ) -> Source:
     if creds.has_keys:
         return _s3_like(spec, settings, creds, cancel)
+    from patio.artifacts.fetch.net import HttpClient
+    from patio.artifacts.stores.gcs import GcsSource, gcs_endpoint, resolve_token
+
     http = HttpClient(settings.net_config())
     retry = settings.retry_policy()
     tokens = resolve_token(creds, settings.env, http, settings.net_config(), retry)
@@ -113,6 +119,9 @@ def _hf(
 ) -> Source:
     endpoint, token = _hub_endpoint(creds, settings.hf_endpoint, settings.hf_token)
     revision = spec.revision or creds.revision or settings.hf_revision
+    from patio.artifacts.fetch.net import HttpClient
+    from patio.artifacts.stores.hf import HfSource
+
     http = HttpClient(settings.net_config())
     return HfSource(
         http, endpoint, spec.repo_id, spec.repo_type, revision, spec.subpath, token, settings.retry_policy(), cancel
@@ -124,6 +133,9 @@ def _ms(
 ) -> Source:
     endpoint, token = _hub_endpoint(creds, settings.ms_endpoint, settings.ms_token)
     revision = spec.revision or creds.revision or settings.ms_revision
+    from patio.artifacts.fetch.net import HttpClient
+    from patio.artifacts.stores.modelscope import ModelScopeSource
+
     http = HttpClient(settings.net_config())
     return ModelScopeSource(
         http, endpoint, spec.repo_id, revision, spec.subpath, token, settings.retry_policy(), cancel
@@ -133,12 +145,17 @@ def _ms(
 def _http(
     spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
 ) -> Source:
+    from patio.artifacts.fetch.net import HttpClient
+    from patio.artifacts.stores.http import HttpSource
+
     return HttpSource(HttpClient(settings.net_config()), spec.url, creds.headers, settings.retry_policy(), cancel)
 
 
 def _local(
     spec: SourceSpec, settings: ArtifactSettings, creds: RequestCredentials, cancel: Optional[threading.Event]
 ) -> Source:
+    from patio.artifacts.stores.local import LocalSource, resolve_local
+
     return LocalSource(resolve_local(spec, settings.pvc_root), spec.display)
 
 

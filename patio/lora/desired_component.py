@@ -7,16 +7,17 @@ into the resolver dir's staging area.
 """
 
 import dataclasses
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from patio.artifacts.adapters import AdapterArtifacts
 from patio.component import AppContext, Component
 from patio.engines.health import EngineHealth
-from patio.lora import resolver_dir
-from patio.lora.desired_sync import DesiredSync
 from patio.lora.manager import LoraManager
 from patio.lora.residency import ResidencyMetrics
 from patio.lora.settings import LoraSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from patio.lora.desired_sync import DesiredSync
 
 
 class DesiredComponent(Component):
@@ -31,13 +32,19 @@ class DesiredComponent(Component):
         health: EngineHealth,
     ) -> None:
         self.staging: Optional[AdapterArtifacts] = None
-        if settings.adapters_file and settings.resolver_dir:
-            # The same downloader, pointed at DIR/.patio-staging: a copy appears in vLLM's sight whole.
-            staged = dataclasses.replace(
-                artifacts.settings, adapter_dir=resolver_dir.staging_dir(settings.resolver_dir)
-            )
-            self.staging = AdapterArtifacts(context, staged, artifacts.downloads)
-        self.sync = DesiredSync(context, manager, settings, self.staging) if settings.adapters_file else None
+        self.sync: Optional["DesiredSync"] = None
+        if settings.adapters_file:
+            # Off by default: the file's parser, its sync loop and the resolver dir load only with a file.
+            from patio.lora import resolver_dir
+            from patio.lora.desired_sync import DesiredSync
+
+            if settings.resolver_dir:
+                # The same downloader, pointed at DIR/.patio-staging: a copy appears in vLLM's sight whole.
+                staged = dataclasses.replace(
+                    artifacts.settings, adapter_dir=resolver_dir.staging_dir(settings.resolver_dir)
+                )
+                self.staging = AdapterArtifacts(context, staged, artifacts.downloads)
+            self.sync = DesiredSync(context, manager, settings, self.staging)
         self.residency = ResidencyMetrics(manager, context.registry, self.sync)
         if self.sync is not None:
             # The engine back (or known up for the first time): failed adapters get fresh attempts.
