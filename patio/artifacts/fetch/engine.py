@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from patio.artifacts.errors import (
@@ -34,8 +34,9 @@ from patio.artifacts.errors import (
 )
 from patio.artifacts.fetch.listing import MAX_FILES, RemoteFile, Source, check_layout, suffix_allowed, validate_relpath
 from patio.artifacts.fetch.manifest import Entry, Layout, fsync_dir, write_error
+from patio.artifacts.fetch.options import MIN_PART_SIZE, FetchOptions
 from patio.artifacts.fetch.progress import Progress, Tracker, human_bytes, progress_line
-from patio.artifacts.fetch.retry import DownloadRetry, call_with_retries
+from patio.artifacts.fetch.retry import call_with_retries
 from patio.artifacts.fetch.verify import hash_file, hashers, verify
 from patio.errors import PatioError
 
@@ -43,21 +44,6 @@ log = logging.getLogger("patio.artifacts")
 
 # Bytes read from the network per call; also the pwrite size.
 CHUNK_SIZE = 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
-DEFAULT_THREADS = 16
-# Parts never get smaller than this: below it, request overhead dominates.
-MIN_PART_SIZE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    num_threads: int = DEFAULT_THREADS
-    part_size: int = DEFAULT_PART_SIZE
-    allow_suffixes: Tuple[str, ...] = ()
-    force: bool = False
-    retry: DownloadRetry = field(default_factory=DownloadRetry)
-    progress_interval: float = 10.0  # seconds between progress log lines
-    check_free_space: bool = True
 
 
 @dataclass(frozen=True)
