@@ -30,9 +30,9 @@ from patio.artifacts.errors import (
     CredentialsMisconfigured,
 )
 from patio.artifacts.fetch.egress import EgressRefused
-from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.stores.gcs import ServiceAccountToken

@@ -27,9 +27,9 @@ from support import PEERS_ALLOWED, ROOT
 from patio.artifacts.auth.aws import WebIdentityProvider
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactNotFound
-from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

@@ -10,7 +10,7 @@ import pytest
 from patio.artifacts import cli
 from patio.artifacts.auth.aws import parse_assume_role_response
 from patio.artifacts.auth.credentials import parse_credentials
-from patio.artifacts.fetch.engine import suffix_allowed
+from patio.artifacts.fetch.listing import suffix_allowed
 from patio.artifacts.fetch.net import redact
 from patio.artifacts.fetch.retry import parse_retry_after
 from patio.artifacts.settings import from_sources, parse_size

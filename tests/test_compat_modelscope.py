@@ -20,7 +20,7 @@ from support import PEERS_ALLOWED
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactError, ArtifactNotFound
-from patio.artifacts.fetch.engine import FetchResult, fetch
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

@@ -13,16 +13,19 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from patio.artifacts.auth.credentials import RequestCredentials
 from patio.artifacts.errors import DownloadCancelled
-from patio.artifacts.fetch.engine import FetchOptions, FetchResult, fetch
+from patio.artifacts.fetch.options import FetchOptions
 from patio.artifacts.fetch.progress import Progress
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.uri import SourceSpec
 from patio.component import AppContext
 from patio.errors import Conflict, InternalError, PatioError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from patio.artifacts.fetch.run import FetchResult
 
 log = logging.getLogger("patio.artifacts")
 
@@ -50,7 +53,7 @@ class DownloadJob:
     finished_at: Optional[float] = None
     progress: Progress = field(default_factory=lambda: Progress(phase="queued"))
     error: Optional[Dict[str, Any]] = None
-    result: Optional[FetchResult] = None
+    result: Optional["FetchResult"] = None
     exception: Optional[PatioError] = None  # what a waiting caller re-raises
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Optional["asyncio.Future[None]"] = None
@@ -199,12 +202,13 @@ class Downloads:
 
     def _blocking(
         self, job: DownloadJob, spec: SourceSpec, creds: RequestCredentials, options: FetchOptions
-    ) -> FetchResult:
+    ) -> "FetchResult":
         def on_progress(progress: Progress) -> None:
             job.progress = progress
 
         # Imported on first use, in this worker thread: the store clients (S3 signer, GCS RS256,
         # HF, XML parsing) are not needed to start serving, and keep start-up short.
+        from patio.artifacts.fetch.run import fetch
         from patio.artifacts.sources import open_source
 
         source = open_source(spec, self.settings, creds, job.cancel)
