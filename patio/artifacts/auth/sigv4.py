@@ -15,7 +15,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 # botocore never signs these: proxies and tracers rewrite them in flight.
 UNSIGNED_HEADERS = frozenset(
