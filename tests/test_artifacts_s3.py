@@ -272,7 +272,7 @@ def test_virtual_hosted_style_through_an_http_proxy(moto: Dict[str, Any], tmp_pa
 
 
 def test_web_identity_through_sts(tmp_path: Path) -> None:
-    # moto's STS answers only while signature checks are off (artifact-protocols.md §6): its own server.
+    # moto's STS answers only while signature checks are off: its own server.
     server = MotoServer()
     try:
         s3 = server.client("s3")

@@ -72,7 +72,7 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 MAX_PART_SIZE = 1024**3
 MAX_THREADS = 256
 # Kthena's default max_workers, for its request shapes when they leave it out (the downloader's
-# and the runtime's, python/kthena/downloader/app.py and runtime/app.py; incumbents.md).
+# and the runtime's, python/kthena/downloader/app.py and runtime/app.py).
 KTHENA_MAX_WORKERS = 8
 # ModelScope's public hub (modelscope's client, without MODELSCOPE_ENDPOINT or MODELSCOPE_DOMAIN).
 MODELSCOPE_HUB = "https://www.modelscope.cn"

@@ -4,7 +4,8 @@ Strict per line, never fatal for the payload: a line that cannot be parsed
 (or that would make Patio's output invalid for promtool or a Prometheus scrape)
 is dropped and reported in ``ParseResult.dropped`` with its line number, the
 reason and a quoted excerpt; the rest survives.  Accepts what engines emit and
-what the reference parsers accept (``shared/reference/text-format.md``):
+what the reference parsers accept (``prometheus/common`` expfmt/text_parse.go, the Prometheus
+server's model/textparse/promparse.go):
 HELP/TYPE in any order, CRLF, blank lines and foreign comments, label-value
 escapes, trailing commas, ``{}``, colons in names, quoted UTF-8 names,
 ``NaN``/``±Inf``/exponents, optional integer timestamps.
@@ -71,7 +72,7 @@ LINE_COST_OVERHEAD = 400
 
 # A verbatim parse of a payload at least this long (characters) keeps its lines as offsets
 # (``model.Lines``) and its series in an open-addressing table of ``array('q')``: no object per
-# line or series outlives the parse (issue 13, row 10).  Smaller payloads keep one ``str`` per line.
+# line or series outlives the parse.  Smaller payloads keep one ``str`` per line.
 SPAN_PAYLOAD_CHARS = 4 * 1024 * 1024
 
 # Suffixes each declared type owns, for assigning sample names to families.
@@ -340,8 +341,8 @@ class _Builder:
         self.declared: Dict[str, str] = {}  # name -> type from a TYPE line
         self.sampled: Set[str] = set()  # families that already have samples
         # Series seen, per sample name: the hash of the series key -> the first item with it.  A
-        # hash and a slot cost far less than the key's text (issue 13, row 10: the key sets were
-        # the largest part of a scrape); a hash seen before is checked exactly against that item,
+        # hash and a slot cost far less than the key's text (the key sets were the largest part
+        # of a scrape's memory); a hash seen before is checked exactly against that item,
         # and the rare true collision is settled in ``collided`` by the full key.
         self.series: Dict[str, Dict[int, Item]] = {}
         self.collided: Set[Tuple[str, Any]] = set()
@@ -452,8 +453,8 @@ class LineCache:
     Generational: a scrape's hits and new lines go into a fresh generation that replaces the
     old one when the scrape ends, so lines the engine stopped sending (label values that change
     every scrape) leave with it; within a scrape, new lines are cached only while the estimated
-    cost stays under ``max_bytes``.  Issue 13, row 9: the old cap counted entries, and 32,768
-    lines of 10 KB each grew the process by hundreds of MB.
+    cost stays under ``max_bytes``.  A cap that counts entries is no bound: 32,768 lines of
+    10 KB each grew the process by hundreds of MB.
     """
 
     def __init__(self, max_bytes: int = LINE_CACHE_BYTES, entries: int = LINE_CACHE_ENTRIES) -> None:
@@ -488,7 +489,7 @@ class LineCache:
 
     def holds(self, text: str) -> bool:
         """Whether every line of ``text`` would fit.  A payload far past the budget gains little
-        from a partial cache and would keep up to ``max_bytes`` alive after it (issue 13, row 10)."""
+        from a partial cache and would keep up to ``max_bytes`` alive after it."""
         return self.cost_of(text) <= self.max_bytes
 
     def cost_of(self, text: str) -> int:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from patio.metrics.settings import MetricsSettings
 
 # Ask for classic text: OpenMetrics from prometheus_client 0.23-0.26 declares
-# `# TYPE sglang:x` but writes samples `sglang_x` (engines.md, "OpenMetrics trap").
+# `# TYPE sglang:x` but writes samples `sglang_x` (its openmetrics/exposition.py escapes sample
+# names only, with the underscores scheme).
 ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 
 # Bounded values of patio_engine_scrape_errors_total{reason}.
@@ -131,7 +132,7 @@ class EngineScraper:
         if size >= RELEASE_AFTER_BYTES:
             prefer_mmap()  # this scrape's large blocks go back to the OS when freed, not after a trim
         text = decode_payload(body)
-        del body  # the text is parsed alone: the payload's bytes are not kept beside it (issue 13, row 10)
+        del body  # the text is parsed alone: the payload's bytes are not kept beside it
         parsed = parse(text, self._lines, verbatim=True)
         return ScrapeOutcome(
             families=parsed.families,
@@ -158,6 +159,6 @@ class EngineScraper:
         finally:
             self._inflight = None
         # With no reuse (``cache_ttl`` 0, the default) the render is not kept: it lives only as
-        # long as the answers being written hold it (issue 13, row 10).
+        # long as the answers being written hold it.
         self._last = outcome if ttl > 0 else None
         return outcome, True

@@ -351,7 +351,7 @@ class Heartbeat:
             worker_id = member.worker_id
         self.router.remove(worker_id, timeout=left())
         # The removal may be queued (smg, sglang-router) and a pending add can land after a
-        # DELETE (sglang-router.md): done only when a look confirms it is gone or draining.
+        # DELETE: done only when a look confirms it is gone or draining.
         member = self.router.lookup(worker_id, timeout=left())
         return member is None or member.leaving
 

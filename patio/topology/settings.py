@@ -17,7 +17,7 @@ from patio.options import Section, Setting, as_str, choice, host_port_url, numbe
 # (told apart by their answers); "vLLM" is vLLM's router (vllm-project/router).
 TOPO_TYPES = {"sglang": "sglang", "vllm": "vllm"}
 WORKER_TYPES = ("regular", "prefill", "decode")
-# What /ready needs from the topology (README "Topology", "Readiness"):
+# What /ready needs from the topology (docs/topology.md, "Readiness"):
 #   first-registration: the first successful registration; later router outages do not
 #                       flip readiness (a router restart must not take the fleet out of service)
 #   strict:             the router listed this worker at the last heartbeat

@@ -1,6 +1,6 @@
 """AWS Signature Version 4, S3 flavour.  Sans-IO: request parts in, headers out.
 
-S3 rules differ from generic SigV4 (artifact-protocols.md §2.1): the path is
+S3 rules differ from generic SigV4 (botocore/auth.py ``S3SigV4Auth._normalize_url_path``): the path is
 percent-encoded exactly once and never normalised (``.``, ``..`` and ``//`` are
 part of an object key), so the six path-normalising cases of the AWS test
 suite are expected to differ, and everything else must match byte for byte.
