@@ -104,7 +104,7 @@ SETTINGS = Section(
             "{ENGINE}_ZMQ_TOPIC_FILTER",
             None,
             as_str,
-            "topic prefix filter",
+            "topic prefix filter; set but empty matches every topic",
             shown="kv-events (vLLM), empty (SGLang)",
             keep_empty=True,
         ),

@@ -29,7 +29,7 @@ SETTINGS = Section(
             "METRICS_ENABLE_TRANSFORMATION",
             True,
             parse_bool,
-            "AIBrix's switch: false serves the engine's families unrenamed (mode raw)",
+            "AIBrix's switch: false (or set but empty) serves the engine's families unrenamed (mode raw)",
             keep_empty=True,
         ),
         Setting(

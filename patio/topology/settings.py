@@ -84,7 +84,8 @@ SETTINGS = Section(
             "WORKER_PORT",
             None,
             as_str,
-            "the engine port the router reaches, when --instance-info does not say (else the engine URL's)",
+            "the engine port the router reaches, when --instance-info does not say (else the engine URL's); set "
+            "but empty is refused",
             keep_empty=True,
         ),
         Setting(
