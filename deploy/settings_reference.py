@@ -24,7 +24,7 @@ PROFILE_WORDS = (("aibrix", "AIBrix's start"), ("kthena", "Kthena's start"))
 sys.path.insert(0, str(ROOT))
 
 from patio import config, profiles  # noqa: E402
-from patio.options import Section, Setting  # noqa: E402
+from patio.options import Section, Setting, env_words  # noqa: E402
 
 
 def _cell(text: str) -> str:
@@ -33,17 +33,6 @@ def _cell(text: str) -> str:
 
 def _code(words: Sequence[str]) -> str:
     return ", ".join(f"`{w}`" for w in words)
-
-
-def _variables(row: Setting, table: Section) -> str:
-    cells = []
-    for name in row.env.split():
-        keys = [key for key in table.forms if "{" + key + "}" in name]
-        if keys:
-            cells.append(" or ".join(f"`{name.format_map({keys[0]: v})}`" for v in table.forms[keys[0]]))
-        else:
-            cells.append(f"`{name}`")
-    return ", ".join(cells) or "—"
 
 
 def _default(row: Setting) -> str:
@@ -66,7 +55,8 @@ def render_table(table: Section) -> List[str]:
         flags = _code(row.flag_names) if row.flags else "—"
         if row.switch:
             flags += " `[true\\|false]`"
-        lines.append(f"| {flags} | {_variables(row, table)} | {_default(row)} | {_cell(row.help)} |")
+        variables = env_words(row, table.forms, "`{}`") or "—"
+        lines.append(f"| {flags} | {variables} | {_default(row)} | {_cell(row.help)} |")
     return lines
 
 

@@ -66,7 +66,7 @@ SERVER = Section(
             "INFERENCE_ENGINE",
             None,
             choice(*ENGINES),
-            "sglang or vllm; unset, Patio asks the engine (GET /version, /server_info) and assumes "
+            f"{' or '.join(ENGINES)}; unset, Patio asks the engine (GET /version, /server_info) and assumes "
             f"{FALLBACK_ENGINE} until it answers",
             shown="what the engine answers as",
         ),

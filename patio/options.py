@@ -429,15 +429,18 @@ def _flag_help(row: Setting, forms: Mapping[str, Tuple[str, ...]]) -> str:
     return text.replace("%", "%%")  # argparse %-formats help
 
 
-def env_words(row: Setting, forms: Mapping[str, Tuple[str, ...]]) -> str:
-    """The variables of a row as people read them: ``A, B``; a placeholder as each of its forms."""
+def env_words(row: Setting, forms: Mapping[str, Tuple[str, ...]], mark: str = "{}") -> str:
+    """The variables of a row as people read them: ``A, B``; a placeholder as each of its forms.
+
+    ``mark`` dresses each name (``"`{}`"`` for Markdown).
+    """
     names = []
     for name in row.env.split():
         keys = [key for key in forms if "{" + key + "}" in name]
         if keys:
-            names.append(" or ".join(name.format_map({keys[0]: value}) for value in forms[keys[0]]))
+            names.append(" or ".join(mark.format(name.format_map({keys[0]: value})) for value in forms[keys[0]]))
         else:
-            names.append(name)
+            names.append(mark.format(name))
     return ", ".join(names)
 
 
