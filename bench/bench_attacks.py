@@ -1,4 +1,4 @@
-"""Hostile clients and payloads against a running Patio (issue 13 rows 1, 2, 3, 9, 10).
+"""Hostile clients and payloads against a running Patio: floods, slow readers, metric churn, huge scrapes.
 
 For each pyz given, and each attack: Patio runs as a real process (``python -I -S PYZ``) in
 front of the fake engine (tests/fakes/engine.py, in a process of its own); a kubelet-like
@@ -53,7 +53,7 @@ def _engine_main(port: int, kind: str, ready: Any) -> None:
     from fakes.engine import FakeEngine
 
     class ChurnEngine(FakeEngine):
-        """Every scrape sees 100 lines it never saw before, each 10 KB (row 9)."""
+        """Every scrape sees 100 lines it never saw before, each 10 KB (a line cache must stay bounded)."""
 
         scrapes = 0
 
@@ -265,7 +265,7 @@ def run_attack(pyz: str, number: str, args: argparse.Namespace) -> Dict[str, flo
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PATIO_STATE_DIR": f"/tmp/patio-bench-{port}"}
     # The engine by environment: Kthena's --engine/--engine-base-url flags select Kthena's profile
-    # (its -I/-N required) since issue 26; every Patio version reads these variables.
+    # (its -I/-N required) in Patio versions with start profiles; every version reads these variables.
     env.update({"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": f"http://127.0.0.1:{engine.port}"})
     env.update(extra_env)
     argv = [sys.executable, "-I", "-S", pyz, "--host", "127.0.0.1", "--port", str(port), *flags]

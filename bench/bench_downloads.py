@@ -121,7 +121,7 @@ def timed(label: str, func: Callable[[Path], None], total: int) -> float:
 
 
 def patio_fetch(uri: str, env: Dict[str, str], threads: int) -> Callable[[Path], None]:
-    from patio.artifacts.fetch.engine import fetch
+    from patio.artifacts.fetch.run import fetch
     from patio.artifacts.settings import from_sources
     from patio.artifacts.sources import open_source
     from patio.artifacts.uri import parse_uri

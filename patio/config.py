@@ -4,10 +4,10 @@ Flags win over environment; environment wins over defaults.  A bad value raises
 ``ConfigError`` naming the setting; ``patio.cli`` turns it into exit status 2.
 
 The core section (``patio.core_settings``) and each capability's own section (a module
-``patio/<capability>/settings.py`` with ``add_flags(parser)`` and
+``patio/<capability>/settings.py`` with a table of rows, ``SETTINGS``, and
 ``from_sources(args, env, core)``) are composed here, in ``SECTIONS``; the sections read
-their values with ``patio.options`` and never import this module.  Nothing here runs at
-import time.
+their values with ``patio.options`` and never import this module.  How to add a setting or
+a section: ``patio.options``.  Nothing here runs at import time.
 """
 
 import argparse
@@ -23,15 +23,15 @@ from patio.errors import ConfigError
 from patio.kvevents import settings as kvevents_settings
 from patio.lora import settings as lora_settings
 from patio.metrics import settings as metrics_settings
-from patio.options import terminal_columns
+from patio.options import Section, terminal_columns
 from patio.runtime import settings as runtime_settings
 from patio.topology import settings as topology_settings
 
-# Each capability's settings module, in the order their flags appear in --help.
+# Each capability's settings module, in the order their flags appear in --help and the manual.
 SECTIONS: Tuple[Tuple[str, Any], ...] = (
+    ("topology", topology_settings),  # beside the core's last table, the worker's names
     ("metrics", metrics_settings),
     ("lora", lora_settings),
-    ("topology", topology_settings),
     ("artifacts", artifacts_settings),
     ("kvevents", kvevents_settings),
     ("runtime", runtime_settings),
@@ -60,10 +60,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"patio {__version__}")
-    core_settings.add_flags(parser)
-    for section, module in SECTIONS:
-        module.add_flags(parser.add_argument_group(section))
+    for table in tables():
+        if any(row.flags for row in table.rows):
+            table.add_flags(parser.add_argument_group(table.title))
     return parser
+
+
+def tables() -> Tuple[Section, ...]:
+    """Every table of settings, in the order of --help and of docs/configuration.md."""
+    return core_settings.SECTIONS + tuple(module.SETTINGS for _, module in SECTIONS)
 
 
 def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None, program: str = "") -> Settings:
@@ -76,12 +81,12 @@ def load_settings(argv: Sequence[str], env: Optional[Mapping[str, str]] = None, 
     """
     environ: Mapping[str, str] = dict(os.environ if env is None else env)
     args = build_arg_parser().parse_args(list(argv))
-    recognised = profiles.recognise(program, argv, environ, args.profile or environ.get("PATIO_PROFILE"))
+    recognised = profiles.recognise(program, argv, environ, core_settings.SERVER.value("profile", args, environ))
     profile = recognised.profile
     environ = profiles.with_defaults(profile, environ)
     core = core_settings.from_sources(args, environ, profile, recognised.why)
     missing = profiles.missing_required(
-        profile, {r.dest: getattr(args, r.dest, None) is not None for r in profile.required}, environ
+        profile, {r.dest: core_settings.SERVER.given(args, r.dest) for r in profile.required}, environ
     )
     if missing:
         # Kthena's argparse: "the following arguments are required: -E/--engine, -I/--pod, -N/--model".

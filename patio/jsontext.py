@@ -2,7 +2,7 @@
 
 Used for request bodies and for every answer a peer sends (engine, routers, artifact stores).
 ``json.loads`` recurses once per level, so 100,000 nested ``[`` end in a RecursionError and a
-500 rather than a clear error (issue 13, row 17).  The depth is counted first, without
+500 rather than a clear error.  The depth is counted first, without
 recursion; a deeper document raises ``JsonTooDeep``, a ``ValueError`` like every other
 malformed JSON, so callers keep one ``except ValueError`` for "not JSON".  No I/O.
 """

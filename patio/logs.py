@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
 def redact_url(url: str) -> str:
     """``url`` without userinfo or query string: safe for a log line or an answer.
 
-    ``http://user:secret@engine:8000/x?sig=...`` -> ``http://engine:8000/x?…`` (issue 13, row 23).
+    ``http://user:secret@engine:8000/x?sig=...`` -> ``http://engine:8000/x?…``.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:

@@ -5,12 +5,12 @@ every field that later becomes a directory name, a log line, a JSON answer or
 an engine request has passed the same rules:
 
 - names match ``ADAPTER_NAME`` *whole* (``fullmatch``: ``$`` in ``re.match``
-  also matches before a final newline, so ``"nl\\n"`` passed; issue 13 row 11);
-- no control characters (a ``\\n`` in a path forged log lines; row 12) and no
+  also matches before a final newline, so ``"nl\\n"`` passed);
+- no control characters (a ``\\n`` in a path forged log lines) and no
   lone surrogates (JSON's ``"\\ud800"`` decodes to one; it cannot be encoded as
-  UTF-8, so every answer that carried it failed with 500; row 13);
+  UTF-8, so every answer that carried it failed with 500);
 - no credentials in a URI's authority (``s3://KEY:SECRET@bucket``): they would
-  end up in messages, ``last_error`` and the state file (rows 14, 15).  Secrets
+  end up in messages, ``last_error`` and the state file.  Secrets
   go in the ``credentials`` field or the environment.
 
 Every refusal is a ``BadRequest`` naming the field, and no message echoes a
@@ -132,7 +132,7 @@ def check_source(value: Any, field: str) -> str:
 def check_local_or_uri(value: str, field: str) -> str:
     """A LoRA source: a URI (``scheme://``) or an absolute local path; relative paths are refused.
 
-    The one rule (issue 13 row 22): in LoRA requests a value without a scheme is a
+    The one rule: in LoRA requests a value without a scheme is a
     path the engine reads, and a relative one means nothing stable (the engine's
     working directory; vLLM even falls back to fetching it from the Hub).  A Hub
     repo is named explicitly: ``hf://org/name`` or ``huggingface://org/name``.

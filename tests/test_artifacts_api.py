@@ -309,7 +309,7 @@ def test_pvc_is_resolved_in_place_and_contained(env: Dict[str, Any]) -> None:
         ("gs://b/p", True),
         ("hf://org/name", True),
         ("hf://org/name@main", True),
-        ("org/name", False),  # not a Hub id in LoRA sources (issue 13 row 22): the LoRA API refuses it
+        ("org/name", False),  # not a Hub id in LoRA sources (a relative path): the LoRA API refuses it
         ("https://host/x.safetensors", True),
         ("pvc://loras/a", True),
         ("/data/loras/a", False),

@@ -7,7 +7,7 @@ mirror, a relay that redirects.  Every form of the engine's address, every store
 through a request-chosen endpoint, and every redirect chain must be refused before a byte
 reaches the secret service; the answer says "refused by policy" and nothing about the peer;
 a closed port, an open one and a refused one cannot be told apart; Patio stays up.
-Issue 28 item 5 and issue 24 item 5 (loopback and link-local targets, redirect chains).
+Loopback and link-local targets and redirect chains included.
 """
 
 import ipaddress

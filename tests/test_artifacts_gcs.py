@@ -30,9 +30,9 @@ from patio.artifacts.errors import (
     CredentialsMisconfigured,
 )
 from patio.artifacts.fetch.egress import EgressRefused
-from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.stores.gcs import ServiceAccountToken
@@ -277,7 +277,7 @@ def test_no_metadata_server_means_anonymous(gcs: FakeGcs, tmp_path: Path) -> Non
 
 # -- gcs:// wherever gs:// ------------------------------------------------------------------
 # AIBrix's runtime knows GCS only as gcs:// (python/aibrix/aibrix/runtime/downloaders.py at
-# bc37abba, get_downloader's downloader_map: "gcs"), its docs as gs://; issue 25 item 10.  Every
+# bc37abba, get_downloader's downloader_map: "gcs"), its docs as gs://.  Every
 # entry point is driven as its caller drives it and must fetch the same bytes for both spellings.
 
 
@@ -386,8 +386,8 @@ def test_gcs_scheme_is_accepted_wherever_gs_is(gcs: FakeGcs, tmp_path: Path, ent
     assert _tree(target) == expected
 
 
-# Malformed service-account JSON is a configuration error, never a 403 that blames the store
-# (issue 28 item 11): the caller's credentials -> 400, the operator's file -> 500.
+# Malformed service-account JSON is a configuration error, never a 403 that blames the store:
+# the caller's credentials -> 400, the operator's file -> 500.
 MALFORMED = [
     ("not_json", "{not json"),
     ("not_an_object", "[1, 2]"),

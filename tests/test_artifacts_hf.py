@@ -24,7 +24,7 @@ from support import PEERS_ALLOWED, build_pyz
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactCorrupt, ArtifactNotFound
-from patio.artifacts.fetch.engine import FetchResult, fetch
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri

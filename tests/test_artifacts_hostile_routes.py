@@ -1,4 +1,4 @@
-"""The incumbents' download routes against hostile requests (issue 24 item 5; issue 28 items 6, 8).
+"""The incumbents' download routes against hostile requests.
 
 Patio runs as a real process (the zipapp).  Each request below is sent as the AIBrix or Kthena
 client would send it, but with a hostile field: ``file://`` and local paths where the route

@@ -1,4 +1,4 @@
-"""Mounted secrets as an attacker (or a broken mount) lays them out (issue 24 item 4; issue 28 item 11).
+"""Mounted secrets as an attacker (or a broken mount) lays them out.
 
 Patio runs as a real process (the zipapp) against moto S3 with signature checks on (only the
 keys of the mounted secret ``good`` sign a request moto accepts), loading adapters the way

@@ -27,9 +27,9 @@ from support import PEERS_ALLOWED, ROOT
 from patio.artifacts.auth.aws import WebIdentityProvider
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactNotFound
-from patio.artifacts.fetch.engine import FetchResult, fetch
 from patio.artifacts.fetch.net import HttpClient
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri
@@ -272,7 +272,7 @@ def test_virtual_hosted_style_through_an_http_proxy(moto: Dict[str, Any], tmp_pa
 
 
 def test_web_identity_through_sts(tmp_path: Path) -> None:
-    # moto's STS answers only while signature checks are off (artifact-protocols.md §6): its own server.
+    # moto's STS answers only while signature checks are off: its own server.
     server = MotoServer()
     try:
         s3 = server.client("s3")

@@ -8,11 +8,11 @@ from typing import Any, Dict, Optional
 import pytest
 
 from patio.artifacts import cli
-from patio.artifacts.auth.aws import parse_assume_role_response
-from patio.artifacts.auth.credentials import parse_credentials
-from patio.artifacts.fetch.engine import suffix_allowed
-from patio.artifacts.fetch.net import redact
-from patio.artifacts.fetch.retry import parse_retry_after
+from patio.artifacts.auth.aws import WebIdentityProvider, parse_assume_role_response, resolve_provider
+from patio.artifacts.auth.credentials import RequestCredentials, SourceEnv, parse_credentials
+from patio.artifacts.fetch.listing import suffix_allowed
+from patio.artifacts.fetch.net import HttpClient, redact
+from patio.artifacts.fetch.retry import DownloadRetry, NetConfig, parse_retry_after
 from patio.artifacts.settings import from_sources, parse_size
 from patio.artifacts.sources import tos_s3_endpoint
 from patio.artifacts.stores.s3 import S3Client, S3Endpoint, parse_list_page
@@ -239,6 +239,39 @@ def test_sts_answer() -> None:
     creds, expires = parse_assume_role_response(body, "sts")
     assert (creds.access_key, creds.secret_key, creds.session_token) == ("ASIAX", "s", "t")
     assert expires == 1893456000.0
+
+
+# The AWS SDKs' service-specific endpoints: AWS_ENDPOINT_URL_<SERVICE> before AWS_ENDPOINT_URL
+# ("Service-specific endpoints", AWS SDKs and Tools Reference Guide; botocore 1.31.7+), else
+# the regional STS.
+STS_ENDPOINTS = [
+    (
+        "the_sts_variable_wins",
+        {"AWS_ENDPOINT_URL_STS": "http://sts.local:1", "AWS_ENDPOINT_URL": "http://all.local:2"},
+        "http://sts.local:1/",
+    ),
+    ("then_the_global_variable", {"AWS_ENDPOINT_URL": "http://all.local:2"}, "http://all.local:2/"),
+    (
+        "a_blank_sts_variable_is_unset",
+        {"AWS_ENDPOINT_URL_STS": " ", "AWS_ENDPOINT_URL": "http://all.local:2"},
+        "http://all.local:2/",
+    ),
+    ("else_the_regional_sts", {}, "https://sts.eu-west-1.amazonaws.com/"),
+]
+
+
+@pytest.mark.parametrize("env,endpoint", [c[1:] for c in STS_ENDPOINTS], ids=[c[0] for c in STS_ENDPOINTS])
+def test_web_identity_asks_the_sts_endpoint_the_sdks_would(env: Dict[str, str], endpoint: str) -> None:
+    identity = {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r"}
+    provider = resolve_provider(
+        "s3",
+        RequestCredentials(),
+        SourceEnv({**identity, **env}),
+        HttpClient(NetConfig()),
+        "eu-west-1",
+        DownloadRetry(),
+    )
+    assert isinstance(provider, WebIdentityProvider) and provider.endpoint == endpoint
 
 
 @pytest.mark.parametrize("value,seconds", [("5", 5.0), ("", None), (None, None), ("soon", None)])

@@ -1,4 +1,4 @@
-"""AIBrix's downloader command, with AIBrix's layout (issue 26).
+"""AIBrix's downloader command, with AIBrix's layout.
 
 AIBrix's docs (docs/source/features/runtime.rst, "Download From S3"):
 

@@ -20,7 +20,7 @@ from support import PEERS_ALLOWED
 
 from patio.artifacts.auth.credentials import parse_credentials
 from patio.artifacts.errors import ArtifactAccessDenied, ArtifactCorrupt, ArtifactError, ArtifactNotFound
-from patio.artifacts.fetch.engine import FetchResult, fetch
+from patio.artifacts.fetch.run import FetchResult, fetch
 from patio.artifacts.settings import from_sources
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import parse_uri
@@ -112,7 +112,7 @@ def test_a_corrupted_body_of_the_right_size_is_caught(hub: Dict[str, Any], tmp_p
 
 @pytest.mark.parametrize("cdn_url", ["file:///etc", "ftp://example.com"], ids=["file", "ftp"])
 def test_a_redirect_off_http_is_refused(hub: Dict[str, Any], tmp_path: Path, cdn_url: str) -> None:
-    # The hub's Location is the server's word (issue 13 row 18): the same check as the HF store's.
+    # The hub's Location is the server's word, not the operator's: the same check as the HF store's.
     hub["cdn"].url = cdn_url
     with pytest.raises(ArtifactError) as caught:
         _patio("ms://acme/lora", tmp_path / "out", {"MODELSCOPE_ENDPOINT": hub["ms"].url, "MS_TOKEN": TOKEN})

@@ -1,4 +1,4 @@
-"""Kthena's ``output_dir`` into a directory that does not exist yet (issue 26).
+"""Kthena's ``output_dir`` into a directory that does not exist yet.
 
 Kthena's runtime README (volcano-sh/kthena python/kthena/runtime/README.md) loads with
 ``"output_dir": "/models/my-lora"`` and downloads with ``"output_dir": "/models/mistral"``: on a

@@ -1,4 +1,4 @@
-"""Start profiles (issue 26): what Patio infers from how it was started, and that a setting wins.
+"""Start profiles: what Patio infers from how it was started, and that a setting wins.
 
 Each row starts Patio's settings loader the way an incumbent's manifest or docs start it and
 checks the defaults that incumbent documents (cited per profile in patio/profiles.py):

@@ -16,8 +16,8 @@ Downloads land in ``adapter_dir/NAME``, or, when the engine serves the name from
 that directory now (``in_use``: an in-place reload), in a fresh sibling
 ``adapter_dir/NAME~TOKEN`` (``~`` is not allowed in names, so no adapter owns
 it), which the LoRA manager makes the adapter's directory once the engine has
-confirmed it; the directory in use is never written or deleted here (issue 13
-row 7).  The name must be a plain directory name, the resolved path must stay
+confirmed it; the directory in use is never written or deleted here (a failed
+reload must leave the loaded adapter intact).  The name must be a plain directory name, the resolved path must stay
 inside the adapter dir, and an existing symlink there is refused rather than
 written (or deleted) through.  Concurrent materialize calls for one name share
 one download.  ``pvc://`` resolves in place (no copy) and is never deleted.

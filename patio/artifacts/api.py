@@ -169,7 +169,7 @@ def list_models(models_root: str) -> List[Dict[str, Any]]:
                         "name": os.path.relpath(folder, root),
                         "local_dir": folder,
                         "status": "completed",
-                        # A hand-edited manifest must not turn every listing into a 500 (issue 13 row 13).
+                        # A hand-edited manifest must not turn every listing into a 500.
                         "model_uri": _clean_or_none(manifest.get("source")),
                         "files": _number_or_none(manifest.get("file_count")),
                         "bytes": _number_or_none(manifest.get("bytes")),

@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from patio.artifacts.auth.credentials import merge_credentials, parse_config
 from patio.artifacts.errors import DownloadCancelled
-from patio.artifacts.fetch.engine import fetch
 from patio.artifacts.fetch.progress import Progress, human_bytes
+from patio.artifacts.fetch.run import fetch
 from patio.artifacts.settings import from_sources, parse_size, parse_suffixes
 from patio.artifacts.sources import open_source
 from patio.artifacts.uri import BUCKET_SCHEMES, SourceSpec, parse_uri

@@ -25,7 +25,7 @@ from patio.component import AppContext
 from patio.errors import Conflict, InternalError, PatioError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from patio.artifacts.fetch.engine import FetchResult
+    from patio.artifacts.fetch.run import FetchResult
 
 log = logging.getLogger("patio.artifacts")
 
@@ -208,7 +208,7 @@ class Downloads:
 
         # Imported on first use, in this worker thread: the store clients (S3 signer, GCS RS256,
         # HF, XML parsing) are not needed to start serving, and keep start-up short.
-        from patio.artifacts.fetch.engine import fetch
+        from patio.artifacts.fetch.run import fetch
         from patio.artifacts.sources import open_source
 
         source = open_source(spec, self.settings, creds, job.cancel)

@@ -9,7 +9,7 @@ import argparse
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from patio.artifacts.auth.credentials import SourceEnv
 from patio.artifacts.fetch.egress import DEFAULT_POLICY, PRIVATE_MODES, EgressPolicy, parse_allow
@@ -17,7 +17,19 @@ from patio.artifacts.fetch.options import DEFAULT_PART_SIZE, DEFAULT_THREADS, MI
 from patio.artifacts.fetch.retry import DownloadRetry, NetConfig
 from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
-from patio.options import parse_bool, parse_int, pick, positive_seconds, seconds
+from patio.options import (
+    Section,
+    Setting,
+    absolute_path,
+    as_str,
+    fields_of,
+    http_url,
+    integer,
+    parse_bool,
+    positive_seconds,
+    seconds,
+    stripped,
+)
 
 # Environment variables the sources read (credentials, endpoints, regions).  Nothing else is kept.
 SOURCE_ENV_NAMES = (
@@ -54,40 +66,302 @@ SOURCE_ENV_NAMES = (
     "GCE_METADATA_ROOT",
     "NO_GCE_CHECK",
 )
-HF_TOKEN_ENV = ("HF_TOKEN", "HF_AUTH_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 # Largest part accepted: one part is one HTTP request, retried whole after a failure.
 MAX_PART_SIZE = 1024**3
 MAX_THREADS = 256
 # Kthena's default max_workers, for its request shapes when they leave it out (the downloader's
-# and the runtime's, python/kthena/downloader/app.py and runtime/app.py; incumbents.md).
+# and the runtime's, python/kthena/downloader/app.py and runtime/app.py).
 KTHENA_MAX_WORKERS = 8
+# ModelScope's public hub (modelscope's client, without MODELSCOPE_ENDPOINT or MODELSCOPE_DOMAIN).
+MODELSCOPE_HUB = "https://www.modelscope.cn"
+
+
+def parse_size(setting: str, raw: str) -> int:
+    """Bytes, with an optional K/M/G/T suffix (binary: 16M = 16 MiB)."""
+    match = _SIZE.match(raw)
+    if match is None:
+        raise ConfigError(setting, f"expected a size such as 16777216 or 16MiB, got {raw!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < MIN_PART_SIZE or value > MAX_PART_SIZE:
+        raise ConfigError(setting, f"must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes, got {value}")
+    return value
+
+
+def parse_suffixes(setting: str, raw: str) -> Tuple[str, ...]:
+    items = tuple(s.strip().lstrip(".") for s in raw.replace(" ", ",").split(",") if s.strip().lstrip("."))
+    if any("/" in s for s in items):
+        raise ConfigError(setting, f"suffixes must not contain '/', got {raw!r}")
+    return items
+
+
+def _allow_list(setting: str, raw: str) -> Tuple[Any, Any]:
+    try:
+        return parse_allow(raw.replace(" ", ",").split(","))
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
+
+
+def _private_mode(setting: str, raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in PRIVATE_MODES:
+        raise ConfigError(setting, f"must be allow or refuse, got {raw!r}")
+    return mode
+
+
+def _addressing_style(setting: str, raw: str) -> str:
+    style = raw.strip().lower()
+    if style and style not in ("auto", "path", "virtual"):
+        raise ConfigError(setting, f"must be auto, path or virtual, got {style!r}")
+    return style
+
+
+def _ms_domain(setting: str, raw: str) -> str:
+    """ModelScope's client: ``MODELSCOPE_DOMAIN`` is a host, https:// unless it says otherwise."""
+    domain = raw.strip().rstrip("/")
+    if not domain or domain.startswith(("http://", "https://")):
+        return domain
+    return "https://" + domain
+
+
+# Store credentials and endpoints are read by the stores from ``SourceEnv`` (SOURCE_ENV_NAMES);
+# these are the downloads' own settings.
+SETTINGS = Section(
+    "artifacts",
+    "Downloads: models and LoRA adapters",
+    (
+        Setting(
+            "adapter_dir",
+            "--adapter-dir",
+            "PATIO_ADAPTER_DIR",
+            "/tmp/patio/adapters",
+            absolute_path,
+            "where remote LoRA adapters are downloaded (a volume shared with the engine)",
+        ),
+        Setting(
+            "models_root",
+            "--models-root",
+            "PATIO_MODELS_ROOT DOWNLOADER_LOCAL_DIR",
+            "/tmp/patio/models",
+            absolute_path,
+            "downloads via POST /v1/model/download stay below this; the CLI's default directory",
+        ),
+        Setting(
+            "pvc_root",
+            "--pvc-root",
+            "PATIO_PVC_ROOT",
+            "/mnt",
+            absolute_path,
+            "where pvc:// paths resolve (they cannot escape it)",
+        ),
+        Setting(
+            "num_threads",
+            "--download-threads",
+            "DOWNLOADER_NUM_THREADS",
+            DEFAULT_THREADS,
+            integer(1, MAX_THREADS),
+            "parallel transfers",
+        ),
+        Setting(
+            "part_size",
+            "--download-part-size",
+            "DOWNLOADER_PART_SIZE",
+            DEFAULT_PART_SIZE,
+            parse_size,
+            "ranged part size, e.g. 16MiB (1 MiB to 1 GiB)",
+            shown=f"{DEFAULT_PART_SIZE // 1024**2}MiB",
+        ),
+        Setting(
+            "allow_suffixes",
+            "--download-allow-file-suffix",
+            "DOWNLOADER_ALLOW_FILE_SUFFIX",
+            (),
+            parse_suffixes,
+            "only files with these suffixes, e.g. json,safetensors",
+            shown="all files",
+        ),
+        Setting(
+            "force_download",
+            "--download-force",
+            "DOWNLOADER_FORCE_DOWNLOAD",
+            False,
+            parse_bool,
+            "download again files that are complete",
+            switch=True,
+        ),
+        Setting(
+            "max_attempts",
+            "--download-retries",
+            "DOWNLOADER_MAX_RETRIES",
+            5,
+            integer(1, 20),
+            "attempts per request before giving up",
+        ),
+        Setting(
+            "backoff_base",
+            "",
+            "DOWNLOADER_BACKOFF_BASE",
+            0.5,
+            seconds,
+            "seconds before the first retry; doubles per attempt (at most 20 s, jittered)",
+        ),
+        Setting(
+            "timeout",
+            "--download-timeout",
+            "DOWNLOADER_TIMEOUT",
+            60.0,
+            positive_seconds,
+            "seconds a network read may stall before it counts as failed",
+        ),
+        Setting(
+            "progress_interval",
+            "",
+            "DOWNLOADER_PROGRESS_INTERVAL",
+            10.0,
+            positive_seconds,
+            "seconds between progress log lines",
+        ),
+        Setting(
+            "egress_allow",
+            "--egress-allow",
+            "PATIO_EGRESS_ALLOW",
+            None,
+            _allow_list,
+            "destinations downloads may reach although the egress policy refuses their class: networks, "
+            "addresses, host names or .suffixes, comma-separated",
+        ),
+        Setting(
+            "egress_private",
+            "--egress-private",
+            "PATIO_EGRESS_PRIVATE",
+            "allow",
+            _private_mode,
+            "allow or refuse downloads from private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)",
+        ),
+        Setting(
+            "hf_endpoint", "--hf-endpoint", "HF_ENDPOINT", "https://huggingface.co", http_url, "the HuggingFace Hub"
+        ),
+        Setting(
+            "hf_revision",
+            "",
+            "HF_REVISION",
+            "main",
+            stripped,
+            "the Hub revision when a URI names none",
+            blank_unset=True,
+        ),
+        Setting(
+            "hf_token",
+            "",
+            "HF_TOKEN HF_AUTH_TOKEN HUGGING_FACE_HUB_TOKEN",
+            None,
+            stripped,
+            "the Hub token, sent only to HF_ENDPOINT",
+            shown="the file HF_TOKEN_PATH, else $HF_HOME/token",
+            blank_unset=True,
+        ),
+        Setting(
+            "hf_no_implicit_token",
+            "",
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+            False,
+            parse_bool,
+            "true: no Hub token from the environment or the token file",
+        ),
+        Setting(
+            "ms_endpoint",
+            "",
+            "MODELSCOPE_ENDPOINT",
+            None,
+            http_url,
+            "the ModelScope hub",
+            shown=f"https://MODELSCOPE_DOMAIN, else {MODELSCOPE_HUB}",
+            blank_unset=True,
+        ),
+        Setting(
+            "ms_domain",
+            "",
+            "MODELSCOPE_DOMAIN",
+            None,
+            _ms_domain,
+            "the ModelScope hub's host, when MODELSCOPE_ENDPOINT is unset",
+            blank_unset=True,
+        ),
+        Setting(
+            "ms_revision",
+            "",
+            "MS_REVISION",
+            "master",
+            stripped,
+            "the ModelScope revision when a URI names none",
+            blank_unset=True,
+        ),
+        Setting(
+            "ms_token",
+            "",
+            "MS_TOKEN MODELSCOPE_API_TOKEN",
+            None,
+            stripped,
+            "the ModelScope token, sent only to the ModelScope endpoint",
+            blank_unset=True,
+        ),
+        Setting(
+            "credentials_dir",
+            "--credentials-dir",
+            "PATIO_CREDENTIALS_DIR",
+            "/var/run/secrets/aibrix",
+            absolute_path,
+            "where credentials_secret names are mounted (AIBrix's mount)",
+        ),
+        Setting(
+            "s3_addressing_style",
+            "",
+            "PATIO_S3_ADDRESSING_STYLE",
+            "",
+            _addressing_style,
+            "auto, path or virtual-hosted S3 requests",
+            shown="auto",
+        ),
+        Setting("http_proxy", "", "http_proxy HTTP_PROXY", None, as_str, "the proxy for http:// downloads"),
+        Setting("https_proxy", "", "https_proxy HTTPS_PROXY", None, as_str, "the proxy for https:// downloads"),
+        Setting("no_proxy", "", "no_proxy NO_PROXY", "", as_str, "hosts reached without the proxy"),
+        Setting(
+            "ca_file",
+            "",
+            "REQUESTS_CA_BUNDLE AWS_CA_BUNDLE",
+            None,
+            as_str,
+            "CA bundle for https downloads",
+            shown="the system's",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
 class ArtifactSettings:
-    adapter_dir: str = "/tmp/patio/adapters"
-    models_root: str = "/tmp/patio/models"
-    pvc_root: str = "/mnt"
-    num_threads: int = DEFAULT_THREADS
-    part_size: int = DEFAULT_PART_SIZE
-    allow_suffixes: Tuple[str, ...] = ()
-    force_download: bool = False
-    max_attempts: int = 5
-    backoff_base: float = 0.5  # first retry delay in seconds; doubles per attempt (capped, jittered)
-    timeout: float = 60.0
-    progress_interval: float = 10.0
-    hf_endpoint: str = "https://huggingface.co"
-    hf_revision: str = "main"
+    adapter_dir: str = SETTINGS.default("adapter_dir")
+    models_root: str = SETTINGS.default("models_root")
+    pvc_root: str = SETTINGS.default("pvc_root")
+    num_threads: int = SETTINGS.default("num_threads")
+    part_size: int = SETTINGS.default("part_size")
+    allow_suffixes: Tuple[str, ...] = SETTINGS.default("allow_suffixes")
+    force_download: bool = SETTINGS.default("force_download")
+    max_attempts: int = SETTINGS.default("max_attempts")
+    backoff_base: float = SETTINGS.default("backoff_base")  # first retry delay; doubles per attempt
+    timeout: float = SETTINGS.default("timeout")
+    progress_interval: float = SETTINGS.default("progress_interval")
+    hf_endpoint: str = SETTINGS.default("hf_endpoint")
+    hf_revision: str = SETTINGS.default("hf_revision")
     hf_token: Optional[str] = field(default=None, repr=False)
-    ms_endpoint: str = "https://www.modelscope.cn"
-    ms_revision: str = "master"
+    ms_endpoint: str = MODELSCOPE_HUB
+    ms_revision: str = SETTINGS.default("ms_revision")
     ms_token: Optional[str] = field(default=None, repr=False)
-    credentials_dir: str = "/var/run/secrets/aibrix"  # AIBrix's credentials_secret mount
+    credentials_dir: str = SETTINGS.default("credentials_dir")
     proxies: Mapping[str, str] = field(default_factory=dict, repr=False)
-    no_proxy: str = ""
-    ca_file: Optional[str] = None
+    no_proxy: str = SETTINGS.default("no_proxy")
+    ca_file: Optional[str] = SETTINGS.default("ca_file")
     env: SourceEnv = field(default_factory=SourceEnv)
     egress: EgressPolicy = DEFAULT_POLICY  # where downloads may connect (fetch/egress.py)
 
@@ -120,93 +394,8 @@ class ArtifactSettings:
         )
 
 
-def parse_size(setting: str, raw: str) -> int:
-    """Bytes, with an optional K/M/G/T suffix (binary: 16M = 16 MiB)."""
-    match = _SIZE.match(raw)
-    if match is None:
-        raise ConfigError(setting, f"expected a size such as 16777216 or 16MiB, got {raw!r}")
-    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
-    if value < MIN_PART_SIZE or value > MAX_PART_SIZE:
-        raise ConfigError(setting, f"must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes, got {value}")
-    return value
-
-
-def parse_suffixes(setting: str, raw: str) -> Tuple[str, ...]:
-    items = tuple(s.strip().lstrip(".") for s in raw.replace(" ", ",").split(",") if s.strip().lstrip("."))
-    if any("/" in s for s in items):
-        raise ConfigError(setting, f"suffixes must not contain '/', got {raw!r}")
-    return items
-
-
-def _directory(setting: str, raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith("/"):
-        raise ConfigError(setting, f"must be an absolute path, got {raw!r}")
-    return os.path.normpath(value)
-
-
-def _url(setting: str, raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    if not (value.startswith("http://") or value.startswith("https://")):
-        raise ConfigError(setting, f"must be an http:// or https:// URL, got {raw!r}")
-    return value
-
-
-def _allow_list(setting: str, raw: str) -> Tuple[Any, Any]:
-    try:
-        return parse_allow(raw.replace(" ", ",").split(","))
-    except ValueError as exc:
-        raise ConfigError(setting, str(exc)) from None
-
-
-def _private_mode(setting: str, raw: str) -> str:
-    mode = raw.strip().lower()
-    if mode not in PRIVATE_MODES:
-        raise ConfigError(setting, f"must be allow or refuse, got {raw!r}")
-    return mode
-
-
-def _egress(args: argparse.Namespace, env: Mapping[str, str]) -> EgressPolicy:
-    networks, hosts = pick(args, env, "egress_allow", ("PATIO_EGRESS_ALLOW",), ((), ()), _allow_list)
-    mode = pick(args, env, "egress_private", ("PATIO_EGRESS_PRIVATE",), "allow", _private_mode)
-    return EgressPolicy(networks, hosts, refuse_private=mode == "refuse")
-
-
-def add_flags(parser: Any) -> None:
-    add = parser.add_argument
-    add("--adapter-dir", help="where remote LoRA adapters are downloaded (env PATIO_ADAPTER_DIR; /tmp/patio/adapters)")
-    add("--models-root", help="downloads via POST /v1/model/download stay below this (env PATIO_MODELS_ROOT)")
-    add("--pvc-root", help="where pvc:// paths resolve (env PATIO_PVC_ROOT; default /mnt)")
-    add("--download-threads", help="parallel downloads (env DOWNLOADER_NUM_THREADS; default 16)")
-    add("--download-part-size", help="ranged part size, e.g. 16MiB (env DOWNLOADER_PART_SIZE)")
-    add("--download-allow-file-suffix", help="only files with these suffixes, e.g. json,safetensors")
-    add("--download-force", nargs="?", const="true", metavar="true|false", help="re-download complete files")
-    add("--download-retries", help="attempts per request before giving up (env DOWNLOADER_MAX_RETRIES; default 5)")
-    add("--download-timeout", help="seconds per network read before it counts as stalled (default 60)")
-    add("--hf-endpoint", help="HuggingFace endpoint (env HF_ENDPOINT; default https://huggingface.co)")
-    add(
-        "--egress-allow",
-        help="destinations downloads may reach although the egress policy refuses their class: "
-        "networks, addresses, host names or .suffixes, comma-separated (env PATIO_EGRESS_ALLOW)",
-    )
-    add(
-        "--egress-private",
-        help="allow or refuse downloads from private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) "
-        "(env PATIO_EGRESS_PRIVATE; default allow)",
-    )
-    add(
-        "--credentials-dir",
-        help="where credentials_secret names are mounted (env PATIO_CREDENTIALS_DIR; default /var/run/secrets/aibrix)",
-    )
-
-
-def _hf_token(env: Mapping[str, str]) -> Optional[str]:
-    if parse_bool("HF_HUB_DISABLE_IMPLICIT_TOKEN", env.get("HF_HUB_DISABLE_IMPLICIT_TOKEN", "") or "false"):
-        return None
-    for name in HF_TOKEN_ENV:
-        value = (env.get(name) or "").strip()
-        if value:
-            return value
+def _hf_token_file(env: Mapping[str, str]) -> Optional[str]:
+    """huggingface_hub's token file: ``HF_TOKEN_PATH``, else ``$HF_HOME/token``."""
     path = env.get("HF_TOKEN_PATH") or os.path.join(
         env.get("HF_HOME") or os.path.join(env.get("HOME", "/root"), ".cache", "huggingface"), "token"
     )
@@ -217,73 +406,18 @@ def _hf_token(env: Mapping[str, str]) -> Optional[str]:
         return None
 
 
-def _ms_endpoint(env: Mapping[str, str]) -> str:
-    """ModelScope's client: ``MODELSCOPE_ENDPOINT``, else https:// + ``MODELSCOPE_DOMAIN``, else the public hub."""
-    endpoint = (env.get("MODELSCOPE_ENDPOINT") or "").strip()
-    if endpoint:
-        return _url("MODELSCOPE_ENDPOINT", endpoint)
-    domain = (env.get("MODELSCOPE_DOMAIN") or "").strip().rstrip("/")
-    if domain:
-        return domain if domain.startswith(("http://", "https://")) else "https://" + domain
-    return "https://www.modelscope.cn"
-
-
-def _proxies(env: Mapping[str, str]) -> Dict[str, str]:
-    proxies = {}
-    for scheme in ("http", "https"):
-        value = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
-        if value:
-            proxies[scheme] = value
-    return proxies
-
-
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: Optional[CoreSettings]) -> ArtifactSettings:
-    def threads(setting: str, raw: str) -> int:
-        return parse_int(setting, raw, minimum=1, maximum=MAX_THREADS)
-
-    def attempts(setting: str, raw: str) -> int:
-        return parse_int(setting, raw, minimum=1, maximum=20)
-
-    style = (env.get("PATIO_S3_ADDRESSING_STYLE") or "").strip().lower()
-    if style and style not in ("auto", "path", "virtual"):
-        raise ConfigError("PATIO_S3_ADDRESSING_STYLE", f"must be auto, path or virtual, got {style!r}")
+    values = SETTINGS.read(args, env)
+    networks, hosts = values["egress_allow"] or ((), ())
+    hf_token = None if values["hf_no_implicit_token"] else values["hf_token"] or _hf_token_file(env)
     return ArtifactSettings(
-        adapter_dir=pick(args, env, "adapter_dir", ("PATIO_ADAPTER_DIR",), "/tmp/patio/adapters", _directory),
-        models_root=pick(
-            args, env, "models_root", ("PATIO_MODELS_ROOT", "DOWNLOADER_LOCAL_DIR"), "/tmp/patio/models", _directory
-        ),
-        pvc_root=pick(args, env, "pvc_root", ("PATIO_PVC_ROOT",), "/mnt", _directory),
-        num_threads=pick(args, env, "download_threads", ("DOWNLOADER_NUM_THREADS",), DEFAULT_THREADS, threads),
-        part_size=pick(args, env, "download_part_size", ("DOWNLOADER_PART_SIZE",), DEFAULT_PART_SIZE, parse_size),
-        allow_suffixes=pick(
-            args, env, "download_allow_file_suffix", ("DOWNLOADER_ALLOW_FILE_SUFFIX",), (), parse_suffixes
-        ),
-        force_download=pick(args, env, "download_force", ("DOWNLOADER_FORCE_DOWNLOAD",), False, parse_bool),
-        max_attempts=pick(args, env, "download_retries", ("DOWNLOADER_MAX_RETRIES",), 5, attempts),
-        backoff_base=pick(
-            args,
-            env,
-            "download_backoff",
-            ("DOWNLOADER_BACKOFF_BASE",),
-            0.5,
-            seconds,
-        ),
-        timeout=pick(args, env, "download_timeout", ("DOWNLOADER_TIMEOUT",), 60.0, positive_seconds),
-        progress_interval=pick(
-            args, env, "download_progress_interval", ("DOWNLOADER_PROGRESS_INTERVAL",), 10.0, positive_seconds
-        ),
-        hf_endpoint=pick(args, env, "hf_endpoint", ("HF_ENDPOINT",), "https://huggingface.co", _url),
-        hf_revision=(env.get("HF_REVISION") or "main").strip() or "main",
-        hf_token=_hf_token(env),
-        ms_endpoint=_ms_endpoint(env),
-        ms_revision=(env.get("MS_REVISION") or "master").strip() or "master",
-        ms_token=(env.get("MS_TOKEN") or env.get("MODELSCOPE_API_TOKEN") or "").strip() or None,
-        credentials_dir=pick(
-            args, env, "credentials_dir", ("PATIO_CREDENTIALS_DIR",), "/var/run/secrets/aibrix", _directory
-        ),
-        proxies=_proxies(env),
-        no_proxy=env.get("no_proxy") or env.get("NO_PROXY") or "",
-        ca_file=env.get("REQUESTS_CA_BUNDLE") or env.get("AWS_CA_BUNDLE") or None,
-        env=SourceEnv({name: env[name] for name in SOURCE_ENV_NAMES if env.get(name)}),
-        egress=_egress(args, env),
+        **fields_of(
+            ArtifactSettings,
+            values,
+            hf_token=hf_token,
+            ms_endpoint=values["ms_endpoint"] or values["ms_domain"] or MODELSCOPE_HUB,
+            proxies={scheme: values[scheme + "_proxy"] for scheme in ("http", "https") if values[scheme + "_proxy"]},
+            env=SourceEnv({name: env[name] for name in SOURCE_ENV_NAMES if env.get(name)}),
+            egress=EgressPolicy(networks, hosts, refuse_private=values["egress_private"] == "refuse"),
+        )
     )

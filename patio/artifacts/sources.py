@@ -42,24 +42,24 @@ def _s3_like(
 ) -> Source:
     env = settings.env
     kind = spec.kind
-    style_env = env.get("PATIO_S3_ADDRESSING_STYLE")
+    style_env = env.first("PATIO_S3_ADDRESSING_STYLE")
     aws = False
     if kind == "s3":
-        region = creds.region or env.get("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1"
-        configured = env.get("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "ENDPOINT")
+        region = creds.region or env.first("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1"
+        configured = env.first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "ENDPOINT")
         aws = not (creds.endpoint or configured)
         endpoint = creds.endpoint or configured or f"https://s3.{region}.amazonaws.com"
         style = creds.addressing_style or style_env or "auto"
     elif kind == "tos":
-        region = creds.region or env.get("TOS_REGION") or "cn-beijing"
-        configured = env.get("TOS_S3_ENDPOINT", "TOS_ENDPOINT")
+        region = creds.region or env.first("TOS_REGION") or "cn-beijing"
+        configured = env.first("TOS_S3_ENDPOINT", "TOS_ENDPOINT")
         endpoint = tos_s3_endpoint(creds.endpoint or configured or f"https://tos-s3-{region}.volces.com")
         style = creds.addressing_style or "virtual"  # TOS's S3 endpoint has no path-style
     elif kind == "obs":
-        configured = env.get("OBS_ENDPOINT", "ENDPOINT")
+        configured = env.first("OBS_ENDPOINT", "ENDPOINT")
         named = creds.endpoint or configured or ""
         found = _OBS_REGION.search(named)
-        region = creds.region or env.get("OBS_REGION") or (found.group(1) if found else "cn-north-4")
+        region = creds.region or env.first("OBS_REGION") or (found.group(1) if found else "cn-north-4")
         endpoint = named or f"https://obs.{region}.myhuaweicloud.com"
         style = creds.addressing_style or style_env or "virtual"
     else:  # gs:// with HMAC keys: the XML API speaks SigV4 with region "auto"

@@ -12,12 +12,12 @@ Nothing here touches the network or the disk; ``display`` forms never carry
 userinfo or query strings (presigned URLs put their signature there).
 
 Credentials in a URI (``s3://KEY:SECRET@bucket``, ``https://user:pw@host``) are
-refused, never silently dropped, and no message quotes them (issue 13 rows 14,
-15): they go in the request's ``credentials`` or the environment.  A bare
+refused, never silently dropped, and no message quotes them (they would reach logs,
+answers and the state file): they go in the request's ``credentials`` or the environment.  A bare
 ``org/name`` is a HuggingFace repo id only where the field cannot be a local
 path (``bare_hub=True``: the download API's ``model_uri`` and the CLI, as in
 AIBrix's downloader); LoRA sources name the Hub explicitly (``hf://``) and a
-relative path there is refused (row 22).
+relative path there is refused (it would name the engine's working directory).
 """
 
 import re

@@ -1,4 +1,5 @@
-"""SGLang's LoRA contract (engines.md): routes without ``/v1``; JSON answers with a
+"""SGLang's LoRA contract (python/sglang/srt/entrypoints/http_server.py ``load_lora_adapter``,
+at 0025436e): routes without ``/v1``; JSON answers with a
 ``success`` flag, 400 on failure with ``error_message`` saying why."""
 
 from patio.engines.base import (

@@ -1,4 +1,6 @@
-"""vLLM's LoRA contract (engines.md): plain-text 200 on success; JSON errors
+"""vLLM's LoRA contract (vllm/entrypoints/serve/lora/api_router.py and
+``OpenAIServingModels.load_lora_adapter`` in vllm/entrypoints/openai/serving_models.py, at
+27873cab): plain-text 200 on success; JSON errors
 ``{"error":{"message","type","code"}}``; 400 ``InvalidUserInput`` for a duplicate,
 404 ``NotFoundError`` for a bad path or unknown name; 404 ``{"detail":"Not Found"}``
 when runtime LoRA updating is off."""

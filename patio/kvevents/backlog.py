@@ -12,10 +12,6 @@ from typing import Deque, Iterator, List
 
 from patio.kvevents.compact import Compact
 
-# Default bound on held bytes: 16 MiB is about 3,700 realistic vLLM steps (256 blocks each),
-# three minutes of a real engine under load, inside a 256 Mi container.
-DEFAULT_BACKLOG_BYTES = 16 * 1024 * 1024
-
 
 class Backlog:
     def __init__(self, max_bytes: int, max_batches: int) -> None:

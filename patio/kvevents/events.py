@@ -5,8 +5,8 @@ Two encodings are in use today, both from msgspec structs (read from the sources
 - vLLM 0.32 (``vllm/distributed/kv_events.py``): ``EventBatch`` is ``array_like``
   -> ``[ts, events, data_parallel_rank]``; ``KVCacheEvent`` is *not* array_like,
   ``tag=True`` -> each event is a map with ``"type"`` and only the fields that are
-  not defaults (``omit_defaults``).  The recorded fixture
-  ``../shared/fixtures/kv-events/vllm-0.32-cpu-blockstored.msgpack`` is exactly that.
+  not defaults (``omit_defaults``).  A batch recorded from a real vLLM 0.32 CPU build
+  is exactly that (tests/test_kvevents_units.py decodes it).
 - SGLang (``python/sglang/srt/disaggregation/kv_events.py``) and older vLLM:
   events are ``array_like`` too -> ``["BlockStored", block_hashes, parent_block_hash,
   token_ids, block_size, lora_id, ...]``, ``["BlockRemoved", block_hashes, ...]``,

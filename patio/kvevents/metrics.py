@@ -1,4 +1,4 @@
-"""The KV-event bridge's metrics: the team's fixed names (TEAM.md, issue 14), one place.
+"""The KV-event bridge's metrics, one place: the alert rules and dashboard under deploy/ query these names.
 
 Every label set is created at zero so dashboards and alerts see the families before
 the first event.  One ``BridgeMetrics`` serves every stream of the pod (one per
@@ -44,7 +44,7 @@ CLEAR_REASONS = (
 
 
 class BridgeMetrics:
-    """The team's fixed metric names (TEAM.md, issue 14), created on the shared registry."""
+    """The bridge's metric names (deploy/ queries them: renaming one breaks an alert), on the shared registry."""
 
     def __init__(self, registry: Registry) -> None:
         # The bridges (streams) these metrics describe; each adds itself.

@@ -12,32 +12,191 @@ Importing this module costs nothing (the bridge's modules load only when it is o
 
 import argparse
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 from patio.core_settings import CoreSettings
 from patio.errors import ConfigError
-from patio.options import as_str, parse_bool, parse_int, pick, positive_seconds, seconds
+from patio.options import (
+    Section,
+    Setting,
+    as_str,
+    fields_of,
+    integer,
+    parse_bool,
+    positive_seconds,
+    seconds,
+    split_host_port,
+    stripped,
+)
 
 # Kthena's defaults (vllm_config.py, sglang_config.py, redis_client.py).
-DEFAULT_ENDPOINT = "tcp://localhost:5557"
 DEFAULT_TOPICS = {"vllm": "kv-events", "sglang": ""}
-DEFAULT_REDIS_PORT = 6379
-# Engine hash -> std hash pairs kept in memory (about 150 bytes each); BlockRemoved for an older
-# block reads the std hash back from its mapping key (one more pipelined round trip).
-HASH_CACHE_ENTRIES = 4096
-# Batches held while Redis is unreachable; past it they are dropped and a resync follows.
-DEFAULT_BACKLOG = 10_000
-# ... and bytes of what is held (the reduced form, ~4.3 KB per 256-block step).
-DEFAULT_BACKLOG_BYTES = 16 * 1024 * 1024
-# The engine's replay buffer (vLLM's and SGLang's ``buffer_steps``): a hole longer than this
-# cannot be filled by a replay, so it is a resync at once.
-DEFAULT_REPLAY_BUFFER = 10_000
-# Seconds a lost publisher has to come back (the same engine, proven by its replay) before
-# the pod is cleared: a blip costs a replay of what was missed, not a clear and a rewrite.
-DEFAULT_RECONNECT_GRACE = 2.0
-# Seconds between refreshes of long-cached blocks (Kthena's router deletes fields older than
-# 24 h); at most half the mapping TTL so no mapping key expires under a live block.
-DEFAULT_REFRESH = 6 * 3600.0
+
+
+def parse_endpoint(endpoint: str) -> Tuple[str, Union[str, Tuple[str, int]]]:
+    """``tcp://host:port`` -> ("tcp", (host, port)); ``ipc:///path`` -> ("ipc", path)."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return "ipc", endpoint[len("ipc://") :]
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"endpoint must be tcp://host:port or ipc://path, got {endpoint!r}")
+    try:
+        host, port = split_host_port(endpoint[len("tcp://") :])
+    except ValueError:
+        port = None
+    if port is None or not host:
+        raise ValueError(f"endpoint needs a host and a port: {endpoint!r}")
+    if host == "*":
+        host = "127.0.0.1"  # vLLM's bind form copied from its flags: the engine is local
+    return "tcp", (host, port)
+
+
+def _endpoint(setting: str, raw: str) -> str:
+    value = raw.strip()
+    try:
+        parse_endpoint(value)
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
+    return value
+
+
+# Kthena's names (vllm_config.py, sglang_config.py, redis_client.py); {ENGINE} is VLLM or SGLANG
+# after -E/--engine.  The bridge's own limits are Patio's.
+SETTINGS = Section(
+    "kvevents",
+    "KV-cache events to Redis",
+    (
+        Setting("switch", "", "PATIO_KV_EVENTS", True, parse_bool, "false turns the bridge off whatever else is set"),
+        Setting(
+            "redis_host",
+            "--redis-host",
+            "REDIS_HOST",
+            "",
+            stripped,
+            "Redis for KV-aware routing; the bridge is on only with a Redis host, the pod and the model",
+            shown="empty (off)",
+        ),
+        Setting("redis_port", "--redis-port", "REDIS_PORT", 6379, integer(1, 65535), "Redis port"),
+        Setting("redis_db", "--redis-db", "REDIS_DB", 0, integer(0), "Redis database"),
+        Setting("redis_username", "", "REDIS_USERNAME", "", as_str, "Redis AUTH user (never logged or shown)"),
+        Setting("redis_password", "", "REDIS_PASSWORD", "", as_str, "Redis AUTH password (never logged or shown)"),
+        Setting(
+            "endpoint",
+            "--kv-events-endpoint",
+            "{ENGINE}_ZMQ_ENDPOINT",
+            "tcp://localhost:5557",
+            _endpoint,
+            "the engine's KV-event PUB, tcp://host:port or ipc://path",
+            shown="discovered, else tcp://localhost:5557",
+        ),
+        Setting(
+            "replay_endpoint",
+            "--kv-events-replay-endpoint",
+            "{ENGINE}_ZMQ_REPLAY_ENDPOINT",
+            None,
+            _endpoint,
+            "the engine's replay ROUTER; without it a lost message means a resync from what arrives next",
+            shown="discovered, else none",
+        ),
+        # Kthena reads the topic with os.getenv, so an empty value is a real (match-all) filter.
+        Setting(
+            "topic",
+            "--kv-events-topic",
+            "{ENGINE}_ZMQ_TOPIC_FILTER",
+            None,
+            as_str,
+            "topic prefix filter; set but empty matches every topic",
+            shown="kv-events (vLLM), empty (SGLang)",
+            keep_empty=True,
+        ),
+        Setting(
+            "discovery",
+            "",
+            "PATIO_KV_EVENTS_DISCOVERY",
+            True,
+            parse_bool,
+            "ask the engine where it publishes when no endpoint is set",
+        ),
+        Setting(
+            "timeout", "", "PATIO_KV_EVENTS_TIMEOUT", 5.0, positive_seconds, "seconds for every connect, read and write"
+        ),
+        Setting(
+            "retry_max",
+            "",
+            "PATIO_KV_EVENTS_RETRY_MAX",
+            5.0,
+            positive_seconds,
+            "longest wait in seconds between two reconnect attempts",
+        ),
+        Setting(
+            "heartbeat",
+            "",
+            "PATIO_KV_EVENTS_HEARTBEAT",
+            10.0,
+            seconds,
+            "idle seconds before a ZMTP PING to the publisher (0: never)",
+        ),
+        # Past either bound the held batches are dropped and a resync follows.  16 MiB is about
+        # 3,700 realistic vLLM steps (256 blocks each), three minutes of a real engine under load,
+        # inside a 256 Mi container.
+        Setting(
+            "backlog", "", "PATIO_KV_EVENTS_BACKLOG", 10_000, integer(1), "batches held while Redis cannot take them"
+        ),
+        Setting(
+            "backlog_bytes",
+            "",
+            "PATIO_KV_EVENTS_BACKLOG_BYTES",
+            16 * 1024 * 1024,
+            integer(64 * 1024),
+            "bytes of batches held while Redis cannot take them (the reduced form, ~4.3 KB per 256-block step)",
+        ),
+        # vLLM's and SGLang's ``buffer_steps``.
+        Setting(
+            "replay_buffer",
+            "",
+            "PATIO_KV_EVENTS_REPLAY_BUFFER",
+            10_000,
+            integer(1),
+            "the engine's replay buffer: a longer hole cannot be replayed, so it is a resync at once",
+        ),
+        # A blip costs a replay of what was missed, not a clear and a rewrite.
+        Setting(
+            "reconnect_grace",
+            "",
+            "PATIO_KV_EVENTS_RECONNECT_GRACE",
+            2.0,
+            seconds,
+            "seconds a lost publisher has to come back as the same engine before the pod is cleared",
+        ),
+        # Kthena's router deletes fields older than 24 h.
+        Setting(
+            "refresh",
+            "",
+            "PATIO_KV_EVENTS_REFRESH",
+            6 * 3600.0,
+            seconds,
+            "seconds between refreshes of long-cached blocks (0: never; at most half the mapping TTL)",
+        ),
+        Setting(
+            "mapping_ttl",
+            "",
+            "PATIO_KV_EVENTS_MAPPING_TTL",
+            86400,
+            integer(1),
+            "seconds until a mapping key expires (Kthena's)",
+        ),
+        # About 150 bytes each; BlockRemoved for an older block reads the std hash back from its
+        # mapping key (one more pipelined round trip).
+        Setting(
+            "hash_cache",
+            "",
+            "PATIO_KV_EVENTS_HASH_CACHE",
+            4096,
+            integer(0),
+            "engine hash -> std hash pairs kept in memory",
+        ),
+    ),
+    forms={"ENGINE": ("VLLM", "SGLANG")},
+)
 
 
 @dataclass(frozen=True)
@@ -47,28 +206,28 @@ class KvEventsSettings:
     engine: str = "vllm"
     pod: str = ""
     model: str = ""
-    endpoint: str = DEFAULT_ENDPOINT
+    endpoint: str = SETTINGS.default("endpoint")
     replay_endpoint: Optional[str] = None
-    topic: str = "kv-events"
-    redis_host: str = ""
-    redis_port: int = DEFAULT_REDIS_PORT
-    redis_db: int = 0
+    topic: str = DEFAULT_TOPICS["vllm"]
+    redis_host: str = SETTINGS.default("redis_host")
+    redis_port: int = SETTINGS.default("redis_port")
+    redis_db: int = SETTINGS.default("redis_db")
     redis_username: str = ""
     redis_password: str = ""
-    timeout: float = 5.0  # connect/read/write timeout of every socket
-    retry_max: float = 5.0  # longest wait between two reconnect attempts
-    heartbeat: float = 10.0  # idle seconds before a ZMTP PING to the publisher (0: never)
-    backlog: int = DEFAULT_BACKLOG
-    backlog_bytes: int = DEFAULT_BACKLOG_BYTES
-    replay_buffer: int = DEFAULT_REPLAY_BUFFER
-    reconnect_grace: float = DEFAULT_RECONNECT_GRACE
-    refresh: float = DEFAULT_REFRESH  # 0: never
-    mapping_ttl: int = 86400
+    timeout: float = SETTINGS.default("timeout")  # connect/read/write timeout of every socket
+    retry_max: float = SETTINGS.default("retry_max")  # longest wait between two reconnect attempts
+    heartbeat: float = SETTINGS.default("heartbeat")  # idle seconds before a ZMTP PING (0: never)
+    backlog: int = SETTINGS.default("backlog")
+    backlog_bytes: int = SETTINGS.default("backlog_bytes")
+    replay_buffer: int = SETTINGS.default("replay_buffer")
+    reconnect_grace: float = SETTINGS.default("reconnect_grace")
+    refresh: float = SETTINGS.default("refresh")  # 0: never
+    mapping_ttl: int = SETTINGS.default("mapping_ttl")
     max_frame_bytes: int = 16 * 1024 * 1024
-    hash_cache: int = HASH_CACHE_ENTRIES
+    hash_cache: int = SETTINGS.default("hash_cache")
     # Endpoint discovery: when no endpoint is configured, ask the engine where it publishes.
     endpoint_configured: bool = True
-    discovery: bool = True
+    discovery: bool = SETTINGS.default("discovery")
     engine_url: str = ""
     engine_api_key: Optional[str] = None
 
@@ -83,135 +242,38 @@ class KvEventsSettings:
         return f"{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
 
-def add_flags(parser: Any) -> None:
-    parser.add_argument("--redis-host", help="Redis for KV-aware routing (env REDIS_HOST; unset: KV events off)")
-    parser.add_argument("--redis-port", help="Redis port (env REDIS_PORT; default 6379)")
-    parser.add_argument("--redis-db", help="Redis database (env REDIS_DB; default 0)")
-    parser.add_argument("--kv-events-endpoint", help="engine's KV-event PUB endpoint (env VLLM_ZMQ_ENDPOINT...)")
-    parser.add_argument("--kv-events-replay-endpoint", help="engine's replay ROUTER (env VLLM_ZMQ_REPLAY_ENDPOINT...)")
-    parser.add_argument("--kv-events-topic", help="topic filter (env VLLM_ZMQ_TOPIC_FILTER...)")
-
-
-def parse_endpoint(endpoint: str) -> Tuple[str, Union[str, Tuple[str, int]]]:
-    """``tcp://host:port`` -> ("tcp", (host, port)); ``ipc:///path`` -> ("ipc", path)."""
-    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        return "ipc", endpoint[len("ipc://") :]
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"endpoint must be tcp://host:port or ipc://path, got {endpoint!r}")
-    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
-    if not sep or not port.isdigit() or not host or int(port) > 65535:
-        raise ValueError(f"endpoint needs a host and a port: {endpoint!r}")
-    host = host.strip("[]")
-    if host == "*":
-        host = "127.0.0.1"  # vLLM's bind form copied from its flags: the engine is local
-    return "tcp", (host, int(port))
-
-
-def _endpoint(setting: str, raw: str) -> str:
-    value = raw.strip()
-    try:
-        parse_endpoint(value)
-    except ValueError as exc:
-        raise ConfigError(setting, str(exc)) from None
-    return value
-
-
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> KvEventsSettings:
-    prefix = "VLLM" if core.engine == "vllm" else "SGLANG"
-
-    def count(minimum: int) -> Any:
-        return lambda s, r: parse_int(s, r, minimum=minimum)
-
-    def port(setting: str, raw: str) -> int:
-        return parse_int(setting, raw, minimum=1, maximum=65535)
-
-    redis_host = pick(args, env, "redis_host", ("REDIS_HOST",), "", as_str).strip()
-    endpoint_configured = bool(getattr(args, "kv_events_endpoint", None)) or f"{prefix}_ZMQ_ENDPOINT" in env
-    mapping_ttl = pick(args, env, "kv_events_ttl", ("PATIO_KV_EVENTS_MAPPING_TTL",), 86400, count(1))
-    refresh = pick(args, env, "kv_events_refresh", ("PATIO_KV_EVENTS_REFRESH",), DEFAULT_REFRESH, seconds)
-    if refresh and refresh > mapping_ttl / 2:
+    engine = "VLLM" if core.engine == "vllm" else "SGLANG"
+    values = SETTINGS.read(args, env, ENGINE=engine)
+    if values["refresh"] and values["refresh"] > values["mapping_ttl"] / 2:
         raise ConfigError(
             "PATIO_KV_EVENTS_REFRESH",
-            f"{refresh:g}s is more than half PATIO_KV_EVENTS_MAPPING_TTL ({mapping_ttl}s): keys would expire first",
+            f"{values['refresh']:g}s is more than half PATIO_KV_EVENTS_MAPPING_TTL ({values['mapping_ttl']}s): "
+            "keys would expire first",
         )
-    settings = KvEventsSettings(
-        engine=core.engine,
-        pod=core.pod,
-        model=core.model,
-        endpoint=pick(args, env, "kv_events_endpoint", (f"{prefix}_ZMQ_ENDPOINT",), DEFAULT_ENDPOINT, _endpoint),
-        replay_endpoint=pick(
-            args, env, "kv_events_replay_endpoint", (f"{prefix}_ZMQ_REPLAY_ENDPOINT",), None, _endpoint
-        ),
-        # Kthena reads the topic with os.getenv, so an empty value is a real (match-all) filter.
-        topic=(
-            args.kv_events_topic
-            if getattr(args, "kv_events_topic", None) is not None
-            else env.get(f"{prefix}_ZMQ_TOPIC_FILTER", DEFAULT_TOPICS.get(core.engine, ""))
-        ),
-        redis_host=redis_host,
-        redis_port=pick(
-            args,
-            env,
-            "redis_port",
-            ("REDIS_PORT",),
-            DEFAULT_REDIS_PORT,
-            port,
-        ),
-        redis_db=pick(args, env, "redis_db", ("REDIS_DB",), 0, count(0)),
-        redis_username=env.get("REDIS_USERNAME", ""),
-        redis_password=env.get("REDIS_PASSWORD", ""),
-        timeout=pick(args, env, "kv_events_timeout", ("PATIO_KV_EVENTS_TIMEOUT",), 5.0, positive_seconds),
-        retry_max=pick(args, env, "kv_events_retry_max", ("PATIO_KV_EVENTS_RETRY_MAX",), 5.0, positive_seconds),
-        heartbeat=pick(
-            args,
-            env,
-            "kv_events_heartbeat",
-            ("PATIO_KV_EVENTS_HEARTBEAT",),
-            10.0,
-            seconds,
-        ),
-        backlog=pick(
-            args,
-            env,
-            "kv_events_backlog",
-            ("PATIO_KV_EVENTS_BACKLOG",),
-            DEFAULT_BACKLOG,
-            count(1),
-        ),
-        backlog_bytes=pick(
-            args,
-            env,
-            "kv_events_backlog_bytes",
-            ("PATIO_KV_EVENTS_BACKLOG_BYTES",),
-            DEFAULT_BACKLOG_BYTES,
-            count(64 * 1024),
-        ),
-        replay_buffer=pick(
-            args, env, "kv_events_replay_buffer", ("PATIO_KV_EVENTS_REPLAY_BUFFER",), DEFAULT_REPLAY_BUFFER, count(1)
-        ),
-        reconnect_grace=pick(
-            args, env, "kv_events_grace", ("PATIO_KV_EVENTS_RECONNECT_GRACE",), DEFAULT_RECONNECT_GRACE, seconds
-        ),
-        refresh=refresh,
-        mapping_ttl=mapping_ttl,
-        endpoint_configured=endpoint_configured,
-        discovery=pick(args, env, "kv_events_discovery", ("PATIO_KV_EVENTS_DISCOVERY",), True, parse_bool),
-        engine_url=core.engine_endpoint,
-        engine_api_key=core.engine_api_key,
-        hash_cache=pick(
-            args,
-            env,
-            "kv_events_hash_cache",
-            ("PATIO_KV_EVENTS_HASH_CACHE",),
-            HASH_CACHE_ENTRIES,
-            count(0),
-        ),
+    # Set at all (even empty) counts as configured: no discovery then.
+    configured = SETTINGS.given(args, "endpoint") or any(
+        name in env for name in SETTINGS["endpoint"].env_names({"ENGINE": engine})
     )
-    switch = pick(args, env, "kv_events", ("PATIO_KV_EVENTS",), True, parse_bool)
+    settings = KvEventsSettings(
+        **fields_of(
+            KvEventsSettings,
+            values,
+            engine=core.engine,
+            pod=core.pod,
+            model=core.model,
+            topic=DEFAULT_TOPICS.get(core.engine, "") if values["topic"] is None else values["topic"],
+            endpoint_configured=configured,
+            engine_url=core.engine_endpoint,
+            engine_api_key=core.engine_api_key,
+        )
+    )
     missing = [
-        name for name, value in (("REDIS_HOST", redis_host), ("--pod", core.pod), ("--model", core.model)) if not value
+        name
+        for name, value in (("REDIS_HOST", values["redis_host"]), ("--pod", core.pod), ("--model", core.model))
+        if not value
     ]
-    if not switch:
+    if not values["switch"]:
         return _with(settings, False, "PATIO_KV_EVENTS=false")
     if core.engine not in DEFAULT_TOPICS:
         return _with(settings, False, f"{core.engine} publishes no KV-cache events")

@@ -20,7 +20,7 @@ MODES = ("standard", "both", "raw")
 
 # Names text 0.0.4 can write bare.  The parser accepts text 1.0.0's quoted UTF-8 names, but
 # promtool 2.42 and Prometheus 2.x reject them in a 0.0.4 answer, and one bad line fails the
-# whole scrape (issue 13, row 19): such engine samples are left out of /metrics and counted.
+# whole scrape: such engine samples are left out of /metrics and counted.
 _LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -103,7 +103,7 @@ def select(
         groups.append(engine)
     # Only sample names held by more than one family can repeat a series (the parser already
     # dropped the engine's own repeats): only their series are remembered, so a payload of a
-    # million series does not build a second million-entry set here (issue 13, row 10).
+    # million series does not build a second million-entry set here.
     holders: Dict[str, int] = {}
     engine_sample_names: Set[str] = set()
     for group_index, group in enumerate(groups):

@@ -2,7 +2,7 @@
 
 CPython frees a scrape's millions of small objects, but glibc keeps the pages (in the main heap
 and in the worker threads' arenas; the dynamic mmap threshold also moves large blocks onto the
-heap after the first big free): a 27 MB payload left about 1 GB resident (issue 13, row 10).
+heap after the first big free): a 27 MB payload left about 1 GB resident.
 ``malloc_trim(0)`` returns whole free pages from every arena.  glibc only; a no-op elsewhere
 (musl has no ``malloc_trim``).  ``ctypes`` is imported here, on first use, never at start.
 """

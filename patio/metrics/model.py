@@ -105,7 +105,7 @@ class Sample:
 
 # A family's sample: a ``Sample``, or (engine families parsed with ``verbatim=True``) a whole
 # canonical line kept as its text.  A line costs its characters alone, where a ``Sample`` with its
-# copies costs about four times more: a 27 MB payload of 1.5 M series is held as lines (issue 13, row 10).
+# copies costs about four times more: a 27 MB payload of 1.5 M series is held as lines.
 Item = Union[Sample, str]
 
 _NAME_END = re.compile(r"[{ ]")
@@ -132,7 +132,7 @@ _OVERFLOW = -1
 
 
 class Lines:
-    """A large payload's samples for one family, held without one object per line (issue 13, row 10).
+    """A large payload's samples for one family, held without one object per line.
 
     Each kept canonical line is two offsets into the payload text (``refs`` start, ``ends`` end, in
     ``array('q')``); a line that had to be parsed (not canonical) is an item of the shared

@@ -1,6 +1,8 @@
 """Rename schemes: stable metric names over whichever engine runs.
 
-Exactly the tables of ``shared/reference/metric-names.md``.  Each rule maps one
+The ``aibrix`` and ``kthena`` tables are the incumbents' own renames (AIBrix's
+python/aibrix/aibrix/metrics/engine_rules.py, Kthena's runtime ``kthena:*`` names), so
+their dashboards and autoscalers read what they did; ``patio`` is Patio's.  Each rule maps one
 target family to source families in priority order; the first source present
 in a scrape wins (engine releases renamed families, transitional versions
 export both).  Rules are data, compiled once at start into a ``RuleSet``.

@@ -2,61 +2,93 @@
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from patio.core_settings import CoreSettings
 from patio.metrics.assemble import MODES
 from patio.metrics.rules import SCHEMES
-from patio.options import parse_bool, parse_choice, parse_int, pick, positive_seconds, seconds
+from patio.options import Section, Setting, choice, fields_of, integer, parse_bool, positive_seconds, seconds
 
-# Largest engine /metrics body Patio reads (after decompression); larger -> engine_up 0.
-DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
+SETTINGS = Section(
+    "metrics",
+    "Metrics",
+    (
+        Setting(
+            "scheme",
+            "--metrics-scheme",
+            "METRICS_SCHEME",
+            "patio",
+            choice(*SCHEMES),
+            "the names /metrics serves: " + ", ".join(SCHEMES) + " (AIBrix's and Kthena's start profiles: theirs)",
+        ),
+        # AIBrix's switches (aibrix/envs.py: _is_true(os.getenv("METRICS_ENABLE_TRANSFORMATION", "1")),
+        # so set but empty is false): either one serves the engine's families unrenamed (raw).
+        Setting(
+            "aibrix_transformation",
+            "",
+            "METRICS_ENABLE_TRANSFORMATION",
+            True,
+            parse_bool,
+            "AIBrix's switch: false (or set but empty) serves the engine's families unrenamed (mode raw)",
+            keep_empty=True,
+        ),
+        Setting(
+            "aibrix_passthrough",
+            "",
+            "METRICS_RAW_PASSTHROUGH_MODE",
+            False,
+            parse_bool,
+            "AIBrix's switch: true serves the engine's families unrenamed (mode raw)",
+            keep_empty=True,
+        ),
+        Setting(
+            "mode",
+            "--metrics-mode",
+            "METRICS_MODE",
+            None,
+            choice(*MODES),
+            "standard (renamed families only), both, or raw (the engine's as they are)",
+            shown="both (raw by AIBrix's switches)",
+        ),
+        Setting(
+            "scrape_timeout",
+            "--metrics-scrape-timeout",
+            "METRICS_SCRAPE_TIMEOUT",
+            2.0,
+            positive_seconds,
+            "seconds for one engine scrape",
+        ),
+        Setting(
+            "cache_ttl",
+            "--metrics-cache-ttl",
+            "METRICS_CACHE_TTL",
+            0.0,
+            seconds,
+            "seconds an engine scrape is reused (0: never)",
+        ),
+        # Largest engine /metrics body Patio reads (after decompression); larger -> engine_up 0.
+        Setting(
+            "max_payload_bytes",
+            "--metrics-max-bytes",
+            "METRICS_MAX_BYTES",
+            32 * 1024 * 1024,
+            integer(1024),
+            "largest engine payload read, in bytes (after decompression); larger: engine_up 0",
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    scheme: str = "patio"
+    scheme: str = SETTINGS.default("scheme")
     mode: str = "both"
-    scrape_timeout: float = 2.0
-    cache_ttl: float = 0.0
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
-
-
-def add_flags(parser: Any) -> None:
-    parser.add_argument(
-        "--metrics-scheme",
-        help="patio, aibrix or kthena (env METRICS_SCHEME; default patio, or the start profile's: aibrix, kthena)",
-    )
-    parser.add_argument("--metrics-mode", help="standard, both or raw (env METRICS_MODE; default both)")
-    parser.add_argument("--metrics-scrape-timeout", help="seconds for one engine scrape (default 2)")
-    parser.add_argument("--metrics-cache-ttl", help="seconds an engine scrape is reused (default 0: never)")
-    parser.add_argument("--metrics-max-bytes", help="largest engine payload read, bytes (default 33554432)")
-
-
-def _mode_from_aibrix(env: Mapping[str, str]) -> str:
-    # AIBrix's switches (aibrix/envs.py): METRICS_ENABLE_TRANSFORMATION=0 or
-    # METRICS_RAW_PASSTHROUGH_MODE=1 serve the engine's families unrenamed (raw).
-    transform = parse_bool("METRICS_ENABLE_TRANSFORMATION", env.get("METRICS_ENABLE_TRANSFORMATION", "1"))
-    passthrough = parse_bool("METRICS_RAW_PASSTHROUGH_MODE", env.get("METRICS_RAW_PASSTHROUGH_MODE", "0"))
-    return "raw" if passthrough or not transform else "both"
+    scrape_timeout: float = SETTINGS.default("scrape_timeout")
+    cache_ttl: float = SETTINGS.default("cache_ttl")
+    max_payload_bytes: int = SETTINGS.default("max_payload_bytes")
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:
-    return MetricsSettings(
-        scheme=pick(
-            args, env, "metrics_scheme", ("METRICS_SCHEME",), "patio", lambda s, r: parse_choice(s, r, SCHEMES)
-        ),
-        mode=pick(
-            args, env, "metrics_mode", ("METRICS_MODE",), _mode_from_aibrix(env), lambda s, r: parse_choice(s, r, MODES)
-        ),
-        scrape_timeout=pick(args, env, "metrics_scrape_timeout", ("METRICS_SCRAPE_TIMEOUT",), 2.0, positive_seconds),
-        cache_ttl=pick(args, env, "metrics_cache_ttl", ("METRICS_CACHE_TTL",), 0.0, seconds),
-        max_payload_bytes=pick(
-            args,
-            env,
-            "metrics_max_bytes",
-            ("METRICS_MAX_BYTES",),
-            DEFAULT_MAX_PAYLOAD,
-            lambda s, r: parse_int(s, r, minimum=1024),
-        ),
-    )
+    values = SETTINGS.read(args, env)
+    raw = values["aibrix_passthrough"] or not values["aibrix_transformation"]
+    return MetricsSettings(**fields_of(MetricsSettings, values, mode=values["mode"] or ("raw" if raw else "both")))

@@ -1,6 +1,7 @@
 """Render metric families as Prometheus text format 0.0.4.
 
-Writes only the safe subset of ``shared/reference/text-format.md`` §8: LF line
+Writes only what both Go parsers (expfmt/text_parse.go, model/textparse/promparse.go) and
+promtool accept: LF line
 endings and a final LF, one HELP and TYPE per family before its samples,
 HELP escaping only ``\\`` and ``\n``, label values escaping ``\\`` ``\"`` ``\n``,
 Go float syntax (``NaN``, ``+Inf``, ``-Inf``).  Names that are not legacy-valid
@@ -83,7 +84,7 @@ def sample_line(name: str, labels: Labels, value: float, timestamp: Optional[int
 # Characters joined and encoded at a time by ``render_chunks``: a large exposition never exists as
 # one list of a million line strings plus their joined copy, and each piece is large enough for
 # glibc to map it on its own (see ``memory.prefer_mmap``), so it goes back to the OS when the last
-# answer holding it is written (issue 13, row 10).
+# answer holding it is written.
 RENDER_CHUNK_CHARS = 256 * 1024
 
 

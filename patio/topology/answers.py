@@ -2,7 +2,7 @@
 
 Three router generations are in use today and they answer the same calls
 differently (each started from PyPI on 127.0.0.1, and read in its source;
-../shared/reference/sglang-router.md, "Router generations in use today"):
+tests/test_topology_routers.py runs all three):
 
     generation        POST /workers (new)     POST again (known URL)           lookup / removal
     sglang-router     202 {"worker_id"}       202, the same id                 /workers/{id}

@@ -9,17 +9,16 @@ import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
-from urllib.parse import urlsplit
 
-from patio.core_settings import CoreSettings
+from patio.core_settings import WORKER, CoreSettings
 from patio.errors import ConfigError
-from patio.options import parse_choice, parse_float, pick
+from patio.options import Section, Setting, as_str, choice, host_port_url, number, parse_url, stripped
 
 # TOPO_TYPE (any case) -> router family.  "SGLang" covers sglang-router 0.3.x and smg 1.x
 # (told apart by their answers); "vLLM" is vLLM's router (vllm-project/router).
 TOPO_TYPES = {"sglang": "sglang", "vllm": "vllm"}
 WORKER_TYPES = ("regular", "prefill", "decode")
-# What /ready needs from the topology (README "Topology", "Readiness"):
+# What /ready needs from the topology (docs/topology.md, "Readiness"):
 #   first-registration: the first successful registration; later router outages do not
 #                       flip readiness (a router restart must not take the fleet out of service)
 #   strict:             the router listed this worker at the last heartbeat
@@ -32,24 +31,98 @@ RESERVED_FIELDS = frozenset(("port", "url", "worker_type", "bootstrap_port", "to
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 
 
+# The registration's own settings; the worker's names are the core's (``patio.core_settings.WORKER``).
+SETTINGS = Section(
+    "topology",
+    "Topology: registration with the router",
+    (
+        Setting(
+            "request_timeout",
+            "--router-timeout",
+            "SGL_ROUTER_TIMEOUT",
+            5.0,
+            number(minimum=0.1),
+            "seconds for one heartbeat, all its router calls together",
+        ),
+        Setting(
+            "readiness",
+            "--topology-readiness",
+            "PATIO_TOPOLOGY_READINESS",
+            "first-registration",
+            choice(*READINESS_MODES),
+            "what /ready needs from the router: " + " or ".join(READINESS_MODES),
+        ),
+        Setting(
+            "heartbeat_jitter",
+            "--heartbeat-jitter",
+            "PATIO_HEARTBEAT_JITTER",
+            0.2,
+            number(0.0, 0.9),
+            "fraction of the heartbeat interval to randomise, 0..0.9 (0: no randomness)",
+        ),
+        Setting(
+            "router_endpoint",
+            "",
+            "SGL_ROUTER_ENDPOINT",
+            "",
+            stripped,
+            "the router, host:port or http://host:port (else named from the group and SGL_ROUTER_ROLE_NAME, "
+            "SGL_ROUTER_PORT)",
+        ),
+        Setting(
+            "router_api_key", "", "SGL_ROUTER_API_KEY", None, as_str, "sent to the router as Authorization: Bearer"
+        ),
+        Setting(
+            "worker_type",
+            "",
+            "WORKER_TYPE",
+            "regular",
+            as_str,
+            "regular, prefill or decode, when --instance-info does not say",
+        ),
+        # Set but empty is refused (a port is missing), as before there was a table.
+        Setting(
+            "worker_port",
+            "",
+            "WORKER_PORT",
+            None,
+            as_str,
+            "the engine port the router reaches, when --instance-info does not say (else the engine URL's); set "
+            "but empty is refused",
+            keep_empty=True,
+        ),
+        Setting(
+            "bootstrap_port",
+            "",
+            "BOOTSTRAP_PORT",
+            None,
+            as_str,
+            "the prefill bootstrap port, when --instance-info does not say",
+        ),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class TopologySettings:
     enabled: bool = False
     topo_type: str = "sglang"  # router family: "sglang" or "vllm"
     router_url: str = ""
     worker_url: str = ""
-    worker_type: str = "regular"
+    worker_type: str = SETTINGS.default("worker_type")
     bootstrap_port: Optional[int] = None
     api_key: Optional[str] = None
-    heartbeat_interval: float = 30.0
-    request_timeout: float = 5.0  # one heartbeat's deadline, all its router calls together
+    heartbeat_interval: float = WORKER.default("heartbeat_interval")
+    request_timeout: float = SETTINGS.default(
+        "request_timeout"
+    )  # one heartbeat's deadline, all its router calls together
     # How often the thread reads the shared engine health watch before registering (a plain
     # attribute read, so it can be short: registration follows the engine within this).
     engine_probe_interval: float = 0.25
     # Heartbeats come every interval * uniform(1 - jitter, 1]; failures back off with jitter.
     # 0 disables all randomness (the bench's baseline).
-    heartbeat_jitter: float = 0.2
-    readiness: str = "first-registration"
+    heartbeat_jitter: float = SETTINGS.default("heartbeat_jitter")
+    readiness: str = SETTINGS.default("readiness")
     extra: Mapping[str, Any] = field(default_factory=dict)  # more registration fields (RESERVED_FIELDS)
 
     def __repr__(self) -> str:  # never print the router key
@@ -57,17 +130,6 @@ class TopologySettings:
             f"TopologySettings(enabled={self.enabled}, topo_type={self.topo_type!r}, router={self.router_url!r},"
             f" worker={self.worker_url!r}, api_key={'set' if self.api_key else 'unset'})"
         )
-
-
-def add_flags(parser: Any) -> None:
-    parser.add_argument("--router-timeout", help="seconds for one heartbeat, all its router calls together (default 5)")
-    parser.add_argument(
-        "--topology-readiness",
-        help="what /ready needs from the router: first-registration (default) or strict",
-    )
-    parser.add_argument(
-        "--heartbeat-jitter", help="fraction of the heartbeat interval to randomise, 0..0.9 (default 0.2)"
-    )
 
 
 def _port(setting: str, value: Any) -> int:
@@ -100,30 +162,13 @@ def url_host(setting: str, raw: str) -> str:
     return host
 
 
-def _host_port(setting: str, raw: str) -> str:
-    """``host:port`` or ``http://host:port`` -> canonical ``http://host:port``."""
-    value = raw.strip().rstrip("/")
-    if "://" not in value:
-        value = "http://" + value
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, f"expected host:port or http://host:port, got {raw!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(setting, f"invalid port in {raw!r}") from None
-    if port is None:
-        raise ConfigError(setting, f"no port in {raw!r}")
-    return f"{parts.scheme}://{url_host(setting, parts.hostname)}:{port}"
-
-
 def derive(
     core: CoreSettings,
     env: Mapping[str, str],
-    request_timeout: float = 5.0,
+    request_timeout: float = SETTINGS.default("request_timeout"),
     hostname: Callable[[], str] = socket.gethostname,
-    readiness: str = "first-registration",
-    jitter: float = 0.2,
+    readiness: str = SETTINGS.default("readiness"),
+    jitter: float = SETTINGS.default("heartbeat_jitter"),
 ) -> TopologySettings:
     info: Dict[str, Any] = dict(core.instance_info or {})
     nested = info.get("data")
@@ -136,23 +181,24 @@ def derive(
         raise ConfigError(
             "TOPO_TYPE", f"unknown topology type {topo!r}; supported: SGLang, vLLM (any case), or empty to disable"
         )
-    if not info and not (env.get("SGL_ROUTER_ENDPOINT", "").strip() or core.router_role_name or core.router_port):
+    endpoint = SETTINGS.value("router_endpoint", None, env)
+    if not info and not (endpoint or core.router_role_name or core.router_port):
         # RoleBasedGroup's runtime registers only when --instance-info is given; TOPO_TYPE alone (its
         # README's profile sets it for every pod) only names the router family
         # (rolebasedgroup/inference-engine-runtime app.py main, at a6acbfe4).
         return TopologySettings(enabled=False, heartbeat_interval=core.heartbeat_interval)
 
-    worker_type = str(data.get("worker_type") or env.get("WORKER_TYPE") or "regular").lower()
+    worker_type = str(data.get("worker_type") or SETTINGS.value("worker_type", None, env)).lower()
     if worker_type not in WORKER_TYPES:
         raise ConfigError("worker_type", f"must be one of {', '.join(WORKER_TYPES)}, got {worker_type!r}")
-    raw_port = data.get("port") or env.get("WORKER_PORT")
+    raw_port = data.get("port") or SETTINGS.value("worker_port", None, env)
     if raw_port is None:
-        engine_port = urlsplit(core.engine_endpoint).port
+        engine_port = parse_url(core.engine_endpoint).port
         if engine_port is None:
             raise ConfigError("WORKER_PORT", "the worker port is missing: set --instance-info data.port or WORKER_PORT")
         raw_port = engine_port
     port = _port("worker port (--instance-info data.port / WORKER_PORT)", raw_port)
-    raw_bootstrap = data.get("bootstrap_port") or env.get("BOOTSTRAP_PORT")
+    raw_bootstrap = data.get("bootstrap_port") or SETTINGS.value("bootstrap_port", None, env)
     bootstrap = _port("bootstrap_port", raw_bootstrap) if raw_bootstrap not in (None, "") else None
 
     group, role, index = core.group_name, core.role_name, core.role_index
@@ -171,9 +217,8 @@ def derive(
     # PR #1977), sglang-router 0.3 lists it and never reaches it, vllm-router hangs on it.
     worker_url = f"http://{host}:{port}"
 
-    endpoint = env.get("SGL_ROUTER_ENDPOINT", "").strip()
     if endpoint:
-        router_url = _host_port("SGL_ROUTER_ENDPOINT", endpoint)
+        router_url = host_port_url("SGL_ROUTER_ENDPOINT", endpoint)  # an IPv6 host comes back in brackets
     else:
         missing = [
             name
@@ -199,7 +244,7 @@ def derive(
         worker_url=worker_url,
         worker_type=worker_type,
         bootstrap_port=bootstrap,
-        api_key=env.get("SGL_ROUTER_API_KEY") or None,
+        api_key=SETTINGS.value("router_api_key", None, env),
         heartbeat_interval=core.heartbeat_interval,
         request_timeout=request_timeout,
         heartbeat_jitter=jitter,
@@ -209,23 +254,7 @@ def derive(
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> TopologySettings:
-    timeout = pick(
-        args, env, "router_timeout", ("SGL_ROUTER_TIMEOUT",), 5.0, lambda s, r: parse_float(s, r, minimum=0.1)
+    values = SETTINGS.read(args, env)
+    return derive(
+        core, env, values["request_timeout"], readiness=values["readiness"], jitter=values["heartbeat_jitter"]
     )
-    readiness = pick(
-        args,
-        env,
-        "topology_readiness",
-        ("PATIO_TOPOLOGY_READINESS",),
-        "first-registration",
-        lambda s, r: parse_choice(s, r, READINESS_MODES),
-    )
-
-    def fraction(setting: str, raw: str) -> float:
-        value = parse_float(setting, raw, minimum=0.0)
-        if value > 0.9:
-            raise ConfigError(setting, f"must be <= 0.9, got {raw!r}")
-        return value
-
-    jitter = pick(args, env, "heartbeat_jitter", ("PATIO_HEARTBEAT_JITTER",), 0.2, fraction)
-    return derive(core, env, timeout, readiness=readiness, jitter=jitter)

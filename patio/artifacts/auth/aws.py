@@ -189,14 +189,14 @@ def resolve_provider(
         creds = Credentials(request.access_key_id, request.secret_access_key, request.session_token)
         return StaticProvider(creds, "request credentials")
     for key_name, secret_name, token_name in ENV_KEYS.get(kind, ()):
-        key, secret = env.get(key_name), env.get(secret_name)
+        key, secret = env.first(key_name), env.first(secret_name)
         if key and secret:
-            token = env.get(token_name) if token_name else None
+            token = env.first(token_name) if token_name else None
             return StaticProvider(Credentials(key, secret, token), f"environment {key_name}")
     if kind == "s3":
-        token_file, role_arn = env.get("AWS_WEB_IDENTITY_TOKEN_FILE"), env.get("AWS_ROLE_ARN")
+        token_file, role_arn = env.first("AWS_WEB_IDENTITY_TOKEN_FILE"), env.first("AWS_ROLE_ARN")
         if token_file and role_arn:
-            endpoint = env.get("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL") or f"https://sts.{region}.amazonaws.com"
-            session = env.get("AWS_ROLE_SESSION_NAME") or f"patio-{int(time.time())}"
+            endpoint = env.first("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL") or f"https://sts.{region}.amazonaws.com"
+            session = env.first("AWS_ROLE_SESSION_NAME") or f"patio-{int(time.time())}"
             return WebIdentityProvider(client, endpoint, role_arn, token_file, session, retry)
     return StaticProvider(None, "anonymous")

@@ -188,12 +188,18 @@ def _headers(value: Any, param: str) -> Tuple[Tuple[str, str], ...]:
 class SourceEnv:
     """The environment variables the sources read, captured once at start.
 
-    Read through ``get``; an empty value counts as unset.  ``repr`` shows names only.
+    Read through ``first``; an empty value counts as unset.  ``repr`` shows names only.
     """
 
     values: Mapping[str, str] = field(default_factory=dict)
 
-    def get(self, *names: str) -> Optional[str]:
+    def first(self, *names: str) -> Optional[str]:
+        """The value of the first of ``names`` that is set (stripped), else None.
+
+        Every argument is a variable, in priority order: ``first("AWS_ENDPOINT_URL_STS",
+        "AWS_ENDPOINT_URL")`` falls back to the second variable, never to a literal (this is not
+        ``dict.get``, whose second argument is a default).
+        """
         for name in names:
             value = self.values.get(name)
             if value is not None and value.strip() != "":

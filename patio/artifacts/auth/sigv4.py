@@ -1,6 +1,6 @@
 """AWS Signature Version 4, S3 flavour.  Sans-IO: request parts in, headers out.
 
-S3 rules differ from generic SigV4 (artifact-protocols.md §2.1): the path is
+S3 rules differ from generic SigV4 (botocore/auth.py ``S3SigV4Auth._normalize_url_path``): the path is
 percent-encoded exactly once and never normalised (``.``, ``..`` and ``//`` are
 part of an object key), so the six path-normalising cases of the AWS test
 suite are expected to differ, and everything else must match byte for byte.
@@ -15,7 +15,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 # botocore never signs these: proxies and tracers rewrite them in flight.
 UNSIGNED_HEADERS = frozenset(

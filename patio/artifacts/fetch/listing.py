@@ -8,7 +8,7 @@ outside the target directory.
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Protocol, Sequence
 
-from patio.artifacts.errors import ArtifactError
+from patio.artifacts.errors import ArtifactError, ArtifactNotFound
 from patio.artifacts.fetch.manifest import META_DIR
 
 # A listing with more files than this is refused (a model is thousands of files at most).
@@ -79,3 +79,24 @@ def check_layout(files: Sequence[RemoteFile], display: str) -> None:
                 raise ArtifactError(f"{display}: {'/'.join(parts[:i])!r} is both a file and a directory")
         if f.path + ".part" in names:
             raise ArtifactError(f"{display}: {f.path!r} and {f.path + '.part'!r} cannot both be downloaded")
+
+
+def accepted(listed: Sequence[RemoteFile], display: str, suffixes: Sequence[str]) -> List[RemoteFile]:
+    """The files of a listing to download, after every check; an error for a listing to refuse whole.
+
+    Too many files, an unsafe name, a name that cannot be laid out, an empty listing and a
+    filter that leaves nothing are each refused before anything is written.
+    """
+    if len(listed) > MAX_FILES:
+        raise ArtifactError(f"{display}: {len(listed)} files is more than the limit of {MAX_FILES}")
+    for f in listed:
+        validate_relpath(f.path, display)
+    check_layout(listed, display)
+    files = [f for f in listed if suffix_allowed(f.path, suffixes)]
+    if not listed:
+        raise ArtifactNotFound(f"{display}: no files found (an empty listing is not a download)")
+    if not files:
+        raise ArtifactNotFound(
+            f"{display}: none of the {len(listed)} files ends with an allowed suffix ({', '.join(suffixes)})"
+        )
+    return files

@@ -48,7 +48,7 @@ def redirect_target(url: str, location: str, what: str) -> str:
     """Where a 3xx answer to ``url`` sends us: an http(s) URL, or ``ArtifactError``.
 
     ``Location`` is the server's word, not the operator's: ``file:///etc/passwd``,
-    ``ftp://`` or ``gopher://`` there must not become a request (issue 13 row 18).
+    ``ftp://`` or ``gopher://`` there must not become a request.
     """
     target = urllib.parse.urljoin(url, location.strip())
     scheme = urllib.parse.urlsplit(target).scheme.lower()

@@ -1,6 +1,6 @@
 """What one fetch is asked to do (threads, part size, filters, retry) and the size defaults.
 
-Apart from ``patio.artifacts.fetch.engine`` so that the settings (parsed at every start) and
+Apart from ``patio.artifacts.fetch.run`` so that the settings (parsed at every start) and
 the job table name these without loading the engine, which a pod imports only with its first
 download.
 """

@@ -261,7 +261,7 @@ def resolve_token(
     if request.service_account_json:
         info = _load_json(request.service_account_json, "credentials.service_account_json")
         return _provider_from_info(http, info, retry, "credentials.service_account_json")
-    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    path = env.first("GOOGLE_APPLICATION_CREDENTIALS")
     if path:
         what = f"GOOGLE_APPLICATION_CREDENTIALS {path}"
         try:
@@ -276,13 +276,13 @@ def resolve_token(
             # The operator's file, not the caller's request: a configuration error, said as one.
             message = exc.message if what in exc.message else f"{what}: {exc.message}"
             raise CredentialsMisconfigured(message) from None
-    if (env.get("NO_GCE_CHECK") or "").lower() in ("1", "true", "yes"):
+    if (env.first("NO_GCE_CHECK") or "").lower() in ("1", "true", "yes"):
         return StaticToken(None, "anonymous")
-    return MetadataToken(env.get("GCE_METADATA_HOST", "GCE_METADATA_ROOT") or METADATA_HOST, net, retry)
+    return MetadataToken(env.first("GCE_METADATA_HOST", "GCE_METADATA_ROOT") or METADATA_HOST, net, retry)
 
 
 def gcs_endpoint(env: SourceEnv) -> str:
-    value = env.get("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE")
+    value = env.first("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE")
     if not value:
         return GCS_ENDPOINT
     return (value if "://" in value else "http://" + value).rstrip("/")

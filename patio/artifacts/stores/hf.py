@@ -1,6 +1,6 @@
 """HuggingFace Hub: revision -> commit sha, the tree at that commit, ``resolve`` downloads.
 
-The request sequence follows ``huggingface_hub.snapshot_download`` (artifact-protocols.md §1):
+The request sequence follows ``huggingface_hub.snapshot_download`` (huggingface_hub/_snapshot_download.py):
 ``GET /api/{type}s/{repo}/revision/{rev}`` for the sha (skipped for a 40-hex revision),
 ``GET /api/{type}s/{repo}/tree/{sha}?recursive=true&expand=false`` paged by ``Link: rel="next"``,
 then ``GET /{prefix}{repo}/resolve/{sha}/{path}`` with ``Range``, following redirects by hand.

@@ -29,7 +29,6 @@ from patio.artifacts.fetch.listing import RemoteFile
 from patio.artifacts.fetch.net import MAX_ERROR_BODY, Response, error_for_status
 from patio.artifacts.stores.hub import HubSource
 
-MS_ENDPOINT = "https://www.modelscope.cn"
 # The hub answers at most this many entries to one recursive listing (modelscope_hub constants.py).
 TRUNCATION_LIMIT = 3000
 # Largest listing answer read (3000 entries of a few hundred bytes each).
