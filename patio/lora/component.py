@@ -1,6 +1,6 @@
 """The LoRA component: routes, the manager, and its reconcile loop."""
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 from patio.artifacts.adapters import AdapterArtifacts
 from patio.component import AppContext, Component
@@ -9,6 +9,7 @@ from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
 from patio.lora.manager import LoraManager
+from patio.lora.reconcile import Reconciler
 from patio.lora.settings import LoraSettings
 
 
@@ -16,23 +17,32 @@ class LoraComponent(Component):
     name = "lora"
 
     def __init__(
-        self, context: AppContext, settings: LoraSettings, health: EngineHealth, artifacts: AdapterArtifacts
+        self,
+        context: AppContext,
+        settings: LoraSettings,
+        health: EngineHealth,
+        artifacts: AdapterArtifacts,
+        engine_asleep: Optional[Callable[[], bool]] = None,
     ) -> None:
+        """``engine_asleep``: True while the engine sleeps (its lifecycle says so): nothing is
+        reloaded then (``patio.lora.reconcile``)."""
         core = context.core
         spec = context.engine.spec  # the engine set, else the one identified (patio.engines.detect)
         retry = EngineCallRetry(attempts=settings.retry_attempts, deadline=settings.retry_deadline)
         client = EngineClient(spec, core.engine_endpoint, core.engine_api_key, retry)
         self.manager = LoraManager(context, settings, client, artifacts)
-        self.api = LoraApi(self.manager, spec)
+        self.reconciler = Reconciler(self.manager, engine_asleep)
+        self.api = LoraApi(self.manager, spec, artifacts=artifacts)
         # The engine coming back (a restart drops runtime-loaded adapters) wakes reconciliation.
-        health.subscribe(self.manager.on_engine_health)
+        health.subscribe(self.reconciler.on_engine_health)
 
     def routes(self) -> Sequence[Route]:
         return self.api.routes()
 
     async def start(self) -> None:
-        self.manager.start()
+        self.reconciler.start()
 
     async def stop(self) -> None:
         await self.api.stop()
         await self.manager.stop()
+        await self.reconciler.stop()

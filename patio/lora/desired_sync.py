@@ -47,7 +47,10 @@ from patio.lora.desired import (
     load_desired,
     refused_message,
 )
-from patio.lora.manager import LOADED, ORIGIN_FILE, ORIGIN_RESOLVER, Adapter, LoraManager, outcome_error
+from patio.lora.engine_errors import outcome_error
+from patio.lora.manager import LoraManager
+from patio.lora.records import AVAILABLE, LOADED, ORIGIN_FILE, ORIGIN_RESOLVER, Adapter
+from patio.lora.request import LoadRequest
 from patio.lora.residency import Resident
 from patio.lora.settings import LoraSettings
 
@@ -60,8 +63,6 @@ log = logging.getLogger("patio.lora.desired")
 MAX_PARALLEL_APPLIES = 4
 # Longest wait between two attempts of one adapter.
 MAX_BACKOFF = 60.0
-# State of an adapter made available through vLLM's resolver directory (not yet loaded by vLLM).
-AVAILABLE = "available"
 # Seconds between looks at a name's fill lock held by another Patio sharing the resolver dir.
 RESOLVER_LOCK_POLL = 0.2
 # The manager's answer when --max-adapters is reached (patio.lora.manager.LoraManager.load).
@@ -399,6 +400,7 @@ class DesiredSync:
         extra: Dict[str, Any] = {}
         if target.pinned is not None and "pinned" in manager.client.spec.load_fields:
             extra["pinned"] = target.pinned
+        options = tuple(extra.items())
         if record is not None and record.origin == ORIGIN_RESOLVER:
             await self._remove(name)  # the source is now local (or resolver mode is off): load it instead
             record = None
@@ -409,10 +411,12 @@ class DesiredSync:
                 await manager.set_origin(name, ORIGIN_FILE)
                 return
             if "load_inplace" in manager.client.spec.load_fields:
-                await manager.load(name, target.source, extra, load_inplace=True, origin=ORIGIN_FILE)
+                await manager.load(
+                    LoadRequest(name, target.source, options=options, load_inplace=True, origin=ORIGIN_FILE)
+                )
                 return
             await self._unload(name)
-        await manager.load(name, target.source, extra, origin=ORIGIN_FILE)
+        await manager.load(LoadRequest(name, target.source, options=options, origin=ORIGIN_FILE))
 
     async def _present_resolver(self, name: str, target: DesiredAdapter) -> None:
         manager, directory = self.manager, self.settings.resolver_dir
