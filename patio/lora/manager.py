@@ -30,6 +30,7 @@ from patio.engines.client import EngineClient
 from patio.errors import BadRequest, Conflict, PatioError
 from patio.lora.engine_errors import outcome_error
 from patio.lora.held_set import HeldSetFile
+from patio.lora.inplace import unload_then_load
 from patio.lora.records import (
     FAILED,
     LOADED,
@@ -271,8 +272,19 @@ class LoraManager:
                 plan=request.fetch,
             )
         adapter.path = path
+        # vLLM keeps load_inplace on the adapter and reads its files at every step (patio.lora.inplace).
+        swap = request.load_inplace and unload_then_load(self.client.spec.name, self.context.engine.version)
+        if swap and previous is not None:
+            await self._swap(adapter, previous)
+        else:
+            await self._engine_load(adapter, inplace=request.load_inplace and not swap)
+        return path
+
+    async def _engine_load(self, adapter: Adapter, inplace: bool = False) -> None:
+        """One engine load of ``adapter`` from ``adapter.path``, confirmed.  Raises PatioError."""
+        name, path = adapter.name, adapter.path
         payload: Dict[str, Any] = {"lora_name": name, "lora_path": path, **adapter.extra}
-        if request.load_inplace:
+        if inplace:
             payload["load_inplace"] = True
         try:
             outcome = await self.engine_call("load", payload, adapter.engine_key)
@@ -286,7 +298,45 @@ class LoraManager:
             outcome = Outcome(OK, "already loaded in the engine", outcome.status)
         if outcome.kind != OK:
             raise outcome_error(outcome, "load", name, self.client.spec.lora_hint)
-        return path
+
+    async def _swap(self, adapter: Adapter, previous: Adapter) -> None:
+        """An in-place reload as unload then load (``patio.lora.inplace`` says why), all or nothing:
+        when the engine does not take the new adapter, the old one is loaded again."""
+        name = adapter.name
+        if adapter.path != previous.path and (await self.engine_adapters_or_empty()).get(name) == adapter.path:
+            return  # the engine serves the new adapter already (a retry after a timeout): no gap
+        try:
+            outcome = await self.engine_call("unload", {"lora_name": name}, previous.engine_key)
+        except PatioError:
+            # A timeout or a dropped connection: what the engine lists says what it did.
+            try:
+                served = (await self.engine_adapters()).get(name)
+            except PatioError:
+                served = previous.path
+            if served == adapter.path != previous.path:
+                return  # the engine serves the new adapter already
+            if served is not None:
+                raise
+            outcome = Outcome(OK, "the engine unloaded it although the call failed", 200)
+        if outcome.kind not in (OK, NOT_FOUND):
+            raise outcome_error(outcome, "unload", name, self.client.spec.lora_hint)
+        try:
+            await self._engine_load(adapter)
+        except PatioError as exc:
+            try:
+                await self._engine_load(previous)
+            except PatioError as again:
+                # Not serving now; the record stays loaded, so reconciliation loads it again.
+                previous.engine_confirmed = False
+                raise PatioError(
+                    f"{exc.message}; loading the previous adapter again failed too ({again.message}): "
+                    "reconciliation will retry",
+                    status=exc.status,
+                    error_type=exc.error_type,
+                    param=exc.param,
+                ) from None
+            log.warning("in-place reload of %s refused (%s); the previous adapter is loaded again", name, exc.message)
+            raise
 
     async def _discard(self, old: Adapter, keep: Adapter) -> None:
         """Delete the download directory of ``old`` unless ``keep`` (the adapter that stays) uses it."""
