@@ -3,12 +3,13 @@
 from typing import Callable, Optional, Sequence
 
 from patio.artifacts.adapters import AdapterArtifacts
-from patio.component import AppContext, Component
+from patio.component import AppContext, Component, ReadyCheck
 from patio.engines.client import EngineCallRetry, EngineClient
 from patio.engines.health import EngineHealth
 from patio.http.types import Route
 from patio.lora.api import LoraApi
 from patio.lora.manager import LoraManager
+from patio.lora.readiness import engine_models, model_check
 from patio.lora.reconcile import Reconciler
 from patio.lora.settings import LoraSettings
 
@@ -33,8 +34,18 @@ class LoraComponent(Component):
         self.manager = LoraManager(context, settings, client, artifacts)
         self.reconciler = Reconciler(self.manager, engine_asleep)
         self.api = LoraApi(self.manager, spec, artifacts=artifacts)
+        self.context, self.health = context, health
         # The engine coming back (a restart drops runtime-loaded adapters) wakes reconciliation.
         health.subscribe(self.reconciler.on_engine_health)
+        health.subscribe(self._on_engine_health)
+
+    def _on_engine_health(self, up: bool) -> None:
+        if not up:
+            self.manager.served.forget()  # a restarted engine lists its model anew before /ready says so
+
+    async def ready(self) -> Optional[ReadyCheck]:
+        """The engine lists its model (``patio.lora.readiness``)."""
+        return model_check(await engine_models(self.health, self.manager, self.context.core.ready_timeout))
 
     def routes(self) -> Sequence[Route]:
         return self.api.routes()

@@ -10,11 +10,12 @@ import dataclasses
 from typing import Optional
 
 from patio.artifacts.adapters import AdapterArtifacts
-from patio.component import AppContext, Component
+from patio.component import AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.lora import resolver_dir
 from patio.lora.desired_sync import DesiredSync
 from patio.lora.manager import LoraManager
+from patio.lora.readiness import adapters_check, engine_models
 from patio.lora.residency import ResidencyMetrics
 from patio.lora.settings import LoraSettings
 
@@ -30,6 +31,7 @@ class DesiredComponent(Component):
         artifacts: AdapterArtifacts,
         health: EngineHealth,
     ) -> None:
+        self.context, self.manager, self.health = context, manager, health
         self.staging: Optional[AdapterArtifacts] = None
         if settings.adapters_file and settings.resolver_dir:
             # The same downloader, pointed at DIR/.patio-staging: a copy appears in vLLM's sight whole.
@@ -42,6 +44,14 @@ class DesiredComponent(Component):
         if self.sync is not None:
             # The engine back (or known up for the first time): failed adapters get fresh attempts.
             health.subscribe(self.sync.on_engine_health)
+
+    async def ready(self) -> Optional[ReadyCheck]:
+        """The adapters the file marks ``required`` are loaded (``patio.lora.readiness``)."""
+        sync = self.sync
+        if sync is None:
+            return None
+        seen = await engine_models(self.health, self.manager, self.context.core.ready_timeout)
+        return adapters_check(seen, self.manager, sync.required(), sync.file_state != "not read yet")
 
     async def start(self) -> None:
         if self.sync is not None:

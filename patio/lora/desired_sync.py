@@ -39,6 +39,7 @@ from patio.artifacts.uri import display_uri
 from patio.engines.base import NOT_FOUND, OK
 from patio.errors import NotFound, PatioError
 from patio.lora import resolver_dir
+from patio.lora.adapter_config import resolver_config
 from patio.lora.desired import (
     MAX_FILE_BYTES,
     AdaptersFileError,
@@ -442,6 +443,7 @@ class DesiredSync:
                     await self._engine_unload(name)
                 return
             staged = await self.staging.materialize(name, target.source, None)
+            await self._resolvable(staged, target)
             replaced = record is not None or await self.context.run_blocking(
                 lambda: os.path.lexists(os.path.join(directory, name))
             )
@@ -454,6 +456,16 @@ class DesiredSync:
             # vLLM keeps a resolved adapter by name: unload so the next request reads the new copy.
             await self._engine_unload(name)
         log.info("adapter %s from %s is in %s for vLLM's resolver", name, shown, path)
+
+    async def _resolvable(self, staged: str, target: DesiredAdapter) -> None:
+        """The staged copy is one vLLM's resolver takes (``patio.lora.adapter_config``), its config
+        rewritten where the file named the served base model; ``NotResolvable`` otherwise."""
+        served = await self.manager.engine_models()
+        raw = await self.context.run_blocking(resolver_dir.read_adapter_config, staged)
+        fixed = resolver_config(raw, served.base, target.base_model)
+        if fixed is not None and raw is not None:
+            await self.context.run_download(resolver_dir.rewrite_adapter_config, staged, raw, fixed)
+            log.info("adapter %s: its copy names the served base model, as the adapters file says", target.name)
 
     async def _resolver_lock(self, directory: str, name: str) -> int:
         """The name's fill lock (``resolver_dir.try_lock``), waiting while another process holds it."""
@@ -529,6 +541,11 @@ class DesiredSync:
             out["conflicts"] = list(desired.conflicts)
             out["refused"] = {"count": len(desired.refused), "names": list(desired.refused[:10])}
         return out
+
+    def required(self) -> List[str]:
+        """The adapters the file marks required (readiness waits for them)."""
+        desired = self.desired
+        return [a.name for a in desired.adapters if a.required] if desired is not None else []
 
     def unrecorded(self) -> List[Resident]:
         """Adapters the file wants that the manager has no record of (waiting, or failed early)."""

@@ -43,6 +43,7 @@ from patio.lora.records import (
     short,
 )
 from patio.lora.request import LoadRequest
+from patio.lora.served import ModelList, ServedModels, parse_model_list
 from patio.lora.settings import LoraSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,6 +71,8 @@ class LoraManager:
         self._failed = FailedRecords(self.adapters, settings.max_adapters)
         self._chores: Set["asyncio.Task[None]"] = set()
         self._persist_lock = asyncio.Lock()
+        # What the engine lists, as readiness reads it (patio.lora.readiness).
+        self.served = ServedModels(self._probe_models, context.core.ready_cache_ttl)
         registry = context.registry
         registry.gauge(
             "patio_lora_adapters_loaded",
@@ -120,11 +123,25 @@ class LoraManager:
         timeout = self.settings.load_timeout if op == "load" else self.settings.unload_timeout
         return await self.context.run_engine(self.client.lora, op, payload, timeout, key)
 
-    async def engine_adapters(self) -> Dict[str, str]:
-        """The engine's adapters: name -> the path it serves each from."""
+    def _list_models(self) -> ModelList:
+        """Blocking: the engine's model list.  Raises PatioError."""
         # An engine that demands a key Patio was not given answers to an adapter's own key.
         key = self.adapters.any_engine_key()
-        return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout, key)
+        return parse_model_list(self.client.models_raw(self.settings.models_timeout, key), self.client.spec.models_path)
+
+    async def engine_models(self) -> ModelList:
+        """The engine's base models and adapters (``GET /v1/models``).  Raises PatioError."""
+        listing = await self.context.run_engine_query(self._list_models)
+        self.served.note(listing)
+        return listing
+
+    async def engine_adapters(self) -> Dict[str, str]:
+        """The engine's adapters: name -> the path it serves each from."""
+        return (await self.engine_models()).adapters
+
+    async def _probe_models(self) -> ModelList:
+        # Readiness asks: the latency-critical pool, as the engine health probe (one at a time).
+        return await self.context.run_blocking(self._list_models)
 
     async def engine_adapters_or_empty(self) -> Dict[str, str]:
         try:
@@ -417,6 +434,7 @@ class LoraManager:
     async def stop(self) -> None:
         for chore in list(self._chores):
             chore.cancel()
+        await self.served.stop()
 
     # -- for the adapters file (patio.lora.desired_sync); callers hold ``lock(name)`` ------
     def track(self, adapter: Adapter) -> None:
