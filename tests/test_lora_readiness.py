@@ -94,7 +94,9 @@ def test_model_lists_are_shared_by_a_probe_storm(tmp_path: Path) -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        assert len(engine.calls_to("/v1/models", "GET")) == before
+        # 30 probes, not 30 lists: at most reconciliation's first listing and a probe the first
+        # /ready left running may land meanwhile on a loaded machine.
+        assert len(engine.calls_to("/v1/models", "GET")) - before <= 2
 
 
 def test_a_model_list_that_never_comes_is_answered_within_the_deadline(tmp_path: Path) -> None:
