@@ -15,7 +15,7 @@ from compat_fakes import kubernetes_secret
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_call, http_json, make_settings
 
-from patio.lora.state import STATE_FILE
+from patio.lora.held_set import STATE_FILE
 
 KEY = "sk-engine-only-key"
 HF_TOKEN = "hf_token_for_edges"

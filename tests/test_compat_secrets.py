@@ -21,7 +21,7 @@ from compat_fakes import go_request, kubernetes_secret, replay, tree
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_json, make_settings
 
-from patio.lora.state import STATE_FILE
+from patio.lora.held_set import STATE_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from support import RunningPatio, http_call, http_json, make_settings
 
 from patio.artifacts.component import ArtifactsComponent
 from patio.errors import BadRequest
-from patio.lora import manager as manager_module
+from patio.lora import records
 from patio.lora.component import LoraComponent
 
 WEIGHTS_V1 = b"v1" * 5000
@@ -180,7 +180,7 @@ def test_row07_remote_reload_replaces_the_old_directory_after_the_engine(tmp_pat
 
 
 def test_row08_failed_records_and_locks_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manager_module, "MAX_FAILED_RECORDS", 20)
+    monkeypatch.setattr(records, "MAX_FAILED_RECORDS", 20)
     with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
         engine.valid_paths = {"/models/keep"}
         assert _load(patio, {"lora_name": "keep", "lora_path": "/models/keep"})[0] == 200
@@ -194,7 +194,7 @@ def test_row08_failed_records_and_locks_are_bounded(tmp_path: Path, monkeypatch:
         assert len(manager.adapters) == 21
         assert len(manager._locks) == 0  # no lock outlives its last user
         # After the time bound, failed records go; what the engine and the state file need stays.
-        monkeypatch.setattr(manager_module, "FAILED_RECORD_TTL", 0.0)
+        monkeypatch.setattr(records, "FAILED_RECORD_TTL", 0.0)
         assert set(_listed(patio)) == {"keep"}
         assert set(_saved(tmp_path)) == {"keep"}
 
@@ -221,7 +221,7 @@ def test_row08_evicted_failed_downloads_leave_no_files(
         source = files.url + "/v1/adapter_model.safetensors"
         assert _load(patio, {"lora_name": "gone", "lora_path": source})[0] == 404
         assert (tmp_path / "adapters" / "gone" / "adapter_model.safetensors").exists()
-        monkeypatch.setattr(manager_module, "FAILED_RECORD_TTL", 0.0)
+        monkeypatch.setattr(records, "FAILED_RECORD_TTL", 0.0)
         assert _listed(patio) == {}
         assert _eventually(lambda: not (tmp_path / "adapters" / "gone").exists())
 
@@ -230,7 +230,7 @@ def test_row08_last_error_is_bounded(tmp_path: Path) -> None:
     with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
         engine.fail_next.append((500, {"error": {"message": "x" * 100_000, "type": "InternalServerError"}}))
         assert _load(patio, {"lora_name": "big", "lora_path": "/models/big"})[0] == 502
-        assert len(_listed(patio)["big"]["last_error"]) <= manager_module.MAX_ERROR_CHARS
+        assert len(_listed(patio)["big"]["last_error"]) <= records.MAX_ERROR_CHARS
 
 
 # --- row 11: names are matched whole -----------------------------------------------------------------

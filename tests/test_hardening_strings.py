@@ -92,13 +92,15 @@ BAD_CALLS = [
 
 @pytest.mark.parametrize("name,source", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
 def test_row12_the_manager_checks_every_caller(world: Dict[str, Any], name: str, source: str) -> None:
-    # The adapters file reaches the manager without the HTTP layer: the same rules hold there.
+    # The adapters file reaches the manager without the HTTP layer: the same rules hold there
+    # (every caller builds a LoadRequest, which checks them).
     from patio.lora.component import LoraComponent
+    from patio.lora.request import LoadRequest
 
     with _patio(world) as patio:
         manager = patio.app.find(LoraComponent).manager
         with pytest.raises(BadRequest) as caught:
-            patio.call(lambda: manager.load(name, source, {}))
+            patio.call(lambda: manager.load(LoadRequest(name, source)))
         assert "FORGED" not in caught.value.message and "SECRET" not in caught.value.message
         assert manager.adapters == {}
     _no_engine_load(world)

@@ -15,7 +15,7 @@ from support import ROOT
 
 from patio.api.openapi import escape
 from patio.http.responses import REASONS, http_date
-from patio.lora.state import STATE_FILE, read_desired, write_desired
+from patio.lora.held_set import STATE_FILE, read_held_set, write_held_set
 from patio.metrics.exposition import gzip_compress
 from patio.options import terminal_columns
 
@@ -67,11 +67,11 @@ def test_terminal_columns(environ: dict, expected: object) -> None:
 
 def test_state_file_is_private_and_leaves_no_temp_files(tmp_path) -> None:
     adapters = [{"name": "a", "source": "/models/a"}]
-    write_desired(str(tmp_path), adapters)
-    write_desired(str(tmp_path), adapters)
+    write_held_set(str(tmp_path), adapters)
+    write_held_set(str(tmp_path), adapters)
     assert os.listdir(tmp_path) == [STATE_FILE]
     assert stat.S_IMODE(os.stat(tmp_path / STATE_FILE).st_mode) == 0o600
-    assert read_desired(str(tmp_path)) == adapters
+    assert read_held_set(str(tmp_path)) == adapters
 
 
 def test_asyncio_loads_without_ssl_and_ssl_stays_importable() -> None:

@@ -11,11 +11,13 @@ from typing import Any, Dict, Iterator
 
 import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
-from fakes.engine import FakeEngine
+from fakes.engine import BASE_MODEL, FakeEngine
 from support import RunningPatio, http_call, http_json, make_settings
 
-FILES_V1 = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": b"w1" * 5000}
-FILES_V2 = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8}', "adapter_model.safetensors": b"w2" * 5000}
+# vLLM's resolver takes a LoRA config naming the served base model (filesystem_resolver.py, 0.32.0).
+CONFIG = b'{"peft_type": "LORA", "r": 8, "base_model_name_or_path": "%s"}' % BASE_MODEL.encode()
+FILES_V1 = {"adapter_config.json": CONFIG, "adapter_model.safetensors": b"w1" * 5000}
+FILES_V2 = {"adapter_config.json": CONFIG, "adapter_model.safetensors": b"w2" * 5000}
 
 
 @pytest.fixture()

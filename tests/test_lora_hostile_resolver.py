@@ -22,12 +22,20 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from artifacts_fakes import FakeCdn, FakeHub, HubRepo
-from fakes.engine import FakeEngine
+from fakes.engine import BASE_MODEL, FakeEngine
 from hostile_support import Vitals, probes_honest
 from support import PatioProcess, http_json
 
-V1 = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8, "v": 1}', "adapter_model.safetensors": b"1" * 600_000}
-V2 = {"adapter_config.json": b'{"peft_type": "LORA", "r": 8, "v": 2}', "adapter_model.safetensors": b"2" * 700_000}
+# vLLM's resolver takes a LoRA config naming the served base model (filesystem_resolver.py, 0.32.0).
+BASE = b'"base_model_name_or_path": "%s"' % BASE_MODEL.encode()
+V1 = {
+    "adapter_config.json": b'{"peft_type": "LORA", "r": 8, "v": 1, %s}' % BASE,
+    "adapter_model.safetensors": b"1" * 600_000,
+}
+V2 = {
+    "adapter_config.json": b'{"peft_type": "LORA", "r": 8, "v": 2, %s}' % BASE,
+    "adapter_model.safetensors": b"2" * 700_000,
+}
 VERSIONS = (V1, V2)
 
 

@@ -9,7 +9,7 @@ import pytest
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_call, http_json, make_settings
 
-from patio.lora.state import STATE_FILE, read_desired, write_desired
+from patio.lora.held_set import STATE_FILE, read_held_set, write_held_set
 
 
 def patio_for(engine, state_dir, interval="0.2", *args):
@@ -112,16 +112,16 @@ def test_unloaded_adapters_leave_the_desired_set(tmp_path):
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
         load(patio, "a", "/models/a")
         assert http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": "a"})[0] == 200
-        assert read_desired(str(tmp_path)) == []
+        assert read_held_set(str(tmp_path)) == []
         engine.restart(forget=True)
         time.sleep(0.5)
         assert engine.adapters == {}
 
 
 def test_state_file_is_replaced_atomically(tmp_path):
-    write_desired(str(tmp_path), [{"name": "a", "path": "/p"}])
-    write_desired(str(tmp_path), [{"name": "b", "path": "/q"}])
-    assert [a["name"] for a in read_desired(str(tmp_path))] == ["b"]
+    write_held_set(str(tmp_path), [{"name": "a", "path": "/p"}])
+    write_held_set(str(tmp_path), [{"name": "b", "path": "/q"}])
+    assert [a["name"] for a in read_held_set(str(tmp_path))] == ["b"]
     assert sorted(os.listdir(tmp_path)) == [STATE_FILE]  # no temporary files left behind
 
 
@@ -133,10 +133,10 @@ def test_state_file_is_replaced_atomically(tmp_path):
 def test_unreadable_state_is_reported_not_fatal(tmp_path, content, caplog):
     (tmp_path / STATE_FILE).write_bytes(content)
     with pytest.raises(ValueError):
-        read_desired(str(tmp_path))
+        read_held_set(str(tmp_path))
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
         load(patio, "a", "/models/a")
-    assert [a["name"] for a in read_desired(str(tmp_path))] == ["a"]
+    assert [a["name"] for a in read_held_set(str(tmp_path))] == ["a"]
 
 
 def test_unwritable_state_dir_fails_the_load_clearly():
@@ -152,7 +152,7 @@ def test_unwritable_state_dir_fails_the_load_clearly():
 def test_full_disk_is_507(tmp_path, monkeypatch):
     import errno
 
-    import patio.lora.state as state
+    import patio.lora.held_set as state
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -167,7 +167,7 @@ def test_full_disk_is_507(tmp_path, monkeypatch):
 
 def test_adapter_sources_are_shown_without_credentials(tmp_path):
     from patio.lora.component import LoraComponent
-    from patio.lora.manager import LOADED, Adapter
+    from patio.lora.records import LOADED, Adapter
 
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path, "0") as patio:
         manager = patio.app.find(LoraComponent).manager

@@ -3,7 +3,7 @@
 With ``--max-adapters 10000`` loads slowed from 146/s to 16/s by 3,000 adapters: every load
 rewrote the whole state file and listed the engine's whole ``/v1/models``.  Measured rates are
 in ``bench/bench_lora_scale.py``; here the deterministic part: records serialised and engine
-listings per load, and the journal that makes the first constant (patio/lora/state.py).
+listings per load, and the journal that makes the first constant (patio/lora/held_set.py).
 """
 
 import json
@@ -16,8 +16,8 @@ import pytest
 from fakes.engine import FakeEngine
 from support import RunningPatio, http_json, make_settings
 
-from patio.lora import manager as manager_module
-from patio.lora.state import JOURNAL_FILE, STATE_FILE, WHOLE_WRITE_MAX, StateFile, read_desired, write_desired
+from patio.lora import records as records
+from patio.lora.held_set import JOURNAL_FILE, STATE_FILE, WHOLE_WRITE_MAX, HeldSetFile, read_held_set, write_held_set
 
 
 def _patio(engine: FakeEngine, state: Path) -> RunningPatio:
@@ -32,13 +32,13 @@ def _load(patio: RunningPatio, name: str) -> None:
 
 def test_a_load_costs_the_same_at_400_adapters_as_at_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"persisted": 0}
-    real = manager_module.Adapter.persisted
+    real = records.Adapter.persisted
 
     def counted(self: Any) -> Dict[str, Any]:
         calls["persisted"] += 1
         return real(self)
 
-    monkeypatch.setattr(manager_module.Adapter, "persisted", counted)
+    monkeypatch.setattr(records.Adapter, "persisted", counted)
     with FakeEngine("vllm") as engine, _patio(engine, tmp_path) as patio:
         for i in range(300):
             _load(patio, f"a{i:04d}")
@@ -54,7 +54,7 @@ def test_a_load_costs_the_same_at_400_adapters_as_at_1(tmp_path: Path, monkeypat
         assert all(v["engine_confirmed"] for v in views.values()) and len(views) == 400
         for i in range(0, 400, 2):
             assert http_json("POST", patio.url + "/unload_lora_adapter", {"lora_name": f"a{i:04d}"})[0] == 200
-    saved = sorted(a["name"] for a in read_desired(str(tmp_path)))
+    saved = sorted(a["name"] for a in read_held_set(str(tmp_path)))
     assert saved == [f"a{i:04d}" for i in range(1, 400, 2)]
 
 
@@ -76,8 +76,8 @@ def _entry(name: str, **extra: Any) -> Dict[str, Any]:
     return {"name": name, "path": f"/m/{name}", **extra}
 
 
-def _journalled(tmp_path: Path, names: List[str]) -> StateFile:
-    store = StateFile(str(tmp_path))
+def _journalled(tmp_path: Path, names: List[str]) -> HeldSetFile:
+    store = HeldSetFile(str(tmp_path))
     store.read()
     store.write_snapshot([_entry(n) for n in names])
     return store
@@ -89,7 +89,7 @@ def test_journal_changes_replay_over_the_snapshot(tmp_path: Path) -> None:
     assert not store.needs_snapshot(len(names))
     store.append({"new": _entry("new"), names[0]: None})
     store.append({names[1]: _entry(names[1], extra={"pinned": True})})
-    got = {a["name"]: a for a in read_desired(str(tmp_path))}
+    got = {a["name"]: a for a in read_held_set(str(tmp_path))}
     assert "new" in got and names[0] not in got and got[names[1]]["extra"] == {"pinned": True}
     assert len(got) == len(names)
     assert oct(os.stat(tmp_path / JOURNAL_FILE).st_mode & 0o777) == "0o600"
@@ -101,7 +101,7 @@ def test_a_torn_last_line_is_skipped_and_the_next_change_snapshots(tmp_path: Pat
     store.append({"kept": _entry("kept")})
     with open(tmp_path / JOURNAL_FILE, "ab") as handle:
         handle.write(b'{"put": {"name": "torn", "pa')  # a crash mid-append
-    again = StateFile(str(tmp_path))
+    again = HeldSetFile(str(tmp_path))
     got = {a["name"] for a in again.read()}
     assert "kept" in got and "torn" not in got
     assert again.needs_snapshot(len(got))  # appending after the torn bytes would merge two lines
@@ -114,7 +114,7 @@ def test_a_journal_older_than_the_snapshot_is_ignored(tmp_path: Path) -> None:
     stale = (tmp_path / JOURNAL_FILE).read_bytes()
     store.write_snapshot([_entry(n) for n in names])  # a new snapshot that still holds names[0] ...
     (tmp_path / JOURNAL_FILE).write_bytes(stale)  # ... and the crash left the old journal behind
-    assert names[0] in {a["name"] for a in read_desired(str(tmp_path))}
+    assert names[0] in {a["name"] for a in read_held_set(str(tmp_path))}
 
 
 def test_the_journal_is_folded_once_it_is_as_long_as_the_set(tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_the_journal_is_folded_once_it_is_as_long_as_the_set(tmp_path: Path) -> 
     assert not store.needs_snapshot(len(names))
     store.append({names[-1]: _entry(names[-1])})
     assert store.needs_snapshot(len(names))
-    assert store.needs_snapshot(len(names), scrub=True) and StateFile(str(tmp_path)).needs_snapshot(10_000)
+    assert store.needs_snapshot(len(names), scrub=True) and HeldSetFile(str(tmp_path)).needs_snapshot(10_000)
 
 
 def test_an_engine_key_leaves_the_disk_with_its_adapter(tmp_path: Path) -> None:
@@ -141,8 +141,8 @@ def test_an_engine_key_leaves_the_disk_with_its_adapter(tmp_path: Path) -> None:
     assert key not in on_disk
 
 
-def test_write_desired_still_replaces_the_set_whole(tmp_path: Path) -> None:
-    write_desired(str(tmp_path), [_entry("a")])
-    write_desired(str(tmp_path), [_entry("b")])
-    assert [a["name"] for a in read_desired(str(tmp_path))] == ["b"]
+def test_write_held_set_still_replaces_the_set_whole(tmp_path: Path) -> None:
+    write_held_set(str(tmp_path), [_entry("a")])
+    write_held_set(str(tmp_path), [_entry("b")])
+    assert [a["name"] for a in read_held_set(str(tmp_path))] == ["b"]
     assert json.loads((tmp_path / STATE_FILE).read_text())["generation"] == 2

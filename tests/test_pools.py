@@ -60,6 +60,9 @@ def test_row4_probes_scrapes_and_models_answer_while_40_loads_sit_in_the_engine(
 
 def test_row5_probes_answer_while_64_model_lists_wait_on_a_slow_engine(tmp_path):
     with FakeEngine("vllm") as engine, patio_for(engine, tmp_path) as patio:
+        # /ready also asks the engine's model list (patio/lora/readiness.py): once it has seen it, a
+        # slow list is answered from the last one known, within the deadline.
+        assert http_call("GET", patio.url + "/ready")[0] == 200
         engine.models_delay = 20.0
         with ThreadPoolExecutor(max_workers=64) as clients:
             lists = [clients.submit(http_call, "GET", patio.url + "/v1/models", None, None, 60.0) for _ in range(64)]

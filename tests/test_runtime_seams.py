@@ -21,6 +21,7 @@ def test_reconcile_never_calls_an_engine_asleep(tmp_path: Any) -> None:
     from patio.component import AppContext, Pools
     from patio.engines.client import SPECS, EngineClient
     from patio.lora.manager import LoraManager
+    from patio.lora.reconcile import Reconciler
     from patio.metrics.registry import Registry
 
     settings = make_settings(env={"PATIO_STATE_DIR": str(tmp_path)})
@@ -36,10 +37,11 @@ def test_reconcile_never_calls_an_engine_asleep(tmp_path: Any) -> None:
             return {}
 
         manager.engine_adapters = engine_adapters  # type: ignore[method-assign]
-        manager.engine_asleep = lambda: True
-        counts = [await manager.reconcile("asleep"), len(asked)]
-        manager.engine_asleep = lambda: False
-        counts += [await manager.reconcile("awake"), len(asked)]
+        asleep = [True]
+        reconciler = Reconciler(manager, lambda: asleep[0])  # as patio.app wires the runtime's predicate
+        counts = [await reconciler.reconcile("asleep"), len(asked)]
+        asleep[0] = False
+        counts += [await reconciler.reconcile("awake"), len(asked)]
         context.pools.shutdown()
         return counts
 

@@ -45,7 +45,15 @@ def build_app(
     health.subscribe(context.engine.on_health)
     metrics = MetricsComponent(context, settings.metrics, scrape_engine=settings.core.scrape_engine_metrics)
     artifacts = ArtifactsComponent(context, settings.artifacts)
-    lora = LoraComponent(context, settings.lora, health, artifacts.adapters)
+    runtime = None
+    if settings.runtime.enabled:
+        # Imported only when on: a Patio without the model-runtime API loads none of it.
+        from patio.runtime.component import RuntimeComponent
+
+        runtime = RuntimeComponent(context, settings.runtime, artifacts.settings, artifacts.downloads, health)
+    # Nothing is reloaded into a sleeping engine (the runtime knows when it sleeps).
+    asleep = runtime.engine_asleep if runtime is not None else None
+    lora = LoraComponent(context, settings.lora, health, artifacts.adapters, engine_asleep=asleep)
     desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
     if desired.sync is not None:
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
@@ -56,15 +64,10 @@ def build_app(
         from patio.topology.component import TopologyComponent  # the heartbeat, only with a router
 
         topology = TopologyComponent(context, settings.topology, health)
-    if settings.runtime.enabled:
-        # Imported only when on: a Patio without the model-runtime API loads none of it.  Before
-        # topology: a Patio that starts beside a sleeping engine holds it out of the router from
-        # the first beat, and /ready names "asleep" first.
-        from patio.runtime.component import RuntimeComponent
-
-        runtime = RuntimeComponent(context, settings.runtime, artifacts.settings, artifacts.downloads, health)
-        lora.manager.engine_asleep = runtime.engine_asleep  # no reload into a sleeping engine
-        runtime.seams.after_wake = lambda: lora.manager.on_engine_health(True)  # reconcile after the wake
+    if runtime is not None:
+        # Before topology: a Patio that starts beside a sleeping engine holds it out of the router
+        # from the first beat, and /ready names "asleep" first.
+        runtime.seams.after_wake = lambda: lora.reconciler.on_engine_health(True)  # reconcile after the wake
         if topology is not None:  # the worker leaves the router before a sleep, rejoins after the wake
             runtime.seams.leave_router_in, runtime.seams.rejoin_router_in = topology.leave, topology.rejoin
         components.append(runtime)

@@ -1,6 +1,8 @@
 """The LoRA delegation seam: remote adapter URI -> a local directory the engine can load.
 
-Handed to the LoRA manager by ``build_app``; the LoRA component calls
+Handed to the LoRA component by ``build_app``.  A LoRA load crosses it twice, each time
+once: the API checks the download half of the request (``plan``, before anything
+starts), and the manager fetches (``materialize``, with that plan).
 
     is_remote(source) -> bool                         needs materialize()? (remote stores and pvc://)
     await plan(lora_name, ...) -> FetchPlan           credentials (mounted secret, request, AIBrix's
@@ -11,6 +13,8 @@ Handed to the LoRA manager by ``build_app``; the LoRA component calls
     await cleanup(lora_name, path=None)               delete what materialize downloaded for the name
     forget(lora_name)                                 drop the download status of a name
     status(lora_name) -> Optional[dict]               download state for GET /v1/lora_adapters
+    is_secret_name(name) -> bool                      a credentials_secret name plan() would read
+    KTHENA_MAX_WORKERS                                Kthena's parallel transfers when it names none
 
 Downloads land in ``adapter_dir/NAME``, or, when the engine serves the name from
 that directory now (``in_use``: an in-place reload), in a fresh sibling
@@ -34,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from patio.artifacts.auth.credentials import RequestCredentials, merge_credentials, parse_config, parse_credentials
-from patio.artifacts.auth.secrets import read_secret
+from patio.artifacts.auth.secrets import SECRET_NAME, read_secret
 from patio.artifacts.errors import DownloadCancelled
 from patio.artifacts.fetch.manifest import Layout, atomic_write, within, write_error
 from patio.artifacts.jobs import Downloads
+from patio.artifacts.settings import KTHENA_MAX_WORKERS as KTHENA_MAX_WORKERS  # part of the seam
 from patio.artifacts.settings import ArtifactSettings
 from patio.artifacts.stores.local import resolve_local
 from patio.artifacts.targets import confine
@@ -45,6 +50,7 @@ from patio.artifacts.uri import MAX_URI_LENGTH, SourceSpec, is_materialized, par
 from patio.component import AppContext
 from patio.errors import BadRequest, Conflict, NotFound, PatioError
 from patio.validate import check_name as _check_name
+from patio.validate import is_clean
 
 # Name of the file in DIR/.patio/ that records which URI the directory holds.
 SOURCE_MARKER = "source"
@@ -68,6 +74,11 @@ class FetchPlan:
 def check_name(lora_name: Any) -> str:
     """AIBrix's adapter name rule (``patio.validate``): one plain directory below adapter_dir."""
     return _check_name(lora_name, "lora_name")
+
+
+def is_secret_name(value: str) -> bool:
+    """A name ``read_secret`` would accept (it checks again, and confines the path, when it reads)."""
+    return is_clean(value) and bool(SECRET_NAME.match(value)) and ".." not in value
 
 
 def owned_by(adapter_dir: str, lora_name: str, path: str) -> bool:

@@ -7,6 +7,9 @@
     POST /v1/download_model        Kthena (python/kthena/runtime/app.py): {"source", "output_dir",
                                     "config"?, "max_workers"?, "async_download"?} -> 200 when done,
                                     or 202 + the same job when async
+    POST /model/download           production-stack's download sidecar (scripts/huggingface_downloader.py,
+                                    driven by operator/internal/controller/loraadapter_controller.go):
+                                    {"model_id", "local_dir", "token"?} -> 200 {"message", "path"} when done
 
 Targets are confined to the models root (Kthena's ``output_dir``: the models root or
 the adapter dir): ``..`` and symlinks out are refused.  Local sources must be
@@ -28,7 +31,7 @@ from patio.component import AppContext
 from patio.errors import BadRequest, ConfigError, NotFound
 from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
-from patio.validate import check_path, is_clean
+from patio.validate import check_path, check_text, is_clean
 
 DOWNLOAD_BODY = Body(
     (
@@ -64,6 +67,24 @@ KTHENA_BODY = Body(
         Field("async_download", "boolean", "answer 202 at once with the job to poll", nullable=True),
     )
 )
+# production-stack's LoRA controller (operator/internal/controller/loraadapter_controller.go at
+# a6c01db0, downloadHuggingFaceAdapter) posts map[string]string{"model_id": the adapter's
+# HuggingFace repository, "token": the secret's value, "local_dir": the adapter name with "/" as
+# "-"} to its sidecar on port 30090 and reads the answer into map[string]string, keeping "path".
+# The sidecar (scripts/huggingface_downloader.py) is a pydantic model of exactly these fields and
+# snapshot_download()s the repo into LORA_DOWNLOAD_BASE_DIR/local_dir before it answers.
+PRODUCTION_STACK_BODY = Body(
+    (
+        Field("model_id", "string", "a HuggingFace repo id: org/name (or hf://org/name)", required=True),
+        Field("local_dir", "string", "below the models root (the sidecar's LORA_DOWNLOAD_BASE_DIR)", required=True),
+        Field("token", "string", "HuggingFace token (never logged, echoed or stored)", nullable=True),
+    )
+)
+_PRODUCTION_STACK_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "properties": {"message": {"type": "string"}, "path": {"type": "string"}},
+}
+
 # How deep /v1/model/list looks for manifests below the models root (org/name/revision).
 LIST_DEPTH = 4
 # Models listed at most; a models root is a handful of directories.
@@ -223,6 +244,17 @@ class DownloadApi:
                 errors=(200, 202, 400, 401, 403, 404, 409, 415, 502, 503, 507),
             ),
             Route(
+                "POST",
+                "/model/download",
+                self.production_stack_download,
+                summary="production-stack's download sidecar: a HuggingFace repo into the models root (200 when done)",
+                management=True,
+                tag="downloads",
+                request_schema=PRODUCTION_STACK_BODY.schema(),
+                response_schema=_PRODUCTION_STACK_SCHEMA,
+                errors=(400, 401, 403, 404, 409, 415, 502, 503, 507),
+            ),
+            Route(
                 "GET",
                 "/v1/model/download/{id}",
                 self.get_download,
@@ -312,6 +344,30 @@ class DownloadApi:
             raise job.exception
         answer.update(status="completed", message="Model download completed successfully", job=job.to_json())
         return Response.json(answer)
+
+    async def production_stack_download(self, request: Request) -> Response:
+        """As production-stack's sidecar answers: the download done, ``{"message", "path"}`` (both
+        strings: the controller reads them into a map of strings), or the error."""
+        body = PRODUCTION_STACK_BODY.check(request.json_object())
+        local_dir = check_path(body["local_dir"], "local_dir")
+        model_id = check_text(body["model_id"], "model_id").strip()
+        spec = parse_uri(model_id, param="model_id", bare_hub=True)
+        if spec.kind != "hf":
+            raise BadRequest(
+                "model_id must be a HuggingFace repo id (org/name): production-stack's sidecar downloads "
+                "with huggingface_hub.snapshot_download",
+                param="model_id",
+            )
+        token = body.get("token")
+        # An empty token is the controller's way of having none (its secret's value, whatever it holds).
+        creds = parse_credentials({"token": token} if token else None, param="token")
+        target = await self.context.run_blocking(resolve_target, self.settings.models_root, local_dir, None, spec)
+        job, _created = self.downloads.submit(spec, target, creds, self.settings.fetch_options())
+        assert job.future is not None
+        await asyncio.shield(job.future)  # a controller that hangs up does not cancel the download
+        if job.exception is not None:
+            raise job.exception
+        return Response.json({"message": f"Successfully downloaded {spec.display} to {target}", "path": target})
 
     async def get_download(self, request: Request) -> Response:
         job = self.downloads.get(request.path_params.get("id", ""))

@@ -19,14 +19,16 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from patio import jsontext
-from patio.artifacts.settings import KTHENA_MAX_WORKERS
+from patio.artifacts.adapters import KTHENA_MAX_WORKERS, AdapterArtifacts
 from patio.artifacts.uri import display_uri
 from patio.engines.base import EngineSpec
 from patio.errors import BadRequest, EngineError, NotFound, PatioError
 from patio.http.bodies import Body, Field
 from patio.http.types import Request, Response, Route
-from patio.lora.manager import FAILED, LoraManager
-from patio.validate import ADAPTER_NAME, check_local_or_uri, check_name, check_path, check_source
+from patio.lora.manager import LoraManager
+from patio.lora.records import FAILED, Adapter
+from patio.lora.request import LoadRequest
+from patio.validate import ADAPTER_NAME, check_path, check_source
 
 log = logging.getLogger("patio.lora")
 
@@ -130,15 +132,40 @@ def engine_key_of(additional: Optional[Dict[str, Any]]) -> Optional[str]:
     return key.strip()
 
 
+def adapter_view(adapter: Adapter, download: Optional[Dict[str, Any]], downloads: bool) -> Dict[str, Any]:
+    """One adapter as ``GET /v1/lora_adapters`` shows it: no secret (the source without userinfo or
+    signed query, never the engine key), and the download's progress where Patio fetched it."""
+    view: Dict[str, Any] = {
+        "name": adapter.name,
+        "source": display_uri(adapter.source),
+        "path": adapter.path,
+        "state": adapter.state,
+        "last_error": adapter.last_error,
+        "loaded_at": adapter.loaded_at,
+        "engine_confirmed": adapter.engine_confirmed,
+        "remote": adapter.remote,
+        "origin": adapter.origin,
+    }
+    if adapter.extra:
+        view["options"] = dict(adapter.extra)
+    if downloads and adapter.remote:
+        view["download"] = download
+    return view
+
+
 class LoraApi:
     def __init__(
         self,
         manager: LoraManager,
         spec: EngineSpec,
         desired_status: Optional[Callable[[], Dict[str, Any]]] = None,
+        *,
+        artifacts: Optional[AdapterArtifacts] = None,
     ) -> None:
         self.manager = manager
         self.spec = spec
+        # Plans the download half of a load before it starts; shows download progress.
+        self.artifacts = artifacts
         # The adapters file's result (patio.lora.desired_sync), shown beside the adapters.
         self.desired_status = desired_status
         # Async loads (Kthena's async_download) whose outcome the manager does not hold: so no
@@ -148,63 +175,10 @@ class LoraApi:
 
     async def load(self, request: Request) -> Response:
         body = LOAD_BODY.check(request.json_object(), self.spec.name)
-        name = check_name(body["lora_name"], "lora_name")
-        for text_field in (*SOURCE_FIELDS, "credentials_secret"):
-            if text_field in body:
-                check_source(body[text_field], text_field)
-        for path_field in ("output_dir", "local_dir"):
-            if path_field in body:
-                check_path(body[path_field], path_field)
-        given = [f for f in SOURCE_FIELDS if f in body]
-        if len(given) > 1:
-            raise BadRequest(
-                f"give one of lora_path, artifact_url or source, not {' and '.join(given)}", param=given[1]
-            )
-        if not given:
-            raise BadRequest("lora_path is required (or artifact_url, or source)", param="lora_path")
-        field = given[0]
-        source = body[field].strip()
-        if not source:
-            raise BadRequest(f"{field} must not be empty", param=field)
-        if field == "source" and "://" not in source and not source.startswith("/"):
-            # Kthena's sources name a HuggingFace repo as bare org/name (python/kthena/downloader).
-            source = "hf://" + source
-        check_local_or_uri(source, field)
-        engine_key = engine_key_of(body.get("additional_config"))
-        remote = self.manager.is_remote(source)
-        plan = None
-        if remote:
-            service = self.manager._artifacts()  # the seam the manager itself uses
-            if service is not None:
-                plan = await service.plan(
-                    name,
-                    credentials=body.get("credentials"),
-                    credentials_secret=body.get("credentials_secret"),
-                    additional_config=body.get("additional_config"),
-                    config=body.get("config"),
-                    output_dir=body.get("output_dir"),
-                    local_dir=body.get("local_dir"),
-                    # Kthena's shape without max_workers: Kthena's default, as its runtime does.
-                    num_threads=body.get("max_workers") or (KTHENA_MAX_WORKERS if field == "source" else None),
-                )
-        elif "output_dir" in body:
-            raise BadRequest(
-                f"output_dir applies to downloads; {field} {source!r} is read in place", param="output_dir"
-            )
-        # A directory the caller named (Kthena's output_dir) is the caller's: never deleted unless asked.
-        cleanup_local = body.get("cleanup_local", "output_dir" not in body)
-        extra = {k: body[k] for k in ("pinned",) if k in body}
-        kwargs: Dict[str, Any] = dict(
-            load_inplace=bool(body.get("load_inplace")),
-            credentials=None,
-            cleanup_local=cleanup_local,
-            plan=plan,
-            engine_key=engine_key,
-            credentials_secret=body.get("credentials_secret") if remote else None,
-        )
+        load = await self.load_request(body)
         if body.get("async_download"):
-            return self._start_background(name, source, extra, kwargs, getattr(plan, "target", None))
-        message, adapter = await self.manager.load(name, source, extra, **kwargs)
+            return self._start_background(load)
+        message, adapter = await self.manager.load(load)
         return Response.json(
             {
                 "status": "success",
@@ -216,16 +190,65 @@ class LoraApi:
             }
         )
 
-    def _start_background(
-        self, name: str, source: str, extra: Dict[str, Any], kwargs: Dict[str, Any], target: Optional[str]
-    ) -> Response:
-        shown = display_uri(source)
+    async def load_request(self, body: Dict[str, Any]) -> LoadRequest:
+        """The one load request a checked body stands for: its download half planned (credentials
+        read, a named target confined) before anything starts, so its errors are the caller's now."""
+        given = [f for f in SOURCE_FIELDS if f in body]
+        if len(given) > 1:
+            raise BadRequest(
+                f"give one of lora_path, artifact_url or source, not {' and '.join(given)}", param=given[1]
+            )
+        if not given:
+            raise BadRequest("lora_path is required (or artifact_url, or source)", param="lora_path")
+        field = given[0]
+        secret = body.get("credentials_secret")
+        if secret is not None:
+            check_source(secret, "credentials_secret")
+        for path_field in ("output_dir", "local_dir"):
+            if path_field in body:
+                check_path(body[path_field], path_field)
+        engine_key = engine_key_of(body.get("additional_config"))
+        # A directory the caller named (Kthena's output_dir) is the caller's: never deleted unless asked.
+        cleanup_local = body.get("cleanup_local", "output_dir" not in body)
+        load = LoadRequest(
+            body["lora_name"],
+            body[field],
+            field,
+            options=tuple((k, body[k]) for k in ("pinned",) if k in body),
+            load_inplace=bool(body.get("load_inplace")),
+            cleanup_local=cleanup_local,
+            engine_key=engine_key,
+        )
+        if not load.remote:
+            if "output_dir" in body:
+                raise BadRequest(
+                    f"output_dir applies to downloads; {field} {load.source!r} is read in place", param="output_dir"
+                )
+            return load
+        if self.artifacts is None:
+            return load  # the manager refuses remote sources without the seam
+        plan = await self.artifacts.plan(
+            load.name,
+            credentials=body.get("credentials"),
+            credentials_secret=secret,
+            additional_config=body.get("additional_config"),
+            config=body.get("config"),
+            output_dir=body.get("output_dir"),
+            local_dir=body.get("local_dir"),
+            # Kthena's shape without max_workers: Kthena's default, as its runtime does.
+            num_threads=body.get("max_workers") or (KTHENA_MAX_WORKERS if field == "source" else None),
+        )
+        return load.planned(plan, secret)
+
+    def _start_background(self, load: LoadRequest) -> Response:
+        name = load.name
+        shown = display_uri(load.source)
         location = f"/v1/lora_adapters/{name}"
         self._background[name] = {"name": name, "source": shown, "state": "loading", "accepted_at": time.time()}
 
         async def run() -> None:
             try:
-                await self.manager.load(name, source, extra, **kwargs)
+                await self.manager.load(load)
             except PatioError as exc:
                 held = self.manager.adapters.get(name)
                 if held is not None and held.state == FAILED:
@@ -253,7 +276,7 @@ class LoraApi:
                 "message": "LoRA adapter download and load started in background",
                 "lora_name": name,
                 "source": shown,
-                "output_dir": target,
+                "output_dir": load.fetch.target if load.fetch is not None else None,
                 "status_url": location,
             },
             status=202,
@@ -276,7 +299,11 @@ class LoraApi:
         return Response.json({"status": "success", "message": message, "lora_name": body["lora_name"]})
 
     def _views(self) -> List[Dict[str, Any]]:
-        views = self.manager.views()
+        artifacts = self.artifacts
+        views = []
+        for adapter in self.manager.listed():
+            download = artifacts.status(adapter.name) if artifacts is not None and adapter.remote else None
+            views.append(adapter_view(adapter, download, artifacts is not None))
         known = {v["name"] for v in views}
         views += [dict(v) for n, v in sorted(self._background.items()) if n not in known]
         return sorted(views, key=lambda v: str(v["name"]))

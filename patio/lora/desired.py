@@ -10,10 +10,13 @@ Two shapes, each in JSON or in the YAML subset (``patio.lora.yaml_subset``):
         host: H                    # optional; accepted, unused (Patio talks to its own engine)
         port: 8000                 # optional; likewise
         defaultBaseModel: BASE     # optional
-        ensureExist:    {models: [{id, source, base-model?, pinned?}]}
+        ensureExist:    {models: [{id, source, base-model?, pinned?, required?}]}
         ensureNotExist: {models: [{id, source?, base-model?}]}
 
-* Patio's own: ``{"adapters": [{"name", "source", "base_model"?, "pinned"?}], "remove"?: [NAME]}``.
+* Patio's own: ``{"adapters": [{"name", "source", "base_model"?, "pinned"?, "required"?}], "remove"?: [NAME]}``.
+
+``pinned`` (SGLang) and ``required`` are Patio's: a required adapter must be loaded (or, in
+resolver mode, in place) before ``/ready`` answers 200 (``patio.lora.readiness``).
 
 Semantics: the file is the whole desired set of adapters *it* owns; an adapter
 loaded from the file and later dropped from it is unloaded.  Names under
@@ -53,9 +56,9 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 SYNCER_ROOT = "vLLMLoRAConfig"
 _SYNCER_KEYS = ("name", "host", "port", "defaultBaseModel", "ensureExist", "ensureNotExist")
-_SYNCER_MODEL_KEYS = ("id", "source", "base-model", "pinned")
+_SYNCER_MODEL_KEYS = ("id", "source", "base-model", "pinned", "required")
 _PATIO_KEYS = ("adapters", "remove")
-_PATIO_ADAPTER_KEYS = ("name", "source", "base_model", "pinned")
+_PATIO_ADAPTER_KEYS = ("name", "source", "base_model", "pinned", "required")
 
 
 class AdaptersFileError(BadRequest):
@@ -70,6 +73,7 @@ class DesiredAdapter:
     source: str
     base_model: Optional[str] = None
     pinned: Optional[bool] = None  # SGLang only; None: not said
+    required: bool = False  # /ready waits for it
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def _source(value: Any, where: str, problems: _Problems, *, required: bool = Tru
     return source
 
 
-def _pinned(value: Any, where: str, problems: _Problems) -> Optional[bool]:
+def _flag(value: Any, where: str, problems: _Problems) -> Optional[bool]:
     if value is not None and not isinstance(value, bool):
         problems.add(where, f"must be true or false, not {_kind(value)}")
         return None
@@ -265,9 +269,13 @@ def _syncer_models(
         name = _name(item.get("id"), f"{at}.id", problems)
         source = _source(item.get("source"), f"{at}.source", problems, required=need_source)
         base = _string(item.get("base-model"), f"{at}.base-model", problems, required=False)
-        pinned = _pinned(item.get("pinned"), f"{at}.pinned", problems)
+        pinned = _flag(item.get("pinned"), f"{at}.pinned", problems)
+        required = bool(_flag(item.get("required"), f"{at}.required", problems)) and need_source
+        if "required" in item and not need_source:
+            problems.add(f"{at}.required", "applies to adapters to be present, not to ones to remove")
         if name is not None and (source is not None or not need_source):
-            out.append(DesiredAdapter(name, source or "", base if base is not None else default_base, pinned))
+            base = base if base is not None else default_base
+            out.append(DesiredAdapter(name, source or "", base, pinned, required))
     _duplicates(out, where, problems)
     return out
 
@@ -288,9 +296,10 @@ def _patio(document: Mapping[str, Any], problems: _Problems) -> DesiredState:
             name = _name(item.get("name"), f"{at}.name", problems)
             source = _source(item.get("source"), f"{at}.source", problems)
             base = _string(item.get("base_model"), f"{at}.base_model", problems, required=False)
-            pinned = _pinned(item.get("pinned"), f"{at}.pinned", problems)
+            pinned = _flag(item.get("pinned"), f"{at}.pinned", problems)
+            required = bool(_flag(item.get("required"), f"{at}.required", problems))
             if name is not None and source is not None:
-                present.append(DesiredAdapter(name, source, base, pinned))
+                present.append(DesiredAdapter(name, source, base, pinned, required))
         _duplicates(present, "adapters", problems)
     remove = document.get("remove", [])
     absent: List[str] = []

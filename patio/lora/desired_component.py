@@ -10,9 +10,10 @@ import dataclasses
 from typing import TYPE_CHECKING, Optional
 
 from patio.artifacts.adapters import AdapterArtifacts
-from patio.component import AppContext, Component
+from patio.component import AppContext, Component, ReadyCheck
 from patio.engines.health import EngineHealth
 from patio.lora.manager import LoraManager
+from patio.lora.readiness import adapters_check, engine_models
 from patio.lora.residency import ResidencyMetrics
 from patio.lora.settings import LoraSettings
 
@@ -31,6 +32,7 @@ class DesiredComponent(Component):
         artifacts: AdapterArtifacts,
         health: EngineHealth,
     ) -> None:
+        self.context, self.manager, self.health = context, manager, health
         self.staging: Optional[AdapterArtifacts] = None
         self.sync: Optional["DesiredSync"] = None
         if settings.adapters_file:
@@ -49,6 +51,14 @@ class DesiredComponent(Component):
         if self.sync is not None:
             # The engine back (or known up for the first time): failed adapters get fresh attempts.
             health.subscribe(self.sync.on_engine_health)
+
+    async def ready(self) -> Optional[ReadyCheck]:
+        """The adapters the file marks ``required`` are loaded (``patio.lora.readiness``)."""
+        sync = self.sync
+        if sync is None:
+            return None
+        seen = await engine_models(self.health, self.manager, self.context.core.ready_timeout)
+        return adapters_check(seen, self.manager, sync.required(), sync.file_state != "not read yet")
 
     async def start(self) -> None:
         if self.sync is not None:

@@ -39,6 +39,7 @@ from patio.artifacts.uri import display_uri
 from patio.engines.base import NOT_FOUND, OK
 from patio.errors import NotFound, PatioError
 from patio.lora import resolver_dir
+from patio.lora.adapter_config import resolver_config
 from patio.lora.desired import (
     MAX_FILE_BYTES,
     AdaptersFileError,
@@ -47,7 +48,10 @@ from patio.lora.desired import (
     load_desired,
     refused_message,
 )
-from patio.lora.manager import LOADED, ORIGIN_FILE, ORIGIN_RESOLVER, Adapter, LoraManager, outcome_error
+from patio.lora.engine_errors import outcome_error
+from patio.lora.manager import LoraManager
+from patio.lora.records import AVAILABLE, LOADED, ORIGIN_FILE, ORIGIN_RESOLVER, Adapter
+from patio.lora.request import LoadRequest
 from patio.lora.residency import Resident
 from patio.lora.settings import LoraSettings
 
@@ -60,8 +64,6 @@ log = logging.getLogger("patio.lora.desired")
 MAX_PARALLEL_APPLIES = 4
 # Longest wait between two attempts of one adapter.
 MAX_BACKOFF = 60.0
-# State of an adapter made available through vLLM's resolver directory (not yet loaded by vLLM).
-AVAILABLE = "available"
 # Seconds between looks at a name's fill lock held by another Patio sharing the resolver dir.
 RESOLVER_LOCK_POLL = 0.2
 # The manager's answer when --max-adapters is reached (patio.lora.manager.LoraManager.load).
@@ -399,6 +401,7 @@ class DesiredSync:
         extra: Dict[str, Any] = {}
         if target.pinned is not None and "pinned" in manager.client.spec.load_fields:
             extra["pinned"] = target.pinned
+        options = tuple(extra.items())
         if record is not None and record.origin == ORIGIN_RESOLVER:
             await self._remove(name)  # the source is now local (or resolver mode is off): load it instead
             record = None
@@ -409,10 +412,12 @@ class DesiredSync:
                 await manager.set_origin(name, ORIGIN_FILE)
                 return
             if "load_inplace" in manager.client.spec.load_fields:
-                await manager.load(name, target.source, extra, load_inplace=True, origin=ORIGIN_FILE)
+                await manager.load(
+                    LoadRequest(name, target.source, options=options, load_inplace=True, origin=ORIGIN_FILE)
+                )
                 return
             await self._unload(name)
-        await manager.load(name, target.source, extra, origin=ORIGIN_FILE)
+        await manager.load(LoadRequest(name, target.source, options=options, origin=ORIGIN_FILE))
 
     async def _present_resolver(self, name: str, target: DesiredAdapter) -> None:
         manager, directory = self.manager, self.settings.resolver_dir
@@ -438,6 +443,7 @@ class DesiredSync:
                     await self._engine_unload(name)
                 return
             staged = await self.staging.materialize(name, target.source, None)
+            await self._resolvable(staged, target)
             replaced = record is not None or await self.context.run_blocking(
                 lambda: os.path.lexists(os.path.join(directory, name))
             )
@@ -450,6 +456,16 @@ class DesiredSync:
             # vLLM keeps a resolved adapter by name: unload so the next request reads the new copy.
             await self._engine_unload(name)
         log.info("adapter %s from %s is in %s for vLLM's resolver", name, shown, path)
+
+    async def _resolvable(self, staged: str, target: DesiredAdapter) -> None:
+        """The staged copy is one vLLM's resolver takes (``patio.lora.adapter_config``), its config
+        rewritten where the file named the served base model; ``NotResolvable`` otherwise."""
+        served = await self.manager.engine_models()
+        raw = await self.context.run_blocking(resolver_dir.read_adapter_config, staged)
+        fixed = resolver_config(raw, served.base, target.base_model)
+        if fixed is not None and raw is not None:
+            await self.context.run_download(resolver_dir.rewrite_adapter_config, staged, raw, fixed)
+            log.info("adapter %s: its copy names the served base model, as the adapters file says", target.name)
 
     async def _resolver_lock(self, directory: str, name: str) -> int:
         """The name's fill lock (``resolver_dir.try_lock``), waiting while another process holds it."""
@@ -525,6 +541,11 @@ class DesiredSync:
             out["conflicts"] = list(desired.conflicts)
             out["refused"] = {"count": len(desired.refused), "names": list(desired.refused[:10])}
         return out
+
+    def required(self) -> List[str]:
+        """The adapters the file marks required (readiness waits for them)."""
+        desired = self.desired
+        return [a.name for a in desired.adapters if a.required] if desired is not None else []
 
     def unrecorded(self) -> List[Resident]:
         """Adapters the file wants that the manager has no record of (waiting, or failed early)."""

@@ -14,7 +14,8 @@ import time
 from typing import Optional
 
 from patio.errors import PatioError
-from patio.lora.manager import LOADED, Adapter, LoraManager
+from patio.lora.manager import LoraManager
+from patio.lora.records import LOADED, Adapter
 from patio.validate import ADAPTER_NAME
 
 log = logging.getLogger("patio.lora")

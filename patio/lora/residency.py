@@ -100,6 +100,6 @@ class ResidencyMetrics:
 
     def collect(self) -> List[Family]:
         failures = self.desired.failures() if self.desired is not None else {}
-        for name, count in self.manager.reload_failures().items():
+        for name, count in self.manager.adapters.reload_failures().items():
             failures[name] = failures.get(name, 0.0) + count
         return families(self.residents(), failures)

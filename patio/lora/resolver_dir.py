@@ -27,8 +27,9 @@ import os
 import stat
 from typing import Iterable, List, Optional
 
-from patio.artifacts.fetch.manifest import META_DIR, Layout, fsync_dir, write_error
+from patio.artifacts.fetch.manifest import META_DIR, Layout, atomic_write, fsync_dir, write_error
 from patio.errors import BadRequest, Conflict
+from patio.lora.adapter_config import CONFIG_FILE, MAX_CONFIG_BYTES
 
 log = logging.getLogger("patio.lora.desired")
 
@@ -132,6 +133,22 @@ def holds(resolver_dir: str, name: str, display: str) -> bool:
     """True when ``DIR/NAME`` is a complete copy of ``display`` that Patio put there."""
     target = target_of(resolver_dir, name)
     return marker_of(target) == display and Layout(target).read_manifest() is not None
+
+
+def read_adapter_config(staged: str) -> Optional[bytes]:
+    """The staged copy's ``adapter_config.json`` (at most one byte past the bound), or None."""
+    try:
+        fd = os.open(os.path.join(staged, CONFIG_FILE), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(MAX_CONFIG_BYTES + 1)
+
+
+def rewrite_adapter_config(staged: str, original: bytes, fixed: bytes) -> None:
+    """Make the staged copy name the served base model; the original is kept in ``.patio/``."""
+    atomic_write(os.path.join(staged, META_DIR, CONFIG_FILE + ".orig"), original)
+    atomic_write(os.path.join(staged, CONFIG_FILE), fixed)
 
 
 def install(resolver_dir: str, name: str, staged: str) -> str:

@@ -1,5 +1,6 @@
-"""The desired adapter set on disk: a snapshot written whole (``patio.files.atomic_write``)
-plus, for large sets, a journal of the changes since.
+"""The held set on disk: the adapters Patio holds as loaded (``patio.lora.manager``), as a
+snapshot written whole (``patio.files.atomic_write``) plus, for large sets, a journal of the
+changes since.  (What the adapters file asks for is the *desired* set: ``patio.lora.desired``.)
 
 The files hold what a reload needs and no more (issue 13 row 15): name, the
 path the engine loads, the source *without* userinfo or query string (a
@@ -37,7 +38,7 @@ MAX_STATE_BYTES = 64 * 1024 * 1024
 WHOLE_WRITE_MAX = 128
 # Written into the file, so whoever opens it knows what it holds and what it leaves out.
 NOTE = (
-    "Patio's desired LoRA adapters, reloaded when the engine loses them. Sources are stored without "
+    "The LoRA adapters Patio holds as loaded, reloaded when the engine loses them. Sources are stored without "
     "userinfo or query strings (signatures); download credentials are never stored; a source stored "
     "that way is reloaded from its local copy at path. engine_key (mode 0600 file) is the engine's own API "
     "key a caller gave for an adapter (AIBrix's additional_config api-key), for reloads after an engine restart. "
@@ -47,7 +48,7 @@ NOTE = (
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 
-class StateFile:
+class HeldSetFile:
     """The snapshot and journal of one state directory.  Not thread-safe: callers serialise."""
 
     def __init__(self, state_dir: str) -> None:
@@ -186,9 +187,9 @@ def _header_generation(line: bytes) -> Optional[int]:
     return generation if isinstance(generation, int) and not isinstance(generation, bool) else None
 
 
-def write_desired(state_dir: str, adapters: List[Dict[str, Any]]) -> None:
+def write_held_set(state_dir: str, adapters: List[Dict[str, Any]]) -> None:
     """Replace the saved set whole (a fresh snapshot; any journal is dropped)."""
-    store = StateFile(state_dir)
+    store = HeldSetFile(state_dir)
     try:
         store.read()
     except ValueError:
@@ -196,6 +197,6 @@ def write_desired(state_dir: str, adapters: List[Dict[str, Any]]) -> None:
     store.write_snapshot(adapters)
 
 
-def read_desired(state_dir: str) -> List[Dict[str, Any]]:
+def read_held_set(state_dir: str) -> List[Dict[str, Any]]:
     """The saved set; an absent file is an empty set; a corrupt one raises ValueError."""
-    return StateFile(state_dir).read()
+    return HeldSetFile(state_dir).read()
