@@ -62,6 +62,8 @@ MARK = re.compile(r"^\s*<!--\s*(?P<kind>not run|check):\s*(?P<what>.*?)\s*-->\s*
 PRINT = os.environ.get("PATIO_DOCS_PRINT") == "1"
 # One command's longest run; a foreground command that serves forever fails here.
 COMMAND_TIMEOUT = 60.0
+# How long the servers a page started have after SIGTERM before SIGKILL.
+STOP_GRACE = 2.0
 # How long a server started with ``&`` has to listen on the ports its line names.
 LISTEN_TIMEOUT = 20.0
 
@@ -177,12 +179,9 @@ def script_steps(block: Block) -> List[Step]:
 # Each: (what it is, pattern, replacement).
 NORMALIZE: Sequence[Tuple[str, "re.Pattern[str]", str]] = (
     (
-        "Unix times and durations in JSON answers",
-        re.compile(
-            r'("(?:loaded_at|next_attempt_at|last_heartbeat_at|last_transition|observed_at|started_at|'
-            r"finished_at|updated_at|created_at|uptime_seconds|duration_seconds|next_heartbeat_in|"
-            r'last_event_ts|last_applied_at|applied_at|elapsed_seconds|eta_seconds)": ?)-?[0-9.e+-]+'
-        ),
+        "numbers in JSON answers under a key naming a time or a duration (..._at, ..._time, ..._in, ..._ts,"
+        " ..._second(s), ..._for)",
+        re.compile(r'("[a-z_]*(?:_at|_time|_in|_ts|_second|_seconds|_for|last_transition)": ?)-?[0-9.e+-]+'),
         r"\1<number>",
     ),
     (
@@ -190,8 +189,14 @@ NORMALIZE: Sequence[Tuple[str, "re.Pattern[str]", str]] = (
         re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"),
         "<uuid>",
     ),
-    ("download job ids", re.compile(r"\b(dl|job)-[0-9a-f]{8,32}\b"), r"\1-<id>"),
+    ("download job ids", re.compile(r"\bdl-\d+-[0-9a-f]{12}\b"), "dl-<id>"),
+    ("durations in log lines", re.compile(r"\bin \d+(?:\.\d+)?s\b"), "in <n>s"),
     ("ISO 8601 times in JSON answers", re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"'), '"<time>"'),
+    (
+        "the shell's job notices (a reader's terminal shows its own)",
+        re.compile(r"^\[\d+\][+-]? +(?:Done|Terminated|Killed|Exit \d+) .*\n?", re.M),
+        "",
+    ),
     ("HTTP Date headers", re.compile(r"^Date: .*$", re.M), "Date: <date>"),
     ("log timestamps", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.M), "<time> "),
 )
@@ -294,7 +299,11 @@ class Shell:
         """A command ending in ``&``: a server, its output to the log; wait for its ports."""
         body = command.rstrip()[:-1].rstrip()
         mark = uuid.uuid4().hex
-        self._send(f"{{ {body}\n}} >&3 2>&3 &\nprintf '{mark}\\n'\n")
+        # A simple command runs as the job itself (``kill %N`` reaches it, ``wait %N`` waits
+        # for it); anything else is grouped.
+        simple = not re.search(r"[|;&<>(){}]|\n", body)
+        job = f"{body} >&3 2>&3 &" if simple else f"{{ {body}\n}} >&3 2>&3 &"
+        self._send(f"{job}\nprintf '{mark}\\n'\n")
         self._read_until(f"{mark}\n".encode(), 5.0)
         for port in sorted(
             {int(p) for p in re.findall(r"(?<![\w.])(\d{4,5})(?![\w.])", body) if 1024 <= int(p) < 65536}
@@ -315,18 +324,22 @@ class Shell:
     def close(self) -> None:
         try:
             if self.proc.poll() is None:
-                self._send("for j in $(jobs -p); do kill -TERM -- -$j 2>/dev/null; done; wait; exit 0\n")
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    pass
+                # SIGTERM to every job's process group; the shell leaves at once.
+                self._send("for j in $(jobs -p); do kill -TERM -- -$j 2>/dev/null; done; exit 0\n")
+                self.proc.wait(5)
         finally:
+            # Whatever is left in the namespaces was started by this page: given STOP_GRACE to
+            # finish (Patio's shutdown, a router's drain), then stopped by its id.
+            deadline = time.monotonic() + STOP_GRACE
             for netns in [self.netns, *self.peer_netns]:
-                # Whatever is left in the namespaces was started by this page: stopped by its id.
-                pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+                while True:
+                    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()]
+                    if not pids or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
                 for pid in pids:
                     try:
-                        os.kill(int(pid), 9)
+                        os.kill(pid, 9)
                     except ProcessLookupError:
                         pass
                 subprocess.run(["ip", "netns", "del", netns], check=False)
@@ -376,23 +389,24 @@ def s3_store(shell: Shell) -> None:
         stderr=shell.log,
         env={"PATH": SYSTEM_PATH, "HOME": tempfile.gettempdir()},
     )
-    objects = {
-        "tiny-llama/config.json": b'{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}\n',
-        "tiny-llama/tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}\n',
-        "tiny-llama/model.safetensors": bytes(range(256)) * 4096,
-    }
-    script = "\n".join(
-        [
-            "import time, urllib.request",
-            "for _ in range(200):",
-            "    try: urllib.request.urlopen('http://10.0.0.1:9000/', timeout=1); break",
-            "    except OSError: time.sleep(0.05)",
-            "def put(path, data): urllib.request.urlopen(urllib.request.Request('http://10.0.0.1:9000/' + path, data=data, method='PUT'), timeout=10).read()",
-            "put('models', b'')",
-            *(f"put('models/{key}', {value!r})" for key, value in objects.items()),
-        ]
-    )
-    subprocess.run(["ip", "netns", "exec", store, sys.executable, "-c", script], check=True, timeout=60)
+    script = """
+import time, urllib.request
+for _ in range(200):
+    try:
+        urllib.request.urlopen("http://10.0.0.1:9000/", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.05)
+def put(path, data):
+    headers = {"Content-Type": "application/octet-stream"}  # not a form: moto would parse it
+    request = urllib.request.Request("http://10.0.0.1:9000/" + path, data=data, method="PUT", headers=headers)
+    urllib.request.urlopen(request, timeout=60).read()
+put("models", b"")
+put("models/tiny-llama/config.json", b'{"architectures": ["LlamaForCausalLM"], "hidden_size": 64}\\n')
+put("models/tiny-llama/tokenizer.json", b'{"version": "1.0", "model": {"type": "BPE"}}\\n')
+put("models/tiny-llama/model.safetensors", bytes(range(256)) * 4096)
+"""
+    subprocess.run(["ip", "netns", "exec", store, sys.executable, "-c", script], check=True, timeout=120)
 
 
 STORES: Dict[str, Callable[[Shell], None]] = {"docs/downloads.md": s3_store}
