@@ -3,7 +3,7 @@
 The real test: Patio as a real process (the pyz) in front of an engine serving a 1.2 MB
 payload; 300 real client sockets (a 4 KiB receive buffer each) pipeline three ``GET /metrics``
 and never read.  Patio's RSS is read from /proc before, during and after.  Without the trim
-after the burst (``patio.metrics.memory.FreedPieces``) about 12 MB stayed resident once every
+after the burst (``patio.http.freed.FreedPieces``) about 12 MB stayed resident once every
 one of them was gone: each stalled transport's output buffer (~21 KiB, asyncio copies what the
 kernel does not take) freed between small blocks still in use, which glibc's heap cannot give
 back without ``malloc_trim``.
@@ -22,7 +22,7 @@ import pytest
 from fakes.engine import FakeEngine
 from support import PatioProcess, http_call
 
-from patio.metrics.memory import FreedPieces
+from patio.http.freed import FreedPieces
 
 CLIENTS = 300
 RETURN_BOUND_MB = 5.0  # the bound: RSS within this of its level before the burst

@@ -17,8 +17,8 @@ from typing import List, Optional
 from patio.core_settings import Limits
 from patio.http.admission import BUSY, Admission
 from patio.http.connection import HttpConnection
+from patio.http.freed import FreedPieces, RunBlocking
 from patio.http.server_state import Cuttable, RequestHandler, ServerState
-from patio.metrics.memory import FreedPieces, RunBlocking
 from patio.metrics.registry import Registry
 
 # patio_http_connections_refused_total{reason} values.

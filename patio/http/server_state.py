@@ -13,11 +13,11 @@ from typing import Any, Coroutine, Optional, Protocol, Set, Tuple
 from patio.core_settings import Limits
 from patio.errors import PatioError
 from patio.http.admission import Admission
+from patio.http.freed import FreedPieces
 from patio.http.output import BulkWriter
 from patio.http.request_parser import HeadCache, ParsedRequest
 from patio.http.responses import DateCache
 from patio.http.types import Response
-from patio.metrics.memory import FreedPieces
 from patio.metrics.registry import Counter
 
 log = logging.getLogger("patio.http")
