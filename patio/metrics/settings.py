@@ -2,7 +2,7 @@
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from patio.core_settings import CoreSettings
 from patio.metrics.assemble import MODES
@@ -20,6 +20,9 @@ class MetricsSettings:
     scrape_timeout: float = 2.0
     cache_ttl: float = 0.0
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    # The port of the engine's /metrics when not its API's; None: the engine's own default
+    # (Triton: 8002, its --metrics-port; the others: the API port).
+    engine_port: Optional[int] = None
 
 
 def add_flags(parser: Any) -> None:
@@ -31,6 +34,10 @@ def add_flags(parser: Any) -> None:
     parser.add_argument("--metrics-scrape-timeout", help="seconds for one engine scrape (default 2)")
     parser.add_argument("--metrics-cache-ttl", help="seconds an engine scrape is reused (default 0: never)")
     parser.add_argument("--metrics-max-bytes", help="largest engine payload read, bytes (default 33554432)")
+    parser.add_argument(
+        "--metrics-engine-port",
+        help="port of the engine's /metrics (env METRICS_ENGINE_PORT; default: Triton 8002, else the API port)",
+    )
 
 
 def _mode_from_aibrix(env: Mapping[str, str]) -> str:
@@ -39,6 +46,10 @@ def _mode_from_aibrix(env: Mapping[str, str]) -> str:
     transform = parse_bool("METRICS_ENABLE_TRANSFORMATION", env.get("METRICS_ENABLE_TRANSFORMATION", "1"))
     passthrough = parse_bool("METRICS_RAW_PASSTHROUGH_MODE", env.get("METRICS_RAW_PASSTHROUGH_MODE", "0"))
     return "raw" if passthrough or not transform else "both"
+
+
+def _metrics_port(setting: str, raw: str) -> int:
+    return parse_int(setting, raw, minimum=1, maximum=65535)
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:
@@ -59,4 +70,5 @@ def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSet
             DEFAULT_MAX_PAYLOAD,
             lambda s, r: parse_int(s, r, minimum=1024),
         ),
+        engine_port=pick(args, env, "metrics_engine_port", ("METRICS_ENGINE_PORT",), None, _metrics_port),
     )
