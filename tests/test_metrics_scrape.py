@@ -245,6 +245,22 @@ def test_cache_ttl_reuses_recent_scrape_with_its_router_view():
             assert_valid(text)
 
 
+def test_an_engine_writing_patios_router_families_loses_the_clash():
+    """The router view is Patio's: an engine family of one of its names (a chained sidecar, a
+    hostile engine) is dropped and counted; the output holds one family of each name."""
+    body = shared_path("fixtures", "metrics", "vllm-0.33-single.txt").read_bytes()
+    body += b"# TYPE patio:router_kv_cache_utilization gauge\npatio:router_kv_cache_utilization 0\n"
+    body += b'patio:lora_requests_info{max_lora="99",running_lora_adapters="x"} 1\n'
+    with FakeEngine("vllm") as engine, patio_for(engine) as patio:
+        engine.metrics_body = body
+        for _ in range(3):  # the full path, then the plan
+            text = scrape(patio)
+            assert_valid(text)
+            assert text.count("\npatio:router_kv_cache_utilization ") == 1
+            assert "\npatio:router_kv_cache_utilization 0.0734\n" in text and 'max_lora="99"' not in text
+        assert "patio_metrics_family_clashes_total 0" not in text
+
+
 @pytest.mark.parametrize(
     ("endpoint", "port", "expected"),
     [
