@@ -56,7 +56,8 @@ async def serve(
     stop = stop or asyncio.Event()
     app = build_app(settings)
     registry = app.context.registry
-    server = HttpServer(Dispatcher(app.routes(), core.api_key, registry), core.limits, registry)
+    dispatcher = Dispatcher(app.routes(), core.api_key, registry)
+    server = HttpServer(dispatcher, core.limits, registry, run_blocking=app.context.run_blocking)
     await server.start(core.host, core.port)
     log.info(
         "patio listening on %s:%d (engine %s at %s)",

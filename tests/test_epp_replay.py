@@ -6,8 +6,13 @@ For vLLM, the EPP pointed at Patio computes what it computes pointed at vLLM its
 gains LoRA affinity and the cache geometry its built-in config misses on 0.5.23; for an engine that
 goes down it sees a full pod, where pointed at the engine it would keep the last (idle) numbers."""
 
+import re
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -21,11 +26,13 @@ from epp_replay import (
     registry,
     text_families,
 )
-from support import shared_path
+from fakes.engine import FakeEngine
+from support import RunningPatio, http_call, http_json, make_settings, shared_path
 
 from patio.metrics.assemble import assemble
 from patio.metrics.parse import parse
 from patio.metrics.protocol import ProtocolState, ProtocolView, by_name
+from patio.metrics.protocol_tables import PROTOCOLS, Gauge
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render
 
@@ -233,3 +240,257 @@ def test_the_replayed_spec_parser_matches_the_picker_on_its_own_examples():
     with pytest.raises(ValueError):
         atoi("4.0")
     assert text_families("# TYPE x gauge\nx 1\n")["x"].metrics[0].value == 1.0
+
+
+# -- the picker over a running Patio's /metrics ---------------------------------------------------
+# Patio in front of an engine serving its capture, scraped over HTTP as the picker's data source
+# scrapes it (metrics-data-source, path /metrics), in every scheme and mode.  Two scrapes with
+# the same series set are enough for Patio's scrape plan: the later ones are matched against it
+# (no parse), and their values move, so the view is read from the matched payload.
+
+FAKES = Path(__file__).parent / "fakes"
+MODES = ("standard", "both", "raw")
+SCHEMES = ("patio", "aibrix", "kthena")
+FAST = ["--engine-health-interval", "0.1", "--ready-cache-ttl", "0"]
+
+
+class CaptureEngine:
+    """An engine that answers its health route and serves a capture as its /metrics (TGI,
+    Triton, llama.cpp: their captures and routes, tests/test_engines_more.py cites the sources)."""
+
+    def __init__(self, routes: Dict[str, bytes], metrics: bytes = b"") -> None:
+        self.routes = dict(routes)  # path -> JSON or empty body, answered 200
+        self.metrics = metrics
+        self.healthy = True
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics" and engine.metrics:
+                    status, body, kind = 200, engine.metrics, "text/plain; version=0.0.4; charset=utf-8"
+                elif path in engine.routes:
+                    status, body, kind = (200 if engine.healthy else 503), engine.routes[path], "application/json"
+                else:
+                    status, body, kind = 404, b'{"error":"Not Found"}', "application/json"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def engine_capture(name: str) -> bytes:
+    local = FAKES / name
+    return (local if local.exists() else shared_path("fixtures", "metrics", name)).read_bytes()
+
+
+def with_queue_grown(data: bytes, engine: str, by: float) -> Tuple[bytes, int]:
+    """The capture with each series of the engine's queue family ``by`` higher (same series set),
+    and how many series that is."""
+    gauge = PROTOCOLS[engine].queued[0]
+    assert isinstance(gauge, Gauge)
+    lines, grown = data.decode("utf-8").split("\n"), 0
+    for number, line in enumerate(lines):
+        name = re.split(r"[{ ]", line, maxsplit=1)[0]
+        if name == gauge.family and all(f'{k}="{v}"' in line for k, v in gauge.where):
+            head, value = line.rsplit(" ", 1)
+            lines[number] = f"{head} {float(value) + by}"
+            grown += 1
+    assert grown, f"no {gauge.family} series in the capture"
+    return "\n".join(lines).encode("utf-8"), grown
+
+
+VLLM_SEEN = {
+    "queue": 1,
+    "running": 3,
+    "kv": 0.0734,
+    "active": ["chat-lora", "sql-lora"],
+    "waiting": [],
+    "max": 4,
+    "block": 16,
+    "blocks": 27306,
+}
+NO_LORA = {"active": [], "waiting": [], "max": 0}
+NO_CACHE = {"block": 0, "blocks": 0}
+# (capture, engine, what the picker sees): the values of tests/test_metrics_protocol.py's captures.
+THROUGH_PATIO = [
+    pytest.param("vllm-0.33-single.txt", "vllm", VLLM_SEEN, id="vllm-single"),
+    pytest.param("vllm-0.33-multiproc.txt", "vllm", VLLM_SEEN, id="vllm-multiproc"),
+    pytest.param(
+        "sglang-0.5.23.txt",
+        "sglang",
+        # Adapters loaded through Patio; max_lora from lora_pool_slots_total (8).
+        {
+            **{"queue": 1, "running": 3, "kv": 0.07, "active": ["chat-lora", "sql-lora"], "waiting": []},
+            **{"max": 8, "block": 1, "blocks": 64512},
+        },
+        id="sglang",
+    ),
+    pytest.param("tgi-3.3.txt", "tgi", {"queue": 2, "running": 4, "kv": 0.384, **NO_LORA, **NO_CACHE}, id="tgi"),
+    pytest.param(
+        "triton-trtllm.txt",
+        "triton",
+        {"queue": 2, "running": 3, "kv": 0.200032056419298, **NO_LORA, "block": 64, "blocks": 6239},
+        id="triton-metrics-on-their-own-port",
+    ),
+    pytest.param(
+        "llamacpp-server.txt",
+        "llamacpp",
+        # No KV gauge in current builds: left out, the picker keeps its initial 0.  The two
+        # adapters llama-server loaded at start (GET /lora-adapters), all applied: max_lora 2.
+        {"queue": 0, "running": 0, "kv": 0.0, "active": ["a", "b"], "waiting": [], "max": 2, **NO_CACHE},
+        id="llamacpp-preloaded-adapters",
+    ),
+]
+
+
+def start_engine(engine: str, metrics: bytes) -> Tuple[Any, Optional[CaptureEngine], List[str]]:
+    """The engine serving ``metrics``, a second server for Triton's metrics port, Patio's extra args."""
+    if engine in ("vllm", "sglang"):
+        fake = FakeEngine(engine)
+        fake.metrics_body = metrics
+        return fake, None, []
+    if engine == "tgi":
+        return CaptureEngine({"/health": b""}, metrics), None, []
+    if engine == "llamacpp":
+        listing = b'[{"id":0,"path":"/m/a.gguf","scale":1.0},{"id":1,"path":"/m/b.gguf","scale":0.5}]'
+        return CaptureEngine({"/health": b'{"status":"ok"}', "/lora-adapters": listing}, metrics), None, []
+    # Triton: health on its API port, /metrics on the metrics port (8002 unless --metrics-port).
+    api, exporter = CaptureEngine({"/v2/health/ready": b""}), CaptureEngine({}, metrics)
+    return api, exporter, ["--metrics-engine-port", str(exporter.port)]
+
+
+def serve_metrics(engine: Any, body: bytes) -> None:
+    if isinstance(engine, FakeEngine):
+        engine.metrics_body = body
+    else:
+        engine.metrics = body
+
+
+def poll(extractor: Extractor, patio: RunningPatio) -> str:
+    status, _, body = http_call("GET", patio.url + "/metrics")
+    assert status == 200
+    text = body.decode("utf-8")
+    extractor.poll(text)  # expfmt's parser over all of it: a second TYPE line for a name fails here
+    return text
+
+
+def poll_until(extractor: Extractor, patio: RunningPatio, expected: Dict, what: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = poll(extractor, patio)
+        if observed(extractor.metrics) == expected:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: the picker sees {observed(extractor.metrics)}, not {expected}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("name", "engine", "expected"), THROUGH_PATIO)
+def test_the_picker_over_patios_real_metrics(name, engine, expected, scheme, mode):
+    data = engine_capture(name)
+    grown, series = with_queue_grown(data, engine, 5.0)
+    api, exporter, args = start_engine(engine, data)
+    env = {"INFERENCE_ENGINE": engine, "INFERENCE_ENGINE_ENDPOINT": api.url, "METRICS_SCHEME": scheme}
+    env["METRICS_MODE"] = mode
+    try:
+        with RunningPatio(make_settings(FAST + args, env)) as patio:
+            if engine == "sglang":
+                for adapter in ("sql-lora", "chat-lora"):
+                    load = {"lora_name": adapter, "lora_path": f"/adapters/{adapter}"}
+                    assert http_json("POST", patio.url + "/load_lora_adapter", load)[0] == 200
+            extractor = patio_extractor()
+            poll_until(extractor, patio, expected, f"{engine} {scheme} {mode}")
+            # What the picker reports missing: only what the engine does not have (no KV gauge in
+            # llama.cpp, no cache geometry in TGI or llama.cpp), never a router family.
+            missing = {re.sub(r".*'(.*)'.*", r"\1", e) for e in extractor.errors}
+            assert missing == {
+                "patio:router_kv_cache_utilization" if expected["kv"] == 0.0 else "",
+                "patio:cache_config_info" if expected["blocks"] == 0 else "",
+            } - {""}, extractor.errors
+            # The engine's queue grows; the series set does not: matched scrapes, new values.
+            serve_metrics(exporter or api, grown)
+            metrics = next(c for c in patio.app.components if c.name == "metrics")
+            matched = metrics.text.matched
+            for _ in range(2):
+                text = poll(extractor, patio)
+                assert observed(extractor.metrics) == {**expected, "queue": expected["queue"] + 5 * series}
+            assert metrics.text.matched >= matched + 2, "the scrapes did not come from the plan"
+            check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+            assert check.returncode in (0, 3) and "parsing error" not in check.stderr, check.stderr[-2000:]
+    finally:
+        api.stop()
+        if exporter is not None:
+            exporter.stop()
+
+
+DOWN = {"queue": 0, "running": 0, "kv": 1.0, "active": [], "waiting": [], "max": 0}
+
+
+def test_over_real_metrics_a_down_engine_is_a_full_pod_and_comes_back():
+    """The engine's /health fails while its /metrics still answers (a stalled scheduler), then both
+    fail (it is gone), then it is back: Patio's router view follows the health watch, never idle."""
+    data = engine_capture("vllm-0.33-single.txt")
+    engine = FakeEngine("vllm")
+    engine.metrics_body = data
+    env = {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url}
+    try:
+        with RunningPatio(make_settings(FAST, env)) as patio:
+            extractor = patio_extractor()
+            poll_until(extractor, patio, VLLM_SEEN, "up")
+            engine.health_status = 503
+            down = {**DOWN, "block": 16, "blocks": 27306}  # the geometry is not re-read: kept, harmless
+            before = extractor.metrics.update_time
+            text = poll_until(extractor, patio, down, "unhealthy, metrics still served")
+            assert extractor.metrics.update_time > before  # fresh values: the picker's filters act on them
+            assert "patio_engine_healthy 0" in text and "patio_engine_up 1" in text
+            engine.metrics_status = 503
+            text = poll_until(extractor, patio, down, "gone")
+            assert "patio_engine_up 0" in text
+            engine.health_status = engine.metrics_status = 200
+            poll_until(extractor, patio, VLLM_SEEN, "back")
+    finally:
+        engine.stop()
+
+
+def test_over_real_metrics_a_failed_scrape_of_a_healthy_engine_offers_no_capacity():
+    """The engine is healthy but its /metrics fails: Patio still writes the router view, with the
+    load unknown: KV utilization 1, so the picker's utilization filter takes the pod out."""
+    engine = FakeEngine("vllm")
+    engine.metrics_body = engine_capture("vllm-0.33-single.txt")
+    env = {"INFERENCE_ENGINE": "vllm", "INFERENCE_ENGINE_ENDPOINT": engine.url}
+    try:
+        with RunningPatio(make_settings(FAST, env)) as patio:
+            extractor = patio_extractor()
+            poll_until(extractor, patio, VLLM_SEEN, "up")
+            engine.metrics_status = 500
+            text = poll_until(extractor, patio, {**VLLM_SEEN, "kv": 1.0}, "scrape failing")
+            assert "patio_engine_up 0" in text and "patio:router_kv_cache_utilization 1\n" in text
+            assert "patio:router_num_requests_waiting" not in text  # unknown: left out, not 0
+            assert not extractor.metrics.kv_cache_usage_percent < 0.8  # utilization-detector: filtered
+    finally:
+        engine.stop()

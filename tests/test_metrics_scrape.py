@@ -217,6 +217,7 @@ def test_scraping_disabled_never_calls_engine():
         text = scrape(patio)
         assert engine.calls_to("/metrics", "GET") == []
     assert "vllm:" not in text and "patio_engine_up" not in text
+    assert "patio:router_" not in text  # the router view reads the engine's metrics: off with them
     assert_valid(text)
 
 
@@ -231,13 +232,84 @@ def test_concurrent_scrapes_share_one_engine_fetch():
             t.join()
         assert len(results) == 8
         assert len(engine.calls_to("/metrics", "GET")) == 1
+        # Every answer sharing the cycle's engine share shows that cycle's router view.
+        assert all("\npatio:router_num_requests_waiting 1\n" in text for text in results)
 
 
-def test_cache_ttl_reuses_recent_scrape():
+def test_cache_ttl_reuses_recent_scrape_with_its_router_view():
     with engine_for("vllm-0.33-single.txt") as engine, patio_for(engine, "--metrics-cache-ttl", "30") as patio:
-        scrape(patio)
-        scrape(patio)
+        first, second = scrape(patio), scrape(patio)
         assert len(engine.calls_to("/metrics", "GET")) == 1
+        for text in (first, second):
+            assert "\npatio:router_kv_cache_utilization 0.0734\n" in text
+            assert_valid(text)
+
+
+def test_an_engine_writing_patios_router_families_loses_the_clash():
+    """The router view is Patio's: an engine family of one of its names (a chained sidecar, a
+    hostile engine) is dropped and counted; the output holds one family of each name."""
+    body = shared_path("fixtures", "metrics", "vllm-0.33-single.txt").read_bytes()
+    body += b"# TYPE patio:router_kv_cache_utilization gauge\npatio:router_kv_cache_utilization 0\n"
+    body += b'patio:lora_requests_info{max_lora="99",running_lora_adapters="x"} 1\n'
+    with FakeEngine("vllm") as engine, patio_for(engine) as patio:
+        engine.metrics_body = body
+        for _ in range(3):  # the full path, then the plan
+            text = scrape(patio)
+            assert_valid(text)
+            assert text.count("\npatio:router_kv_cache_utilization ") == 1
+            assert "\npatio:router_kv_cache_utilization 0.0734\n" in text and 'max_lora="99"' not in text
+        assert "patio_metrics_family_clashes_total 0" not in text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port", "expected"),
+    [
+        ("http://127.0.0.1:8000", None, "http://127.0.0.1:8000"),
+        ("http://triton:8000", 8002, "http://triton:8002"),
+        ("https://triton.ns.svc", 8002, "https://triton.ns.svc:8002"),
+        ("http://[fd00::7]:8000", 9400, "http://[fd00::7]:9400"),
+        ("http://gw:80/triton", 8002, "http://gw:8002/triton"),
+    ],
+    ids=["api-port", "triton-8002", "https-default-port", "ipv6", "path-prefix-kept"],
+)
+def test_the_engines_metrics_endpoint(endpoint, port, expected):
+    from patio.metrics.scrape import metrics_endpoint
+
+    assert metrics_endpoint(endpoint, port) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "engine", "expected"),
+    [
+        ([], {}, "triton", "http://10.0.0.5:8002"),
+        (["--metrics-engine-port", "9400"], {}, "triton", "http://10.0.0.5:9400"),
+        ([], {"METRICS_ENGINE_PORT": "9401"}, "triton", "http://10.0.0.5:9401"),
+        ([], {}, "tgi", "http://10.0.0.5:8000"),
+        ([], {}, "vllm", "http://10.0.0.5:8000"),
+    ],
+    ids=["triton-default", "flag", "env", "tgi-api-port", "vllm-api-port"],
+)
+def test_where_each_engine_is_scraped(args, env, engine, expected):
+    from patio.app import build_app
+
+    settings = make_settings(
+        args, {"INFERENCE_ENGINE": engine, "INFERENCE_ENGINE_ENDPOINT": "http://10.0.0.5:8000", **env}
+    )
+    app = build_app(settings)
+    try:
+        metrics = next(c for c in app.components if c.name == "metrics")
+        assert metrics.path.endpoint == expected
+    finally:
+        app.context.pools.shutdown()
+
+
+@pytest.mark.parametrize("raw", ["0", "65536", "port"], ids=["zero", "too-large", "word"])
+def test_a_bad_metrics_engine_port_is_refused_at_start(raw):
+    from patio.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_settings(["--metrics-engine-port", raw], {"INFERENCE_ENGINE": "triton"})
+    assert "--metrics-engine-port" in str(info.value)
 
 
 def test_health_stays_responsive_while_large_payload_is_parsed():

@@ -518,20 +518,23 @@ ROWS: Sequence[Tuple[str, Sequence[Tuple[str, str, Sequence[Query], str, str]]]]
         (
             (
                 "Queue trend",
-                "How fast each pod's engine queue grows (requests per second over 10 minutes): a pod "
-                "that keeps growing takes more than it serves; routers score it down, but the pool "
-                "may be short of capacity (alert PatioEngineQueueGrowing).",
-                ((f"sum by (pod) (deriv(patio:num_requests_waiting{{{SEL}}}[10m]))", "{{pod}}"),),
+                "How fast each pod's engine queue grows as the endpoint picker reads it (Patio's router "
+                "view, requests per second over 10 minutes): a pod that keeps growing takes more than it "
+                "serves; routers score it down, but the pool may be short of capacity (alert "
+                "PatioEngineQueueGrowing).",
+                ((f"sum by (pod) (deriv(patio:router_num_requests_waiting{{{SEL}}}[10m]))", "{{pod}}"),),
                 "short",
                 "timeseries",
             ),
             (
                 "Time with the KV cache pinned",
-                "Share of the last hour each pod's KV cache spent above 95%: a pinned cache preempts "
-                "and queues, and routers see the pod as full (alert PatioKVCachePinned).",
+                "Share of the last hour each pod's KV cache read above 95% to the endpoint picker (Patio's "
+                "router view, which reads 1 while the engine is down or its metrics fail): a pinned cache "
+                "preempts and queues, and routers see the pod as full (alert PatioKVCachePinned).",
                 (
                     (
-                        f"avg_over_time((max by (pod) (patio:gpu_cache_usage_perc{{{SEL}}}) > bool 0.95)[1h:1m])",
+                        "avg_over_time((max by (pod) "
+                        f"(patio:router_kv_cache_utilization{{{SEL}}}) > bool 0.95)[1h:1m])",
                         "{{pod}}",
                     ),
                 ),

@@ -25,7 +25,9 @@ from patio.engines.kind_check import EngineKindCheck
 from patio.kvevents.component import KvEventsComponent
 from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
+from patio.lora.manager import LOADED, LoraManager
 from patio.metrics.component import MetricsComponent
+from patio.metrics.protocol import LoraFacts
 from patio.metrics.registry import Registry
 
 
@@ -43,7 +45,9 @@ def build_app(
     app = App(context=context)
     health = EngineHealth(settings.core, context.run_blocking, identify=context.engine.identify)
     health.subscribe(context.engine.on_health)
-    metrics = MetricsComponent(context, settings.metrics, scrape_engine=settings.core.scrape_engine_metrics)
+    metrics = MetricsComponent(
+        context, settings.metrics, scrape_engine=settings.core.scrape_engine_metrics, engine_healthy=lambda: health.up
+    )
     artifacts = ArtifactsComponent(context, settings.artifacts)
     runtime = None
     if settings.runtime.enabled:
@@ -54,6 +58,7 @@ def build_app(
     # Nothing is reloaded into a sleeping engine (the runtime knows when it sleeps).
     asleep = runtime.engine_asleep if runtime is not None else None
     lora = LoraComponent(context, settings.lora, health, artifacts.adapters, engine_asleep=asleep)
+    metrics.lora = served_adapters(lora.manager)  # the router view's LoRA state (patio.metrics.protocol)
     desired = DesiredComponent(context, lora.manager, settings.lora, artifacts.adapters, health)
     if desired.sync is not None:
         lora.api.desired_status = desired.sync.status  # GET /v1/lora_adapters shows the file's result
@@ -78,6 +83,17 @@ def build_app(
     components += [factory(context) for factory in extra_components]
     app.components = components
     return app
+
+
+def served_adapters(manager: LoraManager) -> Callable[[], LoraFacts]:
+    """What the router view says a pod serves: the adapters Patio holds as loaded and the engine
+    confirmed since it last started (a reload after a restart confirms them again)."""
+
+    def facts() -> LoraFacts:
+        records = list(manager.adapters.values())
+        return LoraFacts(tuple(sorted([a.name for a in records if a.state == LOADED and a.engine_confirmed])))
+
+    return facts
 
 
 async def gather_bounded(awaitables: Sequence[Awaitable[Any]], timeout: float) -> None:

@@ -24,7 +24,7 @@ from patio.errors import PatioError, RequestTimeout, ServiceUnavailable
 from patio.http import admission as slots
 from patio.http.admission import BUSY, CLOSED, CLOSING, IDLE, MAX_LINGERING, NEW, READING, WAITING, Slot
 from patio.http.eager import start_eagerly
-from patio.http.output import WRITE_BUFFER_HIGH, WRITE_CHUNK, pieces
+from patio.http.output import MAX_BUFFERED_OUTPUT, WRITE_BUFFER_HIGH, WRITE_CHUNK, pieces
 from patio.http.request_parser import ParsedRequest, RequestParser
 from patio.http.responses import error_response, head_bytes, serialize
 from patio.http.server_state import ServerState
@@ -65,6 +65,7 @@ class HttpConnection(Slot, asyncio.Protocol):
         "_read_paused",
         "_request",
         "_shared",
+        "_stalled",
         "_task",
         "_timer",
         "_timer_at",
@@ -90,6 +91,7 @@ class HttpConnection(Slot, asyncio.Protocol):
         self._pieces: Optional[Iterator[bytes]] = None  # the rest of the answer being written
         self._keep_alive = False
         self._write_paused = False
+        self._stalled = False  # the transport buffered output the kernel would not take
         self._read_paused = False
         self._eof = False
         self._lost = False
@@ -136,6 +138,7 @@ class HttpConnection(Slot, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._stalled = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -146,6 +149,12 @@ class HttpConnection(Slot, asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._lost = True
+        if self._stalled:
+            # The transport's output buffer (a copy of what the kernel would not take, up to
+            # MAX_BUFFERED_OUTPUT) is freed now: counted, so that a burst of them is trimmed.
+            memory = self._shared.memory
+            if memory is not None:
+                memory.freed(MAX_BUFFERED_OUTPUT)
         if self._task is not None:
             return  # its handler still runs: the slot is held until it ends (drain waits for it)
         self._gone()

@@ -6,6 +6,8 @@ connection metrics; it knows nothing of the application.  Each accepted connecti
 ``HttpConnection`` (``patio.http.connection``), admitted by the slot table of
 ``patio.http.admission``.  Shutdown: ``close_listener()`` stops accepting and closes
 connections that owe nothing, ``drain()`` waits for in-flight answers, then cuts the rest.
+Given ``run_blocking`` (the pool for short blocking work), the output buffers that clients
+which stopped reading leave behind are handed back to the OS after a burst (``FreedPieces``).
 """
 
 import asyncio
@@ -15,6 +17,7 @@ from typing import List, Optional
 from patio.core_settings import Limits
 from patio.http.admission import BUSY, Admission
 from patio.http.connection import HttpConnection
+from patio.http.freed import FreedPieces, RunBlocking
 from patio.http.server_state import Cuttable, RequestHandler, ServerState
 from patio.metrics.registry import Registry
 
@@ -27,9 +30,12 @@ DRAIN_POLL_SECONDS = 0.02
 
 
 class HttpServer:
-    def __init__(self, handler: RequestHandler, limits: Limits, registry: Registry) -> None:
+    def __init__(
+        self, handler: RequestHandler, limits: Limits, registry: Registry, run_blocking: Optional[RunBlocking] = None
+    ) -> None:
         self.handler = handler
         self.limits = limits
+        self._run_blocking = run_blocking
         self._shared: Optional[ServerState] = None
         self._server: Optional[asyncio.AbstractServer] = None
         registry.gauge("patio_http_connections", "Open client connections.", func=self._open_connections)
@@ -76,7 +82,10 @@ class HttpServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        shared = ServerState(self.handler, self.limits, loop, self._refused, self._evicted, self._write_timeouts)
+        memory = FreedPieces(loop, self._run_blocking) if self._run_blocking is not None else None
+        shared = ServerState(
+            self.handler, self.limits, loop, self._refused, self._evicted, self._write_timeouts, memory
+        )
         self._shared = shared
         self._server = await loop.create_server(lambda: HttpConnection(shared), host, port, backlog=LISTEN_BACKLOG)
 
@@ -105,3 +114,5 @@ class HttpServer:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
+        if shared is not None and shared.memory is not None:
+            shared.memory.close()

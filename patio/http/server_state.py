@@ -1,5 +1,6 @@
 """What the connections of one server share: the handler they hand requests to, the limits,
-the slot table, the caches, the counters and their throttled logs, and the bulk writer.
+the slot table, the caches, the counters and their throttled logs, the bulk writer, and the
+count of output freed by stalled connections (``memory``, which trims the heap after a burst).
 
 Built by ``HttpServer`` when it starts; ``closing`` is set when it stops listening.
 """
@@ -7,11 +8,12 @@ Built by ``HttpServer`` when it starts; ``closing`` is set when it stops listeni
 import asyncio
 import logging
 import time
-from typing import Any, Coroutine, Protocol, Set, Tuple
+from typing import Any, Coroutine, Optional, Protocol, Set, Tuple
 
 from patio.core_settings import Limits
 from patio.errors import PatioError
 from patio.http.admission import Admission
+from patio.http.freed import FreedPieces
 from patio.http.output import BulkWriter
 from patio.http.request_parser import HeadCache, ParsedRequest
 from patio.http.responses import DateCache
@@ -71,6 +73,7 @@ class ServerState:
         refused: Counter,
         evicted: Counter,
         write_timeouts: Counter,
+        memory: Optional[FreedPieces] = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
@@ -87,3 +90,4 @@ class ServerState:
         self.closing = False
         self.refusing: Set[Cuttable] = set()  # refused, still answering or lingering
         self.bulk = BulkWriter(loop)
+        self.memory = memory

@@ -137,6 +137,11 @@ class LoraManager:
 
     async def engine_adapters(self) -> Dict[str, str]:
         """The engine's adapters: name -> the path it serves each from."""
+        if self.client.spec.static_lora:
+            # Adapters fixed at the engine's start: listed by a route of its own (llama.cpp's
+            # /lora-adapters; /v1/models names none there) or nowhere (TGI, Triton).
+            key = self.adapters.any_engine_key()
+            return await self.context.run_engine_query(self.client.adapters, self.settings.models_timeout, key)
         return (await self.engine_models()).adapters
 
     async def _probe_models(self) -> ModelList:

@@ -16,7 +16,8 @@ concurrent probes, and past the deadline the last known list is used.  While the
 own health check fails they have no say (it explains), so a down engine is one line.
 An engine that refuses Patio's key for ``/v1/models`` (401/403: Patio was given none, as with
 AIBrix, whose controller sends the engine key with each load) cannot be asked; that is
-reported in the detail and does not hold the pod back.
+reported in the detail and does not hold the pod back; so is an engine without a model list
+(``/v1/models`` answers 404: Triton, TGI builds without the OpenAI routes).
 """
 
 import time
@@ -51,6 +52,8 @@ def model_check(seen: Optional[Seen]) -> Optional[ReadyCheck]:
     if listing is None:
         if seen.refused:
             return ReadyCheck("model", True, f"not verified: {seen.note} (Patio has no engine key for it)")
+        if seen.unlisted:
+            return ReadyCheck("model", True, f"not verified: {seen.note} (the engine has no model list)")
         return ReadyCheck("model", False, f"the engine does not list its model yet: {seen.note}")
     if not listing.base:
         return ReadyCheck("model", False, "the engine's /v1/models lists no base model yet" + seen.note)
@@ -67,7 +70,7 @@ def adapters_check(
     if not required:
         return None
     listing = seen.listing
-    if listing is None and not seen.refused:
+    if listing is None and not (seen.refused or seen.unlisted):
         return ReadyCheck("adapters", False, f"cannot tell whether the required adapters are loaded: {seen.note}")
     missing = []
     for name in required:

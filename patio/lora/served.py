@@ -24,8 +24,10 @@ class Seen:
 
     listing: Optional["ModelList"]  # None: not known (``note`` says why)
     note: str = ""
-    # The engine refused Patio's key (401/403): it cannot be asked, which says nothing against it.
+    # The engine cannot be asked, which says nothing against it: it refused Patio's key (401/403),
+    # or it has no model list at all (404: Triton's and TGI's servers without the OpenAI routes).
     refused: bool = False
+    unlisted: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class ServedModels:
             return Seen(known[1], f" (last known; listing the engine's models took over {deadline:g}s)")
         except PatioError as exc:
             status = getattr(exc, "engine_status", None)
-            return Seen(None, exc.message, refused=status in (401, 403))
+            return Seen(None, exc.message, refused=status in (401, 403), unlisted=status == 404)
 
     async def stop(self) -> None:
         probe = self._inflight

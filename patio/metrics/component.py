@@ -16,28 +16,50 @@ gzipped on request.  Concurrent ``/metrics`` requests share one cycle's engine s
 flight), and with ``--metrics-cache-ttl`` a recent one is reused; every other answer collects
 Patio's own families for itself.
 
-Where a per-engine protocol view (synthesized ``patio:`` families computed from the engine's
-values and Patio's state) belongs: after step 3, computed from the scrape's reading (its text,
-or for a matched payload its bytes) and added to Patio's own families, which reserve their
-names against the engine's and win a clash (the plan checks what they reserve at every scrape).
+The engine's protocol view (``patio.metrics.protocol``: the ``patio:router_*`` families a
+router reads, and layer-one names for engines the rename tables lack) is computed at step 3,
+beside Patio's own families, from what the scrape's reading holds for it (``Reading.view``: from
+the parse, or from a matched payload's values) and Patio's state: whether the engine's health
+answers, which adapters it confirmed serving.  A failed scrape computes it from nothing, so the
+router families never go quiet.  Its families join Patio's own for that cycle: they reserve their
+names against the engine's and win a clash (the plan checks what they reserve at every scrape),
+and every answer showing the cycle's engine share shows them too.
 """
 
 import asyncio
 import logging
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from patio.component import AppContext, Component
+from patio.engines.client import SPECS
 from patio.http.types import Request, Response, Route
 from patio.metrics.exposition import CONTENT_TYPE, GZIP_MIN_BYTES, Exposition, accepts_gzip, compose, gzip_compress
 from patio.metrics.memory import RELEASE_AFTER_BYTES, RELEASE_DELAY_SECONDS, release_free_memory
 from patio.metrics.model import Family
 from patio.metrics.pipeline import EMPTY_SHARE, EngineText, Share
+from patio.metrics.protocol import LoraFacts, ProtocolState, ProtocolView
 from patio.metrics.rules import RuleSet
-from patio.metrics.scrape import REASONS, EngineScrape, EngineScraper
+from patio.metrics.scrape import REASONS, EngineScrape, EngineScraper, metrics_endpoint
 from patio.metrics.settings import MetricsSettings
+from patio.ratelog import RateLimitedLog
 
 log = logging.getLogger("patio.metrics")
+
+
+class EnginePath(NamedTuple):
+    """What Patio keeps per engine it serves beside: where its metrics are, and their text path."""
+
+    endpoint: str  # the base URL the scrape reads (Triton: another port than its API's)
+    text: EngineText  # rules, protocol view, plan and line cache
+
+
+def _no_health() -> Optional[bool]:
+    return None
+
+
+def _no_lora() -> LoraFacts:
+    return LoraFacts()
 
 
 class MetricsComponent(Component):
@@ -45,13 +67,27 @@ class MetricsComponent(Component):
 
     name = "metrics"
 
-    def __init__(self, context: AppContext, settings: MetricsSettings, scrape_engine: bool = True) -> None:
+    def __init__(
+        self,
+        context: AppContext,
+        settings: MetricsSettings,
+        scrape_engine: bool = True,
+        engine_healthy: Callable[[], Optional[bool]] = _no_health,
+        lora: Callable[[], LoraFacts] = _no_lora,
+    ) -> None:
         self.context = context
         self.settings = settings
         core = context.core
-        # One text path (rules, plan, line cache) per engine, made on first use: the engine is
-        # known once it answers (patio.engines.detect); until then the start profile's default.
-        self._texts: Dict[str, EngineText] = {}
+        # One path (endpoint, rules, protocol view, plan, line cache) per engine, made on first use:
+        # the engine is known once it answers (patio.engines.detect); until then the profile's default.
+        self._paths: Dict[str, EnginePath] = {}
+        # For the protocol view, asked on the event loop at each scrape: the health watch's last
+        # answer (None before the first), and what the LoRA side knows (set at assembly).
+        self.engine_healthy = engine_healthy
+        self.lora = lora
+        # The view's problems (a NaN queue, adapter names the EPP would misread) repeat at every
+        # scrape: logged once, then summarized per interval.
+        self._problems = RateLimitedLog(log)
         self.scraper: Optional[EngineScraper] = None
         if scrape_engine:
             self.scraper = EngineScraper(core, settings)
@@ -119,10 +155,10 @@ class MetricsComponent(Component):
         last = self.last
         ttl = self.settings.cache_ttl
         if last is not None and ttl > 0 and time.monotonic() - last.finished_at < ttl:
-            return self._own(), last.engine
+            return self._own() + list(last.protocol), last.engine
         if self._inflight is not None:  # another request's cycle is running: its engine share is ours
             shared = await asyncio.shield(self._inflight)
-            return self._own(), shared.engine
+            return self._own() + list(shared.protocol), shared.engine
         # The previous cycle is let go before the next one runs: two renders are never held at once
         # (answers still being written keep their own reference).
         self.last = None
@@ -141,22 +177,58 @@ class MetricsComponent(Component):
         return self.context.registry.collect()
 
     @property
+    def path(self) -> EnginePath:
+        """The path of the engine Patio serves beside now."""
+        engine = self.context.engine.name
+        path = self._paths.get(engine)
+        if path is None:
+            settings = self.settings
+            endpoint = metrics_endpoint(
+                self.context.core.engine_endpoint, settings.engine_port or SPECS[engine].metrics_port
+            )
+            view = ProtocolView.for_engine(engine, settings.scheme)
+            text = EngineText(RuleSet.for_scheme(settings.scheme, engine), settings.mode, view=view)
+            # Another engine's plan and cache can never match this one's payload: drop them.
+            self._paths = {engine: EnginePath(endpoint, text)}
+            path = self._paths[engine]
+        return path
+
+    @property
     def text(self) -> EngineText:
         """The text path of the engine Patio serves beside now."""
-        engine = self.context.engine.name
-        text = self._texts.get(engine)
-        if text is None:
-            # Another engine's plan and cache can never match this one's payload: drop them.
-            self._texts = {engine: EngineText(RuleSet.for_scheme(self.settings.scheme, engine), self.settings.mode)}
-            text = self._texts[engine]
-        return text
+        return self.path.text
+
+    def _protocol(self, text: EngineText, scrape: EngineScrape) -> List[Family]:
+        """The protocol view's families for this scrape (on the event loop: Patio's state is read
+        on the thread that changes it).  An engine whose health watch has not answered yet is
+        taken to be up when its metrics answered."""
+        view = text.view
+        assert view is not None
+        healthy, answered = self.engine_healthy(), scrape.up
+        lora = self.lora()
+        state = ProtocolState(
+            engine_up=healthy if healthy is not None else answered,
+            adapters=lora.adapters,
+            max_lora=lora.max_lora,
+            now=time.time(),
+        )
+        reading = scrape.reading
+        seen = reading.view if reading is not None and reading.view is not None else view.nothing
+        out = view.compute(seen, state)
+        if out.problems and answered:  # a failed scrape is logged as such; its gaps are no news
+            self._problems.log(
+                "protocol-view", f"router view of {view.protocol.engine}'s metrics: {'; '.join(out.problems)}"
+            )
+        return out.router if self.settings.mode == "raw" else out.renamed + out.router
 
     async def _cycle(self) -> Exposition:
         assert self.scraper is not None
-        text = self.text
-        scrape = await self.context.run_blocking(self.scraper.scrape, text)
+        path = self.path
+        text = path.text
+        scrape = await self.context.run_blocking(self.scraper.scrape, text, path.endpoint)
         self._account(scrape)
-        own = self._own()
+        protocol = self._protocol(text, scrape)
+        own = self._own() + protocol
         reading = scrape.reading
         del scrape  # what follows holds the reading alone, and lets it go once assembled
         share = EMPTY_SHARE
@@ -169,7 +241,7 @@ class MetricsComponent(Component):
                 # Most answers sharing this render are written within a second; then it is freed.
                 asyncio.get_running_loop().call_later(RELEASE_DELAY_SECONDS, self._release_later)
         self._account_share(share)
-        return Exposition(own, share.chunks, time.monotonic())
+        return Exposition(own, share.chunks, time.monotonic(), tuple(protocol))
 
     def _account(self, scrape: EngineScrape) -> None:
         self._up.set(1.0 if scrape.up else 0.0)

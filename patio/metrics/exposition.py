@@ -23,9 +23,12 @@ GZIP_LEVEL = 3
 class Exposition(NamedTuple):
     """What one scrape cycle made: the own families collected for it and the engine's share."""
 
-    own: Sequence[Family]
+    own: Sequence[Family]  # the protocol view's families included
     engine: Tuple[bytes, ...]  # UTF-8 pieces; shared by concurrent answers: do not modify
     finished_at: float  # time.monotonic() when it was made
+    # The engine's protocol view of that scrape (among ``own``): shown by every answer that
+    # shows its engine share.
+    protocol: Tuple[Family, ...] = ()
 
 
 def compose(own: Sequence[Family]) -> bytes:

@@ -1,4 +1,4 @@
-"""Hand freed heap memory back to the operating system after a large scrape.
+"""Hand freed heap memory back to the operating system after a large scrape or a burst.
 
 CPython frees a scrape's millions of small objects, but glibc keeps the pages (in the main heap
 and in the worker threads' arenas; the dynamic mmap threshold also moves large blocks onto the
@@ -7,7 +7,8 @@ heap after the first big free): a 27 MB payload left about 1 GB resident.
 (musl has no ``malloc_trim``).  ``ctypes`` is imported here, on first use, never at start.
 """
 
-# Payloads at least this large are followed by a trim (smaller ones leave too little to matter).
+# Payloads at least this large are followed by a trim (smaller ones leave too little to matter);
+# so is this much memory freed in pieces by the event loop (``FreedPieces``).
 RELEASE_AFTER_BYTES = 4 * 1024 * 1024
 # ... and by a second trim this long after, when the answers that shared the render are written.
 RELEASE_DELAY_SECONDS = 1.0

@@ -5,7 +5,9 @@
 
 - ``match``/``parse`` (in the scrape's worker thread, right after the fetch): a payload with the
   current plan's skeleton is *matched* (its values read, the engine's share rendered from the
-  plan at once); any other payload is parsed in full;
+  plan at once); any other payload is parsed in full.  Either way the reading carries what the
+  engine's protocol view reads of it (``Reading.view``: from the parse, or the plan's slots
+  filled with the matched values), computed into families later on the event loop;
 - ``assemble`` (after Patio's own families were collected for this scrape): a matched payload
   whose plan Patio's own families still fit needs nothing more (``reuse``, cheap enough for the
   event loop); anything else is renamed and assembled in full (a worker thread), which makes the
@@ -21,6 +23,8 @@ from patio.metrics.assemble import select
 from patio.metrics.model import Family
 from patio.metrics.parse import LineCache, ParseResult, decode_payload, parse
 from patio.metrics.plan import PLAN_LINES, PLAN_PAYLOAD_BYTES, Plan, build
+from patio.metrics.protocol import ProtocolView, by_name
+from patio.metrics.protocol_input import ViewInput
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 
@@ -42,6 +46,9 @@ class Reading(NamedTuple):
     data: bytes = b""
     plan: Optional[Plan] = None  # matched: the plan it matched ...
     share: bytes = b""  # ... and the plan's share of /metrics filled with its values
+    # What the engine's protocol view reads of it (from the parse, or the plan's slots filled with
+    # the matched values: the same either way), when the text path has a view.
+    view: Optional[ViewInput] = None
 
 
 class Share(NamedTuple):
@@ -60,10 +67,16 @@ class EngineText:
     """The engine payload's path through Patio for one scheme and mode (see the module docstring)."""
 
     def __init__(
-        self, rules: RuleSet, mode: str, plan_payload_bytes: int = PLAN_PAYLOAD_BYTES, plan_lines: int = PLAN_LINES
+        self,
+        rules: RuleSet,
+        mode: str,
+        plan_payload_bytes: int = PLAN_PAYLOAD_BYTES,
+        plan_lines: int = PLAN_LINES,
+        view: Optional[ProtocolView] = None,
     ) -> None:
         self.rules = rules
         self.mode = mode
+        self.view = view  # the engine's protocol view (patio.metrics.protocol), read at each scrape
         self.plan_payload_bytes = plan_payload_bytes
         self.plan_lines = plan_lines
         self.lines = LineCache()
@@ -82,7 +95,9 @@ class EngineText:
             self._retire()
             return None
         self.matched += 1
-        return Reading(len(data), plan.counts.parsed, planned=True, data=data, plan=plan, share=plan.render(values))
+        view = plan.view.fill(values) if plan.view is not None else None
+        share = plan.render(values)
+        return Reading(len(data), plan.counts.parsed, planned=True, data=data, plan=plan, share=share, view=view)
 
     def _retire(self) -> None:
         """The current plan no longer serves.  If it never matched, the next ones wait longer."""
@@ -100,7 +115,8 @@ class EngineText:
         ``keeps_bytes``), a payload that may get a plan keeps its lines as offsets into ``text``."""
         planned = bool(data) and self.keeps_bytes(size) and text.count("\n") <= self.plan_lines
         parsed = parse(text, self.lines, verbatim=True, offsets=planned)
-        return Reading(size, parsed, text, planned, data=data if planned else b"")
+        view = self.view.read(by_name(parsed.families)) if self.view is not None else None
+        return Reading(size, parsed, text, planned, data=data if planned else b"", view=view)
 
     def read(self, data: bytes) -> Reading:
         """``match``, else ``parse``.  (The scraper calls the two itself, to let a large payload's
@@ -132,7 +148,7 @@ class EngineText:
             self._wait -= 1  # a full pass made without a plan, after plans that never matched
         chosen = select(own, parsed.families, self.rules, self.mode, render_own=False, engine_names=reading.planned)
         counts = (chosen.clashes, chosen.duplicate_series, chosen.utf8_names)
-        planned = build(text, reading.data, parsed, chosen, own) if reading.planned else None
+        planned = build(text, reading.data, parsed, chosen, own, self.view) if reading.planned else None
         if planned is None:
             return Share(tuple(render_chunks(chosen.families)), *counts)
         self.plan, share = planned

@@ -33,13 +33,17 @@ import re
 from array import array
 from itertools import accumulate, compress, repeat
 from operator import add, ge, or_, sub
-from typing import Callable, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from patio.metrics.assemble import Selection
 from patio.metrics.grammar import parse_sample_line
 from patio.metrics.model import Family, Lines
 from patio.metrics.parse import ParseResult
+from patio.metrics.protocol_input import ViewPlan
 from patio.metrics.write import header_lines, item_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from patio.metrics.protocol import ProtocolView
 
 # Payloads larger than this, or of more lines, get no plan.  A plan holds 2x (standard mode) to
 # 4x (both) the payload between scrapes, and the pass that makes one peaks at 8x to 12x (against
@@ -137,6 +141,7 @@ class Plan:
         "pinned_values",
         "reservation",
         "template",
+        "view",
     )
 
     def __init__(
@@ -150,6 +155,7 @@ class Plan:
         counts: Counts,
         selection: Selection,
         reservation: OwnReservation,
+        view: Optional[ViewPlan] = None,
     ) -> None:
         self.pieces = pieces
         self._free_indices = tuple(free)
@@ -162,6 +168,7 @@ class Plan:
         self.engine_names = selection.engine_names
         self.engine_sample_names = selection.engine_sample_names
         self.reservation = reservation
+        self.view = view  # what the protocol view reads, its values to be filled from a match
 
     def match(self, data: bytes) -> Optional[List[bytes]]:
         """The payload's values when it has this plan's skeleton (see the module docstring), else None."""
@@ -187,13 +194,19 @@ class Plan:
 
 
 def build(
-    text: str, data: bytes, parsed: ParseResult, selection: Selection, own: Sequence[Family]
+    text: str,
+    data: bytes,
+    parsed: ParseResult,
+    selection: Selection,
+    own: Sequence[Family],
+    view: "Optional[ProtocolView]" = None,
 ) -> Optional[Tuple[Plan, bytes]]:
     """The plan of a full pass, and the engine's share it writes (what ``write.render_chunks`` of
     ``selection.families`` writes, joined): the payload ``data``, decoded as ``text``, parsed into
     ``parsed`` with its lines kept as offsets (``parse(..., offsets=True)``), its engine families
     chosen into ``selection`` against Patio's own families ``own``.  None when the parse kept no
-    offsets to map the share back to.
+    offsets to map the share back to.  With the engine's protocol ``view``, the plan also records
+    which free values the view reads (``Plan.view``); None when one is not what it reads.
 
     Made once per change of the payload's series set: per family, not per line, where it can
     (``map`` over the offsets; one loop per line only for a family with a line that is not free).
@@ -223,6 +236,9 @@ def build(
             return None
         kept.update(map(by_end.get, family.samples.ends))  # an offset line ends where its value does
     free = valued.intersection(kept)
+    view_plan = _view_plan(view, parsed, by_end, free, values) if view is not None else None
+    if view is not None and view_plan is None:
+        return None
     # The share as the writer writes it (a family's header lines, then each item's line, each line
     # followed by a newline), cut before each free value: constants[k] comes before slot k.
     constants: List[str] = []
@@ -280,5 +296,20 @@ def build(
         counts,
         selection,
         own_reservation(own, selection.engine_names, selection.engine_sample_names),
+        view_plan,
     )
     return plan, plan.render(values)
+
+
+def _view_plan(
+    view: "ProtocolView", parsed: ParseResult, by_end: Dict[int, int], free: Set[int], values: List[bytes]
+) -> Optional[ViewPlan]:
+    """What the protocol view reads of the payload, each value tied to its slot when free."""
+    slots: Dict[str, List[int]] = {}
+    families: Dict[str, Family] = {}
+    for family in parsed.families:
+        if family.name in view.reads and family.name not in families:
+            families[family.name] = family
+            assert isinstance(family.samples, Lines)  # build() returned before otherwise
+            slots[family.name] = [-1 if i is None or i not in free else i for i in map(by_end.get, family.samples.ends)]
+    return view.plan(families, slots, values)

@@ -26,28 +26,35 @@ the EPP's code (``llm-d/llm-d-router`` at ebab687,
   blanks is left out, and a list is cut to ``MAX_ADAPTER_LIST_CHARS`` at a whole name with
   ``max_lora`` lowered so the EPP's "room for one more" test stays true.
 
+What the view reads of a scrape (each field's source, series and labels: the payload's
+skeleton) is resolved apart from the arithmetic on its values (``patio.metrics.protocol_input``),
+so that a scrape matched against a plan gets the view from the matched values with no parse.
+
 Pure: no I/O, no clock (the caller passes ``now``), no state between calls.
 """
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from patio.metrics.model import Family, Labels, Sample, decode_label_text
-from patio.metrics.protocol_tables import (
-    KV,
-    PROTOCOLS,
-    QUEUED,
-    RUNNING,
-    CacheSource,
-    EngineProtocol,
-    Gauge,
-    InfoLabels,
-    Ratio,
-    Source,
+from patio.metrics.model import Family, Item, Labels, Sample
+from patio.metrics.protocol_input import (
+    MAX_PROBLEMS,
+    Found,
+    LoraSeries,
+    Resolved,
+    ViewInput,
+    ViewPlan,
+    plan,
+    read,
+    reads,
+    source_name,
+    whole,
+    writable,
 )
+from patio.metrics.protocol_tables import KV, PROTOCOLS, QUEUED, RUNNING, EngineProtocol, Source
 from patio.metrics.rules import TABLES
+from patio.metrics.write import escape_label_value, format_value, header_lines
 
 ROUTER_WAITING = "patio:router_num_requests_waiting"
 ROUTER_RUNNING = "patio:router_num_requests_running"
@@ -60,8 +67,6 @@ ROUTER_FAMILIES = (ROUTER_WAITING, ROUTER_RUNNING, ROUTER_KV, CACHE_INFO, LORA_I
 # that set label_value_length_limit drop a whole scrape over one long label; the EPP needs the
 # names only to score affinity, and a pod serving more than ~150 names has no affinity to speak of.
 MAX_ADAPTER_LIST_CHARS = 4096
-# Problems reported per call (each a short sentence for one log line).
-MAX_PROBLEMS = 8
 # A KV utilization this far above 1 is float noise, not a wrong scale.
 KV_SLACK = 1e-6
 
@@ -73,12 +78,8 @@ _HELP = {
     LORA_INFO: "LoRA state in the model-server protocol's format; the value is the update's Unix time.",
 }
 
-# A canonical line (``patio.metrics.model.Item`` as the scrape path keeps it): name, labels,
-# value, optional timestamp.  Values and timestamps hold no '}' or blank, so the last '} '
-# closes the labels even when a label value holds either.
-_LINE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)(?: [0-9]+)?$")
-
-Series = List[Tuple[Labels, float]]
+# Each router family's HELP and TYPE lines, written once (the writer hands them out as they are).
+_HEADERS = {name: header_lines(Family(name, "gauge", text)) for name, text in _HELP.items()}
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,14 @@ class ProtocolState:
     adapters: Tuple[str, ...] = ()  # adapters the engine confirmed serving since it last started
     max_lora: Optional[int] = None  # configured, for engines that do not say it
     now: float = 0.0  # time.time() of the scrape: the synthesized LoRA update's time
+
+
+class LoraFacts(NamedTuple):
+    """What Patio's LoRA side knows, as the metrics component asks it at each scrape (a callable
+    handed over at assembly): the adapters the engine confirmed serving, a configured max_lora."""
+
+    adapters: Tuple[str, ...] = ()
+    max_lora: Optional[int] = None
 
 
 class ProtocolOutput(NamedTuple):
@@ -106,150 +115,58 @@ class _Problems:
             self.items.append(text)
 
 
-def _series(family: Family, name: str) -> Iterator[Tuple[Labels, float]]:
-    """(labels, value) of the family's samples named ``name`` (a histogram's buckets are not)."""
-    for item in family.samples:
-        if isinstance(item, str):
-            match = _LINE.match(item)
-            if match is None or match.group(1) != name:
-                continue
-            try:
-                value = float(match.group(3))
-            except ValueError:
-                continue
-            yield decode_label_text(match.group(2) or ""), value
-        elif item.name == name:
-            yield item.labels, item.value
+def _ratios(found: Found, values: Sequence[float]) -> List[float]:
+    """A ratio source's values, series by series: used / capacity (NaN without capacity)."""
+    assert found.capacity is not None
+    used, capacity = map(values.__getitem__, found.used), map(values.__getitem__, found.capacity)
+    return [part / budget if budget > 0 else math.nan for part, budget in zip(used, capacity)]
 
 
-def _gauge(gauge: Gauge, families: Mapping[str, Family]) -> Optional[Series]:
-    family = families.get(gauge.family)
-    if family is None:
-        return None
-    want = gauge.where
-    found = [(labels, value) for labels, value in _series(family, gauge.family) if all(p in labels for p in want)]
-    return found or None
+def _values(found: Found, values: Sequence[float]) -> List[float]:
+    """The source's values, series by series."""
+    return list(map(values.__getitem__, found.used)) if found.capacity is None else _ratios(found, values)
 
 
-def _without(labels: Labels, keys: Iterable[str]) -> Labels:
-    drop = set(keys)
-    return tuple((k, v) for k, v in labels if k not in drop)
-
-
-def _resolve(source: Source, families: Mapping[str, Family]) -> Optional[Series]:
-    """The source's series (selector labels removed), or None when the engine does not write it."""
-    if isinstance(source, Gauge):
-        found = _gauge(source, families)
-        if found is None:
-            return None
-        keys = [k for k, _ in source.where]
-        return [(_without(labels, keys), value) for labels, value in found]
-    used, capacity = _resolve(source.used, families), _resolve(source.capacity, families)
-    if used is None or capacity is None:
-        return None
-    budgets = dict(capacity)
-    out: Series = []
-    for labels, value in used:
-        budget = budgets.get(labels)
-        if budget is None:
-            continue
-        out.append((labels, value / budget if budget > 0 else math.nan))
-    return out or None
-
-
-def _first(sources: Sequence[Source], families: Mapping[str, Family]) -> Tuple[Optional[Source], Optional[Series]]:
-    for source in sources:
-        found = _resolve(source, families)
-        if found is not None:
-            return source, found
-    return None, None
-
-
-def _name(source: Optional[Source]) -> str:
-    if isinstance(source, Ratio):
-        return f"{source.used.family} / {source.capacity.family}"
-    return source.family if source is not None else "?"
-
-
-def _count(source: Optional[Source], found: Series, problems: _Problems) -> Optional[float]:
+def _count(found: Found, values: Sequence[float], problems: _Problems) -> Optional[float]:
     """Queued or running: the sum over ranks, or None when a value is not a count."""
-    for _, value in found:
+    counts = list(map(values.__getitem__, found.used)) if found.capacity is None else _ratios(found, values)
+    for value in counts:
         if not math.isfinite(value) or value < 0:
-            problems.add(f"{_name(source)} is {value!r}, not a count")
+            problems.add(f"{source_name(found.source)} is {value!r}, not a count")
             return None
-    return float(sum(value for _, value in found))
+    return float(sum(counts))
 
 
-def _utilization(source: Optional[Source], found: Series, problems: _Problems) -> Optional[float]:
+def _utilization(found: Found, values: Sequence[float], problems: _Problems) -> Optional[float]:
     """The mean over ranks, or None when a value is not a fraction."""
-    for _, value in found:
+    fractions = list(map(values.__getitem__, found.used)) if found.capacity is None else _ratios(found, values)
+    for value in fractions:
         if not (math.isfinite(value) and 0 <= value <= 1 + KV_SLACK):
-            problems.add(f"{_name(source)} is {value!r}, not a fraction 0-1")
+            problems.add(f"{source_name(found.source)} is {value!r}, not a fraction 0-1")
             return None
-    return min(1.0, sum(value for _, value in found) / len(found))
+    return min(1.0, sum(fractions) / len(fractions))
 
 
-def _whole(value: float, minimum: int) -> Optional[int]:
-    if not math.isfinite(value) or value < minimum or not value.is_integer():
-        return None
-    return int(value)
-
-
-def _whole_text(text: str, minimum: int) -> Optional[int]:
-    """A label's count (``"16"``, ``"16.0"``), or None when it is not one (vLLM writes ``"None"``)."""
-    try:
-        return _whole(float(text), minimum)
-    except ValueError:
-        return None
-
-
-def _cache(sources: Sequence[CacheSource], families: Mapping[str, Family]) -> Optional[Tuple[int, int]]:
-    """(block size, blocks): the smallest block size (vLLM's hybrid models) and all ranks' blocks."""
-    for source in sources:
-        pairs: List[Tuple[Optional[int], Optional[int]]] = []
-        if isinstance(source, InfoLabels):
-            family = families.get(source.family)
-            for labels, _ in _series(family, source.family) if family is not None else ():
-                by_name = dict(labels)
-                pairs.append(
-                    (
-                        _whole_text(by_name.get(source.block_size, ""), 1),
-                        _whole_text(by_name.get(source.num_blocks, ""), 1),
-                    )
-                )
+def _cache(cache: Tuple[Tuple[Tuple[int, int], ...], ...], values: Sequence[float]) -> Optional[Tuple[int, int]]:
+    """(block size, blocks) of the first cache source whose every rank says both: the smallest
+    block size (vLLM's hybrid models) and all ranks' blocks."""
+    for pairs in cache:
+        sizes: List[int] = []
+        counts: List[int] = []
+        for size_at, count_at in pairs:
+            size, count = whole(values[size_at], 1), whole(values[count_at], 1)
+            if size is None or count is None:
+                break
+            sizes.append(size)
+            counts.append(count)
         else:
-            sizes, blocks = _resolve(source.block_size, families), _resolve(source.num_blocks, families)
-            if sizes is not None and blocks is not None:
-                counts = dict(blocks)  # one rank's size and count share its labels
-                pairs = [(_whole(s, 1), _whole(counts.get(labels, math.nan), 1)) for labels, s in sizes]
-        if pairs and all(size is not None and count is not None for size, count in pairs):
-            return min(size for size, _ in pairs if size is not None), sum(n for _, n in pairs if n is not None)
+            if pairs:
+                return min(sizes), sum(counts)
     return None
 
 
-def _epp_names(csv: str) -> List[str]:
-    """The names the EPP reads from a label: split on commas, trimmed, empties dropped (extractor.go addAdapters)."""
-    out: List[str] = []
-    for part in csv.split(","):
-        name = part.strip()
-        if name and name not in out:
-            out.append(name)
-    return out
-
-
-def _writable(names: Iterable[str], problems: _Problems) -> List[str]:
-    """Names the EPP reads back unchanged: no comma, no blank at either end."""
-    out: List[str] = []
-    for name in names:
-        if not name or "," in name or name != name.strip():
-            problems.add(f"adapter name {name!r} left out of {LORA_INFO}: the EPP splits on commas and trims")
-            continue
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def _bounded(names: List[str], budget: int) -> List[str]:
+    """The names that fit ``budget`` characters joined with commas, cut at a whole name."""
     kept: List[str] = []
     used = 0
     for name in names:
@@ -261,9 +178,22 @@ def _bounded(names: List[str], budget: int) -> List[str]:
     return kept
 
 
+def _family(name: str, labels: Labels, value: float, label_text: str = "") -> Family:
+    """One router family of one series, its line as the writer writes it (``Sample.text``);
+    ``label_text``: its labels as ``write.label_set_text`` writes them, when the caller has it."""
+    text = label_text + " " + format_value(value)
+    return Family(name, "gauge", _HELP[name], [Sample(name, labels, value, None, text)], header=_HEADERS[name])
+
+
 def _lora_family(running: List[str], waiting: List[str], max_lora: int, value: float, problems: _Problems) -> Family:
-    kept_running = _bounded(running, MAX_ADAPTER_LIST_CHARS)
-    kept_waiting = _bounded(waiting, MAX_ADAPTER_LIST_CHARS)
+    running_text, waiting_text = ",".join(running), ",".join(waiting)
+    kept_running, kept_waiting = running, waiting
+    if len(running_text) > MAX_ADAPTER_LIST_CHARS:
+        kept_running = _bounded(running, MAX_ADAPTER_LIST_CHARS)
+        running_text = ",".join(kept_running)
+    if len(waiting_text) > MAX_ADAPTER_LIST_CHARS:
+        kept_waiting = _bounded(waiting, MAX_ADAPTER_LIST_CHARS)
+        waiting_text = ",".join(kept_waiting)
     cut = len(running) - len(kept_running) + len(waiting) - len(kept_waiting)
     if cut:
         problems.add(
@@ -274,46 +204,53 @@ def _lora_family(running: List[str], waiting: List[str], max_lora: int, value: f
             max_lora = min(max_lora, len(kept_running) + len(kept_waiting))
     labels = (
         ("max_lora", str(max_lora)),
-        ("running_lora_adapters", ",".join(kept_running)),
-        ("waiting_lora_adapters", ",".join(kept_waiting)),
+        ("running_lora_adapters", running_text),
+        ("waiting_lora_adapters", waiting_text),
     )
-    return Family(LORA_INFO, "gauge", _HELP[LORA_INFO], [Sample(LORA_INFO, labels, value)])
+    # label_set_text(labels), with the count written as it is (digits need no escape).
+    label_text = (
+        f'{{max_lora="{max_lora}",running_lora_adapters="{escape_label_value(running_text)}",'
+        f'waiting_lora_adapters="{escape_label_value(waiting_text)}"}}'
+    )
+    return _family(LORA_INFO, labels, value, label_text)
 
 
-def _latest(family: Family) -> Optional[Tuple[Labels, float]]:
+def _latest(series: Sequence[LoraSeries], values: Sequence[float]) -> Optional[Tuple[LoraSeries, float]]:
     """The series the EPP keeps (loraspec.go: the greatest value); non-finite values are not times."""
-    best: Optional[Tuple[Labels, float]] = None
-    for labels, value in _series(family, family.name):
+    best: Optional[Tuple[LoraSeries, float]] = None
+    for entry in series:
+        value = values[entry.at]
         if math.isfinite(value) and value >= 0 and (best is None or value > best[1]):
-            best = (labels, value)
+            best = (entry, value)
     return best
 
 
 def _lora(
-    protocol: EngineProtocol, families: Mapping[str, Family], state: ProtocolState, problems: _Problems
+    protocol: EngineProtocol, seen: Resolved, values: Sequence[float], state: ProtocolState, problems: _Problems
 ) -> Optional[Family]:
-    declared = protocol.lora_info is not None and protocol.lora_info in families
+    declared = seen.lora_declared
     engine_max: Optional[int] = None
-    for gauge in protocol.max_lora:
-        found = _gauge(gauge, families)
-        if found is not None:
-            values = [_whole(value, 1) for _, value in found]
-            engine_max = min(v for v in values if v is not None) if all(v is not None for v in values) else None
-            break
-    latest = _latest(families[protocol.lora_info]) if declared and protocol.lora_info else None
+    if seen.max_lora is not None:
+        for at in seen.max_lora:  # the smallest over ranks, unknown if one rank's is not a count
+            whole_max = whole(values[at], 1)
+            if whole_max is None:
+                engine_max = None
+                break
+            engine_max = whole_max if engine_max is None else min(engine_max, whole_max)
+    latest = _latest(seen.lora, values) if declared else None
+    stated: Optional[int]
     if latest is not None:
-        by_name = dict(latest[0])
-        running = _writable(_epp_names(by_name.get("running_lora_adapters", "")), problems)
-        waiting = _writable(_epp_names(by_name.get("waiting_lora_adapters", "")), problems)
-        raw_max = by_name.get("max_lora", "")
-        stated = _whole_text(raw_max, 0)
-        if stated is None:
-            problems.add(f"max_lora={raw_max!r} of {protocol.lora_info} is not a count")
-        value = latest[1]
+        entry, value = latest
+        for problem in entry.problems:
+            problems.add(problem)
+        running, waiting, stated = list(entry.running), list(entry.waiting), entry.stated
     else:
         if not (declared or engine_max is not None or state.max_lora is not None or state.adapters):
             return None  # no LoRA here: absent, which the EPP reads as "no LoRA" (loraspec.go)
-        running, waiting, stated, value = _writable(sorted(state.adapters), problems), [], None, state.now
+        left_out: List[str] = []
+        running, waiting, stated, value = writable(sorted(state.adapters), LORA_INFO, left_out), [], None, state.now
+        for problem in left_out:
+            problems.add(problem)
     if stated is None:
         stated = engine_max
     if stated is None:
@@ -325,74 +262,69 @@ def _lora(
     return _lora_family(running, waiting, stated, value, problems)
 
 
-def _gauge_family(name: str, value: float) -> Family:
-    return Family(name, "gauge", _HELP[name], [Sample(name, (), value)])
+def _names(sources: Sequence[Source]) -> str:
+    return ", ".join(source_name(s) for s in sources)
 
 
 def _router_view(
-    protocol: EngineProtocol, families: Mapping[str, Family], state: ProtocolState, problems: _Problems
+    protocol: EngineProtocol, seen: Resolved, values: Sequence[float], state: ProtocolState, problems: _Problems
 ) -> List[Family]:
     if not state.engine_up:
         # Down: nothing waits or runs in it, it has no cache to give and serves no adapter.  Every
         # family stays present: one left out would keep its last (maybe idle) value in the EPP.
         return [
-            _gauge_family(ROUTER_WAITING, 0.0),
-            _gauge_family(ROUTER_RUNNING, 0.0),
-            _gauge_family(ROUTER_KV, 1.0),
+            _family(ROUTER_WAITING, (), 0.0),
+            _family(ROUTER_RUNNING, (), 0.0),
+            _family(ROUTER_KV, (), 1.0),
             _lora_family([], [], 0, state.now, problems),
         ]
     out: List[Family] = []
     load_known = True
-    for field, name, sources in (
-        (QUEUED, ROUTER_WAITING, protocol.queued),
-        (RUNNING, ROUTER_RUNNING, protocol.running),
+    for field, name, found, sources in (
+        (QUEUED, ROUTER_WAITING, seen.queued, protocol.queued),
+        (RUNNING, ROUTER_RUNNING, seen.running, protocol.running),
     ):
-        source, found = _first(sources, families)
-        value = _count(source, found, problems) if found is not None else None
+        value = _count(found, values, problems) if found is not None else None
         if value is not None:
-            out.append(_gauge_family(name, value))
+            out.append(_family(name, (), value))
         elif found is not None or field not in protocol.optional:
             if found is None:
-                problems.add(f"no {field} family ({', '.join(_name(s) for s in sources)}) in the engine's metrics")
+                problems.add(f"no {field} family ({_names(sources)}) in the engine's metrics")
             load_known = False  # left out: the EPP keeps its last value, so the KV below says "full"
-    source, found = _first(protocol.kv, families)
-    kv = _utilization(source, found, problems) if found is not None else None
+    found = seen.kv
+    kv = _utilization(found, values, problems) if found is not None else None
     if kv is None and (found is not None or KV not in protocol.optional):
         if found is None:
-            problems.add(f"no KV family ({', '.join(_name(s) for s in protocol.kv)}) in the engine's metrics")
+            problems.add(f"no KV family ({_names(protocol.kv)}) in the engine's metrics")
         kv = 1.0
     if not load_known:
         kv = 1.0  # its load is unknown: offer no capacity
     if kv is not None:
-        out.append(_gauge_family(ROUTER_KV, kv))
-    cache = _cache(protocol.cache, families)
+        out.append(_family(ROUTER_KV, (), kv))
+    cache = _cache(seen.cache, values)
     if cache is not None:
-        labels = (("block_size", str(cache[0])), ("num_gpu_blocks", str(cache[1])))
-        out.append(Family(CACHE_INFO, "gauge", _HELP[CACHE_INFO], [Sample(CACHE_INFO, labels, 1.0)]))
-    lora = _lora(protocol, families, state, problems)
+        size, blocks = cache
+        labels = (("block_size", str(size)), ("num_gpu_blocks", str(blocks)))
+        # label_set_text(labels): counts are digits, which need no escape.
+        out.append(_family(CACHE_INFO, labels, 1.0, f'{{block_size="{size}",num_gpu_blocks="{blocks}"}}'))
+    lora = _lora(protocol, seen, values, state, problems)
     if lora is not None:
         out.append(lora)
     return out
 
 
-def _renamed(target: str, source: Source, families: Mapping[str, Family]) -> Optional[Family]:
-    found = _resolve(source, families)
-    if found is None:
-        return None
-    origin = families.get(source.family) if isinstance(source, Gauge) else None
-    kind = origin.type if origin is not None and origin.type in ("gauge", "counter") else "gauge"
-    if kind == "counter" and not target.endswith("_total"):
-        kind = "gauge"
-    help_text = origin.help if origin is not None and origin.help else f"{_name(source)}, under a stable name."
-    return Family(target, kind, help_text, [Sample(target, labels, value) for labels, value in found])
-
-
 class ProtocolView:
-    """One engine's protocol, compiled once at start for the configured rename scheme."""
+    """One engine's protocol, compiled once for the configured rename scheme.
+
+    ``families`` computes the view from the engine's families; the scrape path splits that in
+    two: ``read`` (or, for a plan, ``plan`` then ``ViewPlan.fill``) takes what the view reads of
+    a scrape, ``compute`` makes the families of it and Patio's state."""
 
     def __init__(self, protocol: EngineProtocol, renames: Sequence[Tuple[str, Source]] = ()) -> None:
         self.protocol = protocol
         self.renames = tuple(renames)
+        self.reads: FrozenSet[str] = reads(protocol, self.renames)
+        self.nothing = self.read({})  # a failed scrape: no engine family at all
 
     @classmethod
     def for_engine(cls, engine: str, scheme: str) -> "ProtocolView":
@@ -401,17 +333,33 @@ class ProtocolView:
         renames = () if engine in TABLES.get(scheme, {}) else protocol.renames.get(scheme, ())
         return cls(protocol, renames)
 
+    def read(self, families: Mapping[str, Family]) -> ViewInput:
+        """What the view reads of the engine's families (by name; empty when the scrape failed)."""
+        return read(self.protocol, self.renames, families, LORA_INFO)
+
+    def plan(
+        self, families: Mapping[str, Family], slots: Mapping[str, Sequence[int]], payload: Sequence[bytes]
+    ) -> Optional[ViewPlan]:
+        """What the view reads of a payload a scrape plan is made of (``protocol_input.plan``)."""
+        return plan(self.protocol, self.renames, families, slots, payload, LORA_INFO)
+
+    def compute(self, seen: ViewInput, state: ProtocolState) -> ProtocolOutput:
+        """The protocol families of one scrape's reading.  Never raises for any content."""
+        problems = _Problems()
+        resolved, values = seen
+        for note in resolved.notes:
+            problems.add(note)
+        renamed: List[Family] = []
+        for target, kind, help_text, found in resolved.renames:
+            samples: List[Item] = [Sample(target, labels, v) for labels, v in zip(found.labels, _values(found, values))]
+            renamed.append(Family(target, kind, help_text, samples))
+        router = _router_view(self.protocol, resolved, values, state, problems)
+        return ProtocolOutput(renamed, router, tuple(problems.items))
+
     def families(self, families: Mapping[str, Family], state: ProtocolState) -> ProtocolOutput:
         """The protocol families for one scrape (``families``: the engine's, by name; empty when
         the scrape failed).  Never raises for any content."""
-        problems = _Problems()
-        renamed: List[Family] = []
-        for target, source in self.renames:
-            family = _renamed(target, source, families)
-            if family is not None:
-                renamed.append(family)
-        router = _router_view(self.protocol, families, state, problems)
-        return ProtocolOutput(renamed, router, tuple(problems.items))
+        return self.compute(self.read(families), state)
 
 
 def by_name(families: Iterable[Family]) -> Dict[str, Family]:

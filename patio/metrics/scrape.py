@@ -7,12 +7,13 @@ parsed in full).  What happens next (accounting, Patio's own families, the assem
 component's, in that order.
 """
 
+import dataclasses
 import time
 import zlib
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
-from patio.http.client import HttpResult, KeepAliveClient
+from patio.http.client import HttpResult, KeepAliveClient, Origin
 from patio.metrics.memory import RELEASE_AFTER_BYTES, prefer_mmap
 from patio.metrics.parse import decode_payload
 from patio.metrics.pipeline import EngineText, Reading
@@ -27,6 +28,16 @@ ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 
 # Bounded values of patio_engine_scrape_errors_total{reason}.
 REASONS = ("unreachable", "timeout", "http_status", "oversize", "bad_encoding")
+
+
+def metrics_endpoint(engine_endpoint: str, port: Optional[int]) -> str:
+    """The base URL of the engine's metrics: its API's, on ``port`` when given (Triton serves
+    ``/metrics`` on its own port, 8002 by default: ``patio.engines.triton``)."""
+    if port is None:
+        return engine_endpoint
+    origin = Origin.parse(engine_endpoint)
+    moved = dataclasses.replace(origin, port=port)
+    return moved.url(moved.prefix)
 
 
 class EngineScrape(NamedTuple):
@@ -63,6 +74,7 @@ class EngineScraper:
 
     def __init__(self, core: "CoreSettings", settings: "MetricsSettings") -> None:
         self._path = core.metrics_path
+        self._endpoint = core.engine_endpoint
         self._client = KeepAliveClient(core.engine_endpoint)
         self._headers = {"Accept": ACCEPT, "Accept-Encoding": "gzip"}
         if core.engine_api_key:
@@ -70,8 +82,12 @@ class EngineScraper:
         self._limit = settings.max_payload_bytes
         self._timeout = settings.scrape_timeout
 
-    def scrape(self, path: EngineText) -> EngineScrape:
-        """One fetch, read with ``path`` (the path of the engine Patio serves beside now)."""
+    def scrape(self, path: EngineText, endpoint: Optional[str] = None) -> EngineScrape:
+        """One fetch from ``endpoint`` (the engine's metrics base URL; default its API's), read
+        with ``path`` (the text path of the engine Patio serves beside now)."""
+        if endpoint is not None and endpoint != self._endpoint:  # another engine, another port
+            self._client.close()
+            self._endpoint, self._client = endpoint, KeepAliveClient(endpoint)
         started = time.monotonic()
         try:
             body = self._fetch()

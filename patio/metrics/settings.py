@@ -2,7 +2,7 @@
 
 import argparse
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 from patio.core_settings import CoreSettings
 from patio.metrics.assemble import MODES
@@ -75,6 +75,15 @@ SETTINGS = Section(
             integer(1024),
             "largest engine payload read, in bytes (after decompression); larger: engine_up 0",
         ),
+        Setting(
+            "engine_port",
+            "--metrics-engine-port",
+            "METRICS_ENGINE_PORT",
+            None,
+            integer(1, 65535),
+            "port of the engine's /metrics when not its API's",
+            shown="Triton's 8002, else the API port",
+        ),
     ),
 )
 
@@ -86,6 +95,9 @@ class MetricsSettings:
     scrape_timeout: float = SETTINGS.default("scrape_timeout")
     cache_ttl: float = SETTINGS.default("cache_ttl")
     max_payload_bytes: int = SETTINGS.default("max_payload_bytes")
+    # The port of the engine's /metrics when not its API's; None: the engine's own default
+    # (Triton: 8002, its --metrics-port; the others: the API port).
+    engine_port: Optional[int] = SETTINGS.default("engine_port")
 
 
 def from_sources(args: argparse.Namespace, env: Mapping[str, str], core: CoreSettings) -> MetricsSettings:

@@ -167,6 +167,31 @@ def test_3b_dashboard_and_alert_engine_names_in_a_real_vllm_scrape(vllm, patio_f
     assert len(used) >= 8 and used <= names, sorted(used - names)
 
 
+def test_3c_the_endpoint_picker_reads_through_patio_what_it_reads_from_this_vllm(vllm, assets, patio_factory):
+    """The GIE/llm-d endpoint picker's own extraction (tests/epp_replay.py, replayed from
+    llm-d-router) over Patio's router view agrees with the same picker reading this real vLLM
+    directly with its vLLM config: queue, running, cache geometry and LoRA capacity; the KV
+    utilization is a 0-1 fraction either way."""
+    from test_epp_replay import engine_extractor, observed, patio_extractor
+
+    patio = patio_factory(vllm.url)
+    status, body = patio.post("/v1/load_lora_adapter", {"lora_name": "epp-a", "lora_path": str(assets / "adapters/a")})
+    assert status == 200, body
+    complete(vllm, "epp-a", "Hello world")
+    through, direct = patio_extractor(), engine_extractor("vllm")
+    through.poll(_scrape(patio))
+    _, raw = get(vllm.url + "/metrics")
+    direct.poll(raw.decode())
+    assert not through.errors, through.errors
+    seen, own = observed(through.metrics), observed(direct.metrics)
+    fields = ("queue", "running", "block", "blocks", "max")
+    assert {k: seen[k] for k in fields} == {k: own[k] for k in fields}
+    assert own["block"] > 0 and own["blocks"] > 0 and own["max"] >= 1
+    assert 0.0 <= seen["kv"] <= 1.0 and 0.0 <= own["kv"] <= 1.0
+    status, _ = patio.post("/v1/unload_lora_adapter", {"lora_name": "epp-a"})
+    assert status == 200
+
+
 def test_5_patio_restart_rebuilds_its_view_without_reloading(vllm, assets, patio_factory, tmp_path):
     state = tmp_path / "shared-state"
     first = patio_factory(vllm.url, state_dir=state)
