@@ -19,8 +19,9 @@ One shell per page, as on a fresh machine: ``bash`` as root in a network namespa
 (only loopback: the examples' fixed ports 8000, 9091, 6379, ... meet nothing else on this
 machine, and nothing leaves it) and a mount namespace whose ``/tmp`` is an empty tmpfs (Patio's
 default directories under ``/tmp/patio``, the state directory, the files examples write; gone
-with the shell).  The working directory is a copy of the checkout's top level made of symlinks
-(``/tmp/checkout``), so a file an example writes never lands in the checkout.  The environment
+with the shell).  The working directory is the checkout under an overlay whose writable layer
+is in that tmpfs (``/tmp/checkout``): scripts see the real tree (``bash build_pyz.sh`` builds
+``dist/patio.pyz`` from it), and a file an example writes never lands in the checkout.  The environment
 is a fresh login's: ``PATH``, ``HOME=/tmp/home``, ``LANG``; nothing of the test's own.
 
 What the test adds to what a reader types, each because a reader does it without typing it:
@@ -49,9 +50,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
+import yaml
 from support import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -190,11 +192,13 @@ NORMALIZE: Sequence[Tuple[str, "re.Pattern[str]", str]] = (
         "<uuid>",
     ),
     ("download job ids", re.compile(r"\bdl-\d+-[0-9a-f]{12}\b"), "dl-<id>"),
+    ("the size of a built file (each change to patio/ changes the pyz)", re.compile(r"\(\d+ bytes\)"), "(<n> bytes)"),
     ("durations in log lines", re.compile(r"\bin \d+(?:\.\d+)?s\b"), "in <n>s"),
     ("ISO 8601 times in JSON answers", re.compile(r'"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"'), '"<time>"'),
     (
         "the shell's job notices (a reader's terminal shows its own)",
-        re.compile(r"^\[\d+\][+-]? +(?:Done|Terminated|Killed|Exit \d+) .*\n?", re.M),
+        # bash prints one before its next prompt: after an answer with no final newline, mid-line.
+        re.compile(r"\[\d+\][+-]? +(?:Done|Terminated|Killed|Exit \d+) .*(?:\n|$)"),
         "",
     ),
     ("HTTP Date headers", re.compile(r"^Date: .*$", re.M), "Date: <date>"),
@@ -233,13 +237,14 @@ class Shell:
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
         self.log = tempfile.TemporaryFile()
-        checkout = " ".join(f"'{p}'" for p in sorted(str(p) for p in ROOT.iterdir() if not p.name.startswith(".")))
         # A checkout under /tmp is moved back over the fresh /tmp (CI may clone there).
         keep = f"mount --bind '{ROOT}' /mnt && " if str(ROOT).startswith("/tmp/") else ""
         back = f"mkdir -p '{ROOT}' && mount --move /mnt '{ROOT}' && " if keep else ""
         start = (
-            f"{keep}mount -t tmpfs -o size=512m,mode=1777 tmpfs /tmp && {back}mkdir -p /tmp/home /tmp/checkout && "
-            f"ln -s {checkout} /tmp/checkout/ && cd /tmp/checkout && exec bash --noprofile --norc"
+            f"{keep}mount -t tmpfs -o size=512m,mode=1777 tmpfs /tmp && {back}"
+            "mkdir -p /tmp/home /tmp/checkout /tmp/.checkout/upper /tmp/.checkout/work && "
+            f"mount -t overlay overlay -o 'lowerdir={ROOT},upperdir=/tmp/.checkout/upper,workdir=/tmp/.checkout/work' "
+            "/tmp/checkout && cd /tmp/checkout && exec bash --noprofile --norc"
         )
         path = ":".join([_python_dir(), *(str(p) for p in PEER_PATHS), SYSTEM_PATH])
         env = {"PATH": path, "HOME": "/tmp/home", "LANG": "C.UTF-8", "TERM": "dumb"}
@@ -409,13 +414,24 @@ put("models/tiny-llama/model.safetensors", bytes(range(256)) * 4096)
     subprocess.run(["ip", "netns", "exec", store, sys.executable, "-c", script], check=True, timeout=120)
 
 
-STORES: Dict[str, Callable[[Shell], None]] = {"docs/downloads.md": s3_store}
+def rootfs_cache(shell: Shell) -> None:
+    """The image's root as ``deploy/rootfs/assemble.sh`` caches it: assembled here as
+    tests/test_rootfs.py does (it downloads Debian packages the first time, which the page's
+    namespace cannot), then found where the page's ``HOME`` keeps it."""
+    done = subprocess.run(["bash", str(ROOT / "deploy/rootfs/assemble.sh")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"assemble.sh failed:\n{done.stderr}"
+    cache = Path(done.stdout.strip()).parent.parent
+    _, status = shell.run(f"mkdir -p /tmp/home/.cache && ln -s '{cache}' /tmp/home/.cache/patio-rootfs")
+    assert status == 0
+
+
+STORES: Dict[str, Callable[[Shell], None]] = {"docs/downloads.md": s3_store, "docs/operations.md": rootfs_cache}
 
 
 # --- checks of the files and bodies a user writes -----------------------------------------
 
 
-def check_adapters_file(block: Block) -> None:
+def check_adapters_file(block: Block, _arg: str) -> None:
     from patio.lora.desired import load_desired
 
     suffix = ".json" if block.lang == "json" else ".yaml"
@@ -424,13 +440,114 @@ def check_adapters_file(block: Block) -> None:
     assert not state.conflicts and not state.refused, f"{block.where}: {state}"
 
 
-CHECKS: Dict[str, Callable[[Block], None]] = {
+def _within(part: Any, whole: Any) -> bool:
+    """``part`` is ``whole`` with things left out: a mapping's keys, a list's items (in their
+    order), never a value changed; a string of YAML (a ConfigMap's file) is read as such."""
+    if isinstance(whole, str) and isinstance(part, (dict, list)):
+        try:
+            whole = yaml.safe_load(whole)
+        except yaml.YAMLError:
+            return False
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and _within(v, whole[k]) for k, v in part.items())
+    if isinstance(part, list):
+        if not isinstance(whole, list):
+            return False
+        items = iter(whole)
+        return all(any(_within(p, w) for w in items) for p in part)
+    return type(part) is type(whole) and part == whole
+
+
+def _nodes(tree: Any) -> Iterator[Any]:
+    yield tree
+    if isinstance(tree, str) and "\n" in tree:
+        try:
+            tree = yaml.safe_load(tree)
+        except yaml.YAMLError:
+            return
+        if isinstance(tree, (dict, list)):
+            yield from _nodes(tree)
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _nodes(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _nodes(value)
+
+
+def check_excerpt(block: Block, path: str) -> None:
+    """A manifest shown in part: each of its documents is a part of one node of ``path``'s
+    documents (the file tests/test_deploy_*.py validate), so the page cannot drift from it."""
+    assert (ROOT / path).is_file(), f"{block.where}: no file {path}"
+    whole = [d for d in yaml.safe_load_all((ROOT / path).read_text(encoding="utf-8")) if d is not None]
+    for part in (d for d in yaml.safe_load_all(block.text) if d is not None):
+        assert any(_within(part, node) for doc in whole for node in _nodes(doc)), (
+            f"{block.where}: not a part of {path} (a key, an item or a value the file does not have):\n"
+            f"{yaml.safe_dump(part, sort_keys=False)}"
+        )
+
+
+def _setting_variables() -> Dict[str, str]:
+    """Every variable a setting reads, with the section and row it belongs to."""
+    from patio import config
+
+    names: Dict[str, str] = {}
+    for table in config.tables():
+        for row in table.rows:
+            for name in row.env.split():
+                keys = [key for key in table.forms if "{" + key + "}" in name]
+                forms = table.forms[keys[0]] if keys else ("",)
+                for form in forms:
+                    names[name.format_map({keys[0]: form}) if keys else name] = f"{table.name}.{row.name}"
+    return names
+
+
+def check_container_env(block: Block, _arg: str) -> None:
+    """A container's ``env`` for Patio: every variable is one Patio reads, and the values start it."""
+    from patio.config import load_settings
+
+    env = [item for doc in yaml.safe_load_all(block.text) for node in _nodes(doc) if isinstance(node, dict)
+           for item in node.get("env", [])]
+    assert env, f"{block.where}: no env list"
+    known = _setting_variables()
+    unknown = [item["name"] for item in env if item["name"] not in known]
+    assert not unknown, f"{block.where}: variables Patio does not read: {unknown}"
+    load_settings([], {item["name"]: str(item["value"]) for item in env if "value" in item})
+
+
+def check_download_usage(block: Block, _arg: str) -> None:
+    """The download command's synopsis names only options its parser has, and each option
+    (under one of its names: ``-s`` for ``--model-uri``) at least once."""
+    from patio.artifacts.cli import build_parser
+
+    shown = set(re.findall(r"(?<![\w-])(-{1,2}[a-z][a-z-]*)", block.text))
+    actions = [a.option_strings for a in build_parser()._actions if "--help" not in a.option_strings]
+    unknown = shown - {name for names in actions for name in names}
+    missing = [names[0] for names in actions if not shown & set(names)]
+    assert not unknown and not missing, f"{block.where}: options the parser lacks {sorted(unknown)}, not shown {missing}"
+
+
+CHECKS: Dict[str, Callable[[Block, str], None]] = {
     "adapters file": check_adapters_file,
+    "excerpt of": check_excerpt,
+    "patio container env": check_container_env,
+    "download usage": check_download_usage,
 }
+
+
+def check_of(block: Block) -> Tuple[str, str]:
+    """The check a block names and its argument: ``excerpt of deploy/x.yaml`` is ("excerpt of", "deploy/x.yaml")."""
+    what = block.mark[1]
+    name = next((n for n in CHECKS if what == n or what.startswith(n + " ")), what)
+    return name, what[len(name) :].strip()
+
 
 # Blocks not run, each with its reason: the test fails when one is added or goes away, so
 # every exception is a decision (and the list stays short).
-NOT_RUN: Dict[Tuple[str, str], int] = {}
+NOT_RUN: Dict[Tuple[str, str], int] = {
+    ("README.md", "serves until stopped; the walk-through below runs it in the background"): 1,
+    ("README.md", "the whole suite, which runs this test"): 1,
+}
 
 
 # --- the tests ------------------------------------------------------------------------------
@@ -450,7 +567,7 @@ def test_every_block_is_run_checked_or_marked() -> None:
         if kind == "not run":
             continue
         if kind == "check":
-            if what not in CHECKS:
+            if check_of(block)[0] not in CHECKS:
                 unknown.append(f"{block.where}: no check named {what!r} (CHECKS has {sorted(CHECKS)})")
             continue
         if block.lang in ("console", "sh", "bash"):
@@ -475,7 +592,8 @@ def test_the_blocks_not_run_are_the_listed_ones() -> None:
 
 @pytest.mark.parametrize("block", [b for b in ALL if b.mark[0] == "check"], ids=lambda b: b.where)
 def test_a_file_or_body_a_user_writes_is_what_patio_accepts(block: Block) -> None:
-    CHECKS[block.mark[1]](block)
+    name, arg = check_of(block)
+    CHECKS[name](block, arg)
 
 
 @pytest.mark.parametrize("page", RUN_PAGES)
@@ -554,7 +672,7 @@ def test_files_modules_and_links_a_page_names_exist(path: Path) -> None:
                 if word not in names and word not in FOREIGN_FILES:
                     wrong.append(f"{word}: no file of that name in the checkout")
             elif re.fullmatch(r"test_\w+", word):
-                if not any(
+                if not (ROOT / "tests" / f"{word}.py").exists() and not any(
                     f"def {word}(" in t.read_text(encoding="utf-8") for t in (ROOT / "tests").rglob("test_*.py")
                 ):
                     wrong.append(f"{word}: no such test")
