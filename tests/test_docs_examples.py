@@ -631,7 +631,7 @@ def test_the_examples_of_a_page_run_and_answer_what_they_show(page: str) -> None
 # Files the pages name that live in other projects' repositories (each cited with its project).
 FOREIGN_FILES = frozenset(
     "adapter_config.json envs.py extractor.go filesystem_resolver.py kvcache_aware.go loraspec.go router.go "
-    "spec.go docs/proposals/003-model-server-protocol".split()
+    "spec.go docs/proposals/003-model-server-protocol _connection.py _events.py".split()
     # A capture of ../shared/fixtures that the benchmarks read (not in this repository).
     + ["vllm-0.33-multiproc.txt"]
 )
@@ -658,6 +658,27 @@ def tracked_names() -> set:
     return {Path(f).name for f in files} | set(files)
 
 
+def module_problem(dotted: str) -> str:
+    """What is wrong with a dotted name a page gives (``patio.metrics.write.render_chunks``):
+    its longest prefix that is a module of patio/ must exist, and what follows be defined in
+    it (a function, a class, a name assigned at its top level); "" when nothing is."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        for source in (base.with_suffix(".py"), base / "__init__.py"):
+            if source.is_file():
+                rest = parts[cut:]
+                if not rest:
+                    return ""
+                if len(rest) > 1:
+                    return f"{'.'.join(rest)} is not one name of {'.'.join(parts[:cut])}"
+                text = source.read_text(encoding="utf-8")
+                if re.search(rf"^(?:async def|def|class) {rest[0]}\b|^{rest[0]}\b[^=\n]*=", text, re.M):
+                    return ""
+                return f"{'.'.join(parts[:cut])} defines no {rest[0]}"
+    return "no such module under patio/"
+
+
 @pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_files_modules_and_links_a_page_names_exist(path: Path) -> None:
     names = tracked_names()
@@ -668,6 +689,10 @@ def test_files_modules_and_links_a_page_names_exist(path: Path) -> None:
             if re.fullmatch(r"(patio|tests|bench|deploy|docs)/[\w./-]+", word):
                 if not (ROOT / word.rstrip("/")).exists() and word not in FOREIGN_FILES:
                     wrong.append(f"{word}: no such file in the checkout")
+            elif re.fullmatch(r"patio(\.\w+)+", word) and word not in ("patio.py", "patio.pyz"):
+                problem = module_problem(word)
+                if problem:
+                    wrong.append(f"{word}: {problem}")
             elif re.fullmatch(r"[\w.-]+\.(py|go|rs|yaml|yml|json|sh|txt)", word):
                 if word not in names and word not in FOREIGN_FILES:
                     wrong.append(f"{word}: no file of that name in the checkout")
