@@ -338,7 +338,12 @@ class Shell:
             deadline = time.monotonic() + STOP_GRACE
             for netns in [self.netns, *self.peer_netns]:
                 while True:
-                    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()]
+                    pids = [
+                        int(p)
+                        for p in subprocess.run(
+                            ["ip", "netns", "pids", netns], capture_output=True, text=True
+                        ).stdout.split()
+                    ]
                     if not pids or time.monotonic() > deadline:
                         break
                     time.sleep(0.05)
@@ -418,7 +423,9 @@ def rootfs_cache(shell: Shell) -> None:
     """The image's root as ``deploy/rootfs/assemble.sh`` caches it: assembled here as
     tests/test_rootfs.py does (it downloads Debian packages the first time, which the page's
     namespace cannot), then found where the page's ``HOME`` keeps it."""
-    done = subprocess.run(["bash", str(ROOT / "deploy/rootfs/assemble.sh")], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", str(ROOT / "deploy/rootfs/assemble.sh")], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, f"assemble.sh failed:\n{done.stderr}"
     cache = Path(done.stdout.strip()).parent.parent
     _, status = shell.run(f"mkdir -p /tmp/home/.cache && ln -s '{cache}' /tmp/home/.cache/patio-rootfs")
@@ -506,8 +513,13 @@ def check_container_env(block: Block, _arg: str) -> None:
     """A container's ``env`` for Patio: every variable is one Patio reads, and the values start it."""
     from patio.config import load_settings
 
-    env = [item for doc in yaml.safe_load_all(block.text) for node in _nodes(doc) if isinstance(node, dict)
-           for item in node.get("env", [])]
+    env = [
+        item
+        for doc in yaml.safe_load_all(block.text)
+        for node in _nodes(doc)
+        if isinstance(node, dict)
+        for item in node.get("env", [])
+    ]
     assert env, f"{block.where}: no env list"
     known = _setting_variables()
     unknown = [item["name"] for item in env if item["name"] not in known]
@@ -524,7 +536,9 @@ def check_download_usage(block: Block, _arg: str) -> None:
     actions = [a.option_strings for a in build_parser()._actions if "--help" not in a.option_strings]
     unknown = shown - {name for names in actions for name in names}
     missing = [names[0] for names in actions if not shown & set(names)]
-    assert not unknown and not missing, f"{block.where}: options the parser lacks {sorted(unknown)}, not shown {missing}"
+    assert not unknown and not missing, (
+        f"{block.where}: options the parser lacks {sorted(unknown)}, not shown {missing}"
+    )
 
 
 CHECKS: Dict[str, Callable[[Block, str], None]] = {
@@ -573,7 +587,9 @@ def test_every_block_is_run_checked_or_marked() -> None:
         if block.lang in ("console", "sh", "bash"):
             continue
         if block.lang == "text":
-            commands = [l for l in block.text.split("\n") if re.match(r"\s*(\$ |curl |python3? |bash |kubectl )", l)]
+            commands = [
+                line for line in block.text.split("\n") if re.match(r"\s*(\$ |curl |python3? |bash |kubectl )", line)
+            ]
             if commands:
                 unknown.append(f"{block.where}: a text block holds commands ({commands[0].strip()!r}): run or mark it")
             continue
@@ -630,10 +646,15 @@ def test_the_examples_of_a_page_run_and_answer_what_they_show(page: str) -> None
 
 # Files the pages name that live in other projects' repositories (each cited with its project).
 FOREIGN_FILES = frozenset(
-    "adapter_config.json envs.py extractor.go filesystem_resolver.py kvcache_aware.go loraspec.go router.go "
-    "spec.go docs/proposals/003-model-server-protocol _connection.py _events.py".split()
-    # A capture of ../shared/fixtures that the benchmarks read (not in this repository).
-    + ["vllm-0.33-multiproc.txt"]
+    [
+        *"adapter_config.json envs.py extractor.go filesystem_resolver.py kvcache_aware.go loraspec.go router.go "
+        "spec.go docs/proposals/003-model-server-protocol".split(),
+        # h11's modules (docs/architecture.md's style choices).
+        "_connection.py",
+        "_events.py",
+        # A capture of ../shared/fixtures that the benchmarks read (not in this repository).
+        "vllm-0.33-multiproc.txt",
+    ]
 )
 _CODE = re.compile(r"`([^`\n]+)`")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
