@@ -21,6 +21,7 @@ from patio.core_settings import CoreSettings
 from patio.engines.client import SPECS
 from patio.errors import PatioError
 from patio.http.client import http_request
+from patio.tasks import cancel_and_wait
 
 log = logging.getLogger("patio")
 
@@ -62,13 +63,7 @@ class EngineHealth:
             self._task = asyncio.ensure_future(self._watch())
 
     async def stop(self) -> None:
-        for task in (self._task, self._inflight):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await cancel_and_wait(self._task, self._inflight)
         self._task = self._inflight = None
 
     async def _watch(self) -> None:

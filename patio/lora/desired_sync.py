@@ -54,6 +54,7 @@ from patio.lora.records import AVAILABLE, LOADED, ORIGIN_FILE, ORIGIN_RESOLVER, 
 from patio.lora.request import LoadRequest
 from patio.lora.residency import Resident
 from patio.lora.settings import LoraSettings
+from patio.tasks import cancel_all_and_wait
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.component import AppContext
@@ -163,14 +164,7 @@ class DesiredSync:
         self._task = asyncio.ensure_future(self.run())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._workers.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_all_and_wait([self._task, *self._workers.values()])
 
     async def run(self) -> None:
         # The manager's own loop restores the saved set too; restore() skips names already

@@ -16,6 +16,7 @@ from typing import Optional
 from patio.errors import PatioError
 from patio.lora.manager import LoraManager
 from patio.lora.records import LOADED, Adapter
+from patio.tasks import cancel_and_wait
 from patio.validate import ADAPTER_NAME
 
 log = logging.getLogger("patio.lora")
@@ -64,9 +65,4 @@ class PreloadedAdapters:
         return added
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)

@@ -19,6 +19,7 @@ from patio.engines.base import DUPLICATE, OK
 from patio.errors import PatioError
 from patio.lora.manager import LoraManager
 from patio.lora.records import LOADED, Adapter, short
+from patio.tasks import cancel_and_wait
 
 log = logging.getLogger("patio.lora")
 
@@ -163,9 +164,4 @@ class Reconciler:
         self._task = asyncio.ensure_future(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)

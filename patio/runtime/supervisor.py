@@ -35,6 +35,7 @@ from patio.runtime import registry
 from patio.runtime.processes import EngineProcess, Marked
 from patio.runtime.records import ModelRecord
 from patio.runtime.service import Runtime
+from patio.tasks import cancel_and_wait
 
 log = logging.getLogger("patio.runtime")
 
@@ -304,13 +305,8 @@ class Supervisor:
         # SIGKILL after the stop grace, or a second before the budget ends, whichever comes first.
         self._kill_at = min(now + self.settings.stop_grace, self._shutdown_deadline - 1.0)
         self.runtime.closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for record in self.store.models.values():
             record.transition("stopping")
         await self._save()  # killed before the end, the next Patio finishes these stops
