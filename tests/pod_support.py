@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -131,17 +132,24 @@ class Pod:
             run += ["-v", f"{mount['mountPath']}={self.volumes[volume_names[mount['name']]]}"]
         if not security.get("readOnlyRootFilesystem", read_only_default):
             run.append("--writable-root")
+        # A session of its own: close() kills run.sh with unshare and the container's PID 1 (whose
+        # death ends the PID namespace), not only the ``ip netns exec`` wrapper.
         proc = subprocess.Popen(
-            [*run, str(rootfs_dir()), str(build_pyz()), *argv], stdout=log, stderr=subprocess.STDOUT
+            [*run, str(rootfs_dir()), str(build_pyz()), *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append(proc)
         return proc
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # a container a failed test left running
+            except ProcessLookupError:
+                pass  # it ended, and so did its group
+            proc.wait(10)
         self._pool.shutdown(wait=True)
         os.close(self._fd)
         subprocess.run(["ip", "netns", "del", self.name], check=False)

@@ -18,6 +18,7 @@ huggingface.co (a fake Hub in the pod's network, ``HF_ENDPOINT``), and an unreac
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -321,3 +322,29 @@ def test_aibrix_downloader_command_in_the_image():
         assert "/tmp/aibrix/models_hf/deepseek-ai/deepseek-coder-6.7b-instruct" in run.output()
     finally:
         run.close()
+
+
+def test_a_container_a_failed_test_leaves_running_is_stopped_with_its_pod():
+    """A test that fails before its SIGTERM leaves the container serving; closing the pod must
+    stop it, with the runner and PID namespace around it (once, a failed AIBrix test left its
+    ``aibrix_runtime`` running on port 8080 for the rest of the suite)."""
+    run = Running([], "sglang", SGLANG_METRICS)
+    try:
+        spec = {"name": "patio", "command": ["python3", "-m", "patio.app"], "args": ["--port", "9091"]}
+        spec["env"] = [{"name": "INFERENCE_ENGINE_ENDPOINT", "value": "http://localhost:8000"}]
+        proc = run.start(spec, {})
+        wait_for(lambda: run.get(9091, "/health")[0] == 200, what="/health")
+        marker = str(run.pod.dir)
+    finally:
+        run.close()
+    assert proc.poll() is not None
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if marker in cmdline or ("patio.app --port 9091" in cmdline and "patio-rootfs" in cmdline):
+            left.append(f"{pid}: {cmdline[:120]}")
+    assert not left, left
