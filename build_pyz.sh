@@ -7,9 +7,10 @@
 #    layout zipimport reads: that interpreter starts without compiling; the .pyc are
 #    hash-based and unchecked (PEP 552) so they do not depend on mtimes; other Python
 #    versions see a foreign magic number and compile the .py beside them;
-# 2. `python3 -m zipapp` (compressed, entry patio.cli:run, shebang /usr/bin/python3: the
-#    image's interpreter, which has no /usr/bin/env; the image links `aibrix_runtime` and
-#    `aibrix_download` on its PATH to the pyz and the kernel runs them through the shebang);
+# 2. `python3 -m zipapp` (compressed; the entry __main__.py installs patio.zipstart, then runs
+#    patio.cli:run; shebang /usr/bin/python3: the image's interpreter, which has no
+#    /usr/bin/env; the image links `aibrix_runtime` and `aibrix_download` on its PATH to the
+#    pyz and the kernel runs them through the shebang);
 # 3. normalise: zipapp adds files in directory order with their checkout mtimes, so its
 #    bytes differ between two clones of one commit; entries are rewritten in sorted order
 #    with a fixed timestamp.  Same sources -> same bytes.
@@ -38,7 +39,19 @@ for root, _dirs, names in os.walk(src):
             py_compile.compile(path, cfile=path + "c", dfile=os.path.relpath(path, src), doraise=True,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 PY
-"$PYTHON" -m zipapp "$stage/app" --compress --python "/usr/bin/python3" --main "patio.cli:run" --output "$stage/raw.pyz"
+# The zipapp's entry (source only, it is four lines): modules read once (patio/zipstart.py), then
+# the command line.
+cat >"$stage/app/__main__.py" <<'PY'
+# -*- coding: utf-8 -*-
+import patio.zipstart
+
+patio.zipstart.install()
+
+import patio.cli
+
+patio.cli.run()
+PY
+"$PYTHON" -m zipapp "$stage/app" --compress --python "/usr/bin/python3" --output "$stage/raw.pyz"
 "$PYTHON" - "$stage/raw.pyz" "$out.tmp" <<'PY'
 import sys, zipfile
 raw, dest = sys.argv[1], sys.argv[2]
