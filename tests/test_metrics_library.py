@@ -29,6 +29,7 @@ LIBRARY = (
     "patio.metrics.plan",
     "patio.metrics.pipeline",
     "patio.metrics.exposition",
+    "patio.metrics.seams",
 )
 NOT_IN_THE_LIBRARY = ("asyncio", "socket", "threading.Thread", "concurrent")
 

@@ -27,8 +27,8 @@ from patio.lora.component import LoraComponent
 from patio.lora.desired_component import DesiredComponent
 from patio.lora.manager import LOADED, LoraManager
 from patio.metrics.component import MetricsComponent
-from patio.metrics.protocol import LoraFacts
 from patio.metrics.registry import Registry
+from patio.metrics.seams import LoraFacts
 
 
 def build_app(

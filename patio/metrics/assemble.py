@@ -15,9 +15,6 @@ from patio.metrics.model import Family, Item, Lines, item_name
 from patio.metrics.rules import RuleSet
 from patio.metrics.write import render_chunks
 
-MODES = ("standard", "both", "raw")
-
-
 # Names text 0.0.4 can write bare.  The parser accepts text 1.0.0's quoted UTF-8 names, but
 # promtool 2.42 and Prometheus 2.x reject them in a 0.0.4 answer, and one bad line fails the
 # whole scrape: such engine samples are left out of /metrics and counted.

@@ -29,7 +29,7 @@ and every answer showing the cycle's engine share shows them too.
 import asyncio
 import logging
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from patio.component import AppContext, Component
 from patio.engines.client import SPECS
@@ -37,12 +37,15 @@ from patio.http.types import Request, Response, Route
 from patio.metrics.exposition import CONTENT_TYPE, GZIP_MIN_BYTES, Exposition, accepts_gzip, compose, gzip_compress
 from patio.metrics.memory import RELEASE_AFTER_BYTES, RELEASE_DELAY_SECONDS, release_free_memory
 from patio.metrics.model import Family
-from patio.metrics.pipeline import EMPTY_SHARE, EngineText, Share
-from patio.metrics.protocol import LoraFacts, ProtocolState, ProtocolView
-from patio.metrics.rules import RuleSet
 from patio.metrics.scrape import REASONS, EngineScrape, EngineScraper, metrics_endpoint
+from patio.metrics.seams import LoraFacts
 from patio.metrics.settings import MetricsSettings
 from patio.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:  # pragma: no cover
+    # The text path (parser, plan, rename tables, protocol view) loads with the first scrape
+    # (``MetricsComponent.path``): a start that has not been scraped yet has not paid for it.
+    from patio.metrics.pipeline import EngineText, Share
 
 log = logging.getLogger("patio.metrics")
 
@@ -51,7 +54,7 @@ class EnginePath(NamedTuple):
     """What Patio keeps per engine it serves beside: where its metrics are, and their text path."""
 
     endpoint: str  # the base URL the scrape reads (Triton: another port than its API's)
-    text: EngineText  # rules, protocol view, plan and line cache
+    text: "EngineText"  # rules, protocol view, plan and line cache
 
 
 def _no_health() -> Optional[bool]:
@@ -182,6 +185,10 @@ class MetricsComponent(Component):
         engine = self.context.engine.name
         path = self._paths.get(engine)
         if path is None:
+            from patio.metrics.pipeline import EngineText
+            from patio.metrics.protocol import ProtocolView
+            from patio.metrics.rules import RuleSet
+
             settings = self.settings
             endpoint = metrics_endpoint(
                 self.context.core.engine_endpoint, settings.engine_port or SPECS[engine].metrics_port
@@ -194,17 +201,19 @@ class MetricsComponent(Component):
         return path
 
     @property
-    def text(self) -> EngineText:
+    def text(self) -> "EngineText":
         """The text path of the engine Patio serves beside now."""
         return self.path.text
 
-    def _protocol(self, text: EngineText, scrape: EngineScrape) -> List[Family]:
+    def _protocol(self, text: "EngineText", scrape: EngineScrape) -> List[Family]:
         """The protocol view's families for this scrape (on the event loop: Patio's state is read
         on the thread that changes it).  An engine whose health watch has not answered yet is
         taken to be up when its metrics answered."""
         view = text.view
         assert view is not None
         healthy, answered = self.engine_healthy(), scrape.up
+        from patio.metrics.protocol import ProtocolState
+
         lora = self.lora()
         state = ProtocolState(
             engine_up=healthy if healthy is not None else answered,
@@ -231,6 +240,8 @@ class MetricsComponent(Component):
         own = self._own() + protocol
         reading = scrape.reading
         del scrape  # what follows holds the reading alone, and lets it go once assembled
+        from patio.metrics.pipeline import EMPTY_SHARE
+
         share = EMPTY_SHARE
         if reading is not None:
             reused = text.reuse(reading, own)
@@ -267,7 +278,7 @@ class MetricsComponent(Component):
         if parsed.duplicate_series:
             self._duplicates.inc(amount=float(parsed.duplicate_series))
 
-    def _account_share(self, share: Share) -> None:
+    def _account_share(self, share: "Share") -> None:
         if share.clashes:
             self._clashes.inc(amount=float(share.clashes))
         if share.duplicate_series:

@@ -92,14 +92,6 @@ class ProtocolState:
     now: float = 0.0  # time.time() of the scrape: the synthesized LoRA update's time
 
 
-class LoraFacts(NamedTuple):
-    """What Patio's LoRA side knows, as the metrics component asks it at each scrape (a callable
-    handed over at assembly): the adapters the engine confirmed serving, a configured max_lora."""
-
-    adapters: Tuple[str, ...] = ()
-    max_lora: Optional[int] = None
-
-
 class ProtocolOutput(NamedTuple):
     renamed: List[Family]  # layer one for engines the rename tables lack ("standard" and "both" modes)
     router: List[Family]  # the router view (every mode)

@@ -17,8 +17,6 @@ from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from patio.metrics.model import Family, Lines, renamed_item
 
-SCHEMES = ("patio", "aibrix", "kthena")
-
 Table = Mapping[str, Sequence[Tuple[str, Sequence[str]]]]
 
 PATIO: Table = {

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 from patio.errors import EngineTimeout, EngineUnavailable, PatioError
 from patio.http.client import HttpResult, KeepAliveClient, Origin
 from patio.metrics.memory import RELEASE_AFTER_BYTES, prefer_mmap
-from patio.metrics.parse import decode_payload
-from patio.metrics.pipeline import EngineText, Reading
 
 if TYPE_CHECKING:  # pragma: no cover
     from patio.core_settings import CoreSettings
+    from patio.metrics.pipeline import EngineText, Reading
     from patio.metrics.settings import MetricsSettings
 
 # Ask for classic text: OpenMetrics from prometheus_client 0.23-0.26 declares
@@ -44,7 +43,7 @@ class EngineScrape(NamedTuple):
     """One scrape of the engine: a failure (``error_reason``) or the payload as read."""
 
     duration: float  # seconds of the fetch and the read
-    reading: Optional[Reading] = None
+    reading: "Optional[Reading]" = None
     error_reason: Optional[str] = None  # one of ``REASONS``
     error_message: str = ""
 
@@ -82,7 +81,7 @@ class EngineScraper:
         self._limit = settings.max_payload_bytes
         self._timeout = settings.scrape_timeout
 
-    def scrape(self, path: EngineText, endpoint: Optional[str] = None) -> EngineScrape:
+    def scrape(self, path: "EngineText", endpoint: Optional[str] = None) -> EngineScrape:
         """One fetch from ``endpoint`` (the engine's metrics base URL; default its API's), read
         with ``path`` (the text path of the engine Patio serves beside now)."""
         if endpoint is not None and endpoint != self._endpoint:  # another engine, another port
@@ -98,6 +97,8 @@ class EngineScraper:
             size = len(body)
             if size >= RELEASE_AFTER_BYTES:
                 prefer_mmap()  # this scrape's large blocks go back to the OS when freed, not after a trim
+            from patio.metrics.parse import decode_payload  # loaded with the text path (``path``)
+
             text = decode_payload(body)
             if not path.keeps_bytes(size):
                 body = b""  # the text is parsed alone: a large payload's bytes are not kept beside it

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from patio.core_settings import CoreSettings
-from patio.metrics.assemble import MODES
-from patio.metrics.rules import SCHEMES
+from patio.metrics.seams import MODES, SCHEMES
 from patio.options import Section, Setting, choice, fields_of, integer, parse_bool, positive_seconds, seconds
 
 SETTINGS = Section(
