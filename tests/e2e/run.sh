@@ -52,7 +52,7 @@ log "building dist/patio.pyz"
 bash build_pyz.sh >/dev/null
 
 # 4. The scenarios (test venv; vLLM and Patio run as processes, always stopped by PID).
-log "running tests/e2e (vLLM starts 6 times; about 5 minutes)"
+log "running tests/e2e (vLLM starts 10 times: 7 by the fixtures, 3 by Patio's engine supervisor; about 5 minutes)"
 rc=0
 PATIO_E2E_VLLM_VENV="$VENV" PATIO_E2E_ASSETS="$ASSETS" \
   "$ROOT/.venv/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@" || rc=$?
