@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     # The text path (parser, plan, rename tables, protocol view) loads with the first scrape
     # (``MetricsComponent.path``): a start that has not been scraped yet has not paid for it.
     from patio.metrics.pipeline import EngineText, Share
+    from patio.metrics.protocol import ProtocolState
 
 log = logging.getLogger("patio.metrics")
 
@@ -55,6 +56,9 @@ class EnginePath(NamedTuple):
 
     endpoint: str  # the base URL the scrape reads (Triton: another port than its API's)
     text: "EngineText"  # rules, protocol view, plan and line cache
+    # The scrape path's values the component uses at each scrape, looked up once with the path.
+    state: "Callable[..., ProtocolState]"  # the router view's state of Patio (ProtocolState)
+    empty: "Share"  # the engine's share of a scrape that read nothing
 
 
 def _no_health() -> Optional[bool]:
@@ -185,8 +189,8 @@ class MetricsComponent(Component):
         engine = self.context.engine.name
         path = self._paths.get(engine)
         if path is None:
-            from patio.metrics.pipeline import EngineText
-            from patio.metrics.protocol import ProtocolView
+            from patio.metrics.pipeline import EMPTY_SHARE, EngineText
+            from patio.metrics.protocol import ProtocolState, ProtocolView
             from patio.metrics.rules import RuleSet
 
             settings = self.settings
@@ -196,7 +200,7 @@ class MetricsComponent(Component):
             view = ProtocolView.for_engine(engine, settings.scheme)
             text = EngineText(RuleSet.for_scheme(settings.scheme, engine), settings.mode, view=view)
             # Another engine's plan and cache can never match this one's payload: drop them.
-            self._paths = {engine: EnginePath(endpoint, text)}
+            self._paths = {engine: EnginePath(endpoint, text, ProtocolState, EMPTY_SHARE)}
             path = self._paths[engine]
         return path
 
@@ -205,17 +209,15 @@ class MetricsComponent(Component):
         """The text path of the engine Patio serves beside now."""
         return self.path.text
 
-    def _protocol(self, text: "EngineText", scrape: EngineScrape) -> List[Family]:
+    def _protocol(self, path: EnginePath, scrape: EngineScrape) -> List[Family]:
         """The protocol view's families for this scrape (on the event loop: Patio's state is read
         on the thread that changes it).  An engine whose health watch has not answered yet is
         taken to be up when its metrics answered."""
-        view = text.view
+        view = path.text.view
         assert view is not None
         healthy, answered = self.engine_healthy(), scrape.up
-        from patio.metrics.protocol import ProtocolState
-
         lora = self.lora()
-        state = ProtocolState(
+        state = path.state(
             engine_up=healthy if healthy is not None else answered,
             adapters=lora.adapters,
             max_lora=lora.max_lora,
@@ -236,13 +238,11 @@ class MetricsComponent(Component):
         text = path.text
         scrape = await self.context.run_blocking(self.scraper.scrape, text, path.endpoint)
         self._account(scrape)
-        protocol = self._protocol(text, scrape)
+        protocol = self._protocol(path, scrape)
         own = self._own() + protocol
         reading = scrape.reading
         del scrape  # what follows holds the reading alone, and lets it go once assembled
-        from patio.metrics.pipeline import EMPTY_SHARE
-
-        share = EMPTY_SHARE
+        share = path.empty
         if reading is not None:
             reused = text.reuse(reading, own)
             share = reused if reused is not None else await self.context.run_blocking(text.assemble, reading, own)
