@@ -24,7 +24,6 @@ Not part of CI.
 import os
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from loadgen import free_port, rss_mb
+from loadgen import stop as _stop
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "metrics" / "vllm-0.33-multiproc.txt"
@@ -172,13 +174,15 @@ def drive(port: int, requests: Sequence[bytes], connections: int, seconds: float
     return answered[0], elapsed
 
 
+# AIBrix's runtime can take longer than Patio to stop: SIGKILL only after this.
+STOP_GRACE = 15.0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    _stop(proc, STOP_GRACE)
+
+
 # -- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,14 +190,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def healthz_once(port: int) -> bool:
@@ -236,16 +232,6 @@ class Target:
             cwd=tempfile.gettempdir(),
             start_new_session=True,
         )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start(target: Target, core: int, realtime: bool = False) -> Tuple[subprocess.Popen, int, float, float]:
